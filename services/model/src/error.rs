@@ -1,0 +1,75 @@
+//! The one error type of the model crate. Every variant names what was wrong and where, so a
+//! bad checkpoint or dataset is diagnosable from the message alone.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in model, checkpoint, tokenizer and data code.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid shard span: {0}")]
+    InvalidSpan(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed JSON in {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("checkpoint {path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("checkpoint {path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<i64>,
+        actual: Vec<i64>,
+    },
+    #[error(
+        "checkpoint {path}: tensor `{name}` has dtype {actual}, expected one of f32, bf16, f16"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        actual: String,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("dataset: {0}")]
+    Data(String),
+    #[error("training: {0}")]
+    Training(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Wraps a JSON error with the path of the file it came from.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Self::Json {
+            path: path.into(),
+            source,
+        }
+    }
+}

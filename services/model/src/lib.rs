@@ -1,0 +1,40 @@
+//! NeuroLLM in tch, the only crate that links libtorch (with its dependents).
+//!
+//! Where things live:
+//! - the model, one concept per file: [`config`] (shape, HF `config.json`), [`norm`] (RMSNorm),
+//!   [`rope`], [`attention`] (GQA), [`mlp`] (SwiGLU), [`block`], [`kv_cache`], [`shard`]
+//!   (a layer span ± embedding ± head; the full model is the shard `[0, N)`), [`init`]
+//!   (seeded initialisation);
+//! - weights: [`safetensors_io`] (header-only reads, atomic writes), [`checkpoint`]
+//!   (HF-compatible directories, shard-only loading);
+//! - shape policy: [`architecture`] (`architecture_for`, parameter counts, growth targets),
+//!   [`growth`] (function-preserving depth growth);
+//! - text: [`tokenizer`] (byte-level BPE), [`data`] (genesis dataset, deterministic batches);
+//! - running: [`training`] + [`schedule`], [`generate`] + [`sampling`], [`device`].
+
+pub mod architecture;
+pub mod attention;
+pub mod block;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod growth;
+pub mod init;
+pub mod kv_cache;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+pub mod safetensors_io;
+pub mod sampling;
+pub mod schedule;
+pub mod shard;
+pub mod tokenizer;
+pub mod training;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use shard::{Shard, ShardInput, ShardSpec};
+pub use tch;

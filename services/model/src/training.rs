@@ -1,0 +1,345 @@
+//! Single-process training: AdamW (betas 0.9/0.95, decoupled weight decay on matrices only,
+//! gradient-norm clipping), warm-up + cosine schedule, periodic held-out loss and
+//! checkpoints. This is the baseline the swarm's training is measured against.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+use crate::checkpoint;
+use crate::config::ModelConfig;
+use crate::data::batches::{BatchSampler, eval_windows, unigram_entropy};
+use crate::data::manifest::{Split, TokenShards};
+use crate::error::{ModelError, Result};
+use crate::norm::NO_DECAY_GROUP;
+use crate::schedule::LrSchedule;
+use crate::shard::{Shard, ShardSpec};
+use crate::tokenizer::TextTokenizer;
+
+/// Hyper-parameters of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub grad_clip: f64,
+    pub eval_every: u64,
+    pub eval_windows: usize,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 600,
+            batch_size: 16,
+            seq_len: 128,
+            lr: 2e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 50,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_windows: 64,
+            checkpoint_every: 200,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len == 0 {
+            return Err(ModelError::Training(
+                "steps, batch_size and seq_len must be positive".into(),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(ModelError::Training(format!(
+                "lr must be positive, got {}",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            peak: self.lr,
+            min_ratio: self.min_lr_ratio,
+            warmup_steps: self.warmup_steps.min(self.steps / 2),
+            total_steps: self.steps,
+        }
+    }
+}
+
+/// AdamW over a full-model shard.
+#[derive(Debug)]
+pub struct Trainer {
+    model: Shard,
+    optimizer: nn::Optimizer,
+    schedule: LrSchedule,
+    grad_clip: f64,
+    step: u64,
+}
+
+impl Trainer {
+    pub fn new(model: Shard, options: &TrainOptions) -> Result<Self> {
+        options.validate()?;
+        let mut optimizer = nn::AdamW {
+            beta1: options.beta1,
+            beta2: options.beta2,
+            wd: options.weight_decay,
+            eps: 1e-8,
+            amsgrad: false,
+        }
+        .build(model.var_store(), options.lr)?;
+        // Norm gains are not decayed toward zero; matrices and embeddings are.
+        optimizer.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
+        Ok(Self {
+            model,
+            optimizer,
+            schedule: options.schedule(),
+            grad_clip: options.grad_clip,
+            step: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Shard {
+        &self.model
+    }
+
+    pub fn into_model(self) -> Shard {
+        self.model
+    }
+
+    pub fn step_index(&self) -> u64 {
+        self.step
+    }
+
+    /// One optimizer step on tokens [batch, seq + 1]; returns (loss in nats, learning rate).
+    pub fn step(&mut self, tokens: &Tensor) -> Result<(f64, f64)> {
+        let lr = self.schedule.at(self.step);
+        self.optimizer.set_lr(lr);
+        let loss = self.model.loss(tokens)?;
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(ModelError::Training(format!(
+                "loss became {value} at step {}",
+                self.step
+            )));
+        }
+        self.optimizer.zero_grad();
+        loss.backward();
+        self.optimizer.clip_grad_norm(self.grad_clip);
+        self.optimizer.step();
+        self.step += 1;
+        Ok((value, lr))
+    }
+
+    /// Mean loss over evaluation windows (each `seq + 1` tokens), without gradients.
+    pub fn evaluate(&self, windows: &[Vec<i64>], batch_size: usize) -> Result<f64> {
+        evaluate(&self.model, windows, batch_size)
+    }
+}
+
+/// Mean next-token loss of a full-model shard over `windows`, in batches.
+pub fn evaluate(model: &Shard, windows: &[Vec<i64>], batch_size: usize) -> Result<f64> {
+    if windows.is_empty() {
+        return Err(ModelError::Training("no evaluation windows".into()));
+    }
+    let _guard = tch::no_grad_guard();
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in windows.chunks(batch_size.max(1)) {
+        let flat: Vec<i64> = chunk.iter().flatten().copied().collect();
+        let tokens = Tensor::from_slice(&flat).view([chunk.len() as i64, -1]);
+        total += model.loss(&tokens)?.double_value(&[]) * chunk.len() as f64;
+        count += chunk.len();
+    }
+    Ok(total / count as f64)
+}
+
+/// Progress of a run, reported as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    Started {
+        parameters: i64,
+        train_tokens: u64,
+        validation_tokens: u64,
+        unigram_entropy: f64,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        tokens_per_second: f64,
+    },
+    Evaluated {
+        step: u64,
+        validation_loss: f64,
+    },
+    Checkpointed {
+        step: u64,
+    },
+}
+
+/// Summary of a finished run, also written to `training.json` in the output directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub steps: u64,
+    pub parameters: i64,
+    pub unigram_entropy: f64,
+    pub final_train_loss: f64,
+    pub final_validation_loss: f64,
+    /// (step, held-out loss) at every evaluation.
+    pub validation_history: Vec<(u64, f64)>,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub options: TrainOptions,
+}
+
+pub const TRAINING_REPORT_FILE: &str = "training.json";
+
+/// Trains a model on the dataset in `data_dir` and writes checkpoints to `out_dir`. The model
+/// starts from `init` (a checkpoint directory) or from `config` initialised with the seed.
+pub fn train(
+    data_dir: &Path,
+    out_dir: &Path,
+    config: &ModelConfig,
+    init: Option<&Path>,
+    options: &TrainOptions,
+    device: Device,
+    mut on_event: impl FnMut(&TrainEvent),
+) -> Result<TrainReport> {
+    options.validate()?;
+    let shards = TokenShards::open(data_dir)?;
+    let manifest = &shards.manifest;
+    let tokenizer = TextTokenizer::from_file(&data_dir.join(checkpoint::TOKENIZER_FILE))?;
+    if tokenizer.sha256()? != manifest.tokenizer_sha256 {
+        return Err(ModelError::Data(
+            "tokenizer.json does not match the manifest".into(),
+        ));
+    }
+    let train_tokens = shards.load_split(Split::Train)?;
+    let validation_tokens = shards.load_split(Split::Validation)?;
+    let entropy = unigram_entropy(&train_tokens);
+    let windows = eval_windows(&validation_tokens, options.seq_len, options.eval_windows);
+    if windows.is_empty() {
+        return Err(ModelError::Data(format!(
+            "the validation split has {} tokens, fewer than one window of {}",
+            validation_tokens.len(),
+            options.seq_len + 1
+        )));
+    }
+    let model = match init {
+        Some(dir) => checkpoint::load_shard(
+            dir,
+            ShardSpec::full(checkpoint::read_config(dir)?.num_layers),
+            device,
+            Kind::Float,
+        )?,
+        None => {
+            let mut model = Shard::new(
+                config,
+                ShardSpec::full(config.num_layers),
+                device,
+                Kind::Float,
+            )?;
+            crate::init::initialize(&mut model, options.seed)?;
+            model
+        }
+    };
+    let model_config = model.config().clone();
+    if model_config.vocab_size < i64::from(manifest.vocab_size) {
+        return Err(ModelError::InvalidConfig(format!(
+            "model vocab_size {} is smaller than the dataset's {}",
+            model_config.vocab_size, manifest.vocab_size
+        )));
+    }
+    if options.seq_len as i64 > model_config.max_seq_len {
+        return Err(ModelError::InvalidConfig(format!(
+            "seq_len {} exceeds the model's max_seq_len {}",
+            options.seq_len, model_config.max_seq_len
+        )));
+    }
+    let parameters = model.num_parameters();
+    on_event(&TrainEvent::Started {
+        parameters,
+        train_tokens: train_tokens.len() as u64,
+        validation_tokens: validation_tokens.len() as u64,
+        unigram_entropy: entropy,
+    });
+    let sampler = BatchSampler::new(
+        train_tokens,
+        manifest,
+        options.seq_len,
+        options.batch_size,
+        0,
+    )?;
+    let tokenizer_json = tokenizer.to_json()?;
+    let save = |model: &Shard| {
+        checkpoint::save(
+            out_dir,
+            model,
+            Some(&tokenizer_json),
+            i64::from(tokenizer.eos_id()),
+        )
+    };
+
+    let mut trainer = Trainer::new(model, options)?;
+    let started = Instant::now();
+    let mut history = Vec::new();
+    let mut last_loss = f64::NAN;
+    let tokens_per_step = (options.batch_size * options.seq_len) as f64;
+    for step in 0..options.steps {
+        let batch = sampler.batch(0, step);
+        let tokens = Tensor::from_slice(&batch).view([options.batch_size as i64, -1]);
+        let step_started = Instant::now();
+        let (loss, lr) = trainer.step(&tokens)?;
+        last_loss = loss;
+        on_event(&TrainEvent::Step {
+            step: step + 1,
+            loss,
+            lr,
+            tokens_per_second: tokens_per_step / step_started.elapsed().as_secs_f64(),
+        });
+        let done = step + 1 == options.steps;
+        if (step + 1) % options.eval_every.max(1) == 0 || done {
+            let validation_loss = trainer.evaluate(&windows, options.batch_size)?;
+            history.push((step + 1, validation_loss));
+            on_event(&TrainEvent::Evaluated {
+                step: step + 1,
+                validation_loss,
+            });
+        }
+        if (step + 1) % options.checkpoint_every.max(1) == 0 || done {
+            save(trainer.model())?;
+            on_event(&TrainEvent::Checkpointed { step: step + 1 });
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let report = TrainReport {
+        steps: options.steps,
+        parameters,
+        unigram_entropy: entropy,
+        final_train_loss: last_loss,
+        final_validation_loss: history.last().map_or(f64::NAN, |h| h.1),
+        validation_history: history,
+        seconds,
+        tokens_per_second: tokens_per_step * options.steps as f64 / seconds,
+        options: options.clone(),
+    };
+    checkpoint::write_json(&out_dir.join(TRAINING_REPORT_FILE), &report)?;
+    Ok(report)
+}

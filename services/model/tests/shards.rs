@@ -1,0 +1,176 @@
+//! Shards, the KV cache, seeded initialisation and depth growth against the full model.
+
+use neuroshard_model::growth::grow_depth;
+use neuroshard_model::init::initialize;
+use neuroshard_model::tch::{Device, Kind, Tensor};
+use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec};
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 97,
+        hidden_size: 64,
+        num_layers: 4,
+        num_heads: 4,
+        num_kv_heads: 2,
+        intermediate_size: 96,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-6,
+        max_seq_len: 64,
+    }
+}
+
+fn shard(spec: ShardSpec, kind: Kind) -> Shard {
+    let mut s = Shard::new(&config(), spec, Device::Cpu, kind).unwrap();
+    initialize(&mut s, 42).unwrap();
+    s
+}
+
+fn tokens(n: i64) -> Tensor {
+    Tensor::from_slice(&(0..n).map(|i| (i * 37 + 11) % 97).collect::<Vec<i64>>()).view([1, n])
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+#[test]
+fn a_cover_of_shards_equals_the_full_model() {
+    let full = shard(ShardSpec::full(4), Kind::Float);
+    let input = tokens(10);
+    let expected = full.forward(ShardInput::Tokens(&input), None).unwrap();
+    assert_eq!(expected.size(), [1, 10, 97]);
+    for cuts in [vec![0, 2, 4], vec![0, 1, 3, 4], vec![0, 4]] {
+        let parts: Vec<Shard> = cuts
+            .windows(2)
+            .map(|w| shard(ShardSpec::span(w[0], w[1], 4).unwrap(), Kind::Float))
+            .collect();
+        let mut x = parts[0].forward(ShardInput::Tokens(&input), None).unwrap();
+        for part in &parts[1..] {
+            x = part.forward(ShardInput::Hidden(&x), None).unwrap();
+        }
+        assert!(max_diff(&x, &expected) < 1e-6, "cuts {cuts:?}");
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_forward() {
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let model = shard(ShardSpec::full(4), kind);
+        let input = tokens(12);
+        let expected = model.forward(ShardInput::Tokens(&input), None).unwrap();
+        let mut cache = model.new_cache();
+        // Prefill 5 positions, then a chunk of 3, then one at a time.
+        let mut pieces = vec![
+            model
+                .forward(ShardInput::Tokens(&input.narrow(1, 0, 5)), Some(&mut cache))
+                .unwrap(),
+        ];
+        pieces.push(
+            model
+                .forward(ShardInput::Tokens(&input.narrow(1, 5, 3)), Some(&mut cache))
+                .unwrap(),
+        );
+        for t in 8..12 {
+            pieces.push(
+                model
+                    .forward(ShardInput::Tokens(&input.narrow(1, t, 1)), Some(&mut cache))
+                    .unwrap(),
+            );
+        }
+        assert_eq!(cache.len(), 12);
+        assert!(cache.size_bytes() > 0);
+        let incremental = Tensor::cat(&pieces, 1);
+        let tol = if kind == Kind::Float { 1e-5 } else { 0.1 };
+        assert!(max_diff(&incremental, &expected) < tol, "{kind:?}");
+    }
+}
+
+#[test]
+fn sharded_cache_decoding_equals_full_forward() {
+    let full = shard(ShardSpec::full(4), Kind::Float);
+    let input = tokens(9);
+    let expected = full.forward(ShardInput::Tokens(&input), None).unwrap();
+    let first = shard(ShardSpec::span(0, 2, 4).unwrap(), Kind::Float);
+    let second = shard(ShardSpec::span(2, 4, 4).unwrap(), Kind::Float);
+    let (mut c1, mut c2) = (first.new_cache(), second.new_cache());
+    let mut rows = Vec::new();
+    for t in 0..9 {
+        let h = first
+            .forward(ShardInput::Tokens(&input.narrow(1, t, 1)), Some(&mut c1))
+            .unwrap();
+        rows.push(
+            second
+                .forward(ShardInput::Hidden(&h), Some(&mut c2))
+                .unwrap(),
+        );
+    }
+    assert!(max_diff(&Tensor::cat(&rows, 1), &expected) < 1e-5);
+}
+
+#[test]
+fn seeded_init_is_the_same_on_every_shard() {
+    let full = shard(ShardSpec::full(4), Kind::Float);
+    let part = shard(ShardSpec::span(2, 4, 4).unwrap(), Kind::Float);
+    let full_vars = full.var_store().variables();
+    for (name, value) in part.var_store().variables() {
+        assert!(max_diff(&value, &full_vars[&name]) == 0.0, "{name}");
+    }
+    let mut other = Shard::new(&config(), ShardSpec::full(4), Device::Cpu, Kind::Float).unwrap();
+    initialize(&mut other, 43).unwrap();
+    let w = "model.layers.0.self_attn.q_proj.weight";
+    assert!(max_diff(&other.var_store().variables()[w], &full_vars[w]) > 0.0);
+}
+
+#[test]
+fn inputs_that_do_not_fit_the_shard_are_refused_by_name() {
+    let first = shard(ShardSpec::span(0, 2, 4).unwrap(), Kind::Float);
+    let second = shard(ShardSpec::span(2, 4, 4).unwrap(), Kind::Float);
+    let err = |r: neuroshard_model::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(second.forward(ShardInput::Tokens(&tokens(3)), None)).contains("no embedding"));
+    let wrong_hidden = Tensor::zeros([1, 3, 32], (Kind::Float, Device::Cpu));
+    assert!(err(second.forward(ShardInput::Hidden(&wrong_hidden), None)).contains("hidden: shape"));
+    let wrong_dtype = Tensor::zeros([1, 3, 64], (Kind::Double, Device::Cpu));
+    assert!(err(second.forward(ShardInput::Hidden(&wrong_dtype), None)).contains("dtype"));
+    let out_of_vocab = Tensor::from_slice(&[1i64, 97]).view([1, 2]);
+    assert!(err(first.forward(ShardInput::Tokens(&out_of_vocab), None)).contains("[0, 97)"));
+    assert!(err(first.forward(ShardInput::Tokens(&tokens(65)), None)).contains("max_seq_len"));
+    assert!(
+        ShardSpec::span(3, 2, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("[3, 2)")
+    );
+    assert!(ShardSpec::span(0, 5, 4).is_err());
+}
+
+#[test]
+fn depth_growth_preserves_the_function() {
+    let full = shard(ShardSpec::full(4), Kind::Float);
+    let input = tokens(8);
+    let before = full.forward(ShardInput::Tokens(&input), None).unwrap();
+    let grown = grow_depth(&full, 6, 7).unwrap();
+    assert_eq!(grown.config().num_layers, 6);
+    assert_eq!(grown.spec(), ShardSpec::full(6));
+    let after = grown.forward(ShardInput::Tokens(&input), None).unwrap();
+    assert_eq!(max_diff(&before, &after), 0.0);
+    // The new layers are real, trainable layers: their input projections are not zero.
+    let q = &grown.var_store().variables()["model.layers.5.self_attn.q_proj.weight"];
+    assert!(q.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    // Growing a middle shard keeps its span; growing the last one extends it.
+    let middle = shard(ShardSpec::span(1, 3, 4).unwrap(), Kind::Float);
+    assert_eq!(
+        grow_depth(&middle, 6, 7).unwrap().spec(),
+        ShardSpec {
+            start: 1,
+            end: 3,
+            embed: false,
+            head: false
+        }
+    );
+    let last = shard(ShardSpec::span(2, 4, 4).unwrap(), Kind::Float);
+    assert_eq!(grow_depth(&last, 6, 7).unwrap().spec().end, 6);
+    assert!(grow_depth(&full, 4, 7).is_err());
+}
