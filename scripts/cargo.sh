@@ -9,4 +9,5 @@ source "$here/env.sh"
 "$here/setup-python.sh"
 export PATH="$PY_ENV/bin:$HOME/.cargo/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
+export NEUROSHARD_PYTHON="$PY_ENV/bin/python"
 exec cargo "$@"

@@ -293,8 +293,14 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     let vocab = logits.size()[2];
     logits
         .to_kind(Kind::Float)
-        .view([-1, vocab])
-        .cross_entropy_loss::<&Tensor>(&targets.view([-1]), None, tch::Reduction::Mean, -100, 0.0)
+        .reshape([-1, vocab])
+        .cross_entropy_loss::<&Tensor>(
+            &targets.reshape([-1]),
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )
 }
 
 fn check_tokens(tokens: &Tensor, vocab: i64) -> Result<()> {

@@ -1,0 +1,4 @@
+pub mod data;
+pub mod generate;
+pub mod model;
+pub mod train;
