@@ -1,8 +1,6 @@
 //! The `neuroshard` command. `Cli` is the clap definition; each command group lives in its own
 //! module under `commands/` and only parses, calls `neuroshard-model`, and prints.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 mod commands;
@@ -27,6 +25,9 @@ pub enum Command {
     Train(commands::train::TrainArgs),
     /// Generate text from a checkpoint, streaming tokens as they are sampled.
     Generate(commands::generate::GenerateArgs),
+    /// Benchmarks that print JSON (see BENCHMARKS.md for the scripts that compare them).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 /// Runs one parsed command.
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
     }
 }
 
@@ -49,6 +51,3 @@ pub struct RuntimeArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
-
-/// Where a checkpoint directory is given.
-pub type CheckpointDir = PathBuf;

@@ -1,6 +1,8 @@
 //! The `neuroshard` binary end to end: checkpoints that `transformers` loads with the same
 //! logits, shard splits, datasets, generation, and clear errors for bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -24,6 +24,12 @@ impl RmsNorm {
     /// x: [.., hidden] -> [.., hidden], same dtype as x.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dtype = x.kind();
+        if dtype == Kind::Float {
+            // Already f32: libtorch's fused kernel computes the same thing in one pass
+            // (and one backward), instead of square/mean/rsqrt/mul as separate ops.
+            let hidden = self.weight.size()[0];
+            return x.rms_norm([hidden], Some(&self.weight), self.eps);
+        }
         let x32 = x.to_kind(Kind::Float);
         let inv_rms = (x32.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
         (x32 * inv_rms).to_kind(dtype) * &self.weight

@@ -1,5 +1,7 @@
 //! Checkpoint round trips, shard-only loading and clear errors for bad checkpoints.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::collections::BTreeMap;
 
 use neuroshard_model::checkpoint::{self, CONFIG_FILE, WEIGHTS_FILE};

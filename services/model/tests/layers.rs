@@ -1,5 +1,8 @@
 //! Each layer against a directly written reference formula (plain loops in f64).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+#![allow(clippy::needless_range_loop)] // reference formulas read as the index math they encode
+
 use neuroshard_model::ModelConfig;
 use neuroshard_model::attention::Attention;
 use neuroshard_model::mlp::Mlp;

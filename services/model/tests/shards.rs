@@ -1,5 +1,7 @@
 //! Shards, the KV cache, seeded initialisation and depth growth against the full model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use neuroshard_model::growth::grow_depth;
 use neuroshard_model::init::initialize;
 use neuroshard_model::tch::{Device, Kind, Tensor};

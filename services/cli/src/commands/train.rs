@@ -85,6 +85,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")?
             .progress_chars("=> "),
     );
+    // `suspend` rather than `println`: the bar hides itself off a terminal, the lines must not.
+    let say = |line: String| bar.suspend(|| println!("{line}"));
     let mut entropy = f64::NAN;
     let mut last_validation = f64::NAN;
     let report = train(
@@ -102,10 +104,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 unigram_entropy,
             } => {
                 entropy = *unigram_entropy;
-                bar.println(format!(
-                "training {parameters} parameters on {train_tokens} tokens ({validation_tokens} held out); \
+                say(format!(
+                    "training {parameters} parameters on {train_tokens} tokens ({validation_tokens} held out); \
                  unigram entropy {unigram_entropy:.3} nats; device {device:?}"
-            ));
+                ));
             }
             TrainEvent::Step {
                 step,
@@ -123,12 +125,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 validation_loss,
             } => {
                 last_validation = *validation_loss;
-                bar.println(format!(
+                say(format!(
                     "step {step:>6}  held-out loss {validation_loss:.4} (unigram {entropy:.3})"
                 ));
             }
             TrainEvent::Checkpointed { step } => {
-                bar.println(format!(
+                say(format!(
                     "step {step:>6}  checkpoint written to {}",
                     args.out.display()
                 ));

@@ -1,0 +1,26 @@
+# Thin entry points; the logic lives in scripts/ and in Rust.
+.PHONY: up test setup build bench clean
+
+## Set up what is missing, build, fetch the corpus, train NeuroLLM and sample from it.
+up:
+	@scripts/up.sh
+
+## Set up what is missing, build, and run fmt check, clippy -D warnings and every test.
+test:
+	@scripts/test.sh
+
+## Install the cached PyTorch environment and fetch the default corpus.
+setup:
+	@scripts/setup-python.sh
+	@scripts/fetch-corpus.sh >/dev/null
+
+## Build the release binaries.
+build:
+	@scripts/cargo.sh build --release --workspace
+
+## Run the benchmarks recorded in BENCHMARKS.md.
+bench:
+	@scripts/bench.sh
+
+clean:
+	@scripts/cargo.sh clean
