@@ -12,7 +12,18 @@ fi
 echo "==> creating the PyTorch $TORCH_VERSION environment in $PY_ENV (once; about 5 GB)"
 rm -rf "$PY_ENV"
 mkdir -p "$NEUROSHARD_CACHE"
-python3 -m venv "$PY_ENV"
+if ! python3 -m venv "$PY_ENV" >/dev/null 2>&1; then
+  # Debian's python3 ships venv and pip separately.
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing python3-venv and python3-pip with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+    rm -rf "$PY_ENV"
+    python3 -m venv "$PY_ENV"
+  else
+    echo "error: python3 cannot create a virtual environment; install python3-venv" >&2
+    exit 1
+  fi
+fi
 "$PY_ENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
   "torch==$TORCH_VERSION" \
   "transformers==$TRANSFORMERS_VERSION" \
