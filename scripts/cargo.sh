@@ -10,4 +10,7 @@ source "$here/env.sh"
 export PATH="$PY_ENV/bin:$HOME/.cargo/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 export NEUROSHARD_PYTHON="$PY_ENV/bin/python"
+# The default corpus, for the acceptance test that trains on it (cached after the first fetch).
+NEUROSHARD_CORPUS="$("$here/fetch-corpus.sh")"
+export NEUROSHARD_CORPUS
 exec cargo "$@"

@@ -8,7 +8,4 @@ scripts/cargo.sh fmt --all -- --check
 echo "==> cargo clippy --all-targets -D warnings"
 scripts/cargo.sh clippy --release --workspace --all-targets -- -D warnings
 echo "==> cargo test"
-# The default corpus, for the acceptance test that trains on it.
-NEUROSHARD_CORPUS="$(scripts/fetch-corpus.sh)"
-export NEUROSHARD_CORPUS
 scripts/cargo.sh test --release --workspace

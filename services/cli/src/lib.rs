@@ -41,6 +41,40 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Model shape flags shared by the commands that create a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelShapeArgs {
+    #[arg(long, default_value_t = 4)]
+    pub layers: i64,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: i64,
+    #[arg(long, default_value_t = 4)]
+    pub heads: i64,
+    #[arg(long = "kv-heads", default_value_t = 2)]
+    pub kv_heads: i64,
+    /// SwiGLU width (default: 8/3 · hidden rounded up to a multiple of 8).
+    #[arg(long)]
+    pub intermediate: Option<i64>,
+}
+
+impl ModelShapeArgs {
+    /// The model these flags describe, with the given vocabulary and context length.
+    pub fn config(&self, vocab_size: i64, max_seq_len: i64) -> neuroshard_model::ModelConfig {
+        neuroshard_model::ModelConfig {
+            vocab_size,
+            hidden_size: self.hidden,
+            num_layers: self.layers,
+            num_heads: self.heads,
+            num_kv_heads: self.kv_heads,
+            intermediate_size: self
+                .intermediate
+                .unwrap_or_else(|| neuroshard_model::config::swiglu_intermediate(self.hidden, 8)),
+            max_seq_len,
+            ..neuroshard_model::ModelConfig::small(vocab_size)
+        }
+    }
+}
+
 /// Device and dtype flags shared by the commands that run the model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {

@@ -288,36 +288,27 @@ fn data_build_verify_train_generate() {
         "3e-3",
     ]);
     assert!(trained.contains("held-out loss"), "{trained}");
-    let text = ok(&[
-        "generate",
-        "--checkpoint",
-        c,
-        "--prompt",
-        "Now is the",
-        "--max-tokens",
-        "12",
-        "--temperature",
-        "0",
-        "--device",
-        "cpu",
-    ]);
+    let greedy = || {
+        ok(&[
+            "generate",
+            "--checkpoint",
+            c,
+            "--prompt",
+            "Now is the",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+        ])
+    };
+    let text = greedy();
     assert!(
         text.starts_with("Now is the") && text.len() > "Now is the".len() + 5,
         "{text:?}"
     );
-    let again = ok(&[
-        "generate",
-        "--checkpoint",
-        c,
-        "--prompt",
-        "Now is the",
-        "--max-tokens",
-        "12",
-        "--temperature",
-        "0",
-        "--device",
-        "cpu",
-    ]);
+    let again = greedy();
     assert_eq!(text, again, "greedy generation is deterministic");
     let seeded = |seed: &str| {
         ok(&[

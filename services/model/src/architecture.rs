@@ -10,7 +10,7 @@
 //! Everything is integer or exactly reproducible
 //! float math: the same inputs give the same shape on every node.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, swiglu_intermediate};
 use crate::error::{ModelError, Result};
 
 /// Every layer is held by at least this many nodes.
@@ -128,7 +128,7 @@ impl ArchitecturePolicy {
             num_layers: layers,
             num_heads,
             num_kv_heads: kv_heads_for(num_heads),
-            intermediate_size: swiglu_intermediate(hidden),
+            intermediate_size: swiglu_intermediate(hidden, 256),
             rope_theta: self.rope_theta,
             rms_eps: self.rms_eps,
             max_seq_len: self.max_seq_len,
@@ -160,12 +160,6 @@ fn depth_curve(memory: f64) -> i64 {
 fn kv_heads_for(heads: i64) -> i64 {
     let limit = (heads / 3).max(1);
     (1..=limit).rev().find(|d| heads % d == 0).unwrap_or(1)
-}
-
-/// 8/3 · hidden rounded up to a multiple of 256, the usual SwiGLU width.
-fn swiglu_intermediate(hidden: i64) -> i64 {
-    let raw = (8 * hidden + 2) / 3;
-    (raw + 255) / 256 * 256
 }
 
 /// Parameters of one decoder block.

@@ -24,6 +24,13 @@ pub struct ModelConfig {
     pub max_seq_len: i64,
 }
 
+/// The usual SwiGLU width for `hidden`: 8/3 · hidden (same parameter count as a 4 · hidden
+/// two-matrix MLP), rounded up to a multiple of `multiple_of` for efficient matmuls.
+pub fn swiglu_intermediate(hidden: i64, multiple_of: i64) -> i64 {
+    let raw = (8 * hidden + 2) / 3;
+    (raw + multiple_of - 1) / multiple_of * multiple_of
+}
+
 fn default_rope_theta() -> f64 {
     10_000.0
 }
@@ -41,7 +48,7 @@ impl ModelConfig {
             num_layers: 4,
             num_heads: 4,
             num_kv_heads: 2,
-            intermediate_size: 688,
+            intermediate_size: swiglu_intermediate(256, 8),
             rope_theta: default_rope_theta(),
             rms_eps: default_rms_eps(),
             max_seq_len: 256,

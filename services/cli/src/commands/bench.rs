@@ -9,7 +9,9 @@ use neuroshard_model::device::parse_device;
 use neuroshard_model::init::initialize;
 use neuroshard_model::tch::{Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer};
-use neuroshard_model::{ModelConfig, Shard, ShardSpec};
+use neuroshard_model::{Shard, ShardSpec};
+
+use crate::ModelShapeArgs;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -21,16 +23,8 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct TrainStepArgs {
-    #[arg(long, default_value_t = 4)]
-    pub layers: i64,
-    #[arg(long, default_value_t = 256)]
-    pub hidden: i64,
-    #[arg(long, default_value_t = 4)]
-    pub heads: i64,
-    #[arg(long = "kv-heads", default_value_t = 2)]
-    pub kv_heads: i64,
-    #[arg(long, default_value_t = 688)]
-    pub intermediate: i64,
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
     #[arg(long, default_value_t = 4096)]
     pub vocab: i64,
     #[arg(long = "batch-size", default_value_t = 16)]
@@ -57,16 +51,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         neuroshard_model::tch::set_num_threads(threads);
     }
-    let config = ModelConfig {
-        vocab_size: args.vocab,
-        hidden_size: args.hidden,
-        num_layers: args.layers,
-        num_heads: args.heads,
-        num_kv_heads: args.kv_heads,
-        intermediate_size: args.intermediate,
-        max_seq_len: args.seq_len + 1,
-        ..ModelConfig::small(args.vocab)
-    };
+    let config = args.shape.config(args.vocab, args.seq_len + 1);
     let device = parse_device(&args.device)?;
     let mut model = Shard::new(
         &config,

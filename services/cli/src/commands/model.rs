@@ -9,10 +9,10 @@ use neuroshard_model::checkpoint;
 use neuroshard_model::device::{parse_device, parse_dtype};
 use neuroshard_model::tch::{Kind, Tensor};
 use neuroshard_model::tokenizer::TextTokenizer;
-use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec};
+use neuroshard_model::{Shard, ShardInput, ShardSpec};
 use serde_json::json;
 
-use crate::RuntimeArgs;
+use crate::{ModelShapeArgs, RuntimeArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -53,17 +53,8 @@ pub enum ModelCommand {
 pub struct InitArgs {
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 4)]
-    pub layers: i64,
-    #[arg(long, default_value_t = 256)]
-    pub hidden: i64,
-    #[arg(long, default_value_t = 4)]
-    pub heads: i64,
-    #[arg(long = "kv-heads", default_value_t = 2)]
-    pub kv_heads: i64,
-    /// SwiGLU width (default: 8/3 · hidden rounded up to a multiple of 8).
-    #[arg(long)]
-    pub intermediate: Option<i64>,
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
     /// Vocabulary size; taken from --tokenizer when that is given.
     #[arg(long)]
     pub vocab: Option<i64>,
@@ -191,18 +182,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         (_, Some(v)) => v,
         (None, None) => bail!("give --vocab N or --tokenizer tokenizer.json"),
     };
-    let config = ModelConfig {
-        vocab_size: vocab,
-        hidden_size: args.hidden,
-        num_layers: args.layers,
-        num_heads: args.heads,
-        num_kv_heads: args.kv_heads,
-        intermediate_size: args
-            .intermediate
-            .unwrap_or(((8 * args.hidden + 2) / 3 + 7) / 8 * 8),
-        max_seq_len: args.max_seq_len,
-        ..ModelConfig::small(vocab)
-    };
+    let config = args.shape.config(vocab, args.max_seq_len);
     let kind = parse_dtype(&args.dtype)?;
     let mut model = Shard::new(
         &config,

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::ModelShapeArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use neuroshard_model::ModelConfig;
 use neuroshard_model::data::Manifest;
 use neuroshard_model::device::parse_device;
 use neuroshard_model::training::{TrainEvent, TrainOptions, train};
@@ -36,16 +36,8 @@ pub struct TrainArgs {
     /// Start from this checkpoint instead of a fresh model.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    #[arg(long, default_value_t = 4)]
-    pub layers: i64,
-    #[arg(long, default_value_t = 256)]
-    pub hidden: i64,
-    #[arg(long, default_value_t = 4)]
-    pub heads: i64,
-    #[arg(long = "kv-heads", default_value_t = 2)]
-    pub kv_heads: i64,
-    #[arg(long, default_value_t = 688)]
-    pub intermediate: i64,
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
     /// auto (CUDA when available), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -59,15 +51,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         neuroshard_model::tch::set_num_threads(threads);
     }
     let manifest = Manifest::read(&args.data)?;
-    let config = ModelConfig {
-        hidden_size: args.hidden,
-        num_layers: args.layers,
-        num_heads: args.heads,
-        num_kv_heads: args.kv_heads,
-        intermediate_size: args.intermediate,
-        max_seq_len: (args.seq_len as i64).max(256),
-        ..ModelConfig::small(i64::from(manifest.vocab_size))
-    };
+    let config = args.shape.config(
+        i64::from(manifest.vocab_size),
+        (args.seq_len as i64).max(256),
+    );
     let options = TrainOptions {
         steps: args.steps,
         batch_size: args.batch_size,
