@@ -1,0 +1,23 @@
+//! Compiles the .proto files with protox (pure Rust, no protoc) and generates prost messages
+//! and tonic clients/servers, plus a file descriptor set for gRPC reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "neuroshard/common/v1/common.proto",
+        "neuroshard/registry/v1/registry.proto",
+        "neuroshard/worker/v1/worker.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("neuroshard_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
