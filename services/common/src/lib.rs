@@ -1,5 +1,8 @@
 //! The shared layer of every NeuroShard service. Nothing here depends on a service.
 //!
+//! - [`model_config`] (NeuroLLM's shape, HF `config.json`) and [`architecture`]
+//!   (`architecture_for`, parameter counts, growth targets): pure, so services that never
+//!   touch tensors (the registry) use them without libtorch;
 //! - [`config`]: defaults < TOML file < environment, unknown keys refused;
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: structured logs;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place;
@@ -9,9 +12,11 @@
 //! - [`tensor`]: the tensor wire codec (f32/bf16/f16/i64, int8 with block scales, chunked
 //!   streaming) with shape, size and finiteness checks.
 
+pub mod architecture;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod model_config;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

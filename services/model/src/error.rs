@@ -56,6 +56,12 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
+impl From<neuroshard_common::Error> for ModelError {
+    fn from(error: neuroshard_common::Error) -> Self {
+        Self::InvalidConfig(error.message)
+    }
+}
+
 impl ModelError {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

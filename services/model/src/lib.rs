@@ -1,22 +1,22 @@
 //! NeuroLLM in tch, the only crate that links libtorch (with its dependents).
 //!
 //! Where things live:
-//! - the model, one concept per file: [`config`] (shape, HF `config.json`), [`norm`] (RMSNorm),
+//! - the model, one concept per file: [`config`] (shape, HF `config.json`, from
+//!   `neuroshard-common`), [`norm`] (RMSNorm),
 //!   [`rope`], [`attention`] (GQA), [`mlp`] (SwiGLU), [`block`], [`kv_cache`], [`shard`]
 //!   (a layer span ± embedding ± head; the full model is the shard `[0, N)`), [`init`]
 //!   (seeded initialisation);
 //! - weights: [`safetensors_io`] (header-only reads, atomic writes), [`checkpoint`]
 //!   (HF-compatible directories, shard-only loading);
-//! - shape policy: [`architecture`] (`architecture_for`, parameter counts, growth targets),
+//! - shape policy: [`architecture`] (from `neuroshard-common`: `architecture_for`, parameter
+//!   counts, growth targets),
 //!   [`growth`] (function-preserving depth growth);
 //! - text: [`tokenizer`] (byte-level BPE), [`data`] (genesis dataset, deterministic batches);
 //! - running: [`training`] + [`schedule`], [`generate`] + [`sampling`], [`device`].
 
-pub mod architecture;
 pub mod attention;
 pub mod block;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -36,5 +36,8 @@ pub mod training;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
+/// Shape and architecture policy live in `neuroshard-common` (pure, no libtorch) and are
+/// re-exported here under the paths model code uses.
+pub use neuroshard_common::{architecture, model_config as config};
 pub use shard::{Shard, ShardInput, ShardSpec};
 pub use tch;

@@ -10,8 +10,8 @@
 //! Everything is integer or exactly reproducible
 //! float math: the same inputs give the same shape on every node.
 
-use crate::config::{ModelConfig, swiglu_intermediate};
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
+use crate::model_config::{ModelConfig, swiglu_intermediate};
 
 /// Every layer is held by at least this many nodes.
 pub const MIN_REPLICAS: u64 = 2;
@@ -62,7 +62,7 @@ impl ArchitecturePolicy {
     /// The shape for `memory_bytes` of usable memory spread over `nodes` nodes.
     pub fn architecture_for(&self, memory_bytes: u64, nodes: u64) -> Result<Architecture> {
         if nodes < self.replicas {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "{nodes} node(s) cannot hold {} replicas of every layer",
                 self.replicas
             )));
@@ -79,7 +79,7 @@ impl ArchitecturePolicy {
                 });
             }
             if layers == 1 {
-                return Err(ModelError::InvalidConfig(format!(
+                return Err(Error::invalid_argument(format!(
                     "{memory_bytes} bytes over {nodes} nodes cannot hold even a 1-layer model \
                      ({} bytes for {} training replicas)",
                     self.replicated_bytes(&config),

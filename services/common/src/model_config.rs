@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 
 /// Shape of a NeuroLLM. Field names follow the design document; `to_hf_json` maps them to
 /// the Llama names.
@@ -74,37 +74,37 @@ impl ModelConfig {
         ];
         for (name, value) in positive {
             if value <= 0 {
-                return Err(ModelError::InvalidConfig(format!(
+                return Err(Error::invalid_argument(format!(
                     "{name} must be positive, got {value}"
                 )));
             }
         }
         if self.hidden_size % self.num_heads != 0 {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "hidden_size {} is not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
             )));
         }
         if self.num_heads % self.num_kv_heads != 0 {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "num_heads {} is not divisible by num_kv_heads {}",
                 self.num_heads, self.num_kv_heads
             )));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "head_dim {} must be even for rotary embeddings",
                 self.head_dim()
             )));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "rope_theta must be a positive number, got {}",
                 self.rope_theta
             )));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "rms_eps must be a positive number, got {}",
                 self.rms_eps
             )));
@@ -146,7 +146,7 @@ impl ModelConfig {
     pub fn from_hf_json(value: &Value) -> Result<Self> {
         let int = |key: &str| -> Result<i64> {
             value.get(key).and_then(Value::as_i64).ok_or_else(|| {
-                ModelError::InvalidConfig(format!(
+                Error::invalid_argument(format!(
                     "config.json: `{key}` is missing or not an integer"
                 ))
             })
@@ -155,20 +155,20 @@ impl ModelConfig {
             match value.get(key) {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => v.as_f64().ok_or_else(|| {
-                    ModelError::InvalidConfig(format!("config.json: `{key}` is not a number"))
+                    Error::invalid_argument(format!("config.json: `{key}` is not a number"))
                 }),
             }
         };
         if let Some(model_type) = value.get("model_type").and_then(Value::as_str)
             && model_type != "llama"
         {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "config.json: model_type `{model_type}` is not `llama`"
             )));
         }
         if value.get("tie_word_embeddings").and_then(Value::as_bool) == Some(true) {
-            return Err(ModelError::InvalidConfig(
-                "config.json: tied embeddings are not supported (embedding and head live on different nodes)".into(),
+            return Err(Error::invalid_argument(
+                "config.json: tied embeddings are not supported (embedding and head live on different nodes)",
             ));
         }
         let num_heads = int("num_attention_heads")?;
@@ -177,9 +177,7 @@ impl ModelConfig {
             .and_then(|p| p.get("rope_theta"))
         {
             Some(v) => v.as_f64().ok_or_else(|| {
-                ModelError::InvalidConfig(
-                    "config.json: rope_parameters.rope_theta is not a number".into(),
-                )
+                Error::invalid_argument("config.json: rope_parameters.rope_theta is not a number")
             })?,
             None => float("rope_theta", default_rope_theta())?,
         };
@@ -200,7 +198,7 @@ impl ModelConfig {
         if let Some(head_dim) = value.get("head_dim").and_then(Value::as_i64)
             && head_dim != config.head_dim()
         {
-            return Err(ModelError::InvalidConfig(format!(
+            return Err(Error::invalid_argument(format!(
                 "config.json: head_dim {head_dim} differs from hidden_size / num_attention_heads = {}",
                 config.head_dim()
             )));
