@@ -23,3 +23,4 @@ pub mod telemetry;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
+pub use model_config::ModelConfig;

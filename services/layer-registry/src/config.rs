@@ -1,0 +1,102 @@
+//! Registry configuration: defaults < `--config` TOML file < `NEUROSHARD_REGISTRY_*` environment.
+//! See `deploy/layer-registry.example.toml`.
+
+use std::net::SocketAddr;
+
+use neuroshard_common::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the registry needs at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    /// libpq-style connection string; may carry a password, so it is never logged.
+    pub database_url: String,
+    /// Signed messages for another network are refused.
+    pub network_id: String,
+    pub min_replicas: u32,
+    pub heartbeat_interval_ms: u64,
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    /// Accepted difference between a signer's clock and ours.
+    pub clock_window_ms: i64,
+    /// How often watchers look for a new assignment version.
+    pub watch_poll_ms: u64,
+    /// Bytes one parameter costs on a node (weights, gradients, optimizer state, round copy).
+    pub bytes_per_param: u64,
+    /// The model being assigned.
+    pub model: ModelConfig,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            database_url: "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into(),
+            network_id: "neuroshard-local".into(),
+            min_replicas: 2,
+            heartbeat_interval_ms: 5_000,
+            suspect_after_ms: 15_000,
+            dead_after_ms: 30_000,
+            clock_window_ms: 60_000,
+            watch_poll_ms: 250,
+            bytes_per_param: 20,
+            model: ModelConfig::small(4096),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks relations between fields that types cannot express.
+    pub fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        use neuroshard_common::Error;
+        self.model.validate()?;
+        if self.min_replicas == 0 {
+            return Err(Error::invalid_argument("min_replicas must be at least 1"));
+        }
+        if !(self.heartbeat_interval_ms < self.suspect_after_ms
+            && self.suspect_after_ms < self.dead_after_ms)
+        {
+            return Err(Error::invalid_argument(format!(
+                "liveness timings must satisfy heartbeat_interval_ms ({}) < suspect_after_ms ({}) < dead_after_ms ({})",
+                self.heartbeat_interval_ms, self.suspect_after_ms, self.dead_after_ms
+            )));
+        }
+        if self.network_id.is_empty() {
+            return Err(Error::invalid_argument("network_id must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_file_loads_and_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/layer-registry.example.toml");
+        let config: RegistryConfig =
+            neuroshard_common::config::load(Some(&path), "NEUROSHARD_REGISTRY", Vec::new())
+                .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config, RegistryConfig::default());
+    }
+
+    #[test]
+    fn inconsistent_liveness_timings_are_refused() {
+        let config = RegistryConfig {
+            suspect_after_ms: 40_000,
+            ..RegistryConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("suspect_after_ms")
+        );
+    }
+}

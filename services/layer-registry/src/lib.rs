@@ -1,0 +1,75 @@
+//! The layer registry: membership, capacities, liveness, layer assignment with replicas, and
+//! routes, stored in PostgreSQL so several replicas can serve one swarm.
+//!
+//! - [`assignment`]: pure placement (contiguous spans, ≥ `min_replicas` holders per layer when
+//!   capacity allows, exact deficits otherwise, pipelines, roles);
+//! - [`liveness`], [`routes`], [`snapshot`]: pure policy over stored nodes;
+//! - [`store`]: PostgreSQL (migrations, atomic nonce checks, published assignment);
+//! - [`service`]: the gRPC adapter; [`config`]: layered configuration;
+//! - [`run`]: serves until `shutdown` resolves, re-publishing the assignment as liveness changes.
+
+pub mod assignment;
+pub mod config;
+pub mod liveness;
+pub mod routes;
+pub mod service;
+pub mod snapshot;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistryServer;
+
+pub use config::RegistryConfig;
+pub use service::RegistryService;
+
+/// Serves the registry on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: RegistryConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store = store::Store::connect(&config.database_url).await?;
+    let config = Arc::new(config);
+    let service = RegistryService::new(store, config.clone());
+    service.publish().await?;
+
+    // Liveness is derived from heartbeat age when the assignment is built, so re-building it
+    // regularly is what turns a silent node into a dead one and moves its layers.
+    let reaper = {
+        let service = service.clone();
+        let every = Duration::from_millis((config.heartbeat_interval_ms / 2).max(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = service.publish().await {
+                    tracing::warn!(error = %e, "re-publishing the assignment failed");
+                }
+            }
+        })
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LayerRegistryServer<RegistryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tracing::info!(listen = %listener.local_addr()?, network = %config.network_id, "layer-registry serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(LayerRegistryServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    reaper.abort();
+    tracing::info!("layer-registry stopped");
+    Ok(result?)
+}

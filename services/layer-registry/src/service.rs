@@ -1,0 +1,260 @@
+//! The `LayerRegistry` gRPC service: thin transport over the store and the pure modules.
+//! Every mutating call is a signed envelope: signature (low-S, this network, this message
+//! type), then timestamp window, then payload, then the nonce check inside the store's
+//! single statement. Nothing changes unless all of them pass.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
+use neuroshard_common::{Error, Result};
+use neuroshard_proto::common::v1::SignedEnvelope;
+use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistry;
+use neuroshard_proto::registry::v1::{
+    AssignmentSnapshot, DeregisterRequest, DeregisterResponse, DrainRequest, DrainResponse,
+    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    RoutesRequest, RoutesResponse, WatchRequest,
+};
+use prost::Message;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::RegistryConfig;
+use crate::liveness::LivenessPolicy;
+use crate::store::{Registration, Store};
+use crate::{routes, snapshot};
+
+/// Shared state of one registry replica.
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    store: Store,
+    config: Arc<RegistryConfig>,
+}
+
+impl RegistryService {
+    pub fn new(store: Store, config: Arc<RegistryConfig>) -> Self {
+        Self { store, config }
+    }
+
+    /// Recomputes the assignment and publishes it if it changed; returns the current one.
+    pub async fn publish(&self) -> Result<AssignmentSnapshot> {
+        let config = self.config.clone();
+        let liveness = LivenessPolicy {
+            suspect_after_ms: config.suspect_after_ms,
+            dead_after_ms: config.dead_after_ms,
+        };
+        let (version, bytes) = self
+            .store
+            .publish(|nodes| {
+                snapshot::build(
+                    nodes,
+                    &config.model,
+                    config.bytes_per_param,
+                    liveness,
+                    config.min_replicas,
+                )
+                .map(|s| s.encode_to_vec())
+            })
+            .await?;
+        decode_snapshot(version, &bytes)
+    }
+
+    async fn current(&self) -> Result<AssignmentSnapshot> {
+        match self.store.published().await? {
+            Some((version, bytes)) => decode_snapshot(version, &bytes),
+            None => self.publish().await,
+        }
+    }
+
+    /// Checks signature, timestamp and payload of a `message_name` envelope.
+    fn open<M: Message + Default>(
+        &self,
+        envelope: &SignedEnvelope,
+        message_name: &str,
+    ) -> Result<(Verified, M)> {
+        let verified = verify(envelope, &self.config.network_id, message_name)?;
+        // The nonce is checked against stored state by the store; here only the clock.
+        check_fresh(
+            None,
+            verified.nonce,
+            verified.timestamp_ms,
+            now_ms(),
+            self.config.clock_window_ms,
+        )?;
+        let message = M::decode(verified.payload.as_slice()).map_err(|e| {
+            Error::invalid_argument(format!("payload: not a valid {message_name}: {e}"))
+        })?;
+        Ok((verified, message))
+    }
+}
+
+fn decode_snapshot(version: u64, bytes: &[u8]) -> Result<AssignmentSnapshot> {
+    let mut snapshot = AssignmentSnapshot::decode(bytes)
+        .map_err(|e| Error::internal(format!("stored assignment is unreadable: {e}")))?;
+    snapshot.version = version;
+    Ok(snapshot)
+}
+
+fn validate_registration(request: &RegisterRequest) -> Result<()> {
+    if !(request.endpoint.starts_with("http://") || request.endpoint.starts_with("https://")) {
+        return Err(Error::invalid_argument(format!(
+            "endpoint: `{}` must be an http:// or https:// URL",
+            request.endpoint
+        )));
+    }
+    let capacity = request
+        .capacity
+        .as_ref()
+        .ok_or_else(|| Error::invalid_argument("capacity: missing"))?;
+    if capacity.usable_memory_bytes == 0 {
+        return Err(Error::invalid_argument(
+            "capacity.usable_memory_bytes: must be positive",
+        ));
+    }
+    if !(capacity.tokens_per_second.is_finite() && capacity.tokens_per_second >= 0.0) {
+        return Err(Error::invalid_argument(
+            "capacity.tokens_per_second: must be a finite number >= 0",
+        ));
+    }
+    Ok(())
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<AssignmentSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LayerRegistry for RegistryService {
+    async fn register(
+        &self,
+        request: Request<SignedEnvelope>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let (verified, body) =
+            self.open::<RegisterRequest>(request.get_ref(), "RegisterRequest")?;
+        validate_registration(&body)?;
+        let capacity = body.capacity.unwrap_or_default();
+        self.store
+            .register(&Registration {
+                node_id: &verified.node_id,
+                public_key: &verified.signer,
+                nonce: verified.nonce,
+                endpoint: &body.endpoint,
+                usable_memory_bytes: capacity.usable_memory_bytes,
+                device: capacity.device,
+                tokens_per_second: capacity.tokens_per_second,
+                payout_address: &body.payout_address,
+            })
+            .await?;
+        let assignment = self.publish().await?;
+        tracing::info!(node_id = %verified.node_id, version = assignment.version, "node registered");
+        Ok(Response::new(RegisterResponse {
+            node_id: verified.node_id,
+            assignment: Some(assignment),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<SignedEnvelope>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let (verified, body) =
+            self.open::<HeartbeatRequest>(request.get_ref(), "HeartbeatRequest")?;
+        self.store
+            .heartbeat(&verified.node_id, verified.nonce, body.queue_depth)
+            .await?;
+        let assignment = self.current().await?;
+        Ok(Response::new(HeartbeatResponse {
+            assignment_version: assignment.version,
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<SignedEnvelope>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        let (verified, _) = self.open::<DrainRequest>(request.get_ref(), "DrainRequest")?;
+        self.store.drain(&verified.node_id, verified.nonce).await?;
+        let assignment = self.publish().await?;
+        tracing::info!(node_id = %verified.node_id, version = assignment.version, "node draining");
+        Ok(Response::new(DrainResponse {}))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<SignedEnvelope>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let (verified, _) =
+            self.open::<DeregisterRequest>(request.get_ref(), "DeregisterRequest")?;
+        self.store
+            .deregister(&verified.node_id, verified.nonce)
+            .await?;
+        self.publish().await?;
+        tracing::info!(node_id = %verified.node_id, "node deregistered");
+        Ok(Response::new(DeregisterResponse {}))
+    }
+
+    async fn get_assignment(
+        &self,
+        _: Request<GetAssignmentRequest>,
+    ) -> Result<Response<AssignmentSnapshot>, Status> {
+        Ok(Response::new(self.current().await?))
+    }
+
+    async fn routes(
+        &self,
+        request: Request<RoutesRequest>,
+    ) -> Result<Response<RoutesResponse>, Status> {
+        let mut assignment = self.current().await?;
+        // Queue depths change with every heartbeat and are not part of the published
+        // assignment; take them fresh.
+        for row in self.store.nodes().await? {
+            if let Some(node) = assignment
+                .nodes
+                .iter_mut()
+                .find(|n| n.node_id == row.node_id)
+            {
+                node.queue_depth = row.queue_depth;
+            }
+        }
+        let max = match request.get_ref().max_routes {
+            0 => 16,
+            n => n as usize,
+        };
+        Ok(Response::new(RoutesResponse {
+            assignment_version: assignment.version,
+            routes: routes::routes(&assignment, max),
+        }))
+    }
+
+    type WatchStream = SnapshotStream;
+
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let service = self.clone();
+        let poll = Duration::from_millis(self.config.watch_poll_ms.max(10));
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let next = service.current().await.map_err(Status::from);
+                let changed = match &next {
+                    Ok(s) => last != Some(s.version),
+                    Err(_) => true,
+                };
+                if changed {
+                    if let Ok(s) = &next {
+                        last = Some(s.version);
+                    }
+                    if tx.send(next).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,301 @@
+//! PostgreSQL storage. Migrations run at start under an advisory lock, so several registry
+//! replicas can start against one database. Nonce checks are single statements
+//! (`... WHERE last_nonce < $nonce`), so a replay is refused atomically even when two replicas
+//! receive it at once.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use neuroshard_common::{Error, ErrorKind, Result};
+use tokio_postgres::NoTls;
+
+/// Ordered migrations, embedded in the binary.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_nodes.sql"))];
+
+/// Arbitrary fixed keys for `pg_advisory_xact_lock`.
+const MIGRATION_LOCK: i64 = 0x6e73_0001;
+const PUBLISH_LOCK: i64 = 0x6e73_0002;
+
+/// One node as stored, with its heartbeat age measured by the database clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub endpoint: String,
+    pub usable_memory_bytes: u64,
+    pub device: i32,
+    pub tokens_per_second: f64,
+    pub draining: bool,
+    pub queue_depth: u32,
+    pub heartbeat_age_ms: u64,
+}
+
+/// What a signed register carries into storage.
+#[derive(Debug, Clone)]
+pub struct Registration<'a> {
+    pub node_id: &'a str,
+    pub public_key: &'a [u8],
+    pub nonce: u64,
+    pub endpoint: &'a str,
+    pub usable_memory_bytes: u64,
+    pub device: i32,
+    pub tokens_per_second: f64,
+    pub payout_address: &'a str,
+}
+
+fn db(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("database: {e}"))
+}
+
+fn nonce_i64(nonce: u64) -> Result<i64> {
+    i64::try_from(nonce)
+        .map_err(|_| Error::invalid_argument(format!("nonce: {nonce} exceeds 2^63 - 1")))
+}
+
+/// The registry's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    pub async fn connect(database_url: &str) -> Result<Self> {
+        let pg_config: tokio_postgres::Config = database_url
+            .parse()
+            .map_err(|_| Error::invalid_argument("database_url: not a valid connection string"))?;
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager).max_size(16).build().map_err(db)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            .await
+            .map_err(db)?;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(db)?;
+            if done.is_none() {
+                tx.batch_execute(sql).await.map_err(db)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Inserts or updates a node. A re-registration must carry a nonce above the last one.
+    pub async fn register(&self, r: &Registration<'_>) -> Result<()> {
+        let client = self.pool.get().await.map_err(db)?;
+        let memory = i64::try_from(r.usable_memory_bytes)
+            .map_err(|_| Error::invalid_argument("capacity.usable_memory_bytes: too large"))?;
+        let rows = client
+            .execute(
+                "INSERT INTO nodes (node_id, public_key, endpoint, usable_memory_bytes, device, tokens_per_second,
+                                    payout_address, last_nonce, last_heartbeat, draining)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), FALSE)
+                 ON CONFLICT (node_id) DO UPDATE SET
+                    endpoint = EXCLUDED.endpoint, usable_memory_bytes = EXCLUDED.usable_memory_bytes,
+                    device = EXCLUDED.device, tokens_per_second = EXCLUDED.tokens_per_second,
+                    payout_address = EXCLUDED.payout_address, last_nonce = EXCLUDED.last_nonce,
+                    last_heartbeat = now(), draining = FALSE
+                 WHERE nodes.last_nonce < EXCLUDED.last_nonce",
+                &[
+                    &r.node_id,
+                    &r.public_key,
+                    &r.endpoint,
+                    &memory,
+                    &(r.device as i16),
+                    &r.tokens_per_second,
+                    &r.payout_address,
+                    &nonce_i64(r.nonce)?,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if rows == 0 {
+            return Err(replayed(r.nonce));
+        }
+        Ok(())
+    }
+
+    /// Records a heartbeat (nonce-checked). Returns false if the node is unknown.
+    pub async fn heartbeat(&self, node_id: &str, nonce: u64, queue_depth: u32) -> Result<()> {
+        self.touch(
+            "UPDATE nodes SET last_nonce = $2, last_heartbeat = now(), queue_depth = $3 WHERE node_id = $1 AND last_nonce < $2",
+            node_id,
+            nonce,
+            Some(queue_depth),
+        )
+        .await
+    }
+
+    /// Marks a node draining: it keeps serving but its layers are assigned elsewhere.
+    pub async fn drain(&self, node_id: &str, nonce: u64) -> Result<()> {
+        self.touch("UPDATE nodes SET last_nonce = $2, draining = TRUE WHERE node_id = $1 AND last_nonce < $2", node_id, nonce, None)
+            .await
+    }
+
+    /// Removes a node.
+    pub async fn deregister(&self, node_id: &str, nonce: u64) -> Result<()> {
+        self.touch(
+            "DELETE FROM nodes WHERE node_id = $1 AND last_nonce < $2",
+            node_id,
+            nonce,
+            None,
+        )
+        .await
+    }
+
+    async fn touch(
+        &self,
+        sql: &str,
+        node_id: &str,
+        nonce: u64,
+        queue_depth: Option<u32>,
+    ) -> Result<()> {
+        let client = self.pool.get().await.map_err(db)?;
+        let nonce_value = nonce_i64(nonce)?;
+        let rows = match queue_depth {
+            Some(q) => {
+                client
+                    .execute(
+                        sql,
+                        &[&node_id, &nonce_value, &(q.min(i32::MAX as u32) as i32)],
+                    )
+                    .await
+            }
+            None => client.execute(sql, &[&node_id, &nonce_value]).await,
+        }
+        .map_err(db)?;
+        if rows == 1 {
+            return Ok(());
+        }
+        let known = client
+            .query_opt("SELECT 1 FROM nodes WHERE node_id = $1", &[&node_id])
+            .await
+            .map_err(db)?;
+        Err(match known {
+            None => Error::new(
+                ErrorKind::NotFound,
+                format!("node {node_id} is not registered"),
+            ),
+            Some(_) => replayed(nonce),
+        })
+    }
+
+    /// Every stored node.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
+        let client = self.pool.get().await.map_err(db)?;
+        let rows = client
+            .query(
+                "SELECT node_id, endpoint, usable_memory_bytes, device, tokens_per_second, draining, queue_depth,
+                        (EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::BIGINT AS age_ms
+                 FROM nodes ORDER BY node_id",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|row| NodeRow {
+                node_id: row.get(0),
+                endpoint: row.get(1),
+                usable_memory_bytes: row.get::<_, i64>(2).max(0) as u64,
+                device: i32::from(row.get::<_, i16>(3)),
+                tokens_per_second: row.get(4),
+                draining: row.get(5),
+                queue_depth: row.get::<_, i32>(6).max(0) as u32,
+                heartbeat_age_ms: row.get::<_, i64>(7).max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// The published assignment (version, encoded snapshot), if any.
+    pub async fn published(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_opt("SELECT version, snapshot FROM assignment", &[])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
+    }
+
+    /// Under a lock shared by all replicas: reads the nodes, lets `compute` build the encoded
+    /// assignment (without version), and publishes it with a new version if it differs from
+    /// the current one. Returns the current (version, snapshot).
+    pub async fn publish(
+        &self,
+        compute: impl FnOnce(&[NodeRow]) -> Result<Vec<u8>>,
+    ) -> Result<(u64, Vec<u8>)> {
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PUBLISH_LOCK])
+            .await
+            .map_err(db)?;
+        let current = tx
+            .query_opt("SELECT version, snapshot FROM assignment", &[])
+            .await
+            .map_err(db)?
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
+        // Read on another connection while this transaction holds the lock: node writes do not
+        // take the lock, and read-committed sees every committed heartbeat.
+        let nodes = self.nodes().await?;
+        let fresh = compute(&nodes)?;
+        let result = match current {
+            Some((version, snapshot)) if snapshot == fresh => (version.max(0) as u64, snapshot),
+            Some((version, _)) => {
+                tx.execute(
+                    "UPDATE assignment SET version = $1, snapshot = $2",
+                    &[&(version + 1), &fresh],
+                )
+                .await
+                .map_err(db)?;
+                ((version + 1) as u64, fresh)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO assignment (version, snapshot) VALUES (1, $1)",
+                    &[&fresh],
+                )
+                .await
+                .map_err(db)?;
+                (1, fresh)
+            }
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(result)
+    }
+}
+
+fn replayed(nonce: u64) -> Error {
+    Error::failed_precondition(format!(
+        "nonce: {nonce} is not greater than the last accepted nonce (replay?)"
+    ))
+}

@@ -1,0 +1,326 @@
+//! The registry as a real process against a real PostgreSQL: nodes register with their keys,
+//! get spans with two replicas, a silent node is declared dead and its layers move, and
+//! forged, high-S, replayed, stale and malformed messages are refused without changing state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k256::ecdsa::Signature;
+use neuroshard_common::identity::NodeKey;
+use neuroshard_common::signing::{now_ms, sign};
+use neuroshard_proto::common::v1::SignedEnvelope;
+use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_proto::registry::v1::{
+    AssignmentSnapshot, Capacity, Device, GetAssignmentRequest, HeartbeatRequest, NodeState,
+    RegisterRequest, RoutesRequest, WatchRequest,
+};
+use neuroshard_tests::{ChildGuard, PgServer, free_port};
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const NET: &str = "registry-test";
+/// Enough for two layers of the default small model plus its embedding or head.
+const NODE_MEMORY: u64 = 60_000_000;
+
+/// Fields drop in order: the registry stops before its database.
+struct Swarm {
+    client: LayerRegistryClient<Channel>,
+    _registry: ChildGuard,
+    _pg: PgServer,
+}
+
+async fn start() -> Swarm {
+    let pg = PgServer::start().unwrap();
+    let port = free_port().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
+    command
+        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
+        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
+        .env("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "200")
+        .env("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "600")
+        .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1200")
+        .env("NEUROSHARD_REGISTRY_WATCH_POLL_MS", "50")
+        .env("RUST_LOG", "warn");
+    let registry = ChildGuard::spawn(command).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        if let Ok(client) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "registry did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Swarm {
+        client,
+        _registry: registry,
+        _pg: pg,
+    }
+}
+
+fn envelope(key: &NodeKey, name: &str, nonce: u64, message: &impl Message) -> SignedEnvelope {
+    sign(key, NET, name, nonce, now_ms(), message.encode_to_vec()).unwrap()
+}
+
+fn register_request(endpoint: &str) -> RegisterRequest {
+    RegisterRequest {
+        endpoint: endpoint.into(),
+        capacity: Some(Capacity {
+            usable_memory_bytes: NODE_MEMORY,
+            device: Device::Cpu as i32,
+            tokens_per_second: 1000.0,
+        }),
+        payout_address: String::new(),
+    }
+}
+
+async fn register(client: &mut LayerRegistryClient<Channel>, key: &NodeKey, nonce: u64) {
+    let req = register_request(&format!("http://127.0.0.1:1/{}", key.node_id()));
+    client
+        .register(envelope(key, "RegisterRequest", nonce, &req))
+        .await
+        .unwrap();
+}
+
+/// The status of a call that must fail.
+fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    result.unwrap_err()
+}
+
+async fn assignment(client: &mut LayerRegistryClient<Channel>) -> AssignmentSnapshot {
+    client
+        .get_assignment(GetAssignmentRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn holders(snapshot: &AssignmentSnapshot) -> Vec<u32> {
+    let layers = snapshot.architecture.as_ref().unwrap().num_layers;
+    (0..layers)
+        .map(|l| {
+            snapshot
+                .nodes
+                .iter()
+                .filter(|n| n.span.is_some_and(|s| s.start <= l && l < s.end))
+                .count() as u32
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_replicated_spans_and_a_dead_node_is_replaced() {
+    let mut swarm = start().await;
+    let keys: Vec<NodeKey> = (0..5).map(|_| NodeKey::generate()).collect();
+    for key in &keys {
+        register(&mut swarm.client, key, 1).await;
+    }
+    let snapshot = assignment(&mut swarm.client).await;
+    assert!(snapshot.deficits.is_empty(), "{:?}", snapshot.deficits);
+    assert!(
+        holders(&snapshot).iter().all(|&h| h >= 2),
+        "{:?}",
+        holders(&snapshot)
+    );
+    assert!(snapshot.pipelines.len() >= 2, "{snapshot:?}");
+    let routes = swarm
+        .client
+        .routes(RoutesRequest { max_routes: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(routes.routes.len() >= 2);
+    assert_eq!(
+        routes.routes[0].hops.first().unwrap().span.unwrap().start,
+        0
+    );
+
+    // Keep four nodes alive; the fifth (holding layers) goes silent.
+    let victim = snapshot
+        .nodes
+        .iter()
+        .find(|n| n.span.is_some())
+        .map(|n| n.node_id.clone())
+        .unwrap();
+    let mut watch = swarm
+        .client
+        .watch(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.version, snapshot.version);
+    let alive: Vec<&NodeKey> = keys.iter().filter(|k| k.node_id() != victim).collect();
+    let started = Instant::now();
+    let mut nonce = 10;
+    let replaced = loop {
+        for key in &alive {
+            let hb = envelope(
+                key,
+                "HeartbeatRequest",
+                nonce,
+                &HeartbeatRequest { queue_depth: 0 },
+            );
+            swarm.client.heartbeat(hb).await.unwrap();
+        }
+        nonce += 1;
+        let now = assignment(&mut swarm.client).await;
+        let dead = now.nodes.iter().find(|n| n.node_id == victim).unwrap();
+        if dead.state == NodeState::Dead as i32 && holders(&now).iter().all(|&h| h >= 2) {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(2 * 1200 + 1500),
+            "not reassigned in time: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    eprintln!(
+        "dead node's layers reassigned after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        replaced
+            .nodes
+            .iter()
+            .find(|n| n.node_id == victim)
+            .unwrap()
+            .span
+            .is_none()
+    );
+    assert!(replaced.version > snapshot.version);
+    // The watcher saw the change.
+    let changed = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(changed.version > first.version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_refused_and_change_nothing() {
+    let mut swarm = start().await;
+    let key = NodeKey::generate();
+    register(&mut swarm.client, &key, 5).await;
+    let before = assignment(&mut swarm.client).await;
+    let req = register_request("http://127.0.0.1:1/x");
+
+    // Forged: payload changed after signing.
+    let mut forged = envelope(&key, "RegisterRequest", 6, &req);
+    forged.payload = register_request("http://127.0.0.1:2/evil").encode_to_vec();
+    let status = code(swarm.client.register(forged).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // High-S twin of a valid signature.
+    let mut high = envelope(&key, "RegisterRequest", 7, &req);
+    let sig = Signature::from_slice(&high.signature).unwrap();
+    high.signature = Signature::from_scalars(sig.r(), -*sig.s())
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    let status = code(swarm.client.register(high).await);
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("high-S"), "{status:?}");
+
+    // Replayed nonce (5 was used by the registration above), and an older one.
+    for nonce in [5, 4] {
+        let status = code(
+            swarm
+                .client
+                .register(envelope(&key, "RegisterRequest", nonce, &req))
+                .await,
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("nonce"), "{status:?}");
+    }
+
+    // Stale timestamp.
+    let stale = sign(
+        &key,
+        NET,
+        "RegisterRequest",
+        8,
+        now_ms() - 10 * 60_000,
+        req.encode_to_vec(),
+    )
+    .unwrap();
+    let status = code(swarm.client.register(stale).await);
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("timestamp"), "{status:?}");
+
+    // Another network, another message type.
+    let other = sign(
+        &key,
+        "other-net",
+        "RegisterRequest",
+        9,
+        now_ms(),
+        req.encode_to_vec(),
+    )
+    .unwrap();
+    assert_eq!(
+        code(swarm.client.register(other).await).code(),
+        Code::Unauthenticated
+    );
+    let wrong_type = envelope(&key, "HeartbeatRequest", 10, &req);
+    assert_eq!(
+        code(swarm.client.register(wrong_type).await).code(),
+        Code::Unauthenticated
+    );
+
+    // Malformed payload and invalid fields, properly signed.
+    let garbage = sign(
+        &key,
+        NET,
+        "RegisterRequest",
+        11,
+        now_ms(),
+        vec![0xff, 0xff, 0xff],
+    )
+    .unwrap();
+    let status = code(swarm.client.register(garbage).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("payload"), "{status:?}");
+    let bad_endpoint = envelope(&key, "RegisterRequest", 12, &register_request("ftp://x"));
+    let status = code(swarm.client.register(bad_endpoint).await);
+    assert!(status.message().contains("endpoint"), "{status:?}");
+    let mut no_memory = register_request("http://127.0.0.1:1/x");
+    no_memory.capacity.as_mut().unwrap().usable_memory_bytes = 0;
+    let status = code(
+        swarm
+            .client
+            .register(envelope(&key, "RegisterRequest", 13, &no_memory))
+            .await,
+    );
+    assert!(
+        status.message().contains("usable_memory_bytes"),
+        "{status:?}"
+    );
+
+    // Heartbeat from a node that never registered.
+    let stranger = NodeKey::generate();
+    let hb = envelope(
+        &stranger,
+        "HeartbeatRequest",
+        1,
+        &HeartbeatRequest { queue_depth: 0 },
+    );
+    assert_eq!(
+        code(swarm.client.heartbeat(hb).await).code(),
+        Code::NotFound
+    );
+
+    let after = assignment(&mut swarm.client).await;
+    assert_eq!(
+        after, before,
+        "refused messages changed the registry's state"
+    );
+    assert_eq!(
+        after.nodes[0].endpoint,
+        format!("http://127.0.0.1:1/{}", key.node_id())
+    );
+}
