@@ -3,6 +3,7 @@
 # also serves `make up` and the benchmarks).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup-postgres.sh
 echo "==> cargo fmt --check"
 scripts/cargo.sh fmt --all -- --check
 echo "==> cargo clippy --all-targets -D warnings"
