@@ -1085,7 +1085,10 @@ mod tests {
                 total_missing,
             } => {
                 assert_eq!(deficits, &expected);
-                assert_eq!(*total_missing, expected.iter().map(|d| d.missing).sum::<u32>());
+                assert_eq!(
+                    *total_missing,
+                    expected.iter().map(|d| d.missing).sum::<u32>()
+                );
             }
         }
     }
