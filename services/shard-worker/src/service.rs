@@ -1,0 +1,265 @@
+//! The `ShardWorker` gRPC service. Requests are checked against what this node holds (span,
+//! hidden size, dtype, session position) before any compute, and refused with the field named.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use neuroshard_common::tensor::Limits;
+use neuroshard_common::{Error, ErrorKind, Result};
+use neuroshard_model::tch::{Kind, Tensor};
+use neuroshard_model::{ModelError, Shard, ShardInput};
+use neuroshard_proto::common::v1::{LayerSpan, Role};
+use neuroshard_proto::worker::v1::shard_worker_server::ShardWorker;
+use neuroshard_proto::worker::v1::{
+    EndSessionRequest, EndSessionResponse, ForwardRequest, ForwardResponse, InfoRequest,
+    InfoResponse, ReplayRequest, ReplayResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{from_wire, to_wire};
+use crate::sessions::Sessions;
+
+/// A span of layers loaded on this node, with its sessions (which die with it).
+#[derive(Debug)]
+pub struct Loaded {
+    pub shard: Shard,
+    pub sessions: Sessions,
+    pub assignment_version: u64,
+}
+
+/// State shared by the service and the node lifecycle.
+#[derive(Debug)]
+pub struct WorkerState {
+    pub node_id: String,
+    pub loaded: Mutex<Option<Loaded>>,
+    pub session_ttl: Duration,
+    pub max_session_bytes: u64,
+    pub limits: Limits,
+}
+
+fn model_error(error: ModelError) -> Error {
+    match error {
+        ModelError::InvalidInput(message) | ModelError::InvalidSpan(message) => {
+            Error::invalid_argument(message)
+        }
+        other => Error::internal(other.to_string()),
+    }
+}
+
+fn lock(state: &WorkerState) -> Result<std::sync::MutexGuard<'_, Option<Loaded>>> {
+    state
+        .loaded
+        .lock()
+        .map_err(|_| Error::internal("worker state poisoned"))
+}
+
+fn check_span(shard: &Shard, span: Option<LayerSpan>) -> Result<()> {
+    let spec = shard.spec();
+    let (start, end) = (spec.start as u32, spec.end as u32);
+    match span {
+        Some(s) if s.start == start && s.end == end => Ok(()),
+        Some(s) => Err(Error::invalid_argument(format!(
+            "span: [{}, {}) requested, this node holds [{start}, {end})",
+            s.start, s.end
+        ))),
+        None => Err(Error::invalid_argument("span: missing")),
+    }
+}
+
+/// The input tensor a shard takes: token ids [1, n] for a Driver, hidden [1, seq, hidden] otherwise.
+fn input_tensor(
+    shard: &Shard,
+    tokens: &[i64],
+    hidden: Option<&neuroshard_proto::common::v1::Tensor>,
+    limits: &Limits,
+) -> Result<Tensor> {
+    if shard.spec().embed {
+        if tokens.is_empty() {
+            return Err(Error::invalid_argument(
+                "tokens: this node holds the embedding and needs token ids",
+            ));
+        }
+        Ok(Tensor::from_slice(tokens).view([1, -1]))
+    } else {
+        let hidden = hidden
+            .ok_or_else(|| Error::invalid_argument("hidden: this node needs hidden states"))?;
+        let t = from_wire(hidden, "hidden", limits)?;
+        if t.dim() != 3 || t.size()[0] != 1 {
+            return Err(Error::invalid_argument(format!(
+                "hidden: shape {:?}, expected [1, seq, hidden]",
+                t.size()
+            )));
+        }
+        Ok(t)
+    }
+}
+
+/// Runs the shard on `input` with `cache`; a Validator returns the last position's logits in f32.
+fn run(
+    shard: &Shard,
+    input: &Tensor,
+    cache: &mut neuroshard_model::kv_cache::KvCache,
+) -> Result<Tensor> {
+    let _guard = neuroshard_model::tch::no_grad_guard();
+    let x = if shard.spec().embed {
+        ShardInput::Tokens(input)
+    } else {
+        ShardInput::Hidden(input)
+    };
+    let out = shard.forward(x, Some(cache)).map_err(model_error)?;
+    Ok(if shard.spec().head {
+        let seq = out.size()[1];
+        out.narrow(1, seq - 1, 1).to_kind(Kind::Float)
+    } else {
+        out
+    })
+}
+
+impl WorkerState {
+    fn forward(&self, request: &ForwardRequest) -> Result<ForwardResponse> {
+        let mut guard = lock(self)?;
+        let loaded = guard.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "no layers assigned to this node yet",
+            )
+        })?;
+        check_span(&loaded.shard, request.span)?;
+        if request.session_id.is_empty() {
+            return Err(Error::invalid_argument("session_id: missing"));
+        }
+        let input = input_tensor(
+            &loaded.shard,
+            &request.tokens,
+            request.hidden.as_ref(),
+            &self.limits,
+        )?;
+        let Loaded {
+            shard, sessions, ..
+        } = loaded;
+        let cache =
+            sessions.get_or_create(&request.session_id, Instant::now(), || shard.new_cache());
+        if i64::from(request.position) != cache.len() {
+            return Err(Error::failed_precondition(format!(
+                "position: request is at {}, session {} holds {} positions (replay it)",
+                request.position,
+                request.session_id,
+                cache.len()
+            )));
+        }
+        let out = run(shard, &input, cache)?;
+        let position = cache.len() as u32;
+        sessions.enforce_cap();
+        Ok(ForwardResponse {
+            output: Some(to_wire(&out)?),
+            position,
+        })
+    }
+
+    fn replay(&self, request: &ReplayRequest) -> Result<ReplayResponse> {
+        let mut guard = lock(self)?;
+        let loaded = guard.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "no layers assigned to this node yet",
+            )
+        })?;
+        check_span(&loaded.shard, request.span)?;
+        let input = input_tensor(
+            &loaded.shard,
+            &request.tokens,
+            request.hidden.as_ref(),
+            &self.limits,
+        )?;
+        let mut cache = loaded.shard.new_cache();
+        let out = run(&loaded.shard, &input, &mut cache)?;
+        let position = cache.len() as u32;
+        loaded
+            .sessions
+            .insert(&request.session_id, cache, Instant::now());
+        Ok(ReplayResponse {
+            output: Some(to_wire(&out)?),
+            position,
+        })
+    }
+}
+
+/// gRPC adapter over the shared state; compute runs on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct WorkerService {
+    pub state: Arc<WorkerState>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl ShardWorker for WorkerService {
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let state = self.state.clone();
+        let request = request.into_inner();
+        blocking(move || state.forward(&request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn replay(
+        &self,
+        request: Request<ReplayRequest>,
+    ) -> Result<Response<ReplayResponse>, Status> {
+        let state = self.state.clone();
+        let request = request.into_inner();
+        blocking(move || state.replay(&request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<EndSessionRequest>,
+    ) -> Result<Response<EndSessionResponse>, Status> {
+        if let Some(loaded) = lock(&self.state)?.as_mut() {
+            loaded.sessions.remove(&request.get_ref().session_id);
+        }
+        Ok(Response::new(EndSessionResponse {}))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let guard = lock(&self.state)?;
+        let (span, role, sessions) = match guard.as_ref() {
+            Some(l) => {
+                let spec = l.shard.spec();
+                let role = match (spec.embed, spec.head) {
+                    (true, true) => Role::Full,
+                    (true, false) => Role::Driver,
+                    (false, true) => Role::Validator,
+                    (false, false) => Role::Worker,
+                };
+                (
+                    Some(LayerSpan {
+                        start: spec.start as u32,
+                        end: spec.end as u32,
+                    }),
+                    role,
+                    l.sessions.len() as u32,
+                )
+            }
+            None => (None, Role::Unspecified, 0),
+        };
+        Ok(Response::new(InfoResponse {
+            node_id: self.state.node_id.clone(),
+            span,
+            role: role as i32,
+            sessions,
+        }))
+    }
+}
