@@ -4,6 +4,7 @@
 //!   (`architecture_for`, parameter counts, growth targets): pure, so services that never
 //!   touch tensors (the registry) use them without libtorch;
 //! - [`config`]: defaults < TOML file < environment, unknown keys refused;
+//! - [`grpc`]: transport settings every server uses (no Nagle delay on hops);
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: structured logs;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place;
 //! - [`identity`]: secp256k1 node keys in 0600 files, node ids;
@@ -15,6 +16,7 @@
 pub mod architecture;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod identity;
 pub mod model_config;
 pub mod shutdown;

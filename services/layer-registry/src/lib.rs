@@ -64,10 +64,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(LayerRegistryServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
         .await;
     reaper.abort();
     tracing::info!("layer-registry stopped");

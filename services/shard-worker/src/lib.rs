@@ -99,10 +99,7 @@ pub async fn run(
             ShardWorkerServer::new(service::WorkerService { state })
                 .max_decoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
         .await;
     follower.abort();
     tracing::info!("shard-worker stopped");

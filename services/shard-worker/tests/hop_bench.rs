@@ -1,0 +1,121 @@
+//! Benchmark (ignored by default): the latency one gRPC hop adds to a hidden-state forward,
+//! as a ratio to the layer compute it carries. A worker service holding layer [1, 2) of a
+//! 1024-wide model serves on loopback; the same forward is timed called directly and over
+//! gRPC, alternating, in one process.
+//!
+//! Run: scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use neuroshard_common::tensor::{Limits, encode_f32};
+use neuroshard_model::tch::{Device, Kind, Tensor};
+use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec, init};
+use neuroshard_proto::common::v1::LayerSpan;
+use neuroshard_proto::worker::v1::ForwardRequest;
+use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
+use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
+use neuroshard_shard_worker::service::{Loaded, WorkerService, WorkerState};
+use neuroshard_shard_worker::sessions::Sessions;
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 32_000,
+        hidden_size: 1024,
+        num_layers: 3,
+        num_heads: 16,
+        num_kv_heads: 4,
+        intermediate_size: 2816,
+        max_seq_len: 256,
+        ..ModelConfig::small(32_000)
+    }
+}
+
+fn middle_shard() -> Shard {
+    let spec = ShardSpec {
+        start: 1,
+        end: 2,
+        embed: false,
+        head: false,
+    };
+    let mut shard = Shard::new(&config(), spec, Device::Cpu, Kind::Float).unwrap();
+    init::initialize(&mut shard, 1).unwrap();
+    shard
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored"]
+async fn bench_grpc_hop_latency() {
+    let state = Arc::new(WorkerState {
+        node_id: "bench".into(),
+        loaded: Mutex::new(Some(Loaded {
+            shard: middle_shard(),
+            sessions: Sessions::new(Duration::from_secs(600), u64::MAX),
+            assignment_version: 1,
+        })),
+        session_ttl: Duration::from_secs(600),
+        max_session_bytes: u64::MAX,
+        limits: Limits::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                ShardWorkerServer::new(WorkerService { state }).max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
+    );
+    let mut client = ShardWorkerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let direct = middle_shard();
+    let rounds = 30;
+    for seq in [1i64, 64] {
+        let values: Vec<f32> = (0..seq * 1024)
+            .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let wire = encode_f32(&[1, seq, 1024], &values);
+        let local = Tensor::from_slice(&values).view([1, seq, 1024]);
+        let (mut compute, mut rpc) = (Vec::new(), Vec::new());
+        for round in 0..rounds + 3 {
+            let started = Instant::now();
+            {
+                let _guard = neuroshard_model::tch::no_grad_guard();
+                let mut cache = direct.new_cache();
+                let _ = direct
+                    .forward(ShardInput::Hidden(&local), Some(&mut cache))
+                    .unwrap();
+            }
+            let c = started.elapsed().as_secs_f64() * 1e3;
+            let started = Instant::now();
+            let request = ForwardRequest {
+                session_id: format!("s{seq}-{round}"),
+                span: Some(LayerSpan { start: 1, end: 2 }),
+                tokens: vec![],
+                hidden: Some(wire.clone()),
+                position: 0,
+            };
+            let out = client.forward(request).await.unwrap().into_inner();
+            let r = started.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(out.position as i64, seq);
+            if round >= 3 {
+                compute.push(c);
+                rpc.push(r);
+            }
+        }
+        let (c, r) = (median(compute), median(rpc));
+        println!(
+            "hidden 1x{seq}x1024: layer compute {c:.3} ms, over gRPC {r:.3} ms, added {:.3} ms, ratio added/compute {:.2}",
+            r - c,
+            (r - c) / c
+        );
+    }
+}
