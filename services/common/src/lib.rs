@@ -5,6 +5,7 @@
 //!   touch tensors (the registry) use them without libtorch;
 //! - [`config`]: defaults < TOML file < environment, unknown keys refused;
 //! - [`grpc`]: transport settings every server uses (no Nagle delay on hops);
+//! - [`tls`]: rustls for gRPC links from PEM files (server, client, mutual);
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: structured logs;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place;
 //! - [`identity`]: secp256k1 node keys in 0600 files, node ids;
@@ -23,6 +24,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
 pub mod tensor;
+pub mod tls;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model_config::ModelConfig;

@@ -27,6 +27,8 @@ pub struct RegistryConfig {
     pub bytes_per_param: u64,
     /// The model being assigned.
     pub model: ModelConfig,
+    /// Serve TLS when cert_file and key_file are set (mutual with ca_file).
+    pub tls: neuroshard_common::tls::TlsFiles,
 }
 
 impl Default for RegistryConfig {
@@ -43,6 +45,7 @@ impl Default for RegistryConfig {
             watch_poll_ms: 250,
             bytes_per_param: 20,
             model: ModelConfig::small(4096),
+            tls: neuroshard_common::tls::TlsFiles::default(),
         }
     }
 }

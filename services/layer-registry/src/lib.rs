@@ -60,7 +60,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tracing::info!(listen = %listener.local_addr()?, network = %config.network_id, "layer-registry serving");
-    let result = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server()? {
+        server = server.tls_config(tls)?;
+    }
+    let result = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(LayerRegistryServer::new(service))

@@ -324,3 +324,87 @@ async fn bad_messages_are_refused_and_change_nothing() {
         format!("http://127.0.0.1:1/{}", key.node_id())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_links_verify_the_server_and_refuse_plaintext() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let cert_file = write("tls.crt", server.pem());
+    let key_file = write("tls.key", server_key.serialize_pem());
+    let ca_file = write("ca.crt", ca.pem());
+
+    let pg = PgServer::start().unwrap();
+    let port = free_port().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
+    command
+        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
+        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
+        .env("NEUROSHARD_REGISTRY_TLS__CERT_FILE", &cert_file)
+        .env("NEUROSHARD_REGISTRY_TLS__KEY_FILE", &key_file)
+        .env("RUST_LOG", "warn");
+    let _registry = ChildGuard::spawn(command).unwrap();
+    let tls = neuroshard_common::tls::TlsFiles {
+        ca_file: Some(ca_file),
+        ..Default::default()
+    };
+    let url = format!("https://localhost:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let channel = loop {
+        if let Ok(channel) = tls.connect(&url).await {
+            break channel;
+        }
+        assert!(Instant::now() < deadline, "TLS registry did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut client = LayerRegistryClient::new(channel);
+    let key = NodeKey::generate();
+    register(&mut client, &key, 1).await;
+    assert_eq!(assignment(&mut client).await.nodes.len(), 1);
+
+    // A plaintext client gets nowhere; neither does TLS without the CA.
+    if let Ok(mut plain) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
+        assert!(plain.get_assignment(GetAssignmentRequest {}).await.is_err());
+    }
+    let err = neuroshard_common::tls::TlsFiles::default()
+        .connect(&url)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("tls.ca_file"), "{err}");
+    let other_ca_key = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other_ca = write(
+        "other.crt",
+        other_params.self_signed(&other_ca_key).unwrap().pem(),
+    );
+    let wrong = neuroshard_common::tls::TlsFiles {
+        ca_file: Some(other_ca),
+        ..Default::default()
+    };
+    match wrong.connect(&url).await {
+        Err(_) => {}
+        Ok(channel) => assert!(
+            LayerRegistryClient::new(channel)
+                .get_assignment(GetAssignmentRequest {})
+                .await
+                .is_err()
+        ),
+    }
+    drop(_registry);
+    drop(pg);
+}

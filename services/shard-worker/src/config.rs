@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub session_ttl_ms: u64,
     /// Cap on all sessions' KV caches together; the least recently used are evicted beyond it.
     pub max_session_bytes: u64,
+    /// Serve TLS with cert_file + key_file; trust ca_file for https:// peers (the registry).
+    pub tls: neuroshard_common::tls::TlsFiles,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +49,7 @@ impl Default for WorkerConfig {
             heartbeat_interval_ms: 5_000,
             session_ttl_ms: 300_000,
             max_session_bytes: 1 << 30,
+            tls: neuroshard_common::tls::TlsFiles::default(),
         }
     }
 }

@@ -46,10 +46,16 @@ pub async fn run(
         0 => node::default_usable_memory(),
         m => m,
     };
+    let server_tls = config.tls.server()?;
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoint = config
         .advertise
         .clone()
-        .unwrap_or(format!("http://{}", listener.local_addr()?));
+        .unwrap_or(format!("{scheme}://{}", listener.local_addr()?));
     let state = Arc::new(service::WorkerState {
         node_id: key.node_id().to_string(),
         loaded: Mutex::new(None),
@@ -65,7 +71,7 @@ pub async fn run(
     };
     tracing::info!(node_id = %state.node_id, %endpoint, memory, throughput, "shard-worker starting");
 
-    let client = LayerRegistryClient::connect(config.registry.clone()).await?;
+    let client = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
     let mut link = node::RegistryLink::new(client, key, config.network_id.clone());
     let capacity = Capacity {
         usable_memory_bytes: memory,
@@ -92,7 +98,11 @@ pub async fn run(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let result = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        server = server.tls_config(tls)?;
+    }
+    let result = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
