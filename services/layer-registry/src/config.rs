@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use neuroshard_common::ModelConfig;
 use serde::{Deserialize, Serialize};
 
-/// Everything the registry needs at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the registry needs at start. `Debug` redacts the database URL (it may hold a
+/// password), so logging the config cannot leak it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
@@ -29,6 +30,25 @@ pub struct RegistryConfig {
     pub model: ModelConfig,
     /// Serve TLS when cert_file and key_file are set (mutual with ca_file).
     pub tls: neuroshard_common::tls::TlsFiles,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("listen", &self.listen)
+            .field("database_url", &"<redacted>")
+            .field("network_id", &self.network_id)
+            .field("min_replicas", &self.min_replicas)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("suspect_after_ms", &self.suspect_after_ms)
+            .field("dead_after_ms", &self.dead_after_ms)
+            .field("clock_window_ms", &self.clock_window_ms)
+            .field("watch_poll_ms", &self.watch_poll_ms)
+            .field("bytes_per_param", &self.bytes_per_param)
+            .field("model", &self.model)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for RegistryConfig {
@@ -86,6 +106,17 @@ mod tests {
                 .unwrap();
         config.validate().unwrap();
         assert_eq!(config, RegistryConfig::default());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_database_password() {
+        let config = RegistryConfig {
+            database_url: "host=db user=ns password=hunter2".into(),
+            ..RegistryConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]
