@@ -108,37 +108,39 @@ impl TextTokenizer {
     }
 
     /// Incremental decoder for streaming: yields text only once the bytes of a character are
-    /// complete, so a multi-byte character split over tokens is never printed half.
+    /// complete, so a multi-byte character split over tokens is never printed half. Each step
+    /// decodes a small window of recent ids, not the whole sequence.
     pub fn stream(&self) -> TokenStream<'_> {
         TokenStream {
-            tokenizer: self,
-            ids: Vec::new(),
-            emitted: 0,
+            inner: self.inner.decode_stream(true),
         }
     }
 }
 
+type Decoding<'a> = tokenizers::tokenizer::DecodeStream<
+    'a,
+    tokenizers::models::ModelWrapper,
+    tokenizers::normalizers::NormalizerWrapper,
+    tokenizers::pre_tokenizers::PreTokenizerWrapper,
+    tokenizers::processors::PostProcessorWrapper,
+    tokenizers::decoders::DecoderWrapper,
+>;
+
 /// State of an incremental decode; see [`TextTokenizer::stream`].
-#[derive(Debug)]
 pub struct TokenStream<'a> {
-    tokenizer: &'a TextTokenizer,
-    ids: Vec<u32>,
-    /// Bytes of the decoded text already returned.
-    emitted: usize,
+    inner: Decoding<'a>,
+}
+
+impl std::fmt::Debug for TokenStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream").finish_non_exhaustive()
+    }
 }
 
 impl TokenStream<'_> {
     /// Adds a token and returns the newly completed text (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids)?;
-        // An incomplete UTF-8 sequence decodes to U+FFFD at the end; wait for more tokens.
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
-            return Ok(String::new());
-        }
-        let new = text.get(self.emitted..).unwrap_or_default().to_string();
-        self.emitted = text.len();
-        Ok(new)
+        Ok(self.inner.step(id).map_err(tok_err)?.unwrap_or_default())
     }
 }
 
