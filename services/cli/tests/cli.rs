@@ -341,6 +341,36 @@ fn data_build_verify_train_generate() {
     ]);
     assert!(err.contains("top_p"), "{err}");
 
+    // A reader that stops early (`| head`) ends generation quietly, not with an error.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neuroshard"))
+        .args([
+            "generate",
+            "--checkpoint",
+            c,
+            "--prompt",
+            "Now",
+            "--max-tokens",
+            "60",
+            "--device",
+            "cpu",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Tampering with a shard is caught by name.
     let shard = data.join("train-00000.bin");
     let mut bytes = std::fs::read(&shard).unwrap();
