@@ -7,6 +7,7 @@
 //! - [`grpc`]: transport settings every server uses (no Nagle delay on hops);
 //! - [`tls`]: rustls for gRPC links from PEM files (server, client, mutual);
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: structured logs;
+//! - [`fs`]: atomic file writes;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place;
 //! - [`identity`]: secp256k1 node keys in 0600 files, node ids;
 //! - [`signing`]: signed envelopes (domain tag, network id, low-S only), freshness rules,
@@ -17,6 +18,7 @@
 pub mod architecture;
 pub mod config;
 pub mod error;
+pub mod fs;
 pub mod grpc;
 pub mod identity;
 pub mod model_config;

@@ -56,6 +56,16 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
+impl From<neuroshard_text::TextError> for ModelError {
+    fn from(error: neuroshard_text::TextError) -> Self {
+        match error {
+            neuroshard_text::TextError::InvalidInput(message) => Self::InvalidInput(message),
+            neuroshard_text::TextError::Tokenizer(message) => Self::Tokenizer(message),
+            neuroshard_text::TextError::Io { path, source } => Self::Io { path, source },
+        }
+    }
+}
+
 impl From<neuroshard_common::Error> for ModelError {
     fn from(error: neuroshard_common::Error) -> Self {
         Self::InvalidConfig(error.message)

@@ -11,8 +11,8 @@
 //! - shape policy: [`architecture`] (from `neuroshard-common`: `architecture_for`, parameter
 //!   counts, growth targets),
 //!   [`growth`] (function-preserving depth growth);
-//! - text: [`tokenizer`] (byte-level BPE), [`data`] (genesis dataset, deterministic batches);
-//! - running: [`training`] + [`schedule`], [`generate`] + [`sampling`], [`device`].
+//! - text: [`tokenizer`] (byte-level BPE, from `neuroshard-text`), [`data`] (genesis dataset, deterministic batches);
+//! - running: [`training`] + [`schedule`], [`generate`] + [`sampling`] (from `neuroshard-text`), [`device`].
 
 pub mod attention;
 pub mod block;
@@ -28,10 +28,8 @@ pub mod mlp;
 pub mod norm;
 pub mod rope;
 pub mod safetensors_io;
-pub mod sampling;
 pub mod schedule;
 pub mod shard;
-pub mod tokenizer;
 pub mod training;
 
 pub use config::ModelConfig;
@@ -39,5 +37,8 @@ pub use error::{ModelError, Result};
 /// Shape and architecture policy live in `neuroshard-common` (pure, no libtorch) and are
 /// re-exported here under the paths model code uses.
 pub use neuroshard_common::{architecture, model_config as config};
+/// Tokenizer and sampling are pure Rust in `neuroshard-text` (the gateway uses them without
+/// libtorch); re-exported under the paths model code uses.
+pub use neuroshard_text::{sampling, tokenizer};
 pub use shard::{Shard, ShardInput, ShardSpec};
 pub use tch;

@@ -223,14 +223,5 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
 /// Writes `bytes` to `path` through a temporary sibling and a rename, so readers never see a
 /// half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ModelError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| ModelError::io(tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| ModelError::io(path, e.error))?;
-    Ok(())
+    neuroshard_common::fs::write_atomic(path, bytes).map_err(|e| ModelError::io(path, e))
 }

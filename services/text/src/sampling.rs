@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{ModelError, Result};
+use crate::error::{Result, TextError};
 
 /// How to pick the next token. `temperature == 0` is greedy.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,13 +31,13 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(ModelError::InvalidInput(format!(
+            return Err(TextError::InvalidInput(format!(
                 "temperature must be a finite number >= 0, got {}",
                 self.temperature
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ModelError::InvalidInput(format!(
+            return Err(TextError::InvalidInput(format!(
                 "top_p must lie in (0, 1], got {}",
                 self.top_p
             )));
@@ -63,10 +63,10 @@ impl Sampler {
     /// Picks a token id from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
         if logits.is_empty() {
-            return Err(ModelError::InvalidInput("logits: empty row".into()));
+            return Err(TextError::InvalidInput("logits: empty row".into()));
         }
         if logits.iter().any(|l| l.is_nan()) {
-            return Err(ModelError::InvalidInput("logits: NaN".into()));
+            return Err(TextError::InvalidInput("logits: NaN".into()));
         }
         if self.params.temperature == 0.0 {
             return Ok(argmax(logits));

@@ -9,7 +9,7 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::error::{ModelError, Result};
+use crate::error::{Result, TextError};
 
 /// Separates documents and ends generations; always id 0 in tokenizers trained here.
 pub const EOS_TOKEN: &str = "<|endoftext|>";
@@ -21,8 +21,8 @@ pub struct TextTokenizer {
     eos_id: u32,
 }
 
-fn tok_err(e: impl std::fmt::Display) -> ModelError {
-    ModelError::Tokenizer(e.to_string())
+fn tok_err(e: impl std::fmt::Display) -> TextError {
+    TextError::Tokenizer(e.to_string())
 }
 
 impl TextTokenizer {
@@ -34,7 +34,7 @@ impl TextTokenizer {
         S: AsRef<str> + Send,
     {
         if vocab_size < 257 + 1 {
-            return Err(ModelError::Tokenizer(format!(
+            return Err(TextError::Tokenizer(format!(
                 "vocab_size {vocab_size} is too small: 256 byte symbols and {EOS_TOKEN} need 257"
             )));
         }
@@ -58,14 +58,14 @@ impl TextTokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
         Self::from_tokenizer(inner)
     }
 
     fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
         let eos_id = inner
             .token_to_id(EOS_TOKEN)
-            .ok_or_else(|| ModelError::Tokenizer(format!("tokenizer has no {EOS_TOKEN} token")))?;
+            .ok_or_else(|| TextError::Tokenizer(format!("tokenizer has no {EOS_TOKEN} token")))?;
         Ok(Self { inner, eos_id })
     }
 
@@ -76,7 +76,12 @@ impl TextTokenizer {
 
     /// Writes `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::safetensors_io::write_atomic(path, self.to_json()?.as_bytes())
+        neuroshard_common::fs::write_atomic(path, self.to_json()?.as_bytes()).map_err(|source| {
+            TextError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// SHA-256 (hex) of the `tokenizer.json` text: what a dataset manifest pins.

@@ -1,0 +1,107 @@
+//! The `/api/v1/status` document: what the swarm looks like now, for the dashboard and for
+//! people with `curl`. Field names are part of the public contract.
+
+use serde::Serialize;
+
+/// The whole document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SwarmStatus {
+    /// Milliseconds since the Unix epoch when this document was made.
+    pub now_ms: u64,
+    pub architecture: Option<ArchitectureStatus>,
+    pub nodes: Vec<NodeStatus>,
+    /// One entry per layer index, in order.
+    pub layers: Vec<LayerStatus>,
+    /// The replica target and how far the assignment is from it.
+    pub replicas: ReplicaStatus,
+    /// In-flight requests first, then the most recent finished ones (newest first).
+    pub requests: Vec<RequestStatus>,
+    pub throughput: ThroughputStatus,
+    /// Present while a training run reports rounds.
+    pub training: Option<TrainingStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ArchitectureStatus {
+    pub num_layers: u32,
+    pub hidden_size: u32,
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub vocab_size: u32,
+    pub parameters: u64,
+    /// Bumped by the registry each time the architecture or assignment changes.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub endpoint: String,
+    /// `[start, end)` layer indices held.
+    pub span: [u32; 2],
+    /// `driver`, `worker`, `validator` or `full` (holds every layer).
+    pub role: String,
+    /// `live`, `suspect`, `dead` or `draining`.
+    pub state: String,
+    /// The process id, in the local swarm; absent in a cluster.
+    pub pid: Option<u32>,
+    pub tokens_per_s: f64,
+    pub memory_bytes: u64,
+    /// Sessions (requests) this gateway currently has open on the node.
+    pub queue_depth: u32,
+    /// Recent median hop latency this gateway measured, when it has one.
+    pub latency_ms: Option<f64>,
+    /// Until when this gateway avoids the node after a failure (ms since epoch), if it does.
+    pub backed_off_until_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LayerStatus {
+    pub index: u32,
+    /// Node ids holding this layer.
+    pub holders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicaStatus {
+    pub min_replicas: u32,
+    pub degraded: bool,
+    /// Missing layer copies needed to reach `min_replicas` everywhere.
+    pub deficit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RequestStatus {
+    pub id: String,
+    /// `queued`, `prefill`, `streaming`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// The node id serving each hop, in order; updated on failover.
+    pub route: Vec<String>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub started_ms: u64,
+    /// Time to first token, once there is one.
+    pub ttft_ms: Option<f64>,
+    pub failovers: u32,
+    /// Why it failed, for `failed`.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ThroughputStatus {
+    /// Generated tokens per second over the last few seconds.
+    pub tokens_per_s: f64,
+    /// `[ms since epoch, tokens/s]` samples, oldest first, for the throughput plot.
+    pub history: Vec<[f64; 2]>,
+    pub total_tokens: u64,
+    pub total_requests: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrainingStatus {
+    pub round: u64,
+    /// `[step, loss]` training-loss points, oldest first.
+    pub losses: Vec<[f64; 2]>,
+    /// `[step, loss]` held-out loss points, oldest first.
+    pub held_out: Vec<[f64; 2]>,
+}
