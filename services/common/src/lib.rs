@@ -6,7 +6,8 @@
 //! - [`config`]: defaults < TOML file < environment, unknown keys refused;
 //! - [`grpc`]: transport settings every server uses (no Nagle delay on hops);
 //! - [`tls`]: rustls for gRPC links from PEM files (server, client, mutual);
-//! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: structured logs;
+//! - [`shutdown`]: SIGTERM / Ctrl-C as a future; [`telemetry`]: JSON logs, Prometheus
+//!   metrics, OTLP traces and `traceparent` propagation;
 //! - [`fs`]: atomic file writes;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place;
 //! - [`identity`]: secp256k1 node keys in 0600 files, node ids;

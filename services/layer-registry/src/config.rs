@@ -30,6 +30,8 @@ pub struct RegistryConfig {
     pub model: ModelConfig,
     /// Serve TLS when cert_file and key_file are set (mutual with ca_file).
     pub tls: neuroshard_common::tls::TlsFiles,
+    /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -47,6 +49,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("bytes_per_param", &self.bytes_per_param)
             .field("model", &self.model)
             .field("tls", &self.tls)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -66,6 +69,7 @@ impl Default for RegistryConfig {
             bytes_per_param: 20,
             model: ModelConfig::small(4096),
             tls: neuroshard_common::tls::TlsFiles::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -32,6 +32,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let _metrics = neuroshard_common::telemetry::metrics::serve(config.metrics_listen).await?;
     let store = store::Store::connect(&config.database_url).await?;
     let config = Arc::new(config);
     let service = RegistryService::new(store, config.clone());
@@ -65,6 +66,8 @@ pub async fn run(
         server = server.tls_config(tls)?;
     }
     let result = server
+        .trace_fn(neuroshard_common::telemetry::propagation::server_span)
+        .layer(neuroshard_common::telemetry::metrics::GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(LayerRegistryServer::new(service))

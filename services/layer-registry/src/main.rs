@@ -15,12 +15,16 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    neuroshard_common::telemetry::init_logs("layer-registry");
+    let telemetry = neuroshard_common::telemetry::init("layer-registry")?;
     let config: RegistryConfig = neuroshard_common::config::load(
         args.config.as_deref(),
         "NEUROSHARD_REGISTRY",
         std::env::vars(),
     )?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    neuroshard_layer_registry::run(config, listener, neuroshard_common::shutdown::signal()).await
+    let result =
+        neuroshard_layer_registry::run(config, listener, neuroshard_common::shutdown::signal())
+            .await;
+    telemetry.shutdown();
+    result
 }

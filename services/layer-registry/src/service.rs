@@ -57,7 +57,9 @@ impl RegistryService {
                 .map(|s| s.encode_to_vec())
             })
             .await?;
-        decode_snapshot(version, &bytes)
+        let snapshot = decode_snapshot(version, &bytes)?;
+        record_snapshot_metrics(&snapshot);
+        Ok(snapshot)
     }
 
     async fn current(&self) -> Result<AssignmentSnapshot> {
@@ -256,5 +258,32 @@ impl LayerRegistry for RegistryService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Gauges describing the published assignment: what an operator alerts on (a deficit that does
+/// not go away, nodes turning suspect).
+fn record_snapshot_metrics(snapshot: &AssignmentSnapshot) {
+    use neuroshard_proto::registry::v1::NodeState;
+    metrics::gauge!("registry_assignment_version").set(snapshot.version as f64);
+    for state in [
+        NodeState::Live,
+        NodeState::Suspect,
+        NodeState::Dead,
+        NodeState::Draining,
+    ] {
+        let count = snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.state == state as i32)
+            .count();
+        metrics::gauge!("registry_nodes", "state" => state.as_str_name().trim_start_matches("NODE_STATE_").to_lowercase())
+            .set(count as f64);
+    }
+    let missing: u32 = snapshot.deficits.iter().map(|d| d.missing).sum();
+    metrics::gauge!("registry_replica_deficit").set(f64::from(missing));
+    metrics::gauge!("registry_pipelines").set(snapshot.pipelines.len() as f64);
+    if let Some(architecture) = &snapshot.architecture {
+        metrics::gauge!("registry_model_layers").set(f64::from(architecture.num_layers));
     }
 }

@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub max_session_bytes: u64,
     /// Serve TLS with cert_file + key_file; trust ca_file for https:// peers (the registry).
     pub tls: neuroshard_common::tls::TlsFiles,
+    /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -50,6 +52,7 @@ impl Default for WorkerConfig {
             session_ttl_ms: 300_000,
             max_session_bytes: 1 << 30,
             tls: neuroshard_common::tls::TlsFiles::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -34,6 +34,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let _metrics = neuroshard_common::telemetry::metrics::serve(config.metrics_listen).await?;
     let key = NodeKey::load_or_create(&config.key_file)?;
     let device = parse_device(&config.device)?;
     let kind = parse_dtype(&config.dtype)?;
@@ -103,6 +104,8 @@ pub async fn run(
         server = server.tls_config(tls)?;
     }
     let result = server
+        .trace_fn(neuroshard_common::telemetry::propagation::server_span)
+        .layer(neuroshard_common::telemetry::metrics::GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -15,12 +15,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    neuroshard_common::telemetry::init_logs("shard-worker");
+    let telemetry = neuroshard_common::telemetry::init("shard-worker")?;
     let config: WorkerConfig = neuroshard_common::config::load(
         args.config.as_deref(),
         "NEUROSHARD_WORKER",
         std::env::vars(),
     )?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    neuroshard_shard_worker::run(config, listener, neuroshard_common::shutdown::signal()).await
+    let result =
+        neuroshard_shard_worker::run(config, listener, neuroshard_common::shutdown::signal()).await;
+    telemetry.shutdown();
+    result
 }

@@ -101,12 +101,16 @@ fn run(
     cache: &mut neuroshard_model::kv_cache::KvCache,
 ) -> Result<Tensor> {
     let _guard = neuroshard_model::tch::no_grad_guard();
+    let started = Instant::now();
+    let positions = input.size().get(1).copied().unwrap_or(0);
     let x = if shard.spec().embed {
         ShardInput::Tokens(input)
     } else {
         ShardInput::Hidden(input)
     };
     let out = shard.forward(x, Some(cache)).map_err(model_error)?;
+    metrics::counter!("worker_positions_total").increment(positions.max(0) as u64);
+    metrics::histogram!("worker_span_compute_seconds").record(started.elapsed().as_secs_f64());
     Ok(if shard.spec().head {
         let seq = out.size()[1];
         out.narrow(1, seq - 1, 1).to_kind(Kind::Float)

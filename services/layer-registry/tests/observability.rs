@@ -1,0 +1,102 @@
+//! Observability of the real registry process: it exports its gRPC spans over OTLP to a
+//! collector (continuing the caller's `traceparent`), flushes them on SIGTERM, and serves
+//! Prometheus `/metrics` with per-method call counts and assignment gauges.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fake_opentelemetry_collector::FakeCollectorServer;
+use neuroshard_proto::registry::v1::GetAssignmentRequest;
+use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_tests::{ChildGuard, PgServer, free_port};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_exports_traces_and_serves_metrics() {
+    let mut collector = FakeCollectorServer::start().await.unwrap();
+    let pg = PgServer::start().unwrap();
+    let port = free_port().unwrap();
+    let metrics_port = free_port().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
+    command
+        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
+        .env(
+            "NEUROSHARD_REGISTRY_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
+        .env("RUST_LOG", "info");
+    let mut registry = ChildGuard::spawn(command).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        if let Ok(client) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "registry did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut request = tonic::Request::new(GetAssignmentRequest {});
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse().unwrap(),
+    );
+    client.get_assignment(request).await.unwrap();
+
+    let page = http_get(metrics_port, "/metrics").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    for expected in [
+        r#"grpc_server_handled_total{service="neuroshard.registry.v1.LayerRegistry",method="GetAssignment",code="Ok"} 1"#,
+        "registry_assignment_version",
+        r#"registry_nodes{state="live"} 0"#,
+        "registry_replica_deficit",
+    ] {
+        assert!(page.contains(expected), "missing {expected} in:\n{page}");
+    }
+
+    // SIGTERM: a clean stop flushes the batched spans to the collector.
+    let pid = registry.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || registry.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "registry exited with {status}");
+
+    let spans = collector.exported_spans(1, Duration::from_secs(10)).await;
+    let span = spans
+        .iter()
+        .find(|s| s.name == "neuroshard.registry.v1.LayerRegistry/GetAssignment")
+        .unwrap_or_else(|| panic!("no GetAssignment span in {spans:#?}"));
+    assert_eq!(span.trace_id, TRACE_ID);
+    assert_eq!(span.parent_span_id, CALLER_SPAN);
+    assert_eq!(span.kind, "SPAN_KIND_SERVER");
+}
+
+/// One HTTP/1.1 GET over a raw socket.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
