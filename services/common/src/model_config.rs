@@ -256,3 +256,49 @@ mod tests {
         );
     }
 }
+
+/// The wire form of a model shape, as the registry publishes it. `version` is the
+/// architecture's version number (bumped on growth).
+pub fn to_proto(model: &ModelConfig, version: u64) -> neuroshard_proto::common::v1::Architecture {
+    let u = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+    neuroshard_proto::common::v1::Architecture {
+        vocab_size: u(model.vocab_size),
+        hidden_size: u(model.hidden_size),
+        num_layers: u(model.num_layers),
+        num_heads: u(model.num_heads),
+        num_kv_heads: u(model.num_kv_heads),
+        intermediate_size: u(model.intermediate_size),
+        rope_theta: model.rope_theta,
+        rms_eps: model.rms_eps,
+        max_seq_len: u(model.max_seq_len),
+        version,
+    }
+}
+
+/// A published architecture as a model config.
+pub fn from_proto(arch: &neuroshard_proto::common::v1::Architecture) -> ModelConfig {
+    ModelConfig {
+        vocab_size: i64::from(arch.vocab_size),
+        hidden_size: i64::from(arch.hidden_size),
+        num_layers: i64::from(arch.num_layers),
+        num_heads: i64::from(arch.num_heads),
+        num_kv_heads: i64::from(arch.num_kv_heads),
+        intermediate_size: i64::from(arch.intermediate_size),
+        rope_theta: arch.rope_theta,
+        rms_eps: arch.rms_eps,
+        max_seq_len: i64::from(arch.max_seq_len),
+    }
+}
+
+#[cfg(test)]
+mod proto_tests {
+    use super::*;
+
+    #[test]
+    fn proto_round_trip_keeps_every_field() {
+        let model = ModelConfig::small(4096);
+        let wire = to_proto(&model, 7);
+        assert_eq!(wire.version, 7);
+        assert_eq!(from_proto(&wire), model);
+    }
+}

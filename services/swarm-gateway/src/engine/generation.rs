@@ -1,0 +1,427 @@
+//! One generation through the swarm: prefill, then one decode step per token, each step
+//! passing through every hop of the route and ending in logits the gateway samples from.
+//!
+//! Failover: when a hop times out or fails, that hop's span is re-routed over other holders
+//! (one node or a chain of them), each new node rebuilds the session's KV cache by replaying
+//! everything the old node had consumed, and the step continues where it stopped. To replay
+//! without bothering upstream nodes, the gateway keeps each hop's consumed input: token ids
+//! for the first hop, hidden states `[1, positions, hidden]` for the others. Sampling happens
+//! here with a seeded sampler, so the tokens are the same with or without a failure.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use neuroshard_common::tensor::{Limits, decode_f32};
+use neuroshard_common::{Error, ErrorKind};
+use neuroshard_proto::common::v1::Tensor as WireTensor;
+use neuroshard_text::sampling::Sampler;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::hops::{Hop, HopError, HopInput};
+use super::routing::{best_chain, uncovered};
+use super::{Inner, epoch_ms};
+use crate::generator::{FinishReason, GenerationJob, Step};
+
+/// A hop of this request's route, and whether its node still has to rebuild the session.
+#[derive(Debug, Clone)]
+struct RouteHop {
+    hop: Hop,
+    needs_replay: bool,
+}
+
+/// How a generation ended, for the status document.
+enum Outcome {
+    Done,
+    Cancelled,
+    Failed(Error),
+}
+
+struct Generation {
+    inner: Arc<Inner>,
+    request_id: String,
+    session: String,
+    route: Vec<RouteHop>,
+    /// `history[k]`: hidden states hop `k` has consumed so far (`None` for hop 0, whose history
+    /// is `tokens`, and before the first step).
+    history: Vec<Option<WireTensor>>,
+    /// Token ids the first hop has consumed so far.
+    tokens: Vec<i64>,
+    excluded: HashSet<String>,
+    failovers: u32,
+}
+
+/// Runs `job`, sending each sampled token on `tx` as soon as it exists.
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    job: GenerationJob,
+    tx: mpsc::Sender<Result<Step, Error>>,
+) {
+    let span = tracing::info_span!(
+        "generate",
+        request_id = %job.request_id,
+        prompt_tokens = job.prompt.len(),
+        max_tokens = job.max_tokens,
+    );
+    let session = format!("{}-{:08x}", job.request_id, rand::random::<u32>());
+    let prompt_tokens = u32::try_from(job.prompt.len()).unwrap_or(u32::MAX);
+    inner
+        .tracker()
+        .begin(&job.request_id, prompt_tokens, epoch_ms());
+    let mut generation = Generation {
+        inner: inner.clone(),
+        request_id: job.request_id.clone(),
+        session,
+        route: Vec::new(),
+        history: Vec::new(),
+        tokens: Vec::new(),
+        excluded: HashSet::new(),
+        failovers: 0,
+    };
+    let outcome = generation.drive(&job, &tx).instrument(span).await;
+    generation.close().await;
+    let (state, error) = match outcome {
+        Outcome::Done => ("done", None),
+        Outcome::Cancelled => ("cancelled", None),
+        Outcome::Failed(e) => {
+            tracing::warn!(request_id = %job.request_id, error = %e.message, "generation failed");
+            let message = e.message.clone();
+            let _ = tx.send(Err(e)).await;
+            ("failed", Some(message))
+        }
+    };
+    inner.tracker().finish(&job.request_id, state, error);
+}
+
+impl Generation {
+    async fn drive(
+        &mut self,
+        job: &GenerationJob,
+        tx: &mpsc::Sender<Result<Step, Error>>,
+    ) -> Outcome {
+        match self.generate(job, tx).await {
+            Ok(true) => Outcome::Done,
+            Ok(false) => Outcome::Cancelled,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    /// `Ok(false)` when the receiver went away (the client disconnected or a stop string
+    /// matched).
+    async fn generate(
+        &mut self,
+        job: &GenerationJob,
+        tx: &mpsc::Sender<Result<Step, Error>>,
+    ) -> Result<bool, Error> {
+        let view = self.inner.view();
+        let architecture = view.architecture.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "no model is assigned in the swarm yet",
+            )
+        })?;
+        let max_seq = architecture.max_seq_len as usize;
+        if job.prompt.is_empty() {
+            return Err(Error::invalid_argument("prompt: empty"));
+        }
+        if job.prompt.len() >= max_seq {
+            return Err(Error::invalid_argument(format!(
+                "prompt: {} tokens, the model's context holds {max_seq} (including at least one generated token)",
+                job.prompt.len()
+            )));
+        }
+        let mut sampler = Sampler::new(job.sampling.clone())
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        self.plan(architecture.num_layers)?;
+
+        let eos = self.inner.config.eos_token;
+        let mut input: Vec<i64> = job.prompt.iter().map(|&t| i64::from(t)).collect();
+        let mut produced = 0u32;
+        while produced < job.max_tokens {
+            let logits = self.step(&input).await?;
+            self.tokens.extend_from_slice(&input);
+            let token = sampler
+                .sample(&logits)
+                .map_err(|e| Error::internal(format!("sampling: {e}")))?;
+            if Some(token) == eos {
+                return Ok(tx
+                    .send(Ok(Step::Finished(FinishReason::EndOfSequence)))
+                    .await
+                    .is_ok());
+            }
+            produced += 1;
+            self.inner.tracker().token(&self.request_id, epoch_ms());
+            metrics::counter!("gateway_generated_tokens_total").increment(1);
+            if tx.send(Ok(Step::Token(token))).await.is_err() {
+                return Ok(false);
+            }
+            // The context is full: the sampled token cannot be fed back.
+            if self.tokens.len() + 1 > max_seq {
+                break;
+            }
+            input = vec![i64::from(token)];
+        }
+        Ok(tx
+            .send(Ok(Step::Finished(FinishReason::Length)))
+            .await
+            .is_ok())
+    }
+
+    /// Picks the route for `[0, num_layers)`.
+    fn plan(&mut self, num_layers: u32) -> Result<(), Error> {
+        let chain = self.chain(0, num_layers)?;
+        let mut stats = self.inner.stats();
+        for hop in &chain {
+            stats.open(&hop.node_id);
+        }
+        drop(stats);
+        self.history = vec![None; chain.len()];
+        self.route = chain
+            .into_iter()
+            .map(|hop| RouteHop {
+                hop,
+                needs_replay: false,
+            })
+            .collect();
+        self.publish_route();
+        Ok(())
+    }
+
+    /// The best chain of usable nodes tiling `[from, to)` right now.
+    fn chain(&self, from: u32, to: u32) -> Result<Vec<Hop>, Error> {
+        let view = self.inner.view();
+        let loads = self.inner.stats().loads(Instant::now());
+        let chain = best_chain(&view.nodes, &loads, from, to, &self.excluded, || {
+            0.9 + 0.2 * rand::random::<f64>()
+        })
+        .ok_or_else(|| {
+            let missing = uncovered(&view.nodes, from, to, &self.excluded);
+            let detail = if missing.is_empty() {
+                "every holder is backed off after failures".to_string()
+            } else {
+                format!("no live holder for layers {missing:?}")
+            };
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("no route through layers [{from}, {to}): {detail}"),
+            )
+        })?;
+        Ok(chain
+            .into_iter()
+            .map(|i| {
+                let node = &view.nodes[i];
+                Hop {
+                    node_id: node.id.clone(),
+                    endpoint: node.endpoint.clone(),
+                    start: node.start,
+                    end: node.end,
+                }
+            })
+            .collect())
+    }
+
+    /// Sends `input` (new token ids at the session's next positions) through every hop and
+    /// returns the last position's logits.
+    async fn step(&mut self, input: &[i64]) -> Result<Vec<f32>, Error> {
+        let position = u32::try_from(self.tokens.len())
+            .map_err(|_| Error::invalid_argument("sequence too long"))?;
+        let prefill = position == 0;
+        let mut current = HopInput::Tokens(input.to_vec());
+        let mut k = 0;
+        while k < self.route.len() {
+            let deadline = if prefill {
+                self.inner.config.prefill_deadline
+            } else {
+                self.inner.config.hop_deadline
+            };
+            match self.call(k, current.clone(), position, deadline).await {
+                Ok((output, elapsed)) => {
+                    let node = &self.route[k].hop.node_id;
+                    metrics::histogram!("gateway_hop_seconds", "phase" => if prefill { "prefill" } else { "decode" })
+                        .record(elapsed.as_secs_f64());
+                    if !prefill {
+                        self.inner.stats().record_latency(node, elapsed);
+                    }
+                    if let HopInput::Hidden(hidden) = &current {
+                        append_rows(&mut self.history[k], hidden)?;
+                    }
+                    current = HopInput::Hidden(output);
+                    k += 1;
+                }
+                Err(e) => self.fail_over(k, e).await?,
+            }
+        }
+        let HopInput::Hidden(logits) = current else {
+            return Err(Error::internal("route has no hops"));
+        };
+        decode_f32(&logits, "logits", &Limits::default())
+    }
+
+    /// One attempt at hop `k`: rebuild the node's session first when it is new to it.
+    async fn call(
+        &mut self,
+        k: usize,
+        input: HopInput,
+        position: u32,
+        deadline: Duration,
+    ) -> Result<(WireTensor, Duration), HopError> {
+        let hop = self.route[k].hop.clone();
+        if self.route[k].needs_replay {
+            let history = match (k, &self.history[k]) {
+                (0, _) => HopInput::Tokens(self.tokens.clone()),
+                (_, Some(hidden)) => HopInput::Hidden(hidden.clone()),
+                (_, None) => {
+                    return Err(HopError::Failed(format!("no history to replay on hop {k}")));
+                }
+            };
+            let replayed = self
+                .inner
+                .hops
+                .replay(
+                    &hop,
+                    &self.session,
+                    history,
+                    self.inner.config.prefill_deadline,
+                )
+                .await?;
+            // A new node downstream (a multi-node replacement) replays from this one's output.
+            if k + 1 < self.route.len() && self.route[k + 1].needs_replay {
+                self.history[k + 1] = Some(replayed.tensor);
+            }
+            self.route[k].needs_replay = false;
+            metrics::counter!("gateway_replays_total").increment(1);
+        }
+        let out = self
+            .inner
+            .hops
+            .forward(&hop, &self.session, input, position, deadline)
+            .await?;
+        Ok((out.tensor, out.elapsed))
+    }
+
+    /// Moves hop `k` to other holders of its span after `error`.
+    async fn fail_over(&mut self, k: usize, error: HopError) -> Result<(), Error> {
+        let failed = self.route[k].hop.clone();
+        self.failovers += 1;
+        metrics::counter!("gateway_failovers_total").increment(1);
+        let backoff = {
+            let mut stats = self.inner.stats();
+            stats.close(&failed.node_id);
+            stats.record_failure(&failed.node_id, Instant::now())
+        };
+        self.inner.hops.forget(&failed.endpoint);
+        self.excluded.insert(failed.node_id.clone());
+        self.inner.tracker().failover(&self.request_id);
+        tracing::warn!(
+            request_id = %self.request_id,
+            node = %failed.node_id,
+            layers = ?(failed.start, failed.end),
+            error = %error,
+            backoff_ms = backoff.as_millis() as u64,
+            "hop failed; moving it to another holder"
+        );
+        if self.failovers > self.inner.config.max_failovers {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "layers [{}, {}) failed on {} ({error}) after {} failovers",
+                    failed.start,
+                    failed.end,
+                    failed.node_id,
+                    self.failovers - 1
+                ),
+            ));
+        }
+        let replacement = self.chain(failed.start, failed.end)?;
+        let needs_replay = !self.tokens.is_empty();
+        {
+            let mut stats = self.inner.stats();
+            for hop in &replacement {
+                stats.open(&hop.node_id);
+            }
+        }
+        let extra = replacement.len() - 1;
+        self.route.splice(
+            k..=k,
+            replacement
+                .into_iter()
+                .map(|hop| RouteHop { hop, needs_replay }),
+        );
+        // The first replacement keeps hop k's history; inner boundaries get theirs from replay.
+        self.history
+            .splice(k + 1..k + 1, std::iter::repeat_n(None, extra));
+        self.publish_route();
+        // Best effort: the old node may still hold the session.
+        let hops = self.inner.clone();
+        let session = self.session.clone();
+        tokio::spawn(async move { hops.hops.end(&failed, &session).await });
+        Ok(())
+    }
+
+    fn publish_route(&self) {
+        let ids = self.route.iter().map(|r| r.hop.node_id.clone()).collect();
+        self.inner.tracker().set_route(&self.request_id, ids);
+    }
+
+    /// Frees the session on every hop and the in-flight counts.
+    async fn close(&mut self) {
+        let route = std::mem::take(&mut self.route);
+        {
+            let mut stats = self.inner.stats();
+            for r in &route {
+                stats.close(&r.hop.node_id);
+            }
+        }
+        for r in &route {
+            self.inner.hops.end(&r.hop, &self.session).await;
+        }
+    }
+}
+
+/// Appends the positions of `rows` (`[1, n, hidden]`) to `history` (`[1, m, hidden]`).
+fn append_rows(history: &mut Option<WireTensor>, rows: &WireTensor) -> Result<(), Error> {
+    match history {
+        None => *history = Some(rows.clone()),
+        Some(h) => {
+            let same_width = h.shape.len() == 3
+                && rows.shape.len() == 3
+                && h.shape[2] == rows.shape[2]
+                && h.dtype == rows.dtype;
+            if !same_width {
+                return Err(Error::internal(format!(
+                    "hidden states changed shape mid-request: {:?} then {:?}",
+                    h.shape, rows.shape
+                )));
+            }
+            h.shape[1] += rows.shape[1];
+            h.data.extend_from_slice(&rows.data);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use neuroshard_common::tensor::encode_f32;
+
+    use super::*;
+
+    #[test]
+    fn history_rows_concatenate_along_positions() {
+        let mut history = None;
+        append_rows(
+            &mut history,
+            &encode_f32(&[1, 2, 3], &[1., 2., 3., 4., 5., 6.]),
+        )
+        .unwrap();
+        append_rows(&mut history, &encode_f32(&[1, 1, 3], &[7., 8., 9.])).unwrap();
+        let h = history.unwrap();
+        assert_eq!(h.shape, [1, 3, 3]);
+        let values = decode_f32(&h, "h", &Limits::default()).unwrap();
+        assert_eq!(values, [1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+        let mut history = Some(h);
+        let err = append_rows(&mut history, &encode_f32(&[1, 1, 2], &[1., 2.])).unwrap_err();
+        assert!(err.message.contains("changed shape"), "{}", err.message);
+    }
+}

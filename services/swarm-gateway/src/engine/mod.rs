@@ -1,0 +1,318 @@
+//! The routed swarm as a [`Generator`]: a live view of the registry's assignment (its `Watch`
+//! stream), route choice by cost, per-hop deadlines with failover and replay, and the request
+//! and throughput records behind the status document.
+//!
+//! - [`view`]: the assignment as routing sees it (pure);
+//! - [`routing`]: cheapest chain of holders tiling a layer range (pure);
+//! - [`stats`]: per-node latency, in-flight requests, back-off (pure);
+//! - [`tracker`]: requests and throughput for `/api/v1/status` (pure);
+//! - [`hops`]: gRPC calls to workers with deadlines and trace context;
+//! - [`generation`]: one request's prefill/decode loop with failover.
+
+pub mod generation;
+pub mod hops;
+pub mod routing;
+pub mod stats;
+pub mod tracker;
+pub mod view;
+
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use neuroshard_common::tls::TlsFiles;
+use neuroshard_common::{Error, ErrorKind};
+use neuroshard_proto::registry::v1::WatchRequest;
+use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::generator::{GenerationJob, Generator, ModelCard, TokenStream};
+use crate::status::{
+    ArchitectureStatus, LayerStatus, NodeStatus, ReplicaStatus, SwarmStatus, TrainingStatus,
+};
+use stats::StatsBook;
+use tracker::Tracker;
+use view::SwarmView;
+
+/// How the engine reaches the swarm and how patient it is.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The layer registry's gRPC URL.
+    pub registry: String,
+    /// TLS for `https://` registry and worker URLs.
+    pub tls: TlsFiles,
+    /// The name clients pass as `model`.
+    pub model_name: String,
+    /// End-of-sequence token id (ends a generation; not sent to the client).
+    pub eos_token: Option<u32>,
+    /// Deadline of one decode hop; past it the hop moves to another holder.
+    pub hop_deadline: Duration,
+    /// Deadline of a prefill or replay hop (whole prompts take longer than one token).
+    pub prefill_deadline: Duration,
+    /// Failovers one request may go through before it fails.
+    pub max_failovers: u32,
+    /// The registry's replica target, for the status document.
+    pub min_replicas: u32,
+    /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Largest gRPC message to or from a worker.
+    pub max_message_bytes: usize,
+    /// How long [`SwarmEngine::connect`] waits for the first assignment.
+    pub connect_timeout: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(registry: impl Into<String>, model_name: impl Into<String>) -> Self {
+        Self {
+            registry: registry.into(),
+            tls: TlsFiles::default(),
+            model_name: model_name.into(),
+            eos_token: None,
+            hop_deadline: Duration::from_millis(200),
+            prefill_deadline: Duration::from_secs(5),
+            max_failovers: 8,
+            min_replicas: 2,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+            max_message_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by the watch task and every generation.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    config: EngineConfig,
+    view: RwLock<Arc<SwarmView>>,
+    stats: Mutex<StatsBook>,
+    tracker: Mutex<Tracker>,
+    hops: hops::HopClient,
+    training: Mutex<Option<TrainingStatus>>,
+    created: u64,
+}
+
+impl Inner {
+    fn view(&self) -> Arc<SwarmView> {
+        match self.view.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn stats(&self) -> MutexGuard<'_, StatsBook> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_view(&self, view: SwarmView) {
+        self.stats()
+            .retain(|id| view.nodes.iter().any(|n| n.id == id));
+        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        *slot = Arc::new(view);
+    }
+}
+
+/// The production [`Generator`]: requests routed through the swarm's layer holders.
+#[derive(Debug)]
+pub struct SwarmEngine {
+    inner: Arc<Inner>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SwarmEngine {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl SwarmEngine {
+    /// Connects to the registry, waits for the first assignment, and keeps following it
+    /// (reconnecting when the stream breaks) until dropped.
+    pub async fn connect(config: EngineConfig) -> Result<Self, Error> {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let inner = Arc::new(Inner {
+            hops: hops::HopClient::new(config.tls.clone(), config.max_message_bytes),
+            stats: Mutex::new(StatsBook::new(config.backoff, config.max_backoff)),
+            tracker: Mutex::new(Tracker::default()),
+            view: RwLock::new(Arc::new(SwarmView::default())),
+            training: Mutex::new(None),
+            created,
+            config,
+        });
+        let (first_tx, mut first_rx) = mpsc::channel(1);
+        let watcher = tokio::spawn(follow(inner.clone(), first_tx));
+        let timeout = inner.config.connect_timeout;
+        match tokio::time::timeout(timeout, first_rx.recv()).await {
+            Ok(Some(())) => Ok(Self { inner, watcher }),
+            _ => {
+                watcher.abort();
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "no assignment from the registry at {} within {timeout:?}",
+                        inner.config.registry
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Sets the training progress the status document shows (the local swarm's trainer
+    /// reports here).
+    pub fn set_training(&self, training: Option<TrainingStatus>) {
+        *self
+            .inner
+            .training
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = training;
+    }
+}
+
+/// Follows the registry's `Watch` stream; signals `first` once the first snapshot is in.
+async fn follow(inner: Arc<Inner>, first: mpsc::Sender<()>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match watch_once(&inner, &first).await {
+            Ok(()) => tracing::warn!("registry watch stream ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e.message, "registry watch failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error> {
+    let channel = inner.config.tls.connect(&inner.config.registry).await?;
+    let mut client = LayerRegistryClient::new(channel);
+    let mut stream = client
+        .watch(WatchRequest {})
+        .await
+        .map_err(|s| Error::new(ErrorKind::Unavailable, s.message().to_string()))?
+        .into_inner();
+    while let Some(snapshot) = stream
+        .message()
+        .await
+        .map_err(|s| Error::new(ErrorKind::Unavailable, s.message().to_string()))?
+    {
+        let view = SwarmView::from_snapshot(&snapshot);
+        tracing::debug!(
+            version = view.version,
+            nodes = view.nodes.len(),
+            "assignment"
+        );
+        inner.set_view(view);
+        let _ = first.try_send(());
+    }
+    Ok(())
+}
+
+impl Generator for SwarmEngine {
+    fn model(&self) -> ModelCard {
+        let view = self.inner.view();
+        let architecture = view.architecture.unwrap_or_default();
+        ModelCard {
+            id: self.inner.config.model_name.clone(),
+            context_length: architecture.max_seq_len,
+            vocab_size: architecture.vocab_size,
+            created: self.inner.created,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        let view = self.inner.view();
+        let loads = self.inner.stats().loads(Instant::now());
+        let n = view.num_layers();
+        n > 0
+            && routing::best_chain(&view.nodes, &loads, 0, n, &Default::default(), || 1.0).is_some()
+    }
+
+    fn generate(&self, job: GenerationJob) -> TokenStream {
+        // A small buffer: the generation runs at most a few tokens ahead of a slow client.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(generation::run(self.inner.clone(), job, tx));
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    fn status(&self) -> SwarmStatus {
+        let now = epoch_ms();
+        let view = self.inner.view();
+        let instant = Instant::now();
+        let stats = self.inner.stats().clone();
+        let nodes = view
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                id: n.id.clone(),
+                endpoint: n.endpoint.clone(),
+                span: [n.start, n.end],
+                role: view::role_name(n.role).into(),
+                state: view::state_name(n.state).into(),
+                pid: None,
+                tokens_per_s: n.tokens_per_s,
+                memory_bytes: n.memory_bytes,
+                queue_depth: stats.in_flight(&n.id),
+                latency_ms: stats.latency_ms(&n.id),
+                backed_off_until_ms: stats
+                    .backed_off_until(&n.id, instant)
+                    .map(|t| now + t.saturating_duration_since(instant).as_millis() as u64),
+            })
+            .collect();
+        let layers = (0..view.num_layers())
+            .map(|index| LayerStatus {
+                index,
+                holders: view.holders(index),
+            })
+            .collect();
+        let architecture = view.architecture.map(|a| ArchitectureStatus {
+            num_layers: a.num_layers,
+            hidden_size: a.hidden_size,
+            num_heads: a.num_heads,
+            num_kv_heads: a.num_kv_heads,
+            vocab_size: a.vocab_size,
+            parameters: parameters(&a),
+            version: view.version,
+        });
+        let tracker = self.inner.tracker();
+        SwarmStatus {
+            now_ms: now,
+            architecture,
+            nodes,
+            layers,
+            replicas: ReplicaStatus {
+                min_replicas: self.inner.config.min_replicas,
+                degraded: view.deficit > 0,
+                deficit: view.deficit,
+            },
+            requests: tracker.requests(),
+            throughput: tracker.throughput(now),
+            training: self
+                .inner
+                .training
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// Parameter count of the published architecture (the shared formula in `common`).
+fn parameters(a: &neuroshard_proto::common::v1::Architecture) -> u64 {
+    let config = neuroshard_common::model_config::from_proto(a);
+    u64::try_from(neuroshard_common::architecture::parameter_count(&config)).unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
