@@ -155,3 +155,23 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// A binary of this workspace, next to the running test in the target directory (`cargo test
+/// --workspace` builds every member's binaries there).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
+    let path = dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: run the workspace's tests (make test), which build it",
+            path.display()
+        ))
+    }
+}

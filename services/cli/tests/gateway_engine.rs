@@ -1,0 +1,260 @@
+//! The gateway's engine against real processes: PostgreSQL, the registry and four shard
+//! workers (two pipelines of two stages). Generation routed through the workers gives the same
+//! tokens as the in-process model, and killing the worker serving a hop mid-generation
+//! (kill -9) changes nothing in the output: the hop moves to a replica, which replays the
+//! session, and the stream goes on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use neuroshard_common::ModelConfig;
+use neuroshard_model::generate::{GenerateOptions, generate};
+use neuroshard_model::tch::{Device, Kind};
+use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
+use neuroshard_swarm_gateway::engine::{EngineConfig, SwarmEngine};
+use neuroshard_swarm_gateway::generator::{FinishReason, GenerationJob, Generator, Step};
+use neuroshard_tests::{ChildGuard, PgServer, free_port, workspace_binary};
+use neuroshard_text::sampling::SamplingParams;
+use tokio_stream::StreamExt;
+
+const NET: &str = "gateway-engine-test";
+/// Two layers of the small model plus its embedding or head (20 bytes per parameter).
+const WORKER_MEMORY: &str = "60000000";
+
+struct Swarm {
+    workers: Vec<ChildGuard>,
+    _registry: ChildGuard,
+    _pg: PgServer,
+    registry_url: String,
+    model: Shard,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Swarm {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::small(512);
+    let mut model = Shard::new(
+        &config,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    init::initialize(&mut model, 5).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    checkpoint::save(&ckpt, &model, None, 0).unwrap();
+
+    let pg = PgServer::start().unwrap();
+    let port = free_port().unwrap();
+    let registry_url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(workspace_binary("layer-registry").unwrap());
+    command
+        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
+        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
+        .env("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "200")
+        .env("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "800")
+        .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1500")
+        .env("NEUROSHARD_REGISTRY_WATCH_POLL_MS", "50")
+        .env("NEUROSHARD_REGISTRY_MODEL__VOCAB_SIZE", "512")
+        .env("RUST_LOG", "warn");
+    let registry = ChildGuard::spawn(command).unwrap();
+    let workers = (0..4)
+        .map(|i| {
+            let port = free_port().unwrap();
+            let mut command = Command::new(workspace_binary("shard-worker").unwrap());
+            command
+                .env("NEUROSHARD_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+                .env("NEUROSHARD_WORKER_REGISTRY", &registry_url)
+                .env("NEUROSHARD_WORKER_NETWORK_ID", NET)
+                .env(
+                    "NEUROSHARD_WORKER_KEY_FILE",
+                    dir.path().join(format!("w{i}.key")),
+                )
+                .env("NEUROSHARD_WORKER_CHECKPOINT", &ckpt)
+                .env("NEUROSHARD_WORKER_USABLE_MEMORY_BYTES", WORKER_MEMORY)
+                .env("NEUROSHARD_WORKER_DEVICE", "cpu")
+                .env("NEUROSHARD_WORKER_HEARTBEAT_INTERVAL_MS", "200")
+                .env("OMP_NUM_THREADS", "1")
+                .env("RUST_LOG", "warn");
+            ChildGuard::spawn(command).unwrap()
+        })
+        .collect();
+    Swarm {
+        workers,
+        _registry: registry,
+        _pg: pg,
+        registry_url,
+        model,
+        _dir: dir,
+    }
+}
+
+async fn engine(swarm: &Swarm) -> SwarmEngine {
+    let mut config = EngineConfig::new(&swarm.registry_url, "neurollm-test");
+    config.connect_timeout = Duration::from_secs(30);
+    config.backoff = Duration::from_millis(200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let engine = loop {
+        match SwarmEngine::connect(config.clone()).await {
+            Ok(engine) => break engine,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{}", e.message);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Ready with every worker placed: two full pipelines, each layer held twice.
+    loop {
+        let status = engine.status();
+        let placed = status
+            .nodes
+            .iter()
+            .filter(|n| n.state == "live" && n.span[1] > n.span[0])
+            .count();
+        let replicated =
+            !status.layers.is_empty() && status.layers.iter().all(|l| l.holders.len() >= 2);
+        if engine.ready() && placed == 4 && replicated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "swarm not ready: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Workers load their spans after the assignment settles; give them a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    engine
+}
+
+fn reference(
+    model: &Shard,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &SamplingParams,
+) -> Vec<u32> {
+    generate(
+        model,
+        prompt,
+        &GenerateOptions {
+            max_tokens,
+            sampling: sampling.clone(),
+            stop_token: None,
+        },
+        |_| Ok(()),
+    )
+    .unwrap()
+}
+
+fn job(id: &str, prompt: &[u32], max_tokens: u32, sampling: SamplingParams) -> GenerationJob {
+    GenerationJob {
+        request_id: id.into(),
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampling,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_generation_matches_the_model_and_survives_kill_9() {
+    let mut swarm = start();
+    let engine = engine(&swarm).await;
+    let prompt: Vec<u32> = vec![17, 3, 99, 250, 7, 42, 8];
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+
+    // Undisturbed: greedy and seeded sampling equal the in-process model.
+    for (name, sampling) in [
+        ("greedy", greedy.clone()),
+        (
+            "seeded",
+            SamplingParams {
+                temperature: 0.9,
+                top_k: 50,
+                top_p: 0.95,
+                seed: 1234,
+            },
+        ),
+    ] {
+        let expected = reference(&swarm.model, &prompt, 24, &sampling);
+        let mut stream = engine.generate(job(name, &prompt, 24, sampling));
+        let mut got = Vec::new();
+        let mut finish = None;
+        while let Some(step) = stream.next().await {
+            match step.unwrap() {
+                Step::Token(t) => got.push(t),
+                Step::Finished(reason) => finish = Some(reason),
+            }
+        }
+        assert_eq!(got, expected, "{name}");
+        assert_eq!(finish, Some(FinishReason::Length));
+    }
+
+    // Failover: kill -9 the worker serving the second hop after 10 tokens.
+    let expected = reference(&swarm.model, &prompt, 64, &greedy);
+    let mut stream = engine.generate(job("failover", &prompt, 64, greedy.clone()));
+    let mut got = Vec::new();
+    let mut gaps = Vec::new();
+    let mut last = Instant::now();
+    let mut killed = None;
+    while let Some(step) = stream.next().await {
+        let Step::Token(t) = step.unwrap() else {
+            continue;
+        };
+        got.push(t);
+        gaps.push(last.elapsed());
+        last = Instant::now();
+        if got.len() == 10 {
+            let status = engine.status();
+            let request = status.requests.iter().find(|r| r.id == "failover").unwrap();
+            let victim = request.route.last().unwrap().clone();
+            let endpoint = status
+                .nodes
+                .iter()
+                .find(|n| n.id == victim)
+                .unwrap()
+                .endpoint
+                .clone();
+            // Find the worker process by its port and kill it as a crash would.
+            let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+            let index = worker_on_port(&swarm, port);
+            swarm.workers[index].kill();
+            killed = Some((victim, got.len()));
+        }
+    }
+    let (victim, at) = killed.expect("a worker was killed");
+    assert_eq!(got, expected, "output changed by the failover");
+    let status = engine.status();
+    let request = status.requests.iter().find(|r| r.id == "failover").unwrap();
+    assert_eq!(request.state, "done");
+    assert!(request.failovers >= 1, "{request:?}");
+    assert!(!request.route.contains(&victim), "{request:?}");
+    let pause = gaps[at];
+    let typical = {
+        let mut g: Vec<_> = gaps[1..].to_vec();
+        g.sort();
+        g[g.len() / 2]
+    };
+    println!(
+        "failover: pause {:.1} ms at token {} (median token gap {:.1} ms)",
+        pause.as_secs_f64() * 1000.0,
+        at + 1,
+        typical.as_secs_f64() * 1000.0
+    );
+}
+
+/// The index of the worker listening on `port` (ports are in the workers' environment).
+fn worker_on_port(swarm: &Swarm, port: u16) -> usize {
+    swarm
+        .workers
+        .iter()
+        .position(|w| {
+            let environ = std::fs::read(format!("/proc/{}/environ", w.0.id())).unwrap_or_default();
+            String::from_utf8_lossy(&environ)
+                .split('\0')
+                .any(|kv| kv == format!("NEUROSHARD_WORKER_LISTEN=127.0.0.1:{port}"))
+        })
+        .expect("a worker listens on the victim's port")
+}
