@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Creates (once) the Python environment with PyTorch that libtorch is linked from, plus
-# transformers for the checkpoint-compatibility test and the PyTorch baseline benchmark.
+# transformers for the checkpoint-compatibility test and the PyTorch baseline benchmark, and the
+# OpenAI client for the gateway's compatibility test.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
 source "$here/env.sh"
 
+# Small client libraries go into the environment in their own step, marked per version, so
+# adding or bumping one never rebuilds the environment or downloads PyTorch again.
+install_clients() {
+  local marker="$PY_ENV/.openai-$OPENAI_VERSION"
+  if [ -f "$marker" ]; then
+    return 0
+  fi
+  echo "==> installing openai $OPENAI_VERSION into $PY_ENV"
+  "$PY_ENV/bin/pip" install --quiet --disable-pip-version-check --no-input "openai==$OPENAI_VERSION"
+  touch "$marker"
+}
+
 if [ -f "$PY_ENV/.complete" ]; then
+  install_clients
   exit 0
 fi
 echo "==> creating the PyTorch $TORCH_VERSION environment in $PY_ENV (once; about 5 GB)"
@@ -30,4 +44,5 @@ fi
   "safetensors==$SAFETENSORS_VERSION" \
   "numpy==$NUMPY_VERSION"
 touch "$PY_ENV/.complete"
+install_clients
 echo "==> PyTorch environment ready"

@@ -7,8 +7,80 @@
 //! - [`engine`]: the production generator: live assignment view, route choice, per-hop
 //!   deadlines, failover with KV-cache replay, request tracking;
 //! - [`status`]: the `/api/v1/status` document (nodes, layers, requests, architecture,
-//!   training) that the dashboard draws.
+//!   training) that the dashboard draws;
+//! - [`config`]: [`GatewayConfig`], layered defaults < TOML < `NEUROSHARD_GATEWAY_*`;
+//! - [`app`]: [`AppState`] and the router [`app()`] (the OpenAI-compatible `/v1` API, health,
+//!   readiness, metrics, status); [`serve`] runs it on a listener;
+//! - the HTTP side of a request, in order: [`auth`] (bearer key → account), [`extract`]
+//!   (JSON body, errors naming the field), [`completions`] / [`chat`] (request and response
+//!   documents, chat template), [`openai`] (shared wire types, unsupported parameters),
+//!   [`params`] (validation into a plan), [`respond`] (one job per choice), [`choice`]
+//!   (tokens → text, stop sequences), [`stop`], [`flavor`] (documents per endpoint), [`sse`]
+//!   (streaming), [`error`] (OpenAI error documents);
+//! - [`telemetry`]: Prometheus metrics.
 
+pub mod app;
+pub mod auth;
+pub mod chat;
+pub mod choice;
+pub mod completions;
+pub mod config;
 pub mod engine;
+pub mod error;
+pub mod extract;
+pub mod flavor;
 pub mod generator;
+pub mod openai;
+pub mod params;
+pub mod respond;
+pub mod sse;
 pub mod status;
+pub mod stop;
+pub mod telemetry;
+pub mod v1;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use neuroshard_common::Error;
+use neuroshard_text::tokenizer::TextTokenizer;
+
+pub use app::{AppState, app};
+pub use config::GatewayConfig;
+pub use generator::Generator;
+
+/// How often histogram samples are folded into the Prometheus distributions between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Serves the HTTP API on `listener` with `generator` until `shutdown` resolves, then stops
+/// accepting connections and lets requests in flight finish. Loads the tokenizer named by
+/// `config.tokenizer`.
+pub async fn serve(
+    config: GatewayConfig,
+    listener: tokio::net::TcpListener,
+    generator: Arc<dyn Generator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let tokenizer = TextTokenizer::from_file(&config.tokenizer)
+        .map_err(|e| Error::invalid_argument(format!("tokenizer: {e}")))?;
+    let state = AppState::new(config, tokenizer, generator)?;
+    let upkeep = {
+        let handle = state.metrics().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(METRICS_UPKEEP).await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, model = %state.config().model, "gateway listening");
+    }
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep.abort();
+    served.map_err(|e| Error::internal(format!("serving HTTP: {e}")))
+}

@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub max_message_bytes: usize,
     /// How long [`SwarmEngine::connect`] waits for the first assignment.
     pub connect_timeout: Duration,
+    /// Node id → process id (local swarm), for the status document.
+    pub node_pids: std::collections::BTreeMap<String, u32>,
 }
 
 impl EngineConfig {
@@ -77,6 +79,23 @@ impl EngineConfig {
             max_backoff: Duration::from_secs(60),
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(30),
+            node_pids: Default::default(),
+        }
+    }
+
+    /// The engine settings of a gateway configuration.
+    pub fn from_gateway(config: &crate::GatewayConfig, eos_token: Option<u32>) -> Self {
+        Self {
+            tls: config.tls.clone(),
+            eos_token,
+            hop_deadline: Duration::from_millis(config.per_hop_deadline_ms),
+            prefill_deadline: Duration::from_millis(config.prefill_deadline_ms),
+            max_failovers: config.max_failovers,
+            min_replicas: config.min_replicas,
+            backoff: Duration::from_millis(config.backoff_ms),
+            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            node_pids: config.node_pids.clone(),
+            ..Self::new(&config.registry, &config.model)
         }
     }
 }
@@ -255,7 +274,7 @@ impl Generator for SwarmEngine {
                 span: [n.start, n.end],
                 role: view::role_name(n.role).into(),
                 state: view::state_name(n.state).into(),
-                pid: None,
+                pid: self.inner.config.node_pids.get(&n.id).copied(),
                 tokens_per_s: n.tokens_per_s,
                 memory_bytes: n.memory_bytes,
                 queue_depth: stats.in_flight(&n.id),

@@ -1,0 +1,334 @@
+//! Gateway configuration: defaults < `--config` TOML file < `NEUROSHARD_GATEWAY_*` environment
+//! (see `neuroshard_common::config`). See `deploy/swarm-gateway.example.toml`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use neuroshard_common::Error;
+use serde::{Deserialize, Serialize};
+
+/// The environment prefix: `NEUROSHARD_GATEWAY_LISTEN`, `NEUROSHARD_GATEWAY_LIMITS__MAX_N`, …
+pub const ENV_PREFIX: &str = "NEUROSHARD_GATEWAY";
+
+/// Shortest API key accepted: a key short enough to guess is no key.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Everything the gateway needs at start. `Debug` redacts the API keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// The name clients pass as `model`; the generator's model card must report the same.
+    pub model: String,
+    /// The `tokenizer.json` the served model was trained with.
+    pub tokenizer: PathBuf,
+    /// Bearer keys and the accounts they act for. `/v1/*` needs one of them.
+    pub api_keys: Vec<ApiKey>,
+    pub limits: Limits,
+    /// How long one hop may take before the generator fails over (read by the generator).
+    pub per_hop_deadline_ms: u64,
+    /// The layer registry's gRPC endpoint (read by the generator).
+    pub registry: String,
+    /// How long a prefill or replay hop may take (whole prompts take longer than one token).
+    pub prefill_deadline_ms: u64,
+    /// Failovers one request may go through before it fails with 503.
+    pub max_failovers: u32,
+    /// First back-off of a failing node, doubled per consecutive failure up to `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The registry's replica target, shown by the status document.
+    pub min_replicas: u32,
+    /// TLS for `https://` registry and worker endpoints (trust `ca_file`, present
+    /// `cert_file` + `key_file` for mutual TLS).
+    pub tls: neuroshard_common::tls::TlsFiles,
+    /// Node id → process id, set by the local swarm so the dashboard can show processes.
+    pub node_pids: std::collections::BTreeMap<String, u32>,
+}
+
+/// One API key. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    /// The ledger account requests made with this key are charged to.
+    pub account: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("account", &self.account)
+            .finish()
+    }
+}
+
+/// Per-request limits; a request over one is refused with 400 (413 for the body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
+    /// Most tokens one choice may generate (`max_tokens`).
+    pub max_tokens: u32,
+    /// Most `stop` sequences one request may give.
+    pub max_stop_sequences: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            model: "neurollm".into(),
+            tokenizer: PathBuf::from("tokenizer.json"),
+            api_keys: Vec::new(),
+            limits: Limits::default(),
+            per_hop_deadline_ms: 200,
+            registry: "http://127.0.0.1:7400".into(),
+            prefill_deadline_ms: 5_000,
+            max_failovers: 8,
+            backoff_ms: 2_000,
+            max_backoff_ms: 60_000,
+            min_replicas: 2,
+            tls: neuroshard_common::tls::TlsFiles::default(),
+            node_pids: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_n: 8,
+            max_tokens: 4096,
+            max_stop_sequences: 4,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Loads defaults < `file` < `NEUROSHARD_GATEWAY_*` variables of `env`, then validates.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let config: Self = neuroshard_common::config::load(file, ENV_PREFIX, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot express. Messages name the field and never show a key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Error::invalid_argument(m);
+        if self.model.trim().is_empty() {
+            return Err(bad("model must not be empty".into()));
+        }
+        if self.tokenizer.as_os_str().is_empty() {
+            return Err(bad("tokenizer must name a tokenizer.json file".into()));
+        }
+        if self.api_keys.is_empty() {
+            return Err(bad(
+                "api_keys must hold at least one { key, account } entry: /v1 needs a key".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, entry) in self.api_keys.iter().enumerate() {
+            if entry.key.chars().count() < MIN_KEY_LEN {
+                return Err(bad(format!(
+                    "api_keys[{i}].key is shorter than {MIN_KEY_LEN} characters"
+                )));
+            }
+            if entry
+                .key
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(format!(
+                    "api_keys[{i}].key contains whitespace or control characters"
+                )));
+            }
+            if entry.account.trim().is_empty() {
+                return Err(bad(format!("api_keys[{i}].account must not be empty")));
+            }
+            if !seen.insert(entry.key.as_str()) {
+                return Err(bad(format!(
+                    "api_keys[{i}].key repeats an earlier key (accounts {:?})",
+                    self.accounts_of(&entry.key)
+                )));
+            }
+        }
+        let l = &self.limits;
+        if l.max_body_bytes < 1024 {
+            return Err(bad(format!(
+                "limits.max_body_bytes must be at least 1024, got {}",
+                l.max_body_bytes
+            )));
+        }
+        if l.max_n == 0 {
+            return Err(bad("limits.max_n must be at least 1".into()));
+        }
+        if l.max_tokens == 0 {
+            return Err(bad("limits.max_tokens must be at least 1".into()));
+        }
+        if self.per_hop_deadline_ms == 0 {
+            return Err(bad("per_hop_deadline_ms must be at least 1".into()));
+        }
+        if self.prefill_deadline_ms < self.per_hop_deadline_ms {
+            return Err(bad(format!(
+                "prefill_deadline_ms ({}) must be at least per_hop_deadline_ms ({})",
+                self.prefill_deadline_ms, self.per_hop_deadline_ms
+            )));
+        }
+        if self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms {
+            return Err(bad(format!(
+                "backoff_ms must be at least 1 and at most max_backoff_ms, got {} and {}",
+                self.backoff_ms, self.max_backoff_ms
+            )));
+        }
+        if self.registry.trim().is_empty() {
+            return Err(bad(
+                "registry must name the layer registry's endpoint".into()
+            ));
+        }
+        Ok(())
+    }
+
+    fn accounts_of(&self, key: &str) -> Vec<&str> {
+        self.api_keys
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| e.account.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/swarm-gateway.example.toml")
+    }
+
+    fn valid() -> GatewayConfig {
+        GatewayConfig {
+            api_keys: vec![ApiKey {
+                key: "sk-test-0123456789abcdef".into(),
+                account: "alice".into(),
+            }],
+            ..GatewayConfig::default()
+        }
+    }
+
+    #[test]
+    fn example_config_file_loads_and_validates() {
+        let config = GatewayConfig::load(Some(&example_path()), Vec::new()).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.per_hop_deadline_ms, 200);
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.api_keys[0].account, "local");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            (
+                "NEUROSHARD_GATEWAY_LIMITS__MAX_N".to_string(),
+                "2".to_string(),
+            ),
+            (
+                "NEUROSHARD_GATEWAY_API_KEYS".into(),
+                r#"[{ key = "sk-from-the-environment", account = "bob" }]"#.into(),
+            ),
+        ];
+        let config = GatewayConfig::load(Some(&example_path()), env).unwrap();
+        assert_eq!(config.limits.max_n, 2);
+        assert_eq!(config.api_keys[0].account, "bob");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[limits]\nmax_nn = 3\n").unwrap();
+        let err = GatewayConfig::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_nn"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let shown = format!("{:?}", valid());
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("alice"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field_named() {
+        valid().validate().unwrap();
+        let cases: Vec<(GatewayConfig, &str)> = vec![
+            (GatewayConfig::default(), "api_keys"),
+            (
+                GatewayConfig {
+                    api_keys: vec![ApiKey {
+                        key: "short".into(),
+                        account: "a".into(),
+                    }],
+                    ..valid()
+                },
+                "api_keys[0].key",
+            ),
+            (
+                GatewayConfig {
+                    api_keys: vec![valid().api_keys[0].clone(), valid().api_keys[0].clone()],
+                    ..valid()
+                },
+                "api_keys[1].key repeats",
+            ),
+            (
+                GatewayConfig {
+                    model: " ".into(),
+                    ..valid()
+                },
+                "model",
+            ),
+            (
+                GatewayConfig {
+                    limits: Limits {
+                        max_n: 0,
+                        ..Limits::default()
+                    },
+                    ..valid()
+                },
+                "limits.max_n",
+            ),
+            (
+                GatewayConfig {
+                    limits: Limits {
+                        max_tokens: 0,
+                        ..Limits::default()
+                    },
+                    ..valid()
+                },
+                "limits.max_tokens",
+            ),
+            (
+                GatewayConfig {
+                    per_hop_deadline_ms: 0,
+                    ..valid()
+                },
+                "per_hop_deadline_ms",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(!err.contains("0123456789abcdef"), "{err}");
+        }
+    }
+}

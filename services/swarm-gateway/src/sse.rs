@@ -1,0 +1,137 @@
+//! Streamed answers (`stream: true`): server-sent events, one `data: {chunk}` per released
+//! piece of text as soon as its choice produces it, then each choice's finish chunk, the usage
+//! chunk when asked for, and `data: [DONE]`. An error after the stream started is sent as a
+//! `data: {"error": …}` event, and the stream ends there.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use neuroshard_common::Error;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+
+use crate::choice::{ChoiceEvent, Tagged};
+use crate::error::ApiError;
+use crate::flavor::Meta;
+use crate::openai::Usage;
+
+/// Comment lines keep proxies from closing a stream while a long prompt is processed.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// What a streamed response needs besides its events.
+#[derive(Debug)]
+pub struct StreamSpec {
+    pub meta: Meta,
+    pub n: u32,
+    pub prompt_tokens: u32,
+    pub include_usage: bool,
+}
+
+/// Answers with an event stream over `events`. The first event is awaited before answering,
+/// so that a failure known before any token (no route, prompt too long for the swarm) gets
+/// its own HTTP status instead of a 200 stream holding only an error.
+pub async fn respond(
+    spec: StreamSpec,
+    mut events: mpsc::Receiver<Tagged>,
+) -> Result<Response, ApiError> {
+    let first = match events.recv().await {
+        Some((_, ChoiceEvent::Failed(e))) => return Err(e),
+        Some(first) => first,
+        None => return Err(Error::internal("every choice ended without a result").into()),
+    };
+    let state = StreamState {
+        started: vec![false; spec.n as usize],
+        spec,
+        events: Some(events),
+        outbox: VecDeque::new(),
+        completion_tokens: 0,
+    };
+    let mut state = state;
+    state.handle(first);
+    Ok(Sse::new(state.into_stream())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+struct StreamState {
+    spec: StreamSpec,
+    /// `None` once the stream has ended (all choices done, or an error).
+    events: Option<mpsc::Receiver<Tagged>>,
+    /// Events made from one choice event but not yet sent.
+    outbox: VecDeque<Event>,
+    /// Whether each choice has sent its first chunk.
+    started: Vec<bool>,
+    completion_tokens: u32,
+}
+
+fn data(value: &Value) -> Event {
+    Event::default().data(value.to_string())
+}
+
+impl StreamState {
+    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut state| async move {
+            let event = state.next_event().await?;
+            Some((Ok(event), state))
+        })
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.outbox.pop_front() {
+                return Some(event);
+            }
+            let events = self.events.as_mut()?;
+            match events.recv().await {
+                Some(tagged) => self.handle(tagged),
+                None => self.finish(),
+            }
+        }
+    }
+
+    /// Turns one choice event into outgoing events.
+    fn handle(&mut self, (index, event): Tagged) {
+        let meta = &self.spec.meta;
+        let Some(started) = self.started.get_mut(index as usize) else {
+            return;
+        };
+        let first = !*started;
+        match event {
+            ChoiceEvent::Text(text) => {
+                *started = true;
+                self.outbox
+                    .push_back(data(&meta.chunk(index, text, None, first)));
+            }
+            ChoiceEvent::Done {
+                finish,
+                completion_tokens,
+            } => {
+                *started = true;
+                self.completion_tokens += completion_tokens;
+                self.outbox
+                    .push_back(data(&meta.chunk(index, String::new(), Some(finish), first)));
+            }
+            ChoiceEvent::Failed(error) => {
+                let body = serde_json::to_value(error.body()).unwrap_or(Value::Null);
+                self.outbox.push_back(data(&body));
+                // Dropping the receiver stops the other choices.
+                self.events = None;
+            }
+        }
+    }
+
+    /// Every choice is done: usage if asked for, then `[DONE]`.
+    fn finish(&mut self) {
+        if self.spec.include_usage {
+            let usage = Usage::new(self.spec.prompt_tokens, self.completion_tokens);
+            self.outbox
+                .push_back(data(&self.spec.meta.usage_chunk(usage)));
+        }
+        self.outbox.push_back(Event::default().data("[DONE]"));
+        self.events = None;
+    }
+}
