@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod commands;
+pub mod swarm;
 
 /// NeuroShard: train and serve one language model across many machines.
 #[derive(Debug, Parser)]

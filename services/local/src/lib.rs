@@ -203,3 +203,103 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// An HTTP response read by [`http_get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// One plain HTTP/1.1 GET to a loopback port (readiness checks, status polls): no client
+/// library for a request this simple. `Connection: close`, so the body is what follows the
+/// headers until EOF.
+pub fn http_get(port: u16, path: &str, timeout: std::time::Duration) -> Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| LocalError(format!("GET {path} on port {port}: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| LocalError(e.to_string()))?;
+    // One write: a server may answer as soon as it has the request line.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| LocalError(format!("GET {path}: {e}")))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| LocalError(format!("GET {path}: {e}")))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| LocalError(format!("GET {path}: malformed response")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| LocalError(format!("GET {path}: no status line")))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(HttpResponse { status, body })
+}
+
+/// Joins a chunked transfer-encoded body.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_reads_status_and_body_from_a_real_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for body in [
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nwait",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(body.as_bytes()).unwrap();
+            }
+        });
+        let t = std::time::Duration::from_secs(5);
+        assert_eq!(
+            http_get(port, "/readyz", t).unwrap(),
+            HttpResponse {
+                status: 503,
+                body: "wait".into()
+            }
+        );
+        assert_eq!(http_get(port, "/x", t).unwrap().body, "abcde");
+        server.join().unwrap();
+        assert!(http_get(port, "/gone", t).is_err());
+    }
+}

@@ -1,0 +1,363 @@
+//! The local swarm: every NeuroShard service as its own process on loopback, for `neuroshard
+//! up` and for the end-to-end tests. A throwaway PostgreSQL, the layer registry, N shard
+//! workers (two replicas of each pipeline stage) loading a trained checkpoint, and the gateway.
+//!
+//! Each process gets a generated TOML config in the state directory (the gateway's, holding
+//! the API key, is 0600) and a log file beside it. Dropping a [`LocalSwarm`] stops everything
+//! (SIGTERM, then SIGKILL after a grace period); nothing outlives it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
+use neuroshard_common::identity::NodeKey;
+use neuroshard_layer_registry::RegistryConfig;
+use neuroshard_local::{ChildGuard, PgServer, free_port, http_get};
+use neuroshard_model::checkpoint;
+use neuroshard_shard_worker::WorkerConfig;
+use neuroshard_swarm_gateway::GatewayConfig;
+use neuroshard_swarm_gateway::config::ApiKey;
+
+/// Bytes one parameter costs on a node (the registry's default).
+const BYTES_PER_PARAM: i64 = 20;
+const NETWORK: &str = "neuroshard-local";
+/// How long stopping a process may take before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SwarmOptions {
+    /// Shard workers; two replicas of `workers / 2` pipeline stages (one stage below 4).
+    pub workers: usize,
+    /// Trained checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    pub checkpoint: PathBuf,
+    /// Gateway HTTP port (0 = any free port).
+    pub http_port: u16,
+    pub api_key: String,
+    /// Where `layer-registry`, `shard-worker` and `swarm-gateway` are.
+    pub bin_dir: PathBuf,
+    /// Keys, generated configs and logs.
+    pub state_dir: PathBuf,
+    /// Liveness timings for the registry and workers (fast, for one machine).
+    pub heartbeat_ms: u64,
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    /// The gateway's decode-hop deadline.
+    pub hop_deadline_ms: u64,
+    /// Threads each worker's libtorch may use.
+    pub worker_threads: usize,
+}
+
+impl SwarmOptions {
+    pub fn new(checkpoint: PathBuf, state_dir: PathBuf, bin_dir: PathBuf) -> Self {
+        Self {
+            workers: 4,
+            checkpoint,
+            http_port: 8080,
+            api_key: String::new(),
+            bin_dir,
+            state_dir,
+            heartbeat_ms: 500,
+            suspect_after_ms: 2_000,
+            dead_after_ms: 4_000,
+            hop_deadline_ms: 200,
+            worker_threads: 1,
+        }
+    }
+}
+
+/// One shard worker process.
+#[derive(Debug)]
+pub struct LocalWorker {
+    pub node_id: String,
+    pub port: u16,
+    pub process: ChildGuard,
+}
+
+/// The running swarm. Fields drop in reverse start order: gateway, workers, registry, database.
+#[derive(Debug)]
+pub struct LocalSwarm {
+    pub gateway_port: u16,
+    pub registry_url: String,
+    gateway: ChildGuard,
+    pub workers: Vec<LocalWorker>,
+    registry: ChildGuard,
+    _pg: PgServer,
+}
+
+impl LocalSwarm {
+    /// Starts everything and waits until the gateway is ready with every worker placed and
+    /// every layer replicated (or `timeout` passes). `progress` hears each milestone.
+    pub fn start(
+        options: &SwarmOptions,
+        timeout: Duration,
+        progress: impl Fn(&str),
+    ) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + timeout;
+        let model = checkpoint::read_config(&options.checkpoint)
+            .with_context(|| format!("checkpoint {}", options.checkpoint.display()))?;
+        let tokenizer = options.checkpoint.join(checkpoint::TOKENIZER_FILE);
+        if !tokenizer.exists() {
+            bail!(
+                "{} is missing: the checkpoint has no tokenizer",
+                tokenizer.display()
+            );
+        }
+        if options.workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        let logs = options.state_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+
+        let pg = PgServer::start()?;
+        progress(&format!("PostgreSQL ready on port {}", pg.port));
+
+        let registry_port = free_port()?;
+        let registry_url = format!("http://127.0.0.1:{registry_port}");
+        let registry_config = RegistryConfig {
+            listen: ([127, 0, 0, 1], registry_port).into(),
+            database_url: pg.url(),
+            network_id: NETWORK.into(),
+            heartbeat_interval_ms: options.heartbeat_ms,
+            suspect_after_ms: options.suspect_after_ms,
+            dead_after_ms: options.dead_after_ms,
+            watch_poll_ms: 100,
+            model: model.clone(),
+            ..RegistryConfig::default()
+        };
+        let registry = spawn(
+            options,
+            "layer-registry",
+            "layer-registry",
+            &toml::to_string(&registry_config)?,
+            &[],
+        )?;
+        wait_for_port(registry_port, deadline, "layer-registry")?;
+        progress(&format!("layer-registry ready at {registry_url}"));
+
+        let stages = if options.workers >= 4 {
+            options.workers / 2
+        } else {
+            1
+        };
+        let layers_per_stage = model.num_layers.div_euclid(stages as i64)
+            + i64::from(model.num_layers % stages as i64 != 0);
+        let layer = layer_parameters(&model);
+        let ends = embedding_parameters(&model).max(head_parameters(&model));
+        // Room for one stage plus half a layer: enough for its span, never for a bigger one.
+        let memory = (layers_per_stage * layer + ends + layer / 2) * BYTES_PER_PARAM;
+        let mut workers = Vec::with_capacity(options.workers);
+        for i in 0..options.workers {
+            let key_file = options.state_dir.join(format!("worker-{i}.key"));
+            let node_id = NodeKey::load_or_create(&key_file)?.node_id().to_string();
+            let port = free_port()?;
+            let config = WorkerConfig {
+                listen: ([127, 0, 0, 1], port).into(),
+                registry: registry_url.clone(),
+                network_id: NETWORK.into(),
+                key_file,
+                checkpoint: Some(options.checkpoint.clone()),
+                usable_memory_bytes: u64::try_from(memory).unwrap_or(u64::MAX),
+                device: "cpu".into(),
+                heartbeat_interval_ms: options.heartbeat_ms,
+                ..WorkerConfig::default()
+            };
+            let threads = options.worker_threads.to_string();
+            let process = spawn(
+                options,
+                "shard-worker",
+                &format!("worker-{i}"),
+                &toml::to_string(&config)?,
+                &[("OMP_NUM_THREADS", threads.as_str())],
+            )?;
+            workers.push(LocalWorker {
+                node_id,
+                port,
+                process,
+            });
+        }
+        for (i, w) in workers.iter().enumerate() {
+            wait_for_port(w.port, deadline, &format!("worker-{i}"))?;
+        }
+        progress(&format!(
+            "{} shard-workers up ({} stages × {} replicas)",
+            workers.len(),
+            stages,
+            if options.workers >= 4 {
+                2
+            } else {
+                options.workers
+            }
+        ));
+
+        let gateway_port = if options.http_port == 0 {
+            free_port()?
+        } else {
+            options.http_port
+        };
+        let gateway_config = GatewayConfig {
+            listen: ([127, 0, 0, 1], gateway_port).into(),
+            model: "neurollm".into(),
+            tokenizer,
+            api_keys: vec![ApiKey {
+                key: options.api_key.clone(),
+                account: "local".into(),
+            }],
+            per_hop_deadline_ms: options.hop_deadline_ms,
+            registry: registry_url.clone(),
+            backoff_ms: 1_000,
+            node_pids: workers
+                .iter()
+                .map(|w| (w.node_id.clone(), w.process.pid()))
+                .collect::<BTreeMap<_, _>>(),
+            ..GatewayConfig::default()
+        };
+        let gateway = spawn(
+            options,
+            "swarm-gateway",
+            "swarm-gateway",
+            &toml::to_string(&gateway_config)?,
+            &[],
+        )?;
+        let mut swarm = Self {
+            gateway_port,
+            registry_url,
+            gateway,
+            workers,
+            registry,
+            _pg: pg,
+        };
+        swarm.wait_ready(deadline)?;
+        progress(&format!("swarm-gateway ready on port {gateway_port}"));
+        Ok(swarm)
+    }
+
+    /// Waits until `/readyz` answers 200 and the status shows every worker live with a span
+    /// and every layer held by at least `min(2, workers)` nodes.
+    fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let want = self.workers.len().min(2);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if !self.gateway.running() {
+                bail!(
+                    "swarm-gateway exited during start-up: {}",
+                    self.log_hint("swarm-gateway")
+                );
+            }
+            let step = Duration::from_secs(2);
+            if let Ok(ready) = http_get(self.gateway_port, "/readyz", step)
+                && ready.status == 200
+                && let Ok(status) = http_get(self.gateway_port, "/api/v1/status", step)
+            {
+                let doc: serde_json::Value = serde_json::from_str(&status.body)?;
+                let live = doc["nodes"]
+                    .as_array()
+                    .map(|n| {
+                        n.iter()
+                            .filter(|n| {
+                                n["state"] == "live"
+                                    && n["span"][1].as_u64() > n["span"][0].as_u64()
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                let replicated = doc["layers"].as_array().is_some_and(|layers| {
+                    !layers.is_empty()
+                        && layers
+                            .iter()
+                            .all(|l| l["holders"].as_array().map(Vec::len).unwrap_or(0) >= want)
+                });
+                if live == self.workers.len() && replicated {
+                    return Ok(());
+                }
+                last = format!(
+                    "{live}/{} workers placed, replicated: {replicated}",
+                    self.workers.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("the swarm was not ready in time ({last})")
+    }
+
+    fn log_hint(&self, name: &str) -> String {
+        format!("see its log in the state directory (logs/{name}.log)")
+    }
+
+    /// Stops everything in reverse order; processes get SIGTERM and a grace period.
+    pub fn stop(mut self) {
+        self.gateway.terminate(GRACE);
+        for w in &mut self.workers {
+            w.process.terminate(GRACE);
+        }
+        self.registry.terminate(GRACE);
+    }
+
+    /// The worker holding `node_id`, if it is one of ours.
+    pub fn worker_mut(&mut self, node_id: &str) -> Option<&mut LocalWorker> {
+        self.workers.iter_mut().find(|w| w.node_id == node_id)
+    }
+}
+
+/// Starts `binary` with a generated config file named after `name`, logging to
+/// `logs/<name>.log`.
+fn spawn(
+    options: &SwarmOptions,
+    binary: &str,
+    name: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<ChildGuard> {
+    let path = options.bin_dir.join(binary);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the workspace binaries first (make build)",
+            path.display()
+        );
+    }
+    let config_path = options.state_dir.join(format!("{name}.toml"));
+    write_private(&config_path, config)?;
+    let log_path = options.state_dir.join("logs").join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = Command::new(&path);
+    command
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Ok(ChildGuard::spawn(command)?)
+}
+
+/// Writes a file only its owner can read (configs may hold keys).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn wait_for_port(port: u16, deadline: Instant, what: &str) -> anyhow::Result<()> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not start listening on port {port} in time (see logs/{what}.log)")
+}
