@@ -793,3 +793,29 @@ async fn the_generator_must_serve_the_configured_model() {
     let err = neuroshard_swarm_gateway::AppState::new(config, tok, generator).unwrap_err();
     assert!(err.to_string().contains("other"), "{err}");
 }
+
+#[tokio::test]
+async fn the_key_middleware_attaches_the_account() {
+    use axum::Extension;
+    use neuroshard_swarm_gateway::auth::{Account, require_key};
+    let tok = support::tokenizer();
+    let generator = support::FakeGenerator::new(&tok);
+    let state = neuroshard_swarm_gateway::AppState::new(support::config(), tok, generator).unwrap();
+    let whoami = axum::Router::new()
+        .route(
+            "/v1/whoami",
+            axum::routing::get(|Extension(account): Extension<Account>| async move { account.0 }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(state, require_key));
+    let r = send(&whoami, get("/v1/whoami")).await;
+    assert_eq!(
+        (r.status, r.text()),
+        (StatusCode::OK, support::ACCOUNT.to_owned())
+    );
+    let r = send(
+        &whoami,
+        Request::get("/v1/whoami").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
