@@ -1,6 +1,9 @@
 //! Harness for tests that need real components: a throwaway PostgreSQL server (`initdb` +
 //! `pg_ctl` on a loopback port, as the `postgres` user when run as root) and child processes
-//! that are killed when dropped, so no test leaves anything running.
+//! that are killed when dropped, so no test leaves anything running. [`browser`] runs pages in
+//! headless Chromium (DOM after scripts, screenshots) for the dashboard's tests.
+
+pub mod browser;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
