@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-postgres.sh
+# The dashboard tests drive headless Chromium; its path is only of interest to people.
+scripts/setup-chromium.sh >/dev/null
 echo "==> cargo fmt --check"
 scripts/cargo.sh fmt --all -- --check
 echo "==> cargo clippy --all-targets -D warnings"

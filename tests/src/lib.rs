@@ -1,5 +1,8 @@
 //! Harness for tests that need real components. Process, port and PostgreSQL helpers live in
-//! `neuroshard-local` (the local swarm uses them too) and are re-exported here.
+//! `neuroshard-local` (the local swarm uses them too) and are re-exported here; [`browser`]
+//! runs pages in headless Chromium (DOM after scripts, screenshots) for the dashboard's tests.
+
+pub mod browser;
 
 use std::path::{Path, PathBuf};
 

@@ -100,7 +100,8 @@ impl AppState {
     }
 }
 
-/// The gateway's router. The dashboard (`/`) is merged in by whoever serves it.
+/// The gateway's router: the dashboard at `/`, health, readiness, metrics, status, and the
+/// keyed `/v1` API.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/models", get(v1::list_models))
@@ -112,6 +113,7 @@ pub fn app(state: AppState) -> Router {
             auth::require_key,
         ));
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -122,6 +124,20 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(telemetry::count_responses))
         .layer(DefaultBodyLimit::max(state.config().limits.max_body_bytes))
         .with_state(state)
+}
+
+/// The dashboard: one self-contained page (no external assets) that polls `/api/v1/status`.
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
