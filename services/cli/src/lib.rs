@@ -26,6 +26,9 @@ pub enum Command {
     Train(commands::train::TrainArgs),
     /// Generate text from a checkpoint, streaming tokens as they are sampled.
     Generate(commands::generate::GenerateArgs),
+    /// Run the whole swarm locally: PostgreSQL, registry, shard workers and the gateway
+    /// (training a checkpoint first when there is none). Ctrl-C stops everything.
+    Up(commands::up::UpArgs),
     /// Benchmarks that print JSON (see BENCHMARKS.md for the scripts that compare them).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -38,12 +41,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Up(args) => commands::up::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
     match result {
         // The reader went away (`neuroshard generate … | head`): a normal way to stop.
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
+    }
+}
+
+impl Cli {
+    /// The `train` command for `up`'s first run (its defaults, this data, these steps).
+    fn try_parse_from_train(
+        data: &std::path::Path,
+        out: &std::path::Path,
+        steps: u64,
+    ) -> anyhow::Result<Self> {
+        use clap::Parser as _;
+        Ok(Self::try_parse_from([
+            std::ffi::OsStr::new("neuroshard"),
+            "train".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--steps".as_ref(),
+            steps.to_string().as_ref(),
+        ])?)
     }
 }
 

@@ -271,7 +271,16 @@ impl LocalSwarm {
                             .all(|l| l["holders"].as_array().map(Vec::len).unwrap_or(0) >= want)
                 });
                 if live == self.workers.len() && replicated {
-                    return Ok(());
+                    let loaded = spans_loaded(&doc);
+                    if loaded == self.workers.len() {
+                        return Ok(());
+                    }
+                    last = format!(
+                        "{loaded}/{} workers have loaded their layers",
+                        self.workers.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
                 }
                 last = format!(
                     "{live}/{} workers placed, replicated: {replicated}",
@@ -300,6 +309,43 @@ impl LocalSwarm {
     pub fn worker_mut(&mut self, node_id: &str) -> Option<&mut LocalWorker> {
         self.workers.iter_mut().find(|w| w.node_id == node_id)
     }
+}
+
+/// How many nodes of the status document report (over gRPC `Info`) that they hold the span the
+/// registry assigned them: placement is published before workers finish loading weights.
+fn spans_loaded(doc: &serde_json::Value) -> usize {
+    use neuroshard_proto::worker::v1::InfoRequest;
+    use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return 0;
+    };
+    let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
+    runtime.block_on(async {
+        let mut loaded = 0;
+        for node in nodes {
+            let (Some(endpoint), Some(start), Some(end)) = (
+                node["endpoint"].as_str(),
+                node["span"][0].as_u64(),
+                node["span"][1].as_u64(),
+            ) else {
+                continue;
+            };
+            let Ok(mut client) = ShardWorkerClient::connect(endpoint.to_string()).await else {
+                continue;
+            };
+            if let Ok(info) = client.info(InfoRequest {}).await
+                && let Some(span) = info.into_inner().span
+                && u64::from(span.start) == start
+                && u64::from(span.end) == end
+            {
+                loaded += 1;
+            }
+        }
+        loaded
+    })
 }
 
 /// Starts `binary` with a generated config file named after `name`, logging to

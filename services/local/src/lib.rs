@@ -211,37 +211,37 @@ pub struct HttpResponse {
     pub body: String,
 }
 
-/// One plain HTTP/1.1 GET to a loopback port (readiness checks, status polls): no client
-/// library for a request this simple. `Connection: close`, so the body is what follows the
-/// headers until EOF.
+/// One plain HTTP/1.1 GET to a loopback port (readiness checks, status polls).
 pub fn http_get(port: u16, path: &str, timeout: std::time::Duration) -> Result<HttpResponse> {
+    http_request(port, "GET", path, &[], "", timeout)
+}
+
+/// One plain HTTP/1.1 request to a loopback port: no client library for requests this simple.
+/// `Connection: close`, so the body is what follows the headers until EOF (de-chunked).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: std::time::Duration,
+) -> Result<HttpResponse> {
     use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| LocalError(format!("GET {path} on port {port}: {e}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| LocalError(e.to_string()))?;
-    // One write: a server may answer as soon as it has the request line.
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| LocalError(format!("GET {path}: {e}")))?;
+    let mut stream = open_request(port, method, path, headers, body, timeout)?;
+    let _ = stream.flush();
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .map_err(|e| LocalError(format!("GET {path}: {e}")))?;
+        .map_err(|e| LocalError(format!("{method} {path}: {e}")))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| LocalError(format!("GET {path}: malformed response")))?;
+        .ok_or_else(|| LocalError(format!("{method} {path}: malformed response")))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| LocalError(format!("GET {path}: no status line")))?;
+        .ok_or_else(|| LocalError(format!("{method} {path}: no status line")))?;
     let chunked = head.lines().any(|l| {
         l.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")
@@ -252,6 +252,40 @@ pub fn http_get(port: u16, path: &str, timeout: std::time::Duration) -> Result<H
         body.to_string()
     };
     Ok(HttpResponse { status, body })
+}
+
+/// Connects and sends one request; the caller reads the response from the stream (tests that
+/// read a server-sent-event stream as it arrives use this directly).
+pub fn open_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream> {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| LocalError(format!("{method} {path} on port {port}: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| LocalError(e.to_string()))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    // One write: a server may answer as soon as it has the request line.
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| LocalError(format!("{method} {path}: {e}")))?;
+    Ok(stream)
 }
 
 /// Joins a chunked transfer-encoded body.

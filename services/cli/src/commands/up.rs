@@ -1,0 +1,132 @@
+//! `neuroshard up`: the whole swarm on this machine. Trains a checkpoint first when there is
+//! none, then starts PostgreSQL, the registry, the shard workers and the gateway as separate
+//! processes, prints where to reach them, and stops everything on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use neuroshard_model::checkpoint;
+use rand::Rng;
+
+use crate::swarm::{LocalSwarm, SwarmOptions};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Shard workers to start (two replicas of workers/2 pipeline stages).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Dataset directory (from `neuroshard data build`) to train on when there is no
+    /// checkpoint yet.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Trained checkpoint to serve; trained from --data first when it does not exist.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Gateway HTTP port (API and dashboard).
+    #[arg(long = "http-port", default_value_t = 8080)]
+    pub http_port: u16,
+    /// API key for /v1 (at least 16 characters); a random one is made and printed without it.
+    #[arg(long = "api-key")]
+    pub api_key: Option<String>,
+    /// Training steps when a checkpoint has to be trained first.
+    #[arg(long = "train-steps", default_value_t = 600)]
+    pub train_steps: u64,
+    /// Keys, generated configs and logs of the processes.
+    #[arg(long = "state-dir", default_value = "runs/local")]
+    pub state_dir: PathBuf,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    let checkpoint = resolve_checkpoint(&args)?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .context("locating the neuroshard binary's directory")?;
+    let api_key = match args.api_key {
+        Some(key) => key,
+        None => random_key(),
+    };
+    let mut options = SwarmOptions::new(checkpoint.clone(), args.state_dir.clone(), bin_dir);
+    options.workers = args.workers;
+    options.http_port = args.http_port;
+    options.api_key = api_key.clone();
+
+    println!("==> starting the local swarm ({} workers)", args.workers);
+    let swarm = LocalSwarm::start(&options, Duration::from_secs(180), |step| {
+        println!("    {step}");
+    })?;
+    let base = format!("http://127.0.0.1:{}", swarm.gateway_port);
+    println!();
+    println!("NeuroShard is serving {}", checkpoint.display());
+    println!("  API:        {base}/v1   (OpenAI-compatible; model \"neurollm\")");
+    println!("  Dashboard:  {base}/");
+    println!("  API key:    {api_key}");
+    println!("  Logs:       {}/logs/", args.state_dir.display());
+    println!();
+    println!("Try:");
+    println!(
+        "  curl -sN {base}/v1/completions -H 'Authorization: Bearer {api_key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"neurollm\",\"prompt\":\"ROMEO. \",\"max_tokens\":60,\"stream\":true}}'"
+    );
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(neuroshard_common::shutdown::signal());
+    println!("\n==> stopping");
+    swarm.stop();
+    println!("stopped; nothing left running");
+    Ok(())
+}
+
+/// The checkpoint to serve: `--checkpoint` when it holds weights; otherwise train one from
+/// `--data` into it (default `<data>/../checkpoint`).
+fn resolve_checkpoint(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    let has_weights = |dir: &PathBuf| {
+        dir.join(checkpoint::CONFIG_FILE).exists()
+            && (dir.join(checkpoint::WEIGHTS_FILE).exists()
+                || dir.join(checkpoint::WEIGHTS_INDEX_FILE).exists())
+            && dir.join(checkpoint::TOKENIZER_FILE).exists()
+    };
+    let target = match (&args.checkpoint, &args.data) {
+        (Some(dir), _) if has_weights(dir) => return Ok(dir.clone()),
+        (Some(dir), Some(_)) => dir.clone(),
+        (None, Some(data)) => data
+            .parent()
+            .map(|p| p.join("checkpoint"))
+            .unwrap_or_else(|| PathBuf::from("checkpoint")),
+        (Some(dir), None) => bail!(
+            "{} holds no trained checkpoint; pass --data DIR to train one first",
+            dir.display()
+        ),
+        (None, None) => bail!(
+            "nothing to serve: pass --checkpoint DIR (a trained checkpoint) or --data DIR (a dataset from `neuroshard data build`, trained first)"
+        ),
+    };
+    if has_weights(&target) {
+        return Ok(target);
+    }
+    let data = args.data.as_ref().context("--data is needed to train")?;
+    println!(
+        "==> no checkpoint in {}: training {} steps on {} first",
+        target.display(),
+        args.train_steps,
+        data.display()
+    );
+    let cli = crate::Cli::try_parse_from_train(data, &target, args.train_steps)?;
+    crate::run(cli)?;
+    Ok(target)
+}
+
+/// 32 random alphanumeric characters after an `sk-local-` prefix.
+fn random_key() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let body: String = (0..32)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("sk-local-{body}")
+}
