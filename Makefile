@@ -1,7 +1,7 @@
 # Thin entry points; the logic lives in scripts/ and in Rust.
 .PHONY: up test setup build bench clean
 
-## Set up what is missing, build, fetch the corpus, train NeuroLLM and sample from it.
+## Set up what is missing, build, train NeuroLLM once, then run the local swarm (API + dashboard).
 up:
 	@scripts/up.sh
 
@@ -16,7 +16,7 @@ setup:
 
 ## Build the release binaries.
 build:
-	@scripts/cargo.sh build --release --workspace
+	@scripts/cargo.sh build --release --workspace --bins
 
 ## Run the benchmarks recorded in BENCHMARKS.md.
 bench:

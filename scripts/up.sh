@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make up: set-up, build, the default corpus as a genesis dataset, a trained NeuroLLM, and a
-# streamed sample from it. Everything is reused on the next run (delete runs/ to start over).
+# make up: set-up, build, the default corpus as a genesis dataset, a trained NeuroLLM (trained
+# once, reused after), then the whole swarm on this machine — PostgreSQL, layer-registry, four
+# shard-workers and the gateway as processes — serving the OpenAI-compatible API and the
+# dashboard until Ctrl-C. Delete runs/ to start over.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=env.sh
@@ -8,10 +10,12 @@ source scripts/env.sh
 
 steps="${NEUROSHARD_TRAIN_STEPS:-600}"
 run_dir="${NEUROSHARD_RUN_DIR:-runs/shakespeare}"
+port="${NEUROSHARD_HTTP_PORT:-8080}"
 bin=target/release/neuroshard
 
+scripts/setup-postgres.sh
 echo "==> building"
-scripts/cargo.sh build --release -p neuroshard-cli
+scripts/cargo.sh build --release --workspace --bins
 texts="$(scripts/fetch-corpus.sh)"
 
 if ! "$bin" data verify "$run_dir/data" >/dev/null 2>&1; then
@@ -20,15 +24,9 @@ if ! "$bin" data verify "$run_dir/data" >/dev/null 2>&1; then
 fi
 "$bin" data verify "$run_dir/data"
 
-if [ ! -f "$run_dir/checkpoint/training.json" ]; then
-  echo "==> training NeuroLLM for $steps steps (single process; the swarm trains the same model)"
-  "$bin" train --data "$run_dir/data" --out "$run_dir/checkpoint" --steps "$steps"
-else
-  echo "==> reusing the trained checkpoint in $run_dir/checkpoint"
+key_args=()
+if [ -n "${NEUROSHARD_API_KEY:-}" ]; then
+  key_args=(--api-key "$NEUROSHARD_API_KEY")
 fi
-
-echo "==> sampling (streamed as generated)"
-"$bin" generate --checkpoint "$run_dir/checkpoint" --prompt "ROMEO. " --max-tokens 120 --temperature 0.8 --seed 1
-echo
-echo "Generate more with:"
-echo "  $bin generate --checkpoint $run_dir/checkpoint --prompt 'KING. ' --max-tokens 200"
+exec "$bin" up --data "$run_dir/data" --checkpoint "$run_dir/checkpoint" \
+  --train-steps "$steps" --http-port "$port" --state-dir "$run_dir/local" "${key_args[@]}"
