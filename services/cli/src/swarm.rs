@@ -314,38 +314,47 @@ impl LocalSwarm {
 /// How many nodes of the status document report (over gRPC `Info`) that they hold the span the
 /// registry assigned them: placement is published before workers finish loading weights.
 fn spans_loaded(doc: &serde_json::Value) -> usize {
+    let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
+    // A runtime on a thread of its own, so callers inside an async runtime (tests) can use
+    // this too.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(count_loaded(nodes)))
+                    .unwrap_or(0)
+            })
+            .join()
+            .unwrap_or(0)
+    })
+}
+
+async fn count_loaded(nodes: Vec<serde_json::Value>) -> usize {
     use neuroshard_proto::worker::v1::InfoRequest;
     use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return 0;
-    };
-    let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
-    runtime.block_on(async {
-        let mut loaded = 0;
-        for node in nodes {
-            let (Some(endpoint), Some(start), Some(end)) = (
-                node["endpoint"].as_str(),
-                node["span"][0].as_u64(),
-                node["span"][1].as_u64(),
-            ) else {
-                continue;
-            };
-            let Ok(mut client) = ShardWorkerClient::connect(endpoint.to_string()).await else {
-                continue;
-            };
-            if let Ok(info) = client.info(InfoRequest {}).await
-                && let Some(span) = info.into_inner().span
-                && u64::from(span.start) == start
-                && u64::from(span.end) == end
-            {
-                loaded += 1;
-            }
+    let mut loaded = 0;
+    for node in nodes {
+        let (Some(endpoint), Some(start), Some(end)) = (
+            node["endpoint"].as_str(),
+            node["span"][0].as_u64(),
+            node["span"][1].as_u64(),
+        ) else {
+            continue;
+        };
+        let Ok(mut client) = ShardWorkerClient::connect(endpoint.to_string()).await else {
+            continue;
+        };
+        if let Ok(info) = client.info(InfoRequest {}).await
+            && let Some(span) = info.into_inner().span
+            && u64::from(span.start) == start
+            && u64::from(span.end) == end
+        {
+            loaded += 1;
         }
-        loaded
-    })
+    }
+    loaded
 }
 
 /// Starts `binary` with a generated config file named after `name`, logging to

@@ -6,34 +6,38 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_common::ModelConfig;
 use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_model::tch::{Device, Kind};
 use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
 use neuroshard_swarm_gateway::engine::{EngineConfig, SwarmEngine};
 use neuroshard_swarm_gateway::generator::{FinishReason, GenerationJob, Generator, Step};
-use neuroshard_tests::{ChildGuard, PgServer, free_port, workspace_binary};
+use neuroshard_tests::workspace_binary;
 use neuroshard_text::sampling::SamplingParams;
+use neuroshard_text::tokenizer::TextTokenizer;
 use tokio_stream::StreamExt;
 
-const NET: &str = "gateway-engine-test";
-/// Two layers of the small model plus its embedding or head (20 bytes per parameter).
-const WORKER_MEMORY: &str = "60000000";
-
-struct Swarm {
-    workers: Vec<ChildGuard>,
-    _registry: ChildGuard,
-    _pg: PgServer,
-    registry_url: String,
+struct Fixture {
+    swarm: LocalSwarm,
     model: Shard,
     _dir: tempfile::TempDir,
 }
 
-fn start() -> Swarm {
+/// A seeded model saved as a checkpoint (with a tokenizer, which the gateway process needs),
+/// served by the local swarm: four workers, two pipelines of two stages.
+fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let tokenizer = TextTokenizer::train(
+        ["the king and the queen", "a crown, a sword"]
+            .iter()
+            .cycle()
+            .take(200),
+        512,
+    )
+    .unwrap();
     let config = ModelConfig::small(512);
     let mut model = Shard::new(
         &config,
@@ -44,55 +48,24 @@ fn start() -> Swarm {
     .unwrap();
     init::initialize(&mut model, 5).unwrap();
     let ckpt = dir.path().join("ckpt");
-    checkpoint::save(&ckpt, &model, None, 0).unwrap();
-
-    let pg = PgServer::start().unwrap();
-    let port = free_port().unwrap();
-    let registry_url = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(workspace_binary("layer-registry").unwrap());
-    command
-        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
-        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
-        .env("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "200")
-        .env("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "800")
-        .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1500")
-        .env("NEUROSHARD_REGISTRY_WATCH_POLL_MS", "50")
-        .env("NEUROSHARD_REGISTRY_MODEL__VOCAB_SIZE", "512")
-        .env("RUST_LOG", "warn");
-    let registry = ChildGuard::spawn(command).unwrap();
-    let workers = (0..4)
-        .map(|i| {
-            let port = free_port().unwrap();
-            let mut command = Command::new(workspace_binary("shard-worker").unwrap());
-            command
-                .env("NEUROSHARD_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-                .env("NEUROSHARD_WORKER_REGISTRY", &registry_url)
-                .env("NEUROSHARD_WORKER_NETWORK_ID", NET)
-                .env(
-                    "NEUROSHARD_WORKER_KEY_FILE",
-                    dir.path().join(format!("w{i}.key")),
-                )
-                .env("NEUROSHARD_WORKER_CHECKPOINT", &ckpt)
-                .env("NEUROSHARD_WORKER_USABLE_MEMORY_BYTES", WORKER_MEMORY)
-                .env("NEUROSHARD_WORKER_DEVICE", "cpu")
-                .env("NEUROSHARD_WORKER_HEARTBEAT_INTERVAL_MS", "200")
-                .env("OMP_NUM_THREADS", "1")
-                .env("RUST_LOG", "warn");
-            ChildGuard::spawn(command).unwrap()
-        })
-        .collect();
-    Swarm {
-        workers,
-        _registry: registry,
-        _pg: pg,
-        registry_url,
+    checkpoint::save(&ckpt, &model, Some(&tokenizer.to_json().unwrap()), 0).unwrap();
+    let bin_dir = workspace_binary("shard-worker")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), bin_dir);
+    options.http_port = 0;
+    options.api_key = "sk-engine-test-0123456789".into();
+    let swarm = LocalSwarm::start(&options, Duration::from_secs(120), |_| {}).unwrap();
+    Fixture {
+        swarm,
         model,
         _dir: dir,
     }
 }
 
-async fn engine(swarm: &Swarm) -> SwarmEngine {
+async fn engine(swarm: &LocalSwarm) -> SwarmEngine {
     let mut config = EngineConfig::new(&swarm.registry_url, "neurollm-test");
     config.connect_timeout = Duration::from_secs(30);
     config.backoff = Duration::from_millis(200);
@@ -122,8 +95,6 @@ async fn engine(swarm: &Swarm) -> SwarmEngine {
         assert!(Instant::now() < deadline, "swarm not ready: {status:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Workers load their spans after the assignment settles; give them a moment.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     engine
 }
 
@@ -157,8 +128,8 @@ fn job(id: &str, prompt: &[u32], max_tokens: u32, sampling: SamplingParams) -> G
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_generation_matches_the_model_and_survives_kill_9() {
-    let mut swarm = start();
-    let engine = engine(&swarm).await;
+    let mut f = start();
+    let engine = engine(&f.swarm).await;
     let prompt: Vec<u32> = vec![17, 3, 99, 250, 7, 42, 8];
     let greedy = SamplingParams {
         temperature: 0.0,
@@ -178,7 +149,7 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
             },
         ),
     ] {
-        let expected = reference(&swarm.model, &prompt, 24, &sampling);
+        let expected = reference(&f.model, &prompt, 24, &sampling);
         let mut stream = engine.generate(job(name, &prompt, 24, sampling));
         let mut got = Vec::new();
         let mut finish = None;
@@ -193,7 +164,7 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
     }
 
     // Failover: kill -9 the worker serving the second hop after 10 tokens.
-    let expected = reference(&swarm.model, &prompt, 64, &greedy);
+    let expected = reference(&f.model, &prompt, 64, &greedy);
     let mut stream = engine.generate(job("failover", &prompt, 64, greedy.clone()));
     let mut got = Vec::new();
     let mut gaps = Vec::new();
@@ -209,18 +180,9 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
         if got.len() == 10 {
             let status = engine.status();
             let request = status.requests.iter().find(|r| r.id == "failover").unwrap();
+            // kill -9 the worker serving the last hop, as a crash would.
             let victim = request.route.last().unwrap().clone();
-            let endpoint = status
-                .nodes
-                .iter()
-                .find(|n| n.id == victim)
-                .unwrap()
-                .endpoint
-                .clone();
-            // Find the worker process by its port and kill it as a crash would.
-            let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
-            let index = worker_on_port(&swarm, port);
-            swarm.workers[index].kill();
+            f.swarm.worker_mut(&victim).unwrap().process.kill();
             killed = Some((victim, got.len()));
         }
     }
@@ -243,18 +205,4 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
         at + 1,
         typical.as_secs_f64() * 1000.0
     );
-}
-
-/// The index of the worker listening on `port` (ports are in the workers' environment).
-fn worker_on_port(swarm: &Swarm, port: u16) -> usize {
-    swarm
-        .workers
-        .iter()
-        .position(|w| {
-            let environ = std::fs::read(format!("/proc/{}/environ", w.0.id())).unwrap_or_default();
-            String::from_utf8_lossy(&environ)
-                .split('\0')
-                .any(|kv| kv == format!("NEUROSHARD_WORKER_LISTEN=127.0.0.1:{port}"))
-        })
-        .expect("a worker listens on the victim's port")
 }
