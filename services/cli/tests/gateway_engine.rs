@@ -6,18 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
-use neuroshard_common::ModelConfig;
+use neuroshard_model::Shard;
 use neuroshard_model::generate::{GenerateOptions, generate};
-use neuroshard_model::tch::{Device, Kind};
-use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
 use neuroshard_swarm_gateway::engine::{EngineConfig, SwarmEngine};
 use neuroshard_swarm_gateway::generator::{FinishReason, GenerationJob, Generator, Step};
-use neuroshard_tests::workspace_binary;
 use neuroshard_text::sampling::SamplingParams;
-use neuroshard_text::tokenizer::TextTokenizer;
 use tokio_stream::StreamExt;
 
 struct Fixture {
@@ -30,31 +28,8 @@ struct Fixture {
 /// served by the local swarm: four workers, two pipelines of two stages.
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = TextTokenizer::train(
-        ["the king and the queen", "a crown, a sword"]
-            .iter()
-            .cycle()
-            .take(200),
-        512,
-    )
-    .unwrap();
-    let config = ModelConfig::small(512);
-    let mut model = Shard::new(
-        &config,
-        ShardSpec::full(config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, 5).unwrap();
-    let ckpt = dir.path().join("ckpt");
-    checkpoint::save(&ckpt, &model, Some(&tokenizer.to_json().unwrap()), 0).unwrap();
-    let bin_dir = workspace_binary("shard-worker")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), bin_dir);
+    let (ckpt, model, _) = support::seeded_checkpoint(dir.path(), 512, 5);
+    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = "sk-engine-test-0123456789".into();
     let swarm = LocalSwarm::start(&options, Duration::from_secs(120), |_| {}).unwrap();

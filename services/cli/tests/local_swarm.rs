@@ -7,38 +7,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
-use neuroshard_common::ModelConfig;
 use neuroshard_local::{HttpResponse, http_get, http_request, open_request};
+use neuroshard_model::Shard;
 use neuroshard_model::generate::{GenerateOptions, generate};
-use neuroshard_model::tch::{Device, Kind};
-use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
 use neuroshard_tests::browser::{Chromium, attribute, element_text, start_tags};
-use neuroshard_tests::workspace_binary;
 use neuroshard_text::sampling::SamplingParams;
 use neuroshard_text::tokenizer::TextTokenizer;
 
 const KEY: &str = "sk-test-0123456789abcdef";
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn corpus() -> Vec<String> {
-    let words = [
-        "the", "king", "queen", "crown", "sword", "night", "day", "speak", "love", "honour",
-        "hath", "thou", "art", "noble", "lord", "lady", "fair", "death", "life", "time",
-    ];
-    (0..400)
-        .map(|i| {
-            (0..12)
-                .map(|j| words[(i * 7 + j * 13 + i * j) % words.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
 
 struct Fixture {
     swarm: LocalSwarm,
@@ -49,30 +33,8 @@ struct Fixture {
 
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = TextTokenizer::train(corpus().into_iter(), 384).unwrap();
-    let config = ModelConfig::small(384);
-    let mut model = Shard::new(
-        &config,
-        ShardSpec::full(config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, 21).unwrap();
-    let ckpt = dir.path().join("checkpoint");
-    checkpoint::save(
-        &ckpt,
-        &model,
-        Some(&tokenizer.to_json().unwrap()),
-        i64::from(tokenizer.eos_id()),
-    )
-    .unwrap();
-    let bin_dir = workspace_binary("swarm-gateway")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), bin_dir);
+    let (ckpt, model, tokenizer) = support::seeded_checkpoint(dir.path(), 384, 21);
+    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = KEY.into();
     let swarm = LocalSwarm::start(&options, Duration::from_secs(120), |s| println!("{s}")).unwrap();

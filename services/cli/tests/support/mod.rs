@@ -1,0 +1,61 @@
+//! Shared set-up of the CLI's end-to-end tests: a seeded model saved as a checkpoint with a
+//! tokenizer (what the swarm's processes load), and where the workspace binaries are.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use neuroshard_common::ModelConfig;
+use neuroshard_model::tch::{Device, Kind};
+use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
+use neuroshard_tests::workspace_binary;
+use neuroshard_text::tokenizer::TextTokenizer;
+
+/// A small corpus of play-like words for a tokenizer with real merges.
+pub fn corpus() -> Vec<String> {
+    let words = [
+        "the", "king", "queen", "crown", "sword", "night", "day", "speak", "love", "honour",
+        "hath", "thou", "art", "noble", "lord", "lady", "fair", "death", "life", "time",
+    ];
+    (0..400)
+        .map(|i| {
+            (0..12)
+                .map(|j| words[(i * 7 + j * 13 + i * j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The small model shape with `vocab` tokens, initialised from `seed`, saved with a tokenizer
+/// in `dir/checkpoint`. Returns the directory, the in-process model and the tokenizer.
+pub fn seeded_checkpoint(dir: &Path, vocab: i64, seed: u64) -> (PathBuf, Shard, TextTokenizer) {
+    let tokenizer = TextTokenizer::train(corpus().into_iter(), vocab as usize).unwrap();
+    let config = ModelConfig::small(vocab);
+    let mut model = Shard::new(
+        &config,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    init::initialize(&mut model, seed).unwrap();
+    let ckpt = dir.join("checkpoint");
+    checkpoint::save(
+        &ckpt,
+        &model,
+        Some(&tokenizer.to_json().unwrap()),
+        i64::from(tokenizer.eos_id()),
+    )
+    .unwrap();
+    (ckpt, model, tokenizer)
+}
+
+/// The directory holding `neuroshard`, `layer-registry`, `shard-worker` and `swarm-gateway`.
+pub fn bin_dir() -> PathBuf {
+    workspace_binary("swarm-gateway")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
