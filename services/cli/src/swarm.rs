@@ -209,6 +209,12 @@ impl LocalSwarm {
             per_hop_deadline_ms: options.hop_deadline_ms,
             registry: registry_url.clone(),
             backoff_ms: 1_000,
+            training_report: Some(
+                options
+                    .checkpoint
+                    .join(neuroshard_model::training::TRAINING_REPORT_FILE),
+            )
+            .filter(|p| p.exists()),
             node_pids: workers
                 .iter()
                 .map(|w| (w.node_id.clone(), w.process.pid()))

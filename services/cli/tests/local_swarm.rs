@@ -34,6 +34,14 @@ struct Fixture {
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, model, tokenizer) = support::seeded_checkpoint(dir.path(), 384, 21);
+    // A training report beside the weights, as `neuroshard train` leaves one: the dashboard
+    // draws its curves as the run that produced the served model.
+    std::fs::write(
+        ckpt.join("training.json"),
+        r#"{"steps": 30, "train_history": [[10, 5.9], [20, 5.1], [30, 4.8]],
+            "validation_history": [[30, 5.0]]}"#,
+    )
+    .unwrap();
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = KEY.into();
@@ -275,6 +283,15 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
             && attribute(t, "d").is_some_and(|d| d.len() > 10)
     });
     assert!(plotted, "no plotted series in the dashboard");
+    let loss_curve = start_tags(&dom, "path")
+        .into_iter()
+        .any(|t| attribute(t, "data-series").as_deref() == Some("loss"));
+    assert!(
+        loss_curve,
+        "the served checkpoint's loss curve is not drawn"
+    );
+    assert_eq!(status["training"]["state"], "finished");
+    assert_eq!(status["training"]["losses"][2][1], 4.8);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     println!("dashboard screenshot: {}", shot.display());
 

@@ -204,12 +204,19 @@ pub struct TrainReport {
     pub final_validation_loss: f64,
     /// (step, held-out loss) at every evaluation.
     pub validation_history: Vec<(u64, f64)>,
+    /// (step, mean training loss over the preceding steps), every [`TRAIN_LOG_EVERY`] steps
+    /// and at the end; the loss curve the dashboard draws. Absent in older reports.
+    #[serde(default)]
+    pub train_history: Vec<(u64, f64)>,
     pub seconds: f64,
     pub tokens_per_second: f64,
     pub options: TrainOptions,
 }
 
 pub const TRAINING_REPORT_FILE: &str = "training.json";
+
+/// Steps averaged into one point of [`TrainReport::train_history`].
+pub const TRAIN_LOG_EVERY: u64 = 10;
 
 /// Trains a model on the dataset in `data_dir` and writes checkpoints to `out_dir`. The model
 /// starts from `init` (a checkpoint directory) or from `config` initialised with the seed.
@@ -301,6 +308,8 @@ pub fn train(
     let started = Instant::now();
     let mut history = Vec::new();
     let mut last_loss = f64::NAN;
+    let mut train_history = Vec::new();
+    let (mut window_sum, mut window_len) = (0.0, 0u64);
     let tokens_per_step = (options.batch_size * options.seq_len) as f64;
     for step in 0..options.steps {
         let batch = sampler.batch(0, step);
@@ -308,6 +317,8 @@ pub fn train(
         let step_started = Instant::now();
         let (loss, lr) = trainer.step(&tokens)?;
         last_loss = loss;
+        window_sum += loss;
+        window_len += 1;
         on_event(&TrainEvent::Step {
             step: step + 1,
             loss,
@@ -315,6 +326,10 @@ pub fn train(
             tokens_per_second: tokens_per_step / step_started.elapsed().as_secs_f64(),
         });
         let done = step + 1 == options.steps;
+        if (step + 1) % TRAIN_LOG_EVERY == 0 || done {
+            train_history.push((step + 1, window_sum / window_len.max(1) as f64));
+            (window_sum, window_len) = (0.0, 0);
+        }
         if (step + 1) % options.eval_every.max(1) == 0 || done {
             let validation_loss = trainer.evaluate(&windows, options.batch_size)?;
             history.push((step + 1, validation_loss));
@@ -336,6 +351,7 @@ pub fn train(
         final_train_loss: last_loss,
         final_validation_loss: history.last().map_or(f64::NAN, |h| h.1),
         validation_history: history,
+        train_history,
         seconds,
         tokens_per_second: tokens_per_step * options.steps as f64 / seconds,
         options: options.clone(),

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     /// TLS for `https://` registry and worker endpoints (trust `ca_file`, present
     /// `cert_file` + `key_file` for mutual TLS).
     pub tls: neuroshard_common::tls::TlsFiles,
+    /// The `training.json` of the served checkpoint, when there is one: its loss curves are
+    /// shown as the finished run that produced these weights.
+    pub training_report: Option<PathBuf>,
     /// Node id → process id, set by the local swarm so the dashboard can show processes.
     pub node_pids: std::collections::BTreeMap<String, u32>,
 }
@@ -94,6 +97,7 @@ impl Default for GatewayConfig {
             max_backoff_ms: 60_000,
             min_replicas: 2,
             tls: neuroshard_common::tls::TlsFiles::default(),
+            training_report: None,
             node_pids: std::collections::BTreeMap::new(),
         }
     }

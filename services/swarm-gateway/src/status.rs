@@ -99,9 +99,63 @@ pub struct ThroughputStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrainingStatus {
+    /// `running` while a run reports, `finished` for the run that produced the served weights.
+    pub state: String,
     pub round: u64,
     /// `[step, loss]` training-loss points, oldest first.
     pub losses: Vec<[f64; 2]>,
     /// `[step, loss]` held-out loss points, oldest first.
     pub held_out: Vec<[f64; 2]>,
+}
+
+/// The part of a checkpoint's `training.json` the status document shows.
+#[derive(Debug, serde::Deserialize)]
+struct TrainingReportFile {
+    #[serde(default)]
+    train_history: Vec<(u64, f64)>,
+    #[serde(default)]
+    validation_history: Vec<(u64, f64)>,
+}
+
+impl TrainingStatus {
+    /// The finished run recorded in a checkpoint's `training.json` (written by
+    /// `neuroshard train`): its training and held-out loss curves.
+    pub fn from_report(json: &str) -> Result<Self, neuroshard_common::Error> {
+        let report: TrainingReportFile = serde_json::from_str(json).map_err(|e| {
+            neuroshard_common::Error::invalid_argument(format!("training report: {e}"))
+        })?;
+        let points = |h: Vec<(u64, f64)>| {
+            h.into_iter()
+                .filter(|(_, loss)| loss.is_finite())
+                .map(|(step, loss)| [step as f64, loss])
+                .collect()
+        };
+        Ok(Self {
+            state: "finished".into(),
+            round: 0,
+            losses: points(report.train_history),
+            held_out: points(report.validation_history),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_training_report_becomes_finished_loss_curves() {
+        let json = r#"{"steps": 20, "train_history": [[10, 5.5], [20, 4.75]],
+                      "validation_history": [[20, 4.9]], "other": 1}"#;
+        let t = TrainingStatus::from_report(json).unwrap();
+        assert_eq!(t.state, "finished");
+        assert_eq!(t.losses, vec![[10.0, 5.5], [20.0, 4.75]]);
+        assert_eq!(t.held_out, vec![[20.0, 4.9]]);
+        let err = TrainingStatus::from_report("{").unwrap_err();
+        assert!(
+            err.message.starts_with("training report:"),
+            "{}",
+            err.message
+        );
+    }
 }
