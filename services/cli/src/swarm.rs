@@ -49,6 +49,9 @@ pub struct SwarmOptions {
     pub hop_deadline_ms: u64,
     /// Threads each worker's libtorch may use.
     pub worker_threads: usize,
+    /// Extra environment for every process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG`);
+    /// they also inherit this process's environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl SwarmOptions {
@@ -65,6 +68,7 @@ impl SwarmOptions {
             dead_after_ms: 4_000,
             hop_deadline_ms: 200,
             worker_threads: 1,
+            env: Vec::new(),
         }
     }
 }
@@ -391,7 +395,12 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    for (k, v) in env {
+    for (k, v) in options
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(env.iter().copied())
+    {
         command.env(k, v);
     }
     Ok(ChildGuard::spawn(command)?)
