@@ -33,6 +33,11 @@ pub struct ArchitecturePolicy {
     /// Bytes one parameter costs on a training node: f32 weight, gradient, AdamW's two
     /// moments, and the DiLoCo round-start copy (5 × 4 bytes).
     pub training_bytes_per_param: u64,
+    /// The depth curve reads total memory multiplied by this. 1 is the design's curve
+    /// (40 GB → 16 layers); a local demo or a test raises it so that a few small nodes
+    /// choose (and grow) a model of several layers. Whether replicas fit is always checked
+    /// against the real memory.
+    pub depth_curve_scale: f64,
 }
 
 impl Default for ArchitecturePolicy {
@@ -44,6 +49,7 @@ impl Default for ArchitecturePolicy {
             rms_eps: 1e-6,
             replicas: MIN_REPLICAS,
             training_bytes_per_param: 20,
+            depth_curve_scale: 1.0,
         }
     }
 }
@@ -67,7 +73,7 @@ impl ArchitecturePolicy {
                 self.replicas
             )));
         }
-        let mut layers = depth_curve(memory_bytes as f64).max(1);
+        let mut layers = self.curve(memory_bytes);
         loop {
             let config = self.shape(layers);
             if self.replicated_bytes(&config) <= u128::from(memory_bytes) {
@@ -91,14 +97,14 @@ impl ArchitecturePolicy {
     }
 
     /// The depth a model of `current`'s width should grow to with this much capacity, or
-    /// `None` to stay. Grows only by at least an eighth of the current depth (and at least
-    /// one layer), so capacity hovering around a threshold does not make the model flap; never
-    /// shrinks (a trained layer is never thrown away).
+    /// `None` to stay. Grows only by at least [`Self::growth_step`] layers, so capacity
+    /// hovering around a threshold does not make the model flap; never shrinks (a trained
+    /// layer is never thrown away).
     pub fn grown_depth(&self, current: &ModelConfig, memory_bytes: u64, nodes: u64) -> Option<i64> {
         if nodes < self.replicas {
             return None;
         }
-        let mut target = depth_curve(memory_bytes as f64);
+        let mut target = self.curve(memory_bytes);
         while target > current.num_layers {
             let candidate = ModelConfig {
                 num_layers: target,
@@ -109,8 +115,18 @@ impl ArchitecturePolicy {
             }
             target -= 1;
         }
-        let hysteresis = (current.num_layers + 7) / 8;
-        (target >= current.num_layers + hysteresis.max(1)).then_some(target)
+        (target >= current.num_layers + Self::growth_step(current.num_layers)).then_some(target)
+    }
+
+    /// The fewest layers one growth adds to a `layers`-deep model: an eighth of its depth,
+    /// at least one. This is the hysteresis band of [`Self::grown_depth`].
+    pub fn growth_step(layers: i64) -> i64 {
+        ((layers + 7) / 8).max(1)
+    }
+
+    /// Layers on the depth curve for `memory_bytes`, scaled by `depth_curve_scale`.
+    fn curve(&self, memory_bytes: u64) -> i64 {
+        depth_curve(memory_bytes as f64 * self.depth_curve_scale)
     }
 
     /// The shape with `layers` layers on the width rule.
@@ -267,6 +283,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot hold even a 1-layer model"), "{err}");
+    }
+
+    #[test]
+    fn depth_curve_scale_reads_more_layers_from_less_memory_but_checks_real_memory() {
+        let scaled = ArchitecturePolicy {
+            depth_curve_scale: 100.0,
+            ..ArchitecturePolicy::default()
+        };
+        let arch = scaled.architecture_for(4 * GB, 4).unwrap();
+        let unscaled = ArchitecturePolicy::default()
+            .architecture_for(4 * GB, 4)
+            .unwrap();
+        assert!(
+            arch.config.num_layers > unscaled.config.num_layers,
+            "{arch:?}"
+        );
+        assert_eq!(arch.config, scaled.shape(arch.config.num_layers));
+        assert!(arch.config.num_layers >= 6, "{arch:?}");
+        assert!(arch.replicated_training_bytes <= 4 * GB, "{arch:?}");
+        assert_eq!(
+            shape_at(40, 10),
+            (16, 1024),
+            "the default curve is unscaled"
+        );
+        assert_eq!(ArchitecturePolicy::growth_step(4), 1);
+        assert_eq!(ArchitecturePolicy::growth_step(16), 2);
+        assert_eq!(ArchitecturePolicy::growth_step(17), 3);
     }
 
     #[test]

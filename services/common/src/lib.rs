@@ -2,7 +2,8 @@
 //!
 //! - [`model_config`] (NeuroLLM's shape, HF `config.json`) and [`architecture`]
 //!   (`architecture_for`, parameter counts, growth targets): pure, so services that never
-//!   touch tensors (the registry) use them without libtorch;
+//!   touch tensors (the registry) use them without libtorch; [`growth`]: the published
+//!   architecture's history, when it grows, and how layer indices map across growth;
 //! - [`config`]: defaults < TOML file < environment, unknown keys refused;
 //! - [`grpc`]: transport settings every server uses (no Nagle delay on hops);
 //! - [`tls`]: rustls for gRPC links from PEM files (server, client, mutual);
@@ -20,6 +21,7 @@ pub mod architecture;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod growth;
 pub mod grpc;
 pub mod identity;
 pub mod model_config;

@@ -253,14 +253,22 @@ pub fn chunk(tensor: &WireTensor, chunk_bytes: usize) -> Vec<TensorChunk> {
     chunks
 }
 
-/// Reassembles chunks arriving in order, refusing gaps, overlaps and oversize streams before
-/// they are buffered.
+/// Chunks one stream may carry unless told otherwise: with 1 MiB chunks, far more than the
+/// byte limit allows; with tiny chunks, a stop to per-message overhead.
+pub const DEFAULT_MAX_CHUNKS: usize = 16_384;
+
+/// Reassembles chunks arriving in order, refusing gaps, repeats, a header that contradicts the
+/// announced one, too many chunks and oversize streams before they are buffered.
 #[derive(Debug)]
 pub struct ChunkAssembler {
     field: String,
     limits: Limits,
+    max_chunks: usize,
+    /// dtype and shape announced before the chunks (by a stream's header message), if any.
+    announced: Option<WireTensor>,
     tensor: Option<WireTensor>,
     expected_bytes: usize,
+    chunks: usize,
 }
 
 impl ChunkAssembler {
@@ -268,54 +276,103 @@ impl ChunkAssembler {
         Self {
             field: field.into(),
             limits,
+            max_chunks: DEFAULT_MAX_CHUNKS,
+            announced: None,
             tensor: None,
             expected_bytes: 0,
+            chunks: 0,
         }
     }
 
-    pub fn push(&mut self, chunk: TensorChunk) -> Result<()> {
+    /// Refuses the stream past `max_chunks` chunks.
+    pub fn with_max_chunks(mut self, max_chunks: usize) -> Self {
+        self.max_chunks = max_chunks;
+        self
+    }
+
+    /// The tensor's dtype and shape are already known (its data is ignored): the first
+    /// chunk's header must repeat them, and the size limit is checked now.
+    pub fn announced(mut self, header: &WireTensor) -> Result<Self> {
+        let header = WireTensor {
+            data: Vec::new(),
+            ..header.clone()
+        };
+        self.expected_bytes = self.checked_bytes(&header)?;
+        self.announced = Some(header);
+        Ok(self)
+    }
+
+    fn checked_bytes(&self, header: &WireTensor) -> Result<usize> {
         let field = &self.field;
-        match (&mut self.tensor, chunk.header) {
+        let dtype = dtype_of(header.dtype, field)?;
+        let count = numel(&header.shape, field, &self.limits)?;
+        let bytes = count.saturating_mul(element_size(dtype).unwrap_or(1));
+        if bytes > self.limits.max_bytes {
+            return Err(Error::new(
+                crate::error::ErrorKind::ResourceExhausted,
+                format!(
+                    "{field}: {bytes} bytes exceeds the limit of {} bytes",
+                    self.limits.max_bytes
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    pub fn push(&mut self, chunk: TensorChunk) -> Result<()> {
+        self.chunks += 1;
+        if self.chunks > self.max_chunks {
+            return Err(Error::invalid_argument(format!(
+                "{}: more than {} chunks",
+                self.field, self.max_chunks
+            )));
+        }
+        match (&self.tensor, chunk.header) {
             (None, Some(header)) => {
-                let dtype = dtype_of(header.dtype, field)?;
-                let count = numel(&header.shape, field, &self.limits)?;
-                let bytes = count.saturating_mul(element_size(dtype).unwrap_or(1));
-                if bytes > self.limits.max_bytes {
-                    return Err(Error::new(
-                        crate::error::ErrorKind::ResourceExhausted,
-                        format!(
-                            "{field}: {bytes} bytes exceeds the limit of {} bytes",
-                            self.limits.max_bytes
-                        ),
-                    ));
+                if let Some(announced) = &self.announced
+                    && (announced.dtype != header.dtype || announced.shape != header.shape)
+                {
+                    return Err(Error::invalid_argument(format!(
+                        "{}: header mismatch: the chunks declare dtype {} shape {:?}, the request announced dtype {} shape {:?}",
+                        self.field, header.dtype, header.shape, announced.dtype, announced.shape
+                    )));
                 }
-                self.expected_bytes = bytes;
+                self.expected_bytes = self.checked_bytes(&header)?;
                 self.tensor = Some(WireTensor {
-                    data: Vec::with_capacity(bytes),
+                    data: Vec::with_capacity(self.expected_bytes),
                     ..header
                 });
             }
             (None, None) => {
                 return Err(Error::invalid_argument(format!(
-                    "{field}: first chunk has no header"
+                    "{}: first chunk has no header",
+                    self.field
                 )));
             }
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_argument(format!(
-                    "{field}: header repeated in a later chunk"
+                    "{}: header repeated in a later chunk",
+                    self.field
                 )));
             }
             (Some(_), None) => {}
         }
+        let field = &self.field;
         let tensor = self
             .tensor
             .as_mut()
             .ok_or_else(|| Error::internal("chunk state"))?;
-        if chunk.offset != tensor.data.len() as u64 {
+        let received = tensor.data.len() as u64;
+        if chunk.offset < received {
             return Err(Error::invalid_argument(format!(
-                "{field}: chunk at offset {}, expected {}",
-                chunk.offset,
-                tensor.data.len()
+                "{field}: chunk at offset {}, expected {received}: it repeats bytes already received (duplicate chunk)",
+                chunk.offset
+            )));
+        }
+        if chunk.offset > received {
+            return Err(Error::invalid_argument(format!(
+                "{field}: chunk at offset {}, expected {received}: bytes [{received}, {}) are missing (missing chunk)",
+                chunk.offset, chunk.offset
             )));
         }
         if tensor.data.len() + chunk.data.len() > self.expected_bytes {
@@ -333,6 +390,14 @@ impl ChunkAssembler {
         let tensor = self.tensor.ok_or_else(|| {
             Error::invalid_argument(format!("{}: no chunks received", self.field))
         })?;
+        if tensor.data.len() < self.expected_bytes {
+            return Err(Error::invalid_argument(format!(
+                "{}: stream ended after {} of {} bytes (missing chunk)",
+                self.field,
+                tensor.data.len(),
+                self.expected_bytes
+            )));
+        }
         check(&tensor, &self.field, &self.limits, finite)?;
         Ok(tensor)
     }
@@ -486,7 +551,57 @@ mod tests {
         let mut asm = ChunkAssembler::new("hidden", limits());
         asm.push(chunks[0].clone()).unwrap();
         let err = asm.finish(true).unwrap_err().to_string();
-        assert!(err.contains("hidden.data: 64 bytes"), "{err}");
+        assert!(
+            err.contains("after 64 of 400 bytes (missing chunk)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chunks_refuse_repeats_mismatched_headers_and_too_many_pieces() {
+        let t = encode_f32(&[100], &(0..100).map(|i| i as f32).collect::<Vec<_>>());
+        let chunks = chunk(&t, 64);
+        let mut asm = ChunkAssembler::new("hidden", limits());
+        asm.push(chunks[0].clone()).unwrap();
+        asm.push(chunks[1].clone()).unwrap();
+        let err = asm.push(chunks[1].clone()).unwrap_err().to_string();
+        assert!(err.contains("duplicate chunk"), "{err}");
+        let err = asm.push(chunks[0].clone()).unwrap_err().to_string();
+        assert!(err.contains("header repeated"), "{err}");
+
+        let other = encode_f32(&[10, 10], &[0.0; 100]);
+        let mut asm = ChunkAssembler::new("hidden", limits())
+            .announced(&other)
+            .unwrap();
+        let err = asm.push(chunks[0].clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("hidden: header mismatch") && err.contains("[10, 10]"),
+            "{err}"
+        );
+        let mut asm = ChunkAssembler::new("hidden", limits())
+            .announced(&t)
+            .unwrap();
+        for c in chunks.clone() {
+            asm.push(c).unwrap();
+        }
+        assert_eq!(asm.finish(true).unwrap(), t);
+
+        let mut asm = ChunkAssembler::new("hidden", limits()).with_max_chunks(3);
+        for c in &chunks[..3] {
+            asm.push(c.clone()).unwrap();
+        }
+        let err = asm.push(chunks[3].clone()).unwrap_err().to_string();
+        assert!(err.contains("more than 3 chunks"), "{err}");
+
+        let huge = WireTensor {
+            dtype: Dtype::F32 as i32,
+            shape: vec![1 << 20, 1 << 10],
+            data: Vec::new(),
+        };
+        let err = ChunkAssembler::new("hidden", limits())
+            .announced(&huge)
+            .unwrap_err();
+        assert_eq!(err.kind, crate::error::ErrorKind::ResourceExhausted);
     }
 
     proptest! {

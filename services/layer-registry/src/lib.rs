@@ -4,7 +4,9 @@
 //! - [`assignment`]: pure placement (contiguous spans, ≥ `min_replicas` holders per layer when
 //!   capacity allows, exact deficits otherwise, pipelines, roles);
 //! - [`liveness`], [`routes`], [`snapshot`]: pure policy over stored nodes;
-//! - [`store`]: PostgreSQL (migrations, atomic nonce checks, published assignment);
+//! - [`shape`]: which architecture to publish (fixed, or from live capacity with growth);
+//! - [`store`]: PostgreSQL (migrations, atomic nonce checks, published architecture and
+//!   assignment);
 //! - [`service`]: the gRPC adapter; [`config`]: layered configuration;
 //! - [`run`]: serves until `shutdown` resolves, re-publishing the assignment as liveness changes.
 
@@ -13,6 +15,7 @@ pub mod config;
 pub mod liveness;
 pub mod routes;
 pub mod service;
+pub mod shape;
 pub mod snapshot;
 pub mod store;
 

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
 use neuroshard_common::{Error, Result};
 use neuroshard_proto::common::v1::SignedEnvelope;
@@ -22,42 +23,74 @@ use tonic::{Request, Response, Status};
 
 use crate::config::RegistryConfig;
 use crate::liveness::LivenessPolicy;
-use crate::store::{Registration, Store};
-use crate::{routes, snapshot};
+use crate::store::{Publication, Registration, Store};
+use crate::{routes, shape, snapshot};
 
 /// Shared state of one registry replica.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     store: Store,
     config: Arc<RegistryConfig>,
+    mode: Arc<ArchitectureMode>,
 }
 
 impl RegistryService {
     pub fn new(store: Store, config: Arc<RegistryConfig>) -> Self {
-        Self { store, config }
+        let mode = Arc::new(config.architecture_mode());
+        Self {
+            store,
+            config,
+            mode,
+        }
     }
 
-    /// Recomputes the assignment and publishes it if it changed; returns the current one.
+    /// Decides the architecture (fixed, or from live capacity with growth), recomputes the
+    /// assignment, and publishes both if they changed; returns the current assignment.
     pub async fn publish(&self) -> Result<AssignmentSnapshot> {
         let config = self.config.clone();
         let liveness = LivenessPolicy {
             suspect_after_ms: config.suspect_after_ms,
             dead_after_ms: config.dead_after_ms,
         };
-        let (version, bytes) = self
+        let published = self
             .store
-            .publish(|nodes| {
-                snapshot::build(
-                    nodes,
-                    &config.model,
+            .publish(|nodes, stored| {
+                let (states, live) = snapshot::live_capacities(nodes, liveness);
+                let decision = shape::decide(
+                    &self.mode,
+                    stored,
+                    &live,
                     config.bytes_per_param,
-                    liveness,
                     config.min_replicas,
-                )
-                .map(|s| s.encode_to_vec())
+                );
+                if let Some(reason) = &decision.waiting {
+                    tracing::debug!(%reason, "no architecture yet");
+                }
+                let snapshot = snapshot::build(
+                    nodes,
+                    &states,
+                    &live,
+                    decision.architecture.as_ref(),
+                    config.bytes_per_param,
+                    config.min_replicas,
+                )?;
+                Ok(Publication {
+                    snapshot: snapshot.encode_to_vec(),
+                    architecture: decision.architecture.filter(|_| decision.changed),
+                    growth_pending: decision.growth_pending,
+                })
             })
             .await?;
-        let snapshot = decode_snapshot(version, &bytes)?;
+        if let Some(arch) = &published.new_architecture {
+            tracing::info!(
+                version = arch.version,
+                num_layers = arch.config.num_layers,
+                hidden_size = arch.config.hidden_size,
+                depths = ?arch.depths(),
+                "architecture published"
+            );
+        }
+        let snapshot = decode_snapshot(published.version, &published.snapshot)?;
         record_snapshot_metrics(&snapshot);
         Ok(snapshot)
     }

@@ -3,7 +3,8 @@
 
 use neuroshard_common::ModelConfig;
 use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
-use neuroshard_proto::common::v1::{Architecture, LayerSpan, Role as ProtoRole};
+use neuroshard_common::growth::ArchitectureState;
+use neuroshard_proto::common::v1::{LayerSpan, Role as ProtoRole};
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, LayerDeficit, NodeAssignment, NodeState, Pipeline,
 };
@@ -22,22 +23,6 @@ pub fn layer_costs(model: &ModelConfig, bytes_per_param: u64) -> LayerCosts {
     }
 }
 
-fn architecture(model: &ModelConfig) -> Architecture {
-    let u = |v: i64| v.max(0) as u32;
-    Architecture {
-        vocab_size: u(model.vocab_size),
-        hidden_size: u(model.hidden_size),
-        num_layers: u(model.num_layers),
-        num_heads: u(model.num_heads),
-        num_kv_heads: u(model.num_kv_heads),
-        intermediate_size: u(model.intermediate_size),
-        rope_theta: model.rope_theta,
-        rms_eps: model.rms_eps,
-        max_seq_len: u(model.max_seq_len),
-        version: 1,
-    }
-}
-
 fn proto_role(role: Role) -> ProtoRole {
     match role {
         Role::Driver => ProtoRole::Driver,
@@ -47,20 +32,16 @@ fn proto_role(role: Role) -> ProtoRole {
     }
 }
 
-/// The assignment for `nodes` (version left 0; the store numbers published snapshots).
-/// Queue depths are left out so that heartbeats alone do not produce a new version.
-pub fn build(
+/// Each stored node's liveness, and the capacities of those that are given layers.
+pub fn live_capacities(
     nodes: &[NodeRow],
-    model: &ModelConfig,
-    bytes_per_param: u64,
     liveness: LivenessPolicy,
-    min_replicas: u32,
-) -> Result<AssignmentSnapshot, neuroshard_common::Error> {
+) -> (Vec<NodeState>, Vec<NodeCapacity>) {
     let states: Vec<NodeState> = nodes
         .iter()
         .map(|n| liveness.state(n.heartbeat_age_ms, n.draining))
         .collect();
-    let capacities: Vec<NodeCapacity> = nodes
+    let capacities = nodes
         .iter()
         .zip(&states)
         .filter(|(_, s)| holds_layers(**s))
@@ -70,16 +51,49 @@ pub fn build(
             throughput: n.tokens_per_second,
         })
         .collect();
-    let placed = assignment::assign(
-        model.num_layers.max(0) as u32,
+    (states, capacities)
+}
+
+/// Places `model` on `capacities`.
+pub fn place(
+    model: &ModelConfig,
+    capacities: &[NodeCapacity],
+    bytes_per_param: u64,
+    min_replicas: u32,
+) -> Result<assignment::Assignment, neuroshard_common::Error> {
+    assignment::assign(
+        u32::try_from(model.num_layers.max(0)).unwrap_or(u32::MAX),
         &layer_costs(model, bytes_per_param),
-        &capacities,
+        capacities,
         min_replicas,
     )
-    .map_err(|e| neuroshard_common::Error::internal(format!("placement: {e}")))?;
+    .map_err(|e| neuroshard_common::Error::internal(format!("placement: {e}")))
+}
+
+/// The assignment for `nodes` with liveness `states` (from [`live_capacities`]) of the
+/// `architecture` (none yet: nothing is placed), version left 0: the store numbers published
+/// snapshots. Queue depths are left out so that heartbeats alone do not produce a new version.
+pub fn build(
+    nodes: &[NodeRow],
+    states: &[NodeState],
+    capacities: &[NodeCapacity],
+    architecture: Option<&ArchitectureState>,
+    bytes_per_param: u64,
+    min_replicas: u32,
+) -> Result<AssignmentSnapshot, neuroshard_common::Error> {
+    let placed = match architecture {
+        Some(arch) => place(&arch.config, capacities, bytes_per_param, min_replicas)?,
+        None => assignment::Assignment {
+            spans: Vec::new(),
+            unassigned: capacities.iter().map(|c| c.node_id.clone()).collect(),
+            pipelines: Vec::new(),
+            holders: Vec::new(),
+            health: Health::Healthy,
+        },
+    };
     let node_assignments = nodes
         .iter()
-        .zip(&states)
+        .zip(states)
         .map(|(n, state)| {
             let span = placed.spans.iter().find(|s| s.node_id == n.node_id);
             NodeAssignment {
@@ -113,7 +127,7 @@ pub fn build(
     };
     Ok(AssignmentSnapshot {
         version: 0,
-        architecture: Some(architecture(model)),
+        architecture: architecture.map(ArchitectureState::to_proto),
         nodes: node_assignments,
         pipelines: placed
             .pipelines

@@ -1,14 +1,23 @@
 //! PostgreSQL storage. Migrations run at start under an advisory lock, so several registry
 //! replicas can start against one database. Nonce checks are single statements
 //! (`... WHERE last_nonce < $nonce`), so a replay is refused atomically even when two replicas
-//! receive it at once.
+//! receive it at once. The architecture and the assignment change together under one
+//! advisory lock, so replicas agree on both.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::{Error, ErrorKind, Result};
+use neuroshard_proto::common::v1::Architecture;
+use prost::Message;
 use tokio_postgres::NoTls;
 
+use crate::shape::StoredArchitecture;
+
 /// Ordered migrations, embedded in the binary.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_nodes.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_nodes.sql")),
+    (2, include_str!("../migrations/0002_architecture.sql")),
+];
 
 /// Arbitrary fixed keys for `pg_advisory_xact_lock`.
 const MIGRATION_LOCK: i64 = 0x6e73_0001;
@@ -42,6 +51,25 @@ pub struct Registration<'a> {
 
 fn db(e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Unavailable, format!("database: {e}"))
+}
+
+/// What one publish computed from the nodes and the stored architecture.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// The assignment, encoded, version left 0.
+    pub snapshot: Vec<u8>,
+    /// A new architecture to store.
+    pub architecture: Option<ArchitectureState>,
+    /// Whether a growth is pending (starts or keeps the settle timer; false clears it).
+    pub growth_pending: bool,
+}
+
+/// The result of a publish: the current assignment, and the architecture if it just changed.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub version: u64,
+    pub snapshot: Vec<u8>,
+    pub new_architecture: Option<ArchitectureState>,
 }
 
 fn nonce_i64(nonce: u64) -> Result<i64> {
@@ -247,13 +275,24 @@ impl Store {
         Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
     }
 
-    /// Under a lock shared by all replicas: reads the nodes, lets `compute` build the encoded
-    /// assignment (without version), and publishes it with a new version if it differs from
-    /// the current one. Returns the current (version, snapshot).
+    /// The stored architecture, if one has been chosen.
+    pub async fn architecture(&self) -> Result<Option<StoredArchitecture>> {
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_opt(ARCHITECTURE_QUERY, &[])
+            .await
+            .map_err(db)?;
+        stored_architecture(row)
+    }
+
+    /// Under a lock shared by all replicas: reads the nodes and the architecture, lets
+    /// `compute` decide the architecture and build the encoded assignment, stores a new
+    /// architecture (or moves the growth settle timer), and publishes the assignment with a
+    /// new version if it differs from the current one.
     pub async fn publish(
         &self,
-        compute: impl FnOnce(&[NodeRow]) -> Result<Vec<u8>>,
-    ) -> Result<(u64, Vec<u8>)> {
+        compute: impl FnOnce(&[NodeRow], Option<&StoredArchitecture>) -> Result<Publication>,
+    ) -> Result<Published> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PUBLISH_LOCK])
@@ -264,11 +303,46 @@ impl Store {
             .await
             .map_err(db)?
             .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
+        let stored = stored_architecture(tx.query_opt(ARCHITECTURE_QUERY, &[]).await.map_err(db)?)?;
         // Read on another connection while this transaction holds the lock: node writes do not
         // take the lock, and read-committed sees every committed heartbeat.
         let nodes = self.nodes().await?;
-        let fresh = compute(&nodes)?;
-        let result = match current {
+        let publication = compute(&nodes, stored.as_ref())?;
+        match (&publication.architecture, &stored) {
+            (Some(state), _) => {
+                let encoded = state.to_proto().encode_to_vec();
+                let version = i64::try_from(state.version)
+                    .map_err(|_| Error::internal("architecture version overflows"))?;
+                let layers = i32::try_from(state.config.num_layers)
+                    .map_err(|_| Error::internal("num_layers overflows"))?;
+                let hidden = i32::try_from(state.config.hidden_size)
+                    .map_err(|_| Error::internal("hidden_size overflows"))?;
+                tx.execute(
+                    "INSERT INTO architecture (version, num_layers, hidden_size, encoded)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (singleton) DO UPDATE SET
+                        version = EXCLUDED.version, num_layers = EXCLUDED.num_layers,
+                        hidden_size = EXCLUDED.hidden_size, encoded = EXCLUDED.encoded,
+                        growth_pending_since = NULL, updated_at = now()",
+                    &[&version, &layers, &hidden, &encoded],
+                )
+                .await
+                .map_err(db)?;
+            }
+            (None, Some(stored))
+                if publication.growth_pending != stored.growth_pending_for_ms.is_some() =>
+            {
+                let sql = if publication.growth_pending {
+                    "UPDATE architecture SET growth_pending_since = now()"
+                } else {
+                    "UPDATE architecture SET growth_pending_since = NULL"
+                };
+                tx.execute(sql, &[]).await.map_err(db)?;
+            }
+            (None, _) => {}
+        }
+        let fresh = publication.snapshot;
+        let (version, snapshot) = match current {
             Some((version, snapshot)) if snapshot == fresh => (version.max(0) as u64, snapshot),
             Some((version, _)) => {
                 tx.execute(
@@ -290,8 +364,32 @@ impl Store {
             }
         };
         tx.commit().await.map_err(db)?;
-        Ok(result)
+        Ok(Published {
+            version,
+            snapshot,
+            new_architecture: publication.architecture,
+        })
     }
+}
+
+/// The architecture row, with the growth settle timer's age by the database clock.
+const ARCHITECTURE_QUERY: &str = "SELECT encoded,
+        (EXTRACT(EPOCH FROM (now() - growth_pending_since)) * 1000)::BIGINT
+    FROM architecture";
+
+fn stored_architecture(row: Option<tokio_postgres::Row>) -> Result<Option<StoredArchitecture>> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let encoded: Vec<u8> = row.get(0);
+    let proto = Architecture::decode(encoded.as_slice())
+        .map_err(|e| Error::internal(format!("stored architecture is unreadable: {e}")))?;
+    let state = ArchitectureState::from_proto(&proto)
+        .map_err(|e| Error::internal(format!("stored architecture is inconsistent: {e}")))?;
+    Ok(Some(StoredArchitecture {
+        state,
+        growth_pending_for_ms: row.get::<_, Option<i64>>(1).map(|ms| ms.max(0) as u64),
+    }))
 }
 
 fn replayed(nonce: u64) -> Error {

@@ -32,8 +32,12 @@ struct Swarm {
     _pg: PgServer,
 }
 
-async fn start() -> Swarm {
-    let pg = PgServer::start().unwrap();
+/// Starts a registry process on `pg` with the test's liveness timings, `extra` environment on
+/// top, and waits until it answers.
+async fn spawn_registry(
+    pg: &PgServer,
+    extra: &[(&str, &str)],
+) -> (ChildGuard, LayerRegistryClient<Channel>) {
     let port = free_port().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
     command
@@ -45,6 +49,9 @@ async fn start() -> Swarm {
         .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1200")
         .env("NEUROSHARD_REGISTRY_WATCH_POLL_MS", "50")
         .env("RUST_LOG", "warn");
+    for (key, value) in extra {
+        command.env(key, value);
+    }
     let registry = ChildGuard::spawn(command).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = loop {
@@ -54,6 +61,12 @@ async fn start() -> Swarm {
         assert!(Instant::now() < deadline, "registry did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    (registry, client)
+}
+
+async fn start() -> Swarm {
+    let pg = PgServer::start().unwrap();
+    let (registry, client) = spawn_registry(&pg, &[]).await;
     Swarm {
         client,
         _registry: registry,
@@ -78,7 +91,17 @@ fn register_request(endpoint: &str) -> RegisterRequest {
 }
 
 async fn register(client: &mut LayerRegistryClient<Channel>, key: &NodeKey, nonce: u64) {
-    let req = register_request(&format!("http://127.0.0.1:1/{}", key.node_id()));
+    register_with(client, key, nonce, NODE_MEMORY).await;
+}
+
+async fn register_with(
+    client: &mut LayerRegistryClient<Channel>,
+    key: &NodeKey,
+    nonce: u64,
+    memory: u64,
+) {
+    let mut req = register_request(&format!("http://127.0.0.1:1/{}", key.node_id()));
+    req.capacity.as_mut().unwrap().usable_memory_bytes = memory;
     client
         .register(envelope(key, "RegisterRequest", nonce, &req))
         .await
@@ -407,4 +430,115 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
     }
     drop(_registry);
     drop(pg);
+}
+
+/// Auto mode with two registry replicas on one database: no architecture until four nodes are
+/// live, then a replicated 4-layer genesis shape; two more nodes make it grow (after the settle
+/// time) to 6 layers of the same width, recorded in the growth history, placed with every layer
+/// at two holders, and seen alike by both replicas and by a watcher; a node leaving never
+/// shrinks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_architecture_grows_with_capacity_and_replicas_agree() {
+    let pg = PgServer::start().unwrap();
+    // Liveness generous enough that the test need not heartbeat; the depth curve scaled so
+    // that 50 MB nodes choose a 4-layer, 256-wide model (see shape.rs for the arithmetic).
+    let auto: &[(&str, &str)] = &[
+        ("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "1000"),
+        ("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "60000"),
+        ("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "120000"),
+        ("NEUROSHARD_REGISTRY_ARCHITECTURE__MODE", "auto"),
+        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GENESIS_NODES", "4"),
+        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GROWTH_SETTLE_MS", "1500"),
+        ("NEUROSHARD_REGISTRY_ARCHITECTURE__DEPTH_CURVE_SCALE", "22"),
+        ("NEUROSHARD_REGISTRY_MODEL__VOCAB_SIZE", "512"),
+        ("NEUROSHARD_REGISTRY_MODEL__MAX_SEQ_LEN", "64"),
+    ];
+    let (_a, mut a) = spawn_registry(&pg, auto).await;
+    let (_b, mut b) = spawn_registry(&pg, auto).await;
+    let keys: Vec<NodeKey> = (0..6).map(|_| NodeKey::generate()).collect();
+    for key in &keys[..3] {
+        register_with(&mut a, key, 1, 50_000_000).await;
+    }
+    let early = assignment(&mut b).await;
+    assert!(early.architecture.is_none(), "{early:?}");
+    assert!(early.nodes.iter().all(|n| n.span.is_none()));
+
+    register_with(&mut b, &keys[3], 1, 50_000_000).await;
+    let genesis = assignment(&mut a).await;
+    let arch = genesis.architecture.clone().unwrap();
+    assert_eq!(
+        (arch.num_layers, arch.hidden_size, arch.version),
+        (4, 256, 1)
+    );
+    assert_eq!((arch.vocab_size, arch.max_seq_len), (512, 64));
+    assert!(arch.growth.is_empty());
+    assert!(holders(&genesis).iter().all(|&h| h >= 2), "{genesis:?}");
+    assert_eq!(assignment(&mut b).await, genesis);
+
+    let mut watch = b.watch(WatchRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().version,
+        genesis.version
+    );
+    register_with(&mut a, &keys[4], 1, 50_000_000).await;
+    register_with(&mut b, &keys[5], 1, 50_000_000).await;
+    // Not before the settle time.
+    let soon = assignment(&mut a).await;
+    assert_eq!(
+        soon.architecture.as_ref().unwrap().num_layers,
+        4,
+        "{soon:?}"
+    );
+
+    let started = Instant::now();
+    let grown = loop {
+        let now = assignment(&mut a).await;
+        if now.architecture.as_ref().unwrap().num_layers > 4 {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no growth: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let arch = grown.architecture.clone().unwrap();
+    assert_eq!(
+        (arch.num_layers, arch.hidden_size, arch.version),
+        (6, 256, 2)
+    );
+    assert_eq!(arch.growth.len(), 1);
+    let g = &arch.growth[0];
+    assert_eq!((g.from_layers, g.to_layers, g.version), (4, 6, 2));
+    assert!(grown.deficits.is_empty(), "{grown:?}");
+    assert!(
+        holders(&grown).iter().all(|&h| h >= 2),
+        "{:?}",
+        holders(&grown)
+    );
+    assert_eq!(assignment(&mut b).await.architecture, grown.architecture);
+    let seen = loop {
+        let s = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if s.architecture.as_ref().unwrap().version == 2 {
+            break s;
+        }
+    };
+    assert_eq!(seen.architecture, grown.architecture);
+
+    // A node leaves: the depth stays (trained layers are never dropped), the layers move.
+    b.deregister(envelope(
+        &keys[5],
+        "DeregisterRequest",
+        2,
+        &neuroshard_proto::registry::v1::DeregisterRequest {},
+    ))
+    .await
+    .unwrap();
+    let after = assignment(&mut a).await;
+    assert_eq!(after.architecture, grown.architecture);
+    assert!(holders(&after).iter().all(|&h| h >= 2), "{after:?}");
 }

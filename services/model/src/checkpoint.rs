@@ -42,10 +42,21 @@ pub fn load_shard(dir: &Path, spec: ShardSpec, device: Device, kind: Kind) -> Re
 
 /// Fills every weight of `shard` from the checkpoint in `dir`, checking names and shapes.
 pub fn load_into(shard: &mut Shard, dir: &Path) -> Result<()> {
+    load_matching(shard, dir, |_| true)
+}
+
+/// Fills the weights of `shard` whose names pass `wanted` from the checkpoint in `dir`,
+/// checking names and shapes; the others keep their values.
+pub fn load_matching(shard: &mut Shard, dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
     let mut weights = Weights::open(dir)?;
     let _guard = tch::no_grad_guard();
     // Sorted, so the first problem reported is the same every time.
-    let vars: BTreeMap<String, Tensor> = shard.var_store().variables().into_iter().collect();
+    let vars: BTreeMap<String, Tensor> = shard
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .collect();
     for (name, mut var) in vars {
         let stored = weights.read(&name, &var.size())?;
         var.f_copy_(&stored.to_kind(var.kind()).to_device(var.device()))?;

@@ -19,7 +19,15 @@ pub const INIT_STD: f64 = 0.02;
 /// N(0, (0.02 / sqrt(2 · num_layers))²) so the residual stream's variance does not grow with depth.
 pub fn initialize(shard: &mut Shard, seed: u64) -> Result<()> {
     let num_layers = shard.config().num_layers;
-    let residual_std = INIT_STD / ((2 * num_layers) as f64).sqrt();
+    initialize_for_depth(shard, seed, num_layers)
+}
+
+/// [`initialize`] as a `depth`-layer model would draw it: the residual output projections'
+/// std follows `depth`, not the shard's current depth. A model grown since its genesis draws
+/// its genesis layers at the genesis depth, so every node gets the weights the swarm started
+/// with.
+pub fn initialize_for_depth(shard: &mut Shard, seed: u64, depth: i64) -> Result<()> {
+    let residual_std = INIT_STD / ((2 * depth.max(1)) as f64).sqrt();
     let _guard = tch::no_grad_guard();
     for (name, mut var) in shard.var_store().variables() {
         let value = if is_norm(&name) {

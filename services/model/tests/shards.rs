@@ -176,3 +176,75 @@ fn depth_growth_preserves_the_function() {
     assert_eq!(grow_depth(&last, 6, 7).unwrap().spec().end, 6);
     assert!(grow_depth(&full, 4, 7).is_err());
 }
+
+/// After growth, any cover of spans of the grown model, each built alone from the seed or from
+/// a checkpoint of the base model, computes what the base model computed.
+#[test]
+fn spans_of_a_grown_model_built_alone_compute_the_base_function() {
+    use neuroshard_model::growth::{Origin, build_grown_span};
+    let base = shard(ShardSpec::full(4), Kind::Float);
+    let input = tokens(9);
+    let expected = base.forward(ShardInput::Tokens(&input), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    neuroshard_model::checkpoint::save(dir.path(), &base, None, 0).unwrap();
+    let grown = ModelConfig {
+        num_layers: 7,
+        ..config()
+    };
+    for origin in [Origin::Seed, Origin::Checkpoint(dir.path())] {
+        for cuts in [
+            vec![0, 7],
+            vec![0, 3, 5, 7],
+            vec![0, 4, 6, 7],
+            vec![0, 2, 4, 5, 7],
+        ] {
+            let parts: Vec<Shard> = cuts
+                .windows(2)
+                .map(|w| {
+                    let spec = ShardSpec::span(w[0], w[1], 7).unwrap();
+                    build_grown_span(&grown, spec, 4, origin, 42, Device::Cpu, Kind::Float).unwrap()
+                })
+                .collect();
+            let mut x = parts[0].forward(ShardInput::Tokens(&input), None).unwrap();
+            for part in &parts[1..] {
+                x = part.forward(ShardInput::Hidden(&x), None).unwrap();
+            }
+            assert!(
+                max_diff(&x, &expected) < 1e-6,
+                "{origin:?} cuts {cuts:?}: {}",
+                max_diff(&x, &expected)
+            );
+        }
+    }
+    // A grown layer is a real layer (input projections drawn), and replicas agree on it.
+    let spec = ShardSpec::span(4, 6, 7).unwrap();
+    let a = build_grown_span(&grown, spec, 4, Origin::Seed, 42, Device::Cpu, Kind::Float).unwrap();
+    let b = build_grown_span(
+        &grown,
+        spec,
+        4,
+        Origin::Checkpoint(dir.path()),
+        42,
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let name = "model.layers.5.self_attn.q_proj.weight";
+    let q = &a.var_store().variables()[name];
+    assert!(q.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert_eq!(max_diff(q, &b.var_store().variables()[name]), 0.0);
+    // A checkpoint that is not the base model is refused by name.
+    let err = build_grown_span(
+        &grown,
+        spec,
+        5,
+        Origin::Checkpoint(dir.path()),
+        42,
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("layers before growth"), "{err}");
+    assert!(build_grown_span(&grown, spec, 8, Origin::Seed, 42, Device::Cpu, Kind::Float).is_err());
+}

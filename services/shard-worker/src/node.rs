@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{NonceSource, now_ms, sign};
 use neuroshard_common::{Error, ModelConfig, Result};
+use neuroshard_model::growth::{Origin, build_grown_span};
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{Shard, ShardInput, ShardSpec, checkpoint, init};
-use neuroshard_proto::common::v1::Architecture;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, GetAssignmentRequest, HeartbeatRequest, RegisterRequest,
@@ -29,46 +30,52 @@ pub struct LoadPlan {
     pub kind: Kind,
 }
 
-/// The registry's architecture as a model config.
-pub fn model_config(arch: &Architecture) -> ModelConfig {
-    ModelConfig {
-        vocab_size: i64::from(arch.vocab_size),
-        hidden_size: i64::from(arch.hidden_size),
-        num_layers: i64::from(arch.num_layers),
-        num_heads: i64::from(arch.num_heads),
-        num_kv_heads: i64::from(arch.num_kv_heads),
-        intermediate_size: i64::from(arch.intermediate_size),
-        rope_theta: arch.rope_theta,
-        rms_eps: arch.rms_eps,
-        max_seq_len: i64::from(arch.max_seq_len),
-    }
-}
-
 fn model_err(e: neuroshard_model::ModelError) -> Error {
     Error::internal(e.to_string())
 }
 
-/// Loads layers [start, end) of `config` as `plan` says.
-pub fn load_span(config: &ModelConfig, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
+/// Loads layers [start, end) of the published architecture `arch` as `plan` says. Growth
+/// appends layers (see `neuroshard_common::growth`), so the layers the registry added since the
+/// weights were made are identity blocks drawn from the seed, and the function is the one the
+/// weights had. The others come from the checkpoint, which must hold the model at one of the
+/// depths the architecture has had, or from the seed at the genesis depth.
+pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
+    let config = &arch.config;
     let spec =
         ShardSpec::span(i64::from(start), i64::from(end), config.num_layers).map_err(model_err)?;
-    match &plan.checkpoint {
+    let (base, origin) = match &plan.checkpoint {
         Some(dir) => {
             let stored = checkpoint::read_config(dir).map_err(model_err)?;
-            if &stored != config {
+            let same_shape = stored
+                == ModelConfig {
+                    num_layers: stored.num_layers,
+                    ..config.clone()
+                };
+            if !same_shape || !arch.depths().contains(&stored.num_layers) {
                 return Err(Error::failed_precondition(format!(
-                    "checkpoint {} holds a different architecture than the registry assigns",
-                    dir.display()
+                    "checkpoint {} holds a different architecture than the registry assigns \
+                     ({} layers of width {}; the registry's model has had depths {:?} at width {})",
+                    dir.display(),
+                    stored.num_layers,
+                    stored.hidden_size,
+                    arch.depths(),
+                    config.hidden_size
                 )));
             }
-            checkpoint::load_shard(dir, spec, plan.device, plan.kind).map_err(model_err)
+            (stored.num_layers, Origin::Checkpoint(dir))
         }
-        None => {
-            let mut shard = Shard::new(config, spec, plan.device, plan.kind).map_err(model_err)?;
-            init::initialize(&mut shard, plan.init_seed).map_err(model_err)?;
-            Ok(shard)
-        }
-    }
+        None => (arch.genesis_layers(), Origin::Seed),
+    };
+    build_grown_span(
+        config,
+        spec,
+        base,
+        origin,
+        plan.init_seed,
+        plan.device,
+        plan.kind,
+    )
+    .map_err(model_err)
 }
 
 /// Tokens per second through one decoder layer of `config` on this device (64-token chunks):
@@ -181,18 +188,21 @@ impl RegistryLink {
     }
 }
 
-/// Applies `snapshot` to this node: loads its span if it changed, drops it if unassigned.
+/// Applies `snapshot` to this node: loads its span if it or the architecture changed, drops
+/// it if unassigned (or if the registry has not chosen an architecture yet).
 pub async fn apply(
     state: &Arc<WorkerState>,
     snapshot: &AssignmentSnapshot,
     plan: &LoadPlan,
 ) -> Result<()> {
-    let mine = snapshot.nodes.iter().find(|n| n.node_id == state.node_id);
-    let span = mine.and_then(|n| n.span);
     let arch = snapshot
         .architecture
-        .ok_or_else(|| Error::internal("assignment without architecture"))?;
-    let config = model_config(&arch);
+        .as_ref()
+        .map(ArchitectureState::from_proto)
+        .transpose()?;
+    let mine = snapshot.nodes.iter().find(|n| n.node_id == state.node_id);
+    let span = mine.and_then(|n| n.span).filter(|_| arch.is_some());
+    let arch_version = arch.as_ref().map(|a| a.version);
     let current = {
         let guard = state
             .loaded
@@ -200,12 +210,12 @@ pub async fn apply(
             .map_err(|_| Error::internal("worker state poisoned"))?;
         guard
             .as_ref()
-            .map(|l| (l.shard.spec(), l.shard.config().clone()))
+            .map(|l| (l.shard.spec(), l.architecture_version))
     };
     let wanted = span.map(|s| (i64::from(s.start), i64::from(s.end)));
     let unchanged = match (&current, wanted) {
-        (Some((spec, cfg)), Some((start, end))) => {
-            spec.start == start && spec.end == end && cfg == &config
+        (Some((spec, version)), Some((start, end))) => {
+            spec.start == start && spec.end == end && Some(*version) == arch_version
         }
         (None, None) => true,
         _ => false,
@@ -218,22 +228,24 @@ pub async fn apply(
         }
         return Ok(());
     }
-    let loaded = match span {
-        Some(s) => {
+    let loaded = match (span, arch) {
+        (Some(s), Some(arch)) => {
             let plan = plan.clone();
-            let config = config.clone();
+            let layers = arch.config.num_layers;
+            let arch_version = arch.version;
             let shard =
-                tokio::task::spawn_blocking(move || load_span(&config, s.start, s.end, &plan))
+                tokio::task::spawn_blocking(move || load_span(&arch, s.start, s.end, &plan))
                     .await
                     .map_err(|e| Error::internal(format!("loading task failed: {e}")))??;
-            tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, version = snapshot.version, "span loaded");
+            tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, layers, arch_version, version = snapshot.version, "span loaded");
             Some(Loaded {
                 shard,
                 sessions: Sessions::new(state.session_ttl, state.max_session_bytes),
                 assignment_version: snapshot.version,
+                architecture_version: arch_version,
             })
         }
-        None => {
+        _ => {
             tracing::info!(node_id = %state.node_id, version = snapshot.version, "no span assigned");
             None
         }

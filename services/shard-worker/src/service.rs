@@ -25,6 +25,8 @@ pub struct Loaded {
     pub shard: Shard,
     pub sessions: Sessions,
     pub assignment_version: u64,
+    /// The architecture version `shard` belongs to.
+    pub architecture_version: u64,
 }
 
 /// State shared by the service and the node lifecycle.
@@ -239,7 +241,7 @@ impl ShardWorker for WorkerService {
 
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let guard = lock(&self.state)?;
-        let (span, role, sessions) = match guard.as_ref() {
+        let (span, role, sessions, architecture_version) = match guard.as_ref() {
             Some(l) => {
                 let spec = l.shard.spec();
                 let role = match (spec.embed, spec.head) {
@@ -255,15 +257,17 @@ impl ShardWorker for WorkerService {
                     }),
                     role,
                     l.sessions.len() as u32,
+                    l.architecture_version,
                 )
             }
-            None => (None, Role::Unspecified, 0),
+            None => (None, Role::Unspecified, 0, 0),
         };
         Ok(Response::new(InfoResponse {
             node_id: self.state.node_id.clone(),
             span,
             role: role as i32,
             sessions,
+            architecture_version,
         }))
     }
 }

@@ -59,6 +59,7 @@ async fn bench_grpc_hop_latency() {
             shard: middle_shard(),
             sessions: Sessions::new(Duration::from_secs(600), u64::MAX),
             assignment_version: 1,
+            architecture_version: 1,
         })),
         session_ttl: Duration::from_secs(600),
         max_session_bytes: u64::MAX,

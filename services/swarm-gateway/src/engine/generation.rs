@@ -115,7 +115,7 @@ impl Generation {
         tx: &mpsc::Sender<Result<Step, Error>>,
     ) -> Result<bool, Error> {
         let view = self.inner.view();
-        let architecture = view.architecture.ok_or_else(|| {
+        let architecture = view.architecture.clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unavailable,
                 "no model is assigned in the swarm yet",

@@ -236,7 +236,7 @@ async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error
 impl Generator for SwarmEngine {
     fn model(&self) -> ModelCard {
         let view = self.inner.view();
-        let architecture = view.architecture.unwrap_or_default();
+        let architecture = view.architecture.clone().unwrap_or_default();
         ModelCard {
             id: self.inner.config.model_name.clone(),
             context_length: architecture.max_seq_len,
@@ -290,13 +290,13 @@ impl Generator for SwarmEngine {
                 holders: view.holders(index),
             })
             .collect();
-        let architecture = view.architecture.map(|a| ArchitectureStatus {
+        let architecture = view.architecture.as_ref().map(|a| ArchitectureStatus {
             num_layers: a.num_layers,
             hidden_size: a.hidden_size,
             num_heads: a.num_heads,
             num_kv_heads: a.num_kv_heads,
             vocab_size: a.vocab_size,
-            parameters: parameters(&a),
+            parameters: parameters(a),
             version: view.version,
         });
         let tracker = self.inner.tracker();
@@ -324,8 +324,15 @@ impl Generator for SwarmEngine {
 
 /// Parameter count of the published architecture (the shared formula in `common`).
 fn parameters(a: &neuroshard_proto::common::v1::Architecture) -> u64 {
-    let config = neuroshard_common::model_config::from_proto(a);
-    u64::try_from(neuroshard_common::architecture::parameter_count(&config)).unwrap_or(0)
+    neuroshard_common::growth::ArchitectureState::from_proto(a)
+        .ok()
+        .and_then(|state| {
+            u64::try_from(neuroshard_common::architecture::parameter_count(
+                &state.config,
+            ))
+            .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -58,14 +58,17 @@ impl SwarmView {
             .collect();
         Self {
             version: snapshot.version,
-            architecture: snapshot.architecture,
+            architecture: snapshot.architecture.clone(),
             nodes,
             deficit: snapshot.deficits.iter().map(|d| d.missing).sum(),
         }
     }
 
     pub fn num_layers(&self) -> u32 {
-        self.architecture.map(|a| a.num_layers).unwrap_or(0)
+        self.architecture
+            .as_ref()
+            .map(|a| a.num_layers)
+            .unwrap_or(0)
     }
 
     pub fn node(&self, id: &str) -> Option<&NodeView> {
