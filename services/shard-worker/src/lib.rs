@@ -3,16 +3,20 @@
 //! registry assigns (from a checkpoint, or initialised from the agreed seed), reloads when the
 //! assignment changes, and serves pipelined forward passes with per-session KV caches.
 //!
-//! - [`service`]: the gRPC service (Forward, Replay, EndSession, Info) and its checks;
+//! - [`service`]: the gRPC service (Forward, Replay and their chunked streams, EndSession,
+//!   Info) and its checks; [`stream`]: chunked streams on the wire; [`client`]: what callers
+//!   use (unary for small tensors, streams for large ones);
 //! - [`sessions`]: KV-cache sessions with TTL and a memory cap;
 //! - [`node`]: measurement, registration, heartbeats, loading spans;
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
 
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod node;
 pub mod service;
 pub mod sessions;
+pub mod stream;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let key = NodeKey::load_or_create(&config.key_file)?;
     let device = parse_device(&config.device)?;
     let kind = parse_dtype(&config.dtype)?;
@@ -61,7 +66,12 @@ pub async fn run(
         loaded: Mutex::new(None),
         session_ttl: Duration::from_millis(config.session_ttl_ms),
         max_session_bytes: config.max_session_bytes,
-        limits: Limits::default(),
+        limits: Limits {
+            max_bytes: config.max_tensor_bytes,
+            ..Limits::default()
+        },
+        max_stream_chunks: config.max_stream_chunks,
+        stream_chunk_bytes: config.stream_chunk_bytes,
     });
     let plan = node::LoadPlan {
         checkpoint: config.checkpoint.clone(),
@@ -107,7 +117,8 @@ pub async fn run(
         .add_service(reflection)
         .add_service(
             ShardWorkerServer::new(service::WorkerService { state })
-                .max_decoding_message_size(64 << 20),
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
         )
         .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
         .await;
