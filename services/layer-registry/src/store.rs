@@ -275,16 +275,6 @@ impl Store {
         Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
     }
 
-    /// The stored architecture, if one has been chosen.
-    pub async fn architecture(&self) -> Result<Option<StoredArchitecture>> {
-        let client = self.pool.get().await.map_err(db)?;
-        let row = client
-            .query_opt(ARCHITECTURE_QUERY, &[])
-            .await
-            .map_err(db)?;
-        stored_architecture(row)
-    }
-
     /// Under a lock shared by all replicas: reads the nodes and the architecture, lets
     /// `compute` decide the architecture and build the encoded assignment, stores a new
     /// architecture (or moves the growth settle timer), and publishes the assignment with a

@@ -29,6 +29,15 @@ pub struct WorkerConfig {
     pub session_ttl_ms: u64,
     /// Cap on all sessions' KV caches together; the least recently used are evicted beyond it.
     pub max_session_bytes: u64,
+    /// Largest gRPC message this worker takes or sends: a unary Forward/Replay must fit;
+    /// larger tensors come through ForwardStream/ReplayStream in chunks.
+    pub max_message_bytes: usize,
+    /// Largest tensor this worker accepts, unary or reassembled from chunks.
+    pub max_tensor_bytes: usize,
+    /// Most chunks one streamed tensor may come in.
+    pub max_stream_chunks: usize,
+    /// Size of the chunks this worker cuts streamed responses into.
+    pub stream_chunk_bytes: usize,
     /// Serve TLS with cert_file + key_file; trust ca_file for https:// peers (the registry).
     pub tls: neuroshard_common::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
@@ -51,9 +60,37 @@ impl Default for WorkerConfig {
             heartbeat_interval_ms: 5_000,
             session_ttl_ms: 300_000,
             max_session_bytes: 1 << 30,
+            max_message_bytes: 64 << 20,
+            max_tensor_bytes: 256 << 20,
+            max_stream_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
+            stream_chunk_bytes: 1 << 20,
             tls: neuroshard_common::tls::TlsFiles::default(),
             metrics_listen: None,
         }
+    }
+}
+
+/// Room a chunk message needs beyond its data (offset, field tags, the header on the first).
+const CHUNK_OVERHEAD_BYTES: usize = 4096;
+
+impl WorkerConfig {
+    /// Checks relations between fields that types cannot express.
+    pub fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        use neuroshard_common::Error;
+        if self.stream_chunk_bytes == 0
+            || self.stream_chunk_bytes + CHUNK_OVERHEAD_BYTES > self.max_message_bytes
+        {
+            return Err(Error::invalid_argument(format!(
+                "stream_chunk_bytes ({}) must be positive and leave {CHUNK_OVERHEAD_BYTES} bytes of max_message_bytes ({}) for the chunk's framing",
+                self.stream_chunk_bytes, self.max_message_bytes
+            )));
+        }
+        if self.max_stream_chunks == 0 {
+            return Err(Error::invalid_argument(
+                "max_stream_chunks must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -62,11 +99,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chunks_must_fit_in_a_message() {
+        WorkerConfig::default().validate().unwrap();
+        let config = WorkerConfig {
+            max_message_bytes: 1 << 20,
+            ..WorkerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("stream_chunk_bytes"), "{err}");
+    }
+
+    #[test]
     fn example_config_file_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/shard-worker.example.toml");
         let config: WorkerConfig =
             neuroshard_common::config::load(Some(&path), "NEUROSHARD_WORKER", Vec::new()).unwrap();
         assert_eq!(config, WorkerConfig::default());
+        config.validate().unwrap();
     }
 }

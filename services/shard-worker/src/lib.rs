@@ -3,7 +3,9 @@
 //! registry assigns (from a checkpoint, or initialised from the agreed seed), reloads when the
 //! assignment changes, and serves pipelined forward passes with per-session KV caches.
 //!
-//! - [`service`]: the gRPC service (Forward, Replay, EndSession, Info) and its checks;
+//! - [`service`]: the gRPC service (Forward, Replay and their chunked streams, EndSession,
+//!   Info) and its checks; [`stream`]: chunked streams on the wire; [`client`]: what callers
+//!   use (unary for small tensors, streams for large ones);
 //! - [`sessions`]: KV-cache sessions with TTL and a memory cap;
 //! - [`node`]: measurement, registration, heartbeats, loading spans;
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
@@ -27,6 +29,9 @@ use neuroshard_proto::registry::v1::{Capacity, Device as ProtoDevice};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
 
 pub use config::WorkerConfig;
+/// The client and the chunked-stream wire form live in `neuroshard-worker-client` (no
+/// libtorch, so the gateway uses them); re-exported under the paths worker code uses.
+pub use neuroshard_worker_client::{client, stream};
 
 /// Serves this node on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -34,6 +39,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let _metrics = neuroshard_common::telemetry::metrics::serve(config.metrics_listen).await?;
     let key = NodeKey::load_or_create(&config.key_file)?;
     let device = parse_device(&config.device)?;
@@ -62,7 +68,12 @@ pub async fn run(
         loaded: Mutex::new(None),
         session_ttl: Duration::from_millis(config.session_ttl_ms),
         max_session_bytes: config.max_session_bytes,
-        limits: Limits::default(),
+        limits: Limits {
+            max_bytes: config.max_tensor_bytes,
+            ..Limits::default()
+        },
+        max_stream_chunks: config.max_stream_chunks,
+        stream_chunk_bytes: config.stream_chunk_bytes,
     });
     let plan = node::LoadPlan {
         checkpoint: config.checkpoint.clone(),
@@ -110,7 +121,8 @@ pub async fn run(
         .add_service(reflection)
         .add_service(
             ShardWorkerServer::new(service::WorkerService { state })
-                .max_decoding_message_size(64 << 20),
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
         )
         .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
         .await;

@@ -1,6 +1,9 @@
 //! The `ShardWorker` gRPC service. Requests are checked against what this node holds (span,
 //! hidden size, dtype, session position) before any compute, and refused with the field named.
+//! The streamed calls (large tensors in chunks, see [`crate::stream`]) check the header before
+//! the tensor's bytes arrive, then run exactly what the unary calls run.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -8,16 +11,19 @@ use neuroshard_common::tensor::Limits;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_model::tch::{Kind, Tensor};
 use neuroshard_model::{ModelError, Shard, ShardInput};
-use neuroshard_proto::common::v1::{LayerSpan, Role};
+use neuroshard_proto::common::v1::{LayerSpan, Role, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorker;
 use neuroshard_proto::worker::v1::{
-    EndSessionRequest, EndSessionResponse, ForwardRequest, ForwardResponse, InfoRequest,
-    InfoResponse, ReplayRequest, ReplayResponse,
+    EndSessionRequest, EndSessionResponse, ForwardRequest, ForwardResponse, ForwardStreamRequest,
+    ForwardStreamResponse, InfoRequest, InfoResponse, ReplayRequest, ReplayResponse,
+    ReplayStreamRequest, ReplayStreamResponse,
 };
-use tonic::{Request, Response, Status};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{from_wire, to_wire};
 use crate::sessions::Sessions;
+use crate::stream::{StreamLimits, StreamMessage, receive, split};
 
 /// A span of layers loaded on this node, with its sessions (which die with it).
 #[derive(Debug)]
@@ -37,6 +43,10 @@ pub struct WorkerState {
     pub session_ttl: Duration,
     pub max_session_bytes: u64,
     pub limits: Limits,
+    /// Most chunks one streamed tensor may come in.
+    pub max_stream_chunks: usize,
+    /// Size of the chunks streamed responses are cut into.
+    pub stream_chunk_bytes: usize,
 }
 
 fn model_error(error: ModelError) -> Error {
@@ -122,6 +132,44 @@ fn run(
 }
 
 impl WorkerState {
+    fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            tensor: self.limits,
+            max_chunks: self.max_stream_chunks,
+        }
+    }
+
+    /// What can be checked of a streamed call from its header alone, so that a request this
+    /// node would refuse is refused before its tensor's bytes are buffered.
+    fn check_header(&self, span: Option<LayerSpan>, hidden: Option<&WireTensor>) -> Result<()> {
+        let guard = lock(self)?;
+        let loaded = guard.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "no layers assigned to this node yet",
+            )
+        })?;
+        check_span(&loaded.shard, span)?;
+        let hidden_size = loaded.shard.config().hidden_size;
+        match (loaded.shard.spec().embed, hidden) {
+            (true, Some(_)) => Err(Error::invalid_argument(
+                "hidden: this node holds the embedding and takes token ids, not hidden states",
+            )),
+            (false, None) => Err(Error::invalid_argument(
+                "hidden: this node needs hidden states",
+            )),
+            (false, Some(h))
+                if h.shape.len() != 3 || h.shape[0] != 1 || h.shape[2] != hidden_size =>
+            {
+                Err(Error::invalid_argument(format!(
+                    "hidden.shape: {:?}, expected [1, seq, {hidden_size}]",
+                    h.shape
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn forward(&self, request: &ForwardRequest) -> Result<ForwardResponse> {
         let mut guard = lock(self)?;
         let loaded = guard.as_mut().ok_or_else(|| {
@@ -205,8 +253,52 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+type PartStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+
+/// The response stream for `response`: header, then its tensor in chunks.
+fn respond<M: StreamMessage + Send + 'static>(
+    response: M::Header,
+    chunk_bytes: usize,
+) -> Response<PartStream<M>> {
+    let parts = split::<M>(response, chunk_bytes);
+    Response::new(Box::pin(tokio_stream::iter(parts.into_iter().map(Ok))))
+}
+
 #[tonic::async_trait]
 impl ShardWorker for WorkerService {
+    type ForwardStreamStream = PartStream<ForwardStreamResponse>;
+    type ReplayStreamStream = PartStream<ReplayStreamResponse>;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<ForwardStreamRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        let state = self.state.clone();
+        let mut stream = request.into_inner();
+        let request = receive(&mut stream, state.stream_limits(), |h: &ForwardRequest| {
+            state.check_header(h.span, h.hidden.as_ref())
+        })
+        .await?;
+        let chunk_bytes = state.stream_chunk_bytes;
+        let response = blocking(move || state.forward(&request)).await?;
+        Ok(respond(response, chunk_bytes))
+    }
+
+    async fn replay_stream(
+        &self,
+        request: Request<Streaming<ReplayStreamRequest>>,
+    ) -> Result<Response<Self::ReplayStreamStream>, Status> {
+        let state = self.state.clone();
+        let mut stream = request.into_inner();
+        let request = receive(&mut stream, state.stream_limits(), |h: &ReplayRequest| {
+            state.check_header(h.span, h.hidden.as_ref())
+        })
+        .await?;
+        let chunk_bytes = state.stream_chunk_bytes;
+        let response = blocking(move || state.replay(&request)).await?;
+        Ok(respond(response, chunk_bytes))
+    }
+
     async fn forward(
         &self,
         request: Request<ForwardRequest>,

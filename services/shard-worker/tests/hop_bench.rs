@@ -1,7 +1,10 @@
-//! Benchmark (ignored by default): the latency one gRPC hop adds to a hidden-state forward,
-//! as a ratio to the layer compute it carries. A worker service holding layer [1, 2) of a
-//! 1024-wide model serves on loopback; the same forward is timed called directly and over
-//! gRPC, alternating, in one process.
+//! Benchmarks (ignored by default), with worker services serving on loopback in this process:
+//! - the latency one gRPC hop adds to a hidden-state forward, as a ratio to the layer compute
+//!   it carries: a worker holding layer [1, 2) of a 1024-wide model; the same forward timed
+//!   called directly and over gRPC, alternating;
+//! - a large hidden state's hop, unary vs chunked stream: a head-only worker (tiny vocabulary)
+//!   takes [1, seq, 1024] in, and an embedding-only worker sends [1, seq, 1024] out, so the
+//!   time is transport, not compute; the two ways alternate.
 //!
 //! Run: scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture
 
@@ -17,8 +20,10 @@ use neuroshard_proto::common::v1::LayerSpan;
 use neuroshard_proto::worker::v1::ForwardRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
+use neuroshard_shard_worker::client::{ClientOptions, WorkerClient};
 use neuroshard_shard_worker::service::{Loaded, WorkerService, WorkerState};
 use neuroshard_shard_worker::sessions::Sessions;
+use neuroshard_shard_worker::stream::StreamLimits;
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -50,13 +55,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored"]
-async fn bench_grpc_hop_latency() {
+/// Serves `shard` on a loopback port of this process; returns its URL.
+async fn serve(shard: Shard) -> String {
     let state = Arc::new(WorkerState {
         node_id: "bench".into(),
         loaded: Mutex::new(Some(Loaded {
-            shard: middle_shard(),
+            shard,
             sessions: Sessions::new(Duration::from_secs(600), u64::MAX),
             assignment_version: 1,
             architecture_version: 1,
@@ -64,19 +68,28 @@ async fn bench_grpc_hop_latency() {
         session_ttl: Duration::from_secs(600),
         max_session_bytes: u64::MAX,
         limits: Limits::default(),
+        max_stream_chunks: 16_384,
+        stream_chunk_bytes: 1 << 20,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                ShardWorkerServer::new(WorkerService { state }).max_decoding_message_size(64 << 20),
+                ShardWorkerServer::new(WorkerService { state })
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
             )
             .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
     );
-    let mut client = ShardWorkerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored"]
+async fn bench_grpc_hop_latency() {
+    let addr = serve(middle_shard()).await;
+    let mut client = ShardWorkerClient::connect(addr).await.unwrap();
     let direct = middle_shard();
     let rounds = 30;
     for seq in [1i64, 64] {
@@ -118,5 +131,91 @@ async fn bench_grpc_hop_latency() {
             r - c,
             (r - c) / c
         );
+    }
+}
+
+/// A model of width 1024 and a tiny vocabulary whose end shards hold no layers: the head-only
+/// shard turns [1, seq, 1024] into 16 logits, the embedding-only shard 'seq' tokens into
+/// [1, seq, 1024], both at negligible compute.
+fn transport_shard(spec: ShardSpec) -> Shard {
+    let config = ModelConfig {
+        vocab_size: 16,
+        num_layers: 1,
+        max_seq_len: 16_384,
+        ..config()
+    };
+    let mut shard = Shard::new(&config, spec, Device::Cpu, Kind::Float).unwrap();
+    init::initialize(&mut shard, 1).unwrap();
+    shard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored"]
+async fn bench_large_tensor_hop_unary_vs_chunked() {
+    let head = serve(transport_shard(ShardSpec::span(1, 1, 1).unwrap())).await;
+    let embed = serve(transport_shard(ShardSpec::span(0, 0, 1).unwrap())).await;
+    let options = |stream_threshold_bytes| ClientOptions {
+        stream_threshold_bytes,
+        chunk_bytes: 1 << 20,
+        max_message_bytes: 64 << 20,
+        limits: StreamLimits::default(),
+    };
+    let mut clients = Vec::new();
+    for url in [&head, &embed] {
+        let unary = WorkerClient::connect(url, options(usize::MAX))
+            .await
+            .unwrap();
+        let chunked = WorkerClient::connect(url, options(0)).await.unwrap();
+        clients.push((unary, chunked));
+    }
+    let rounds = 15;
+    for seq in [1024i64, 4096, 8192] {
+        let values: Vec<f32> = (0..seq * 1024)
+            .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let hidden = encode_f32(&[1, seq, 1024], &values);
+        let tokens: Vec<i64> = (0..seq).map(|i| i % 16).collect();
+        let mib = hidden.data.len() as f64 / f64::from(1 << 20);
+        for (direction, (unary, chunked)) in ["in", "out"].iter().zip(clients.iter_mut()) {
+            let (mut u, mut c) = (Vec::new(), Vec::new());
+            for round in 0..rounds + 2 {
+                let request = |tag: &str| ForwardRequest {
+                    session_id: format!("{tag}-{seq}-{round}"),
+                    span: Some(if *direction == "in" {
+                        LayerSpan { start: 1, end: 1 }
+                    } else {
+                        LayerSpan { start: 0, end: 0 }
+                    }),
+                    tokens: if *direction == "in" {
+                        vec![]
+                    } else {
+                        tokens.clone()
+                    },
+                    hidden: (*direction == "in").then(|| hidden.clone()),
+                    position: 0,
+                };
+                for (client, times, tag) in
+                    [(&mut *unary, &mut u, "u"), (&mut *chunked, &mut c, "c")]
+                {
+                    let request = request(tag);
+                    let started = Instant::now();
+                    let out = client.forward(request).await.unwrap();
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    assert_eq!(out.position as i64, seq);
+                    client
+                        .end_session(&format!("{tag}-{seq}-{round}"))
+                        .await
+                        .unwrap();
+                    if round >= 2 {
+                        times.push(ms);
+                    }
+                }
+            }
+            let (u, c) = (median(u), median(c));
+            println!(
+                "hidden 1x{seq}x1024 ({mib:.0} MiB) {direction}: unary {u:.1} ms, chunked (1 MiB) {c:.1} ms, chunked/unary {:.2}",
+                c / u
+            );
+        }
     }
 }

@@ -10,13 +10,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::tensor::encode_f32;
-use neuroshard_model::tch::{Device, Kind};
-use neuroshard_model::{ModelConfig, Shard, ShardSpec, checkpoint, init};
+use neuroshard_model::Shard;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::registry::v1::NodeState;
 use neuroshard_proto::worker::v1::ForwardRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
-use support::{Swarm, in_process_logits, max_diff, min_holders, through};
+use support::{Swarm, in_process_logits, max_diff, min_holders, small_checkpoint, through};
 use tonic::Code;
 
 const WORKERS: usize = 5;
@@ -27,18 +26,7 @@ const WORKER_MEMORY: &str = "60000000";
 /// checkpoint of it; also returns the model, in-process.
 async fn start() -> (Swarm, Shard) {
     let mut swarm = Swarm::start(&[]).await;
-    let config = ModelConfig::small(4096);
-    let mut model = Shard::new(
-        &config,
-        ShardSpec::full(config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, 11).unwrap();
-    let ckpt = swarm.dir.path().join("ckpt");
-    checkpoint::save(&ckpt, &model, None, 0).unwrap();
-    let ckpt = ckpt.to_str().unwrap().to_string();
+    let (model, ckpt) = small_checkpoint(&swarm, 11);
     for _ in 0..WORKERS {
         swarm.add_worker(&[
             ("NEUROSHARD_WORKER_CHECKPOINT", &ckpt),

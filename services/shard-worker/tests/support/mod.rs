@@ -10,9 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::tensor::{Limits, decode_f32};
-use neuroshard_model::Shard;
-use neuroshard_model::ShardInput;
-use neuroshard_model::tch::Tensor;
+use neuroshard_model::tch::{Device, Kind, Tensor};
+use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec, checkpoint, init};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
@@ -20,6 +19,7 @@ use neuroshard_proto::registry::v1::{
 };
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_proto::worker::v1::{ForwardRequest, InfoRequest};
+use neuroshard_shard_worker::client::{ClientOptions, WorkerClient};
 use neuroshard_tests::{ChildGuard, PgServer, free_port};
 use tonic::transport::Channel;
 
@@ -184,13 +184,40 @@ pub fn min_holders(s: &AssignmentSnapshot) -> u32 {
         .unwrap_or(0)
 }
 
-/// Runs `tokens` through `route` for `session` at `position`; returns the last position's logits.
+/// The small model (4 × 256, vocabulary 4096) initialised from `seed`, saved as a checkpoint
+/// under the swarm's directory; returns the model and the checkpoint's path.
+pub fn small_checkpoint(swarm: &Swarm, seed: u64) -> (Shard, String) {
+    let config = ModelConfig::small(4096);
+    let mut model = Shard::new(
+        &config,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    init::initialize(&mut model, seed).unwrap();
+    let dir = swarm.dir.path().join("ckpt");
+    checkpoint::save(&dir, &model, None, 0).unwrap();
+    (model, dir.to_str().unwrap().to_string())
+}
+
+/// Runs `tokens` through `route` for `session` at `position` with the worker client's default
+/// options; returns the last position's logits.
 pub async fn through(route: &Route, session: &str, tokens: &[i64], position: u32) -> Vec<f32> {
+    through_with(ClientOptions::default(), route, session, tokens, position).await
+}
+
+/// [`through`] with the worker client configured by `options`.
+pub async fn through_with(
+    options: ClientOptions,
+    route: &Route,
+    session: &str,
+    tokens: &[i64],
+    position: u32,
+) -> Vec<f32> {
     let mut hidden: Option<WireTensor> = None;
     for (i, hop) in route.hops.iter().enumerate() {
-        let mut worker = ShardWorkerClient::connect(hop.endpoint.clone())
-            .await
-            .unwrap();
+        let mut worker = WorkerClient::connect(&hop.endpoint, options).await.unwrap();
         let request = ForwardRequest {
             session_id: session.into(),
             span: hop.span,
@@ -198,7 +225,7 @@ pub async fn through(route: &Route, session: &str, tokens: &[i64], position: u32
             hidden: hidden.take(),
             position,
         };
-        hidden = worker.forward(request).await.unwrap().into_inner().output;
+        hidden = worker.forward(request).await.unwrap().output;
     }
     decode_f32(&hidden.unwrap(), "logits", &Limits::default()).unwrap()
 }

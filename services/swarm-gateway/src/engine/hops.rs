@@ -1,5 +1,6 @@
 //! Calls to shard workers for one hop: connection reuse per endpoint, the per-hop deadline,
-//! trace-context propagation, and errors classified for failover.
+//! trace-context propagation, and errors classified for failover. Large hidden states (long
+//! prompts, replays of long sessions) go as chunked streams through `WorkerClient`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 use neuroshard_common::telemetry::propagation;
 use neuroshard_common::tls::TlsFiles;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
-use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
-use neuroshard_proto::worker::v1::{EndSessionRequest, ForwardRequest, ReplayRequest};
+use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
+use neuroshard_worker_client::{ClientOptions, WorkerClient};
 use tonic::transport::Channel;
 
 /// What a hop consumes: token ids (the first hop) or hidden states `[1, seq, hidden]`.
@@ -95,11 +96,7 @@ impl HopClient {
         }
     }
 
-    async fn client(
-        &self,
-        endpoint: &str,
-        deadline: Duration,
-    ) -> Result<ShardWorkerClient<Channel>, HopError> {
+    async fn client(&self, endpoint: &str, deadline: Duration) -> Result<WorkerClient, HopError> {
         let channel = match self.cached(endpoint) {
             Some(channel) => channel,
             None => {
@@ -113,9 +110,13 @@ impl HopClient {
                 channel
             }
         };
-        Ok(ShardWorkerClient::new(channel)
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes))
+        Ok(WorkerClient::new(
+            channel,
+            ClientOptions {
+                max_message_bytes: self.max_message_bytes,
+                ..ClientOptions::default()
+            },
+        ))
     }
 
     /// Runs `hop` on the next positions of `session`.
@@ -143,7 +144,7 @@ impl HopClient {
             .await
             .map_err(|_| HopError::Timeout)?
             .map_err(classify)?;
-        output(response.into_inner().output, started)
+        output(response.output, started)
     }
 
     /// Rebuilds `session`'s cache on `hop` from everything before the current step.
@@ -169,7 +170,7 @@ impl HopClient {
             .await
             .map_err(|_| HopError::Timeout)?
             .map_err(classify)?;
-        output(response.into_inner().output, started)
+        output(response.output, started)
     }
 
     /// Frees `session` on `hop`; best effort (the node may be gone, and sessions expire).
@@ -177,11 +178,8 @@ impl HopClient {
         let Some(channel) = self.cached(&hop.endpoint) else {
             return;
         };
-        let mut request = tonic::Request::new(EndSessionRequest {
-            session_id: session.to_string(),
-        });
-        request.set_timeout(Duration::from_secs(1));
-        let _ = ShardWorkerClient::new(channel).end_session(request).await;
+        let mut client = WorkerClient::new(channel, ClientOptions::default());
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.end_session(session)).await;
     }
 }
 

@@ -1,0 +1,10 @@
+//! Talking to a shard worker without linking libtorch (the gateway, tests, other services).
+//!
+//! - [`client`]: [`WorkerClient`], unary for small tensors and chunked streams for large ones;
+//! - [`stream`]: the chunked wire form of Forward/Replay (split, reassembly, limits), shared
+//!   with the worker's server side.
+
+pub mod client;
+pub mod stream;
+
+pub use client::{ClientOptions, WorkerClient};
