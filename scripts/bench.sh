@@ -4,9 +4,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=env.sh
 source scripts/env.sh
-scripts/cargo.sh build --release -p neuroshard-cli
+scripts/cargo.sh build --release --workspace --bins
 echo "==> training step: NeuroShard vs PyTorch eager (same config, 2 threads)"
 "$PY_ENV/bin/python" scripts/bench_train_step.py target/release/neuroshard --threads 2 --rounds 5
 echo "==> training step, larger model: 8 layers x 512 hidden, sequence 256, batch 8"
 "$PY_ENV/bin/python" scripts/bench_train_step.py target/release/neuroshard --threads 2 --rounds 5 \
   --layers 8 --hidden 512 --heads 8 --kv-heads 2 --intermediate 1376 --batch-size 8 --seq-len 256
+echo "==> layer assignment for 100 / 1,000 / 10,000 simulated nodes"
+scripts/cargo.sh test --release -p neuroshard-layer-registry -- --ignored --nocapture bench_assignment_scaling
+echo "==> one gRPC hop vs its layer compute; large hops unary vs chunked"
+scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture --test-threads 1
+echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
+scripts/cargo.sh test --release -p neuroshard-cli --test gateway_bench -- --ignored --nocapture --test-threads 1

@@ -6,7 +6,10 @@ pub mod browser;
 
 use std::path::{Path, PathBuf};
 
-pub use neuroshard_local::{ChildGuard, LocalError, PgServer, Result, free_port};
+pub use neuroshard_local::{
+    ChildGuard, HttpResponse, LocalError, PgServer, Result, free_port, http_get, http_request,
+    open_request,
+};
 
 /// A binary of this workspace, next to the running test in the target directory (`cargo test
 /// --workspace` builds every member's binaries there).

@@ -79,6 +79,9 @@ pub struct LocalWorker {
     pub node_id: String,
     pub port: u16,
     pub process: ChildGuard,
+    /// Its generated config (no secrets: the key is a file), kept for restarts.
+    config: String,
+    name: String,
 }
 
 /// The running swarm. Fields drop in reverse start order: gateway, workers, registry, database.
@@ -90,6 +93,8 @@ pub struct LocalSwarm {
     pub workers: Vec<LocalWorker>,
     registry: ChildGuard,
     _pg: PgServer,
+    /// What it was started with, for restarts.
+    options: SwarmOptions,
 }
 
 impl LocalSwarm {
@@ -169,18 +174,15 @@ impl LocalSwarm {
                 heartbeat_interval_ms: options.heartbeat_ms,
                 ..WorkerConfig::default()
             };
-            let threads = options.worker_threads.to_string();
-            let process = spawn(
-                options,
-                "shard-worker",
-                &format!("worker-{i}"),
-                &toml::to_string(&config)?,
-                &[("OMP_NUM_THREADS", threads.as_str())],
-            )?;
+            let config = toml::to_string(&config)?;
+            let name = format!("worker-{i}");
+            let process = spawn_worker(options, &name, &config)?;
             workers.push(LocalWorker {
                 node_id,
                 port,
                 process,
+                config,
+                name,
             });
         }
         for (i, w) in workers.iter().enumerate() {
@@ -239,10 +241,31 @@ impl LocalSwarm {
             workers,
             registry,
             _pg: pg,
+            options: options.clone(),
         };
         swarm.wait_ready(deadline)?;
         progress(&format!("swarm-gateway ready on port {gateway_port}"));
         Ok(swarm)
+    }
+
+    /// Waits (up to `timeout`) until the swarm is whole again: see [`LocalSwarm::start`].
+    pub fn wait_until_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_ready(Instant::now() + timeout)
+    }
+
+    /// Starts the worker holding `node_id` again (killing it first if it still runs), with
+    /// the same key, port and config: the node a crash took away comes back as itself.
+    /// Its log starts afresh. Returns without waiting for it to be placed.
+    pub fn restart_worker(&mut self, node_id: &str) -> anyhow::Result<()> {
+        let options = self.options.clone();
+        let worker = self
+            .workers
+            .iter_mut()
+            .find(|w| w.node_id == node_id)
+            .with_context(|| format!("no local worker {node_id}"))?;
+        worker.process.kill();
+        worker.process = spawn_worker(&options, &worker.name, &worker.config)?;
+        Ok(())
     }
 
     /// Waits until `/readyz` answers 200 and the status shows every worker live with a span
@@ -365,6 +388,18 @@ async fn count_loaded(nodes: Vec<serde_json::Value>) -> usize {
         }
     }
     loaded
+}
+
+/// Starts one shard worker with its libtorch limited to the configured threads.
+fn spawn_worker(options: &SwarmOptions, name: &str, config: &str) -> anyhow::Result<ChildGuard> {
+    let threads = options.worker_threads.to_string();
+    spawn(
+        options,
+        "shard-worker",
+        name,
+        config,
+        &[("OMP_NUM_THREADS", threads.as_str())],
+    )
 }
 
 /// Starts `binary` with a generated config file named after `name`, logging to

@@ -11,7 +11,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_local::{HttpResponse, http_get, http_request, open_request};
@@ -261,7 +261,22 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     );
     assert_eq!(request["completion_tokens"], 64, "{request}");
 
-    // The dashboard, in headless Chromium against the live gateway.
+    // The dashboard, in headless Chromium against the live gateway, once the registry has
+    // declared the killed worker dead (so the live count holds still while the page loads).
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        let status = json(&http_get(port, "/api/v1/status", TIMEOUT).unwrap().body);
+        let victim_live = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == victim.as_str() && n["state"] == "live");
+        if !victim_live {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the killed worker stays live");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let shot: PathBuf = std::env::temp_dir().join("neuroshard-dashboard-local-swarm.png");
     let dom = Chromium::locate()
         .unwrap()

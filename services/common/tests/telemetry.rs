@@ -106,22 +106,14 @@ async fn trace_context_crosses_a_grpc_call_and_metrics_count_it() {
         .await
         .unwrap()
         .unwrap();
-    let body = http_get(server.addr, "/metrics").await;
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let port = server.addr.port();
+    let response = tokio::task::spawn_blocking(move || {
+        neuroshard_local::http_get(port, "/metrics", Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let body = response.body;
     assert!(body.contains("grpc_server_handling_seconds"), "{body}");
-}
-
-/// A minimal HTTP/1.1 GET over a raw socket (no client library needed for one request).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
 }

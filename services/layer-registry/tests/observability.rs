@@ -48,8 +48,14 @@ async fn registry_exports_traces_and_serves_metrics() {
     );
     client.get_assignment(request).await.unwrap();
 
-    let page = http_get(metrics_port, "/metrics").await;
-    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let response = tokio::task::spawn_blocking(move || {
+        neuroshard_tests::http_get(metrics_port, "/metrics", Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let page = response.body;
     for expected in [
         r#"grpc_server_handled_total{service="neuroshard.registry.v1.LayerRegistry",method="GetAssignment",code="Ok"} 1"#,
         "registry_assignment_version",
@@ -82,21 +88,4 @@ async fn registry_exports_traces_and_serves_metrics() {
     assert_eq!(span.trace_id, TRACE_ID);
     assert_eq!(span.parent_span_id, CALLER_SPAN);
     assert_eq!(span.kind, "SPAN_KIND_SERVER");
-}
-
-/// One HTTP/1.1 GET over a raw socket.
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
 }

@@ -27,7 +27,9 @@ pub struct GatewayConfig {
     /// Bearer keys and the accounts they act for. `/v1/*` needs one of them.
     pub api_keys: Vec<ApiKey>,
     pub limits: Limits,
-    /// How long one hop may take before the generator fails over (read by the generator).
+    /// How long one decode hop may take before the generator fails over (read by the
+    /// generator). The floor: a node the gateway measured as busy gets what its latency and
+    /// load justify, up to `prefill_deadline_ms`.
     pub per_hop_deadline_ms: u64,
     /// The layer registry's gRPC endpoint (read by the generator).
     pub registry: String,

@@ -30,16 +30,27 @@ pub fn corpus() -> Vec<String> {
 /// The small model shape with `vocab` tokens, initialised from `seed`, saved with a tokenizer
 /// in `dir/checkpoint`. Returns the directory, the in-process model and the tokenizer.
 pub fn seeded_checkpoint(dir: &Path, vocab: i64, seed: u64) -> (PathBuf, Shard, TextTokenizer) {
-    let tokenizer = TextTokenizer::train(corpus().into_iter(), vocab as usize).unwrap();
-    let config = ModelConfig::small(vocab);
+    checkpoint_for(dir, &ModelConfig::small(vocab), seed, |_, _| {})
+}
+
+/// A model of `config`, initialised from `seed`, changed by `adjust` (which sees the
+/// tokenizer), saved with a tokenizer of `config.vocab_size` tokens in `dir/checkpoint`.
+pub fn checkpoint_for(
+    dir: &Path,
+    config: &ModelConfig,
+    seed: u64,
+    adjust: impl FnOnce(&mut Shard, &TextTokenizer),
+) -> (PathBuf, Shard, TextTokenizer) {
+    let tokenizer = TextTokenizer::train(corpus().into_iter(), config.vocab_size as usize).unwrap();
     let mut model = Shard::new(
-        &config,
+        config,
         ShardSpec::full(config.num_layers),
         Device::Cpu,
         Kind::Float,
     )
     .unwrap();
     init::initialize(&mut model, seed).unwrap();
+    adjust(&mut model, &tokenizer);
     let ckpt = dir.join("checkpoint");
     checkpoint::save(
         &ckpt,

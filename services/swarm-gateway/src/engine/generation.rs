@@ -198,7 +198,7 @@ impl Generation {
         .ok_or_else(|| {
             let missing = uncovered(&view.nodes, from, to, &self.excluded);
             let detail = if missing.is_empty() {
-                "every holder is backed off after failures".to_string()
+                "no usable holder".to_string()
             } else {
                 format!("no live holder for layers {missing:?}")
             };
@@ -230,10 +230,15 @@ impl Generation {
         let mut current = HopInput::Tokens(input.to_vec());
         let mut k = 0;
         while k < self.route.len() {
+            let config = &self.inner.config;
             let deadline = if prefill {
-                self.inner.config.prefill_deadline
+                config.prefill_deadline
             } else {
-                self.inner.config.hop_deadline
+                self.inner.stats().hop_deadline(
+                    &self.route[k].hop.node_id,
+                    config.hop_deadline,
+                    config.prefill_deadline,
+                )
             };
             match self.call(k, current.clone(), position, deadline).await {
                 Ok((output, elapsed)) => {
@@ -295,7 +300,14 @@ impl Generation {
         let out = self
             .inner
             .hops
-            .forward(&hop, &self.session, input, position, deadline)
+            .forward(
+                &hop,
+                &self.session,
+                input,
+                position,
+                deadline,
+                self.inner.config.prefill_deadline,
+            )
             .await?;
         Ok((out.tensor, out.elapsed))
     }

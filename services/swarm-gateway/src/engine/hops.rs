@@ -1,8 +1,15 @@
 //! Calls to shard workers for one hop: connection reuse per endpoint, the per-hop deadline,
-//! trace-context propagation, and errors classified for failover. Large hidden states (long
+//! trace-context propagation, and errors classified for failover.
+//!
+//! A deadline that passes is a suspicion, not a verdict: the node is asked over the same
+//! connection whether it is alive (gRPC health, answered by its I/O threads even while its
+//! compute threads are busy). A node that answers is busy and keeps the call, a deadline at a
+//! time, up to the ceiling; one that does not (hung, partitioned) is given up on. Overload then
+//! slows streams down instead of failing every one of them over at once. Large hidden states (long
 //! prompts, replays of long sessions) go as chunked streams through `WorkerClient`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,6 +19,12 @@ use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long a node whose hop passed its deadline has to show it is alive.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// What a hop consumes: token ids (the first hop) or hidden states `[1, seq, hidden]`.
 #[derive(Debug, Clone)]
@@ -96,30 +109,30 @@ impl HopClient {
         }
     }
 
-    async fn client(&self, endpoint: &str, deadline: Duration) -> Result<WorkerClient, HopError> {
-        let channel = match self.cached(endpoint) {
-            Some(channel) => channel,
-            None => {
-                let channel = tokio::time::timeout(deadline, self.tls.connect(endpoint))
-                    .await
-                    .map_err(|_| HopError::Timeout)?
-                    .map_err(|e| HopError::Failed(e.message))?;
-                if let Ok(mut m) = self.channels.lock() {
-                    m.insert(endpoint.to_string(), channel.clone());
-                }
-                channel
-            }
-        };
-        Ok(WorkerClient::new(
+    async fn channel(&self, endpoint: &str, deadline: Duration) -> Result<Channel, HopError> {
+        if let Some(channel) = self.cached(endpoint) {
+            return Ok(channel);
+        }
+        let channel = tokio::time::timeout(deadline, self.tls.connect(endpoint))
+            .await
+            .map_err(|_| HopError::Timeout)?
+            .map_err(|e| HopError::Failed(e.message))?;
+        if let Ok(mut m) = self.channels.lock() {
+            m.insert(endpoint.to_string(), channel.clone());
+        }
+        Ok(channel)
+    }
+
+    fn worker(&self, channel: Channel) -> WorkerClient {
+        WorkerClient::new(
             channel,
             ClientOptions {
                 max_message_bytes: self.max_message_bytes,
                 ..ClientOptions::default()
             },
-        ))
+        )
     }
 
-    /// Runs `hop` on the next positions of `session`.
     pub async fn forward(
         &self,
         hop: &Hop,
@@ -127,9 +140,11 @@ impl HopClient {
         input: HopInput,
         position: u32,
         deadline: Duration,
+        ceiling: Duration,
     ) -> Result<HopOutput, HopError> {
         let started = Instant::now();
-        let mut client = self.client(&hop.endpoint, deadline).await?;
+        let channel = self.channel(&hop.endpoint, deadline).await?;
+        let mut client = self.worker(channel.clone());
         let (tokens, hidden) = split(input);
         let mut request = tonic::Request::new(ForwardRequest {
             session_id: session.to_string(),
@@ -138,12 +153,16 @@ impl HopClient {
             hidden,
             position,
         });
-        request.set_timeout(deadline);
+        request.set_timeout(ceiling.max(deadline));
         propagation::inject(&mut request);
-        let response = tokio::time::timeout(deadline, client.forward(request))
-            .await
-            .map_err(|_| HopError::Timeout)?
-            .map_err(classify)?;
+        let response = patiently(
+            &channel,
+            client.forward(request),
+            deadline,
+            ceiling,
+            started,
+        )
+        .await?;
         output(response.output, started)
     }
 
@@ -156,7 +175,7 @@ impl HopClient {
         deadline: Duration,
     ) -> Result<HopOutput, HopError> {
         let started = Instant::now();
-        let mut client = self.client(&hop.endpoint, deadline).await?;
+        let mut client = self.worker(self.channel(&hop.endpoint, deadline).await?);
         let (tokens, hidden) = split(input);
         let mut request = tonic::Request::new(ReplayRequest {
             session_id: session.to_string(),
@@ -183,6 +202,44 @@ impl HopClient {
     }
 }
 
+/// Awaits `call` for `deadline` at a time while the node answers a liveness probe, up to
+/// `ceiling` after `started`; a deadline passed with no answer to the probe is a timeout.
+async fn patiently<T>(
+    channel: &Channel,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+    deadline: Duration,
+    ceiling: Duration,
+    started: Instant,
+) -> Result<T, HopError> {
+    tokio::pin!(call);
+    loop {
+        let left = ceiling.saturating_sub(started.elapsed());
+        match tokio::time::timeout(deadline.min(left), &mut call).await {
+            Ok(result) => return result.map_err(classify),
+            Err(_) if started.elapsed() >= ceiling => return Err(HopError::Timeout),
+            Err(_) => {
+                if !alive(channel).await {
+                    return Err(HopError::Timeout);
+                }
+                metrics::counter!("gateway_hop_deadline_extensions_total").increment(1);
+            }
+        }
+    }
+}
+
+/// Whether the node behind `channel` answers a health check within [`PROBE_TIMEOUT`].
+async fn alive(channel: &Channel) -> bool {
+    let mut health = HealthClient::new(channel.clone());
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(PROBE_TIMEOUT);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, health.check(request)).await,
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
+    )
+}
+
 fn split(input: HopInput) -> (Vec<i64>, Option<WireTensor>) {
     match input {
         HopInput::Tokens(tokens) => (tokens, None),
@@ -200,7 +257,8 @@ fn output(tensor: Option<WireTensor>, started: Instant) -> Result<HopOutput, Hop
 
 fn classify(status: tonic::Status) -> HopError {
     match status.code() {
-        tonic::Code::DeadlineExceeded => HopError::Timeout,
+        // Cancelled is what the client's own timeout looks like.
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => HopError::Timeout,
         code => HopError::Failed(format!("{code:?}: {}", status.message())),
     }
 }

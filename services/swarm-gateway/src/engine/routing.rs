@@ -4,8 +4,10 @@
 //!
 //! A hop's cost is its expected time: the gateway's measured latency for that node (or a prior
 //! from the throughput the node reported), times one plus the requests this gateway already has
-//! on it, so concurrent requests spread over replicas. Suspect nodes cost much more, so they are
-//! used only when no live chain exists; backed-off and excluded nodes are not used at all.
+//! on it, so concurrent requests spread over replicas. Suspect and backed-off nodes cost much
+//! more, so they are used only when nothing else covers their layers: a gateway's own failure
+//! signal (a timeout under load, say) must not take the swarm's last holder of a layer out of
+//! service. Nodes a request already failed on (`exclude`) are not used at all.
 //! A small per-hop constant prefers fewer hops; a caller-supplied jitter breaks ties between
 //! equal replicas.
 
@@ -30,6 +32,8 @@ pub struct NodeLoad {
 const HOP_OVERHEAD_MS: f64 = 0.5;
 /// A suspect node is used only when the alternative is no route.
 const SUSPECT_FACTOR: f64 = 50.0;
+/// A backed-off node, likewise; after suspects, whose state the registry vouches for.
+const BACKED_OFF_FACTOR: f64 = 2_500.0;
 
 /// Expected cost of sending one decode step through `node`.
 pub fn hop_cost(node: &NodeView, load: NodeLoad) -> f64 {
@@ -44,7 +48,12 @@ pub fn hop_cost(node: &NodeView, load: NodeLoad) -> f64 {
     } else {
         1.0
     };
-    (latency * (1.0 + f64::from(load.in_flight)) + HOP_OVERHEAD_MS) * state
+    let backed_off = if load.backed_off {
+        BACKED_OFF_FACTOR
+    } else {
+        1.0
+    };
+    (latency * (1.0 + f64::from(load.in_flight)) + HOP_OVERHEAD_MS) * state * backed_off
 }
 
 /// The cheapest chain of node indices (into `nodes`) tiling `[from, to)`, or `None` when the
@@ -69,9 +78,9 @@ pub fn best_chain(
         .iter()
         .enumerate()
         .filter(|(_, n)| n.routable() && n.start >= from && n.end <= to && !exclude.contains(&n.id))
-        .filter_map(|(i, n)| {
+        .map(|(i, n)| {
             let load = loads.get(&n.id).copied().unwrap_or_default();
-            (!load.backed_off).then(|| (i, hop_cost(n, load) * jitter()))
+            (i, hop_cost(n, load) * jitter())
         })
         .collect();
     usable.sort_by_key(|(i, _)| nodes[*i].start);
@@ -150,25 +159,51 @@ mod tests {
     }
 
     #[test]
-    fn gaps_dead_and_backed_off_nodes_give_no_route() {
+    fn gaps_dead_and_excluded_nodes_give_no_route() {
         let nodes = vec![
             node("a", 0, 2, NodeState::Live),
             node("b", 2, 4, NodeState::Dead),
             node("c", 2, 4, NodeState::Live),
         ];
-        let none = HashSet::new();
-        let loads = HashMap::from([(
-            "c".to_string(),
-            NodeLoad {
-                backed_off: true,
-                ..NodeLoad::default()
-            },
-        )]);
-        assert_eq!(best_chain(&nodes, &loads, 0, 4, &none, || 1.0), None);
+        let loads = HashMap::new();
+        let exclude = HashSet::from(["c".to_string()]);
+        assert_eq!(best_chain(&nodes, &loads, 0, 4, &exclude, || 1.0), None);
         assert_eq!(
             uncovered(&nodes, 0, 4, &HashSet::from(["c".into()])),
             [2, 3]
         );
+    }
+
+    #[test]
+    fn backed_off_nodes_are_the_last_resort_not_a_gap() {
+        let nodes = vec![
+            node("a", 0, 4, NodeState::Live),
+            node("b", 0, 4, NodeState::Live),
+            node("s", 0, 4, NodeState::Suspect),
+        ];
+        let none = HashSet::new();
+        let backed_off = NodeLoad {
+            backed_off: true,
+            ..NodeLoad::default()
+        };
+        let mut loads = HashMap::from([("a".to_string(), backed_off)]);
+        // A busy live replica still beats a backed-off idle one.
+        loads.insert(
+            "b".to_string(),
+            NodeLoad {
+                in_flight: 8,
+                ..NodeLoad::default()
+            },
+        );
+        let chain = best_chain(&nodes, &loads, 0, 4, &none, || 1.0).unwrap();
+        assert_eq!(ids(&nodes, &chain), ["b"]);
+        // Every live holder backed off: a suspect first, then the backed-off one.
+        loads.insert("b".to_string(), backed_off);
+        let chain = best_chain(&nodes, &loads, 0, 4, &none, || 1.0).unwrap();
+        assert_eq!(ids(&nodes, &chain), ["s"]);
+        let exclude = HashSet::from(["s".to_string(), "b".to_string()]);
+        let chain = best_chain(&nodes, &loads, 0, 4, &exclude, || 1.0).unwrap();
+        assert_eq!(ids(&nodes, &chain), ["a"]);
     }
 
     #[test]

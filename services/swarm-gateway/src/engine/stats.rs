@@ -1,5 +1,12 @@
-//! What this gateway measured about each node: hop latency (moving average), requests it has
-//! open there, and failures with exponential back-off. Pure: time is passed in.
+//! What this gateway measured about each node: hop latency (moving average and mean
+//! deviation), requests it has open there, and failures with exponential back-off. Pure: time
+//! is passed in.
+//!
+//! A decode hop's deadline adapts to the node like a TCP retransmission timeout: never below
+//! the configured deadline, but `(mean + 4 · deviation) × open requests` when that is longer.
+//! A node that is merely busy (many streams at once on few cores) then keeps its requests,
+//! instead of every one of them timing out, replaying elsewhere, and backing the whole
+//! swarm off; a node that hangs is still given up on after the deadline its own load justifies.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,10 +15,15 @@ use super::routing::NodeLoad;
 
 /// Weight of the newest latency sample in the moving average.
 const LATENCY_ALPHA: f64 = 0.2;
+/// Weight of the newest sample in the mean deviation.
+const DEVIATION_BETA: f64 = 0.25;
+/// Deviations of slack a hop gets beyond its mean latency.
+const DEVIATION_SLACK: f64 = 4.0;
 
 #[derive(Debug, Clone, Default)]
 struct NodeStats {
     latency_ms: Option<f64>,
+    deviation_ms: f64,
     in_flight: u32,
     consecutive_failures: u32,
     backed_off_until: Option<Instant>,
@@ -39,8 +51,14 @@ impl StatsBook {
         let stats = self.nodes.entry(node.to_string()).or_default();
         let ms = latency.as_secs_f64() * 1000.0;
         stats.latency_ms = Some(match stats.latency_ms {
-            Some(old) => old + LATENCY_ALPHA * (ms - old),
-            None => ms,
+            Some(old) => {
+                stats.deviation_ms += DEVIATION_BETA * ((ms - old).abs() - stats.deviation_ms);
+                old + LATENCY_ALPHA * (ms - old)
+            }
+            None => {
+                stats.deviation_ms = ms / 2.0;
+                ms
+            }
         });
         stats.consecutive_failures = 0;
     }
@@ -99,6 +117,23 @@ impl StatsBook {
             .filter(|t| *t > now)
     }
 
+    /// How long a decode hop on `node` may take before it counts as failed: `floor` (the
+    /// configured deadline) or, when longer, what the node's measured latency and the
+    /// requests open on it lead one to expect; never more than `ceiling`.
+    pub fn hop_deadline(&self, node: &str, floor: Duration, ceiling: Duration) -> Duration {
+        let Some(stats) = self.nodes.get(node) else {
+            return floor;
+        };
+        let Some(mean) = stats.latency_ms else {
+            return floor;
+        };
+        let expected_ms =
+            (mean + DEVIATION_SLACK * stats.deviation_ms) * f64::from(stats.in_flight.max(1));
+        Duration::from_secs_f64(expected_ms / 1000.0)
+            .max(floor)
+            .min(ceiling.max(floor))
+    }
+
     /// Forgets nodes that left the assignment.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.nodes.retain(|id, _| keep(id));
@@ -124,6 +159,37 @@ mod tests {
         // Success resets the doubling.
         book.record_latency("n", Duration::from_millis(3));
         assert_eq!(book.record_failure("n", t0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn hop_deadline_grows_with_latency_spread_and_load_within_bounds() {
+        let floor = Duration::from_millis(200);
+        let ceiling = Duration::from_secs(5);
+        let mut book = StatsBook::new(Duration::from_secs(1), Duration::from_secs(1));
+        // Unknown node, or no latency yet: the configured deadline.
+        assert_eq!(book.hop_deadline("n", floor, ceiling), floor);
+        book.open("n");
+        assert_eq!(book.hop_deadline("n", floor, ceiling), floor);
+        // A fast, steady node keeps the floor: a hang is noticed after 200 ms.
+        for _ in 0..20 {
+            book.record_latency("n", Duration::from_millis(25));
+        }
+        assert_eq!(book.hop_deadline("n", floor, ceiling), floor);
+        // Busy: slow and spread samples with eight requests open stretch it.
+        for ms in [80, 140, 60, 150, 90, 170] {
+            book.record_latency("n", Duration::from_millis(ms));
+        }
+        for _ in 0..7 {
+            book.open("n");
+        }
+        let busy = book.hop_deadline("n", floor, ceiling);
+        assert!(busy > Duration::from_secs(1), "{busy:?}");
+        assert!(busy <= ceiling);
+        // Never past the ceiling.
+        for _ in 0..100 {
+            book.open("n");
+        }
+        assert_eq!(book.hop_deadline("n", floor, ceiling), ceiling);
     }
 
     #[test]
