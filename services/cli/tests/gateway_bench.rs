@@ -354,16 +354,6 @@ enum Fault {
     Freeze,
 }
 
-fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
-}
-
 /// Waits until every worker is placed and loaded and no node is backed off at the gateway.
 fn settle(swarm: &mut LocalSwarm) {
     swarm.wait_until_ready(TIMEOUT).unwrap();
@@ -414,7 +404,7 @@ fn faulted_generation(
         let pid = worker.process.pid();
         match fault {
             Fault::Crash => worker.process.kill(),
-            Fault::Freeze => signal(pid, "STOP"),
+            Fault::Freeze => support::signal(pid, "STOP"),
         }
         victim = Some((node, pid, Instant::now()));
     });
@@ -443,7 +433,7 @@ fn faulted_generation(
         .map(|(_, w)| ms(w[1] - w[0]))
         .collect();
     if fault == Fault::Freeze {
-        signal(pid, "CONT");
+        support::signal(pid, "CONT");
     }
     bench.swarm.restart_worker(&node).unwrap();
     (pause, median(&mut gaps))

@@ -206,12 +206,12 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
             let request = status.requests.iter().find(|r| r.id == "hang").unwrap();
             let node = request.route[0].clone();
             let pid = f.swarm.worker_mut(&node).unwrap().process.pid();
-            signal(pid, "STOP");
+            support::signal(pid, "STOP");
             frozen = Some((node, pid));
         }
     }
     let (node, pid) = frozen.expect("a worker was frozen");
-    signal(pid, "CONT");
+    support::signal(pid, "CONT");
     assert_eq!(got, expected, "output changed by the hang");
     let status = engine.status();
     let request = status.requests.iter().find(|r| r.id == "hang").unwrap();
@@ -224,14 +224,4 @@ async fn routed_generation_matches_the_model_and_survives_kill_9() {
         "hang: longest gap after the freeze {:.1} ms",
         pause.as_secs_f64() * 1000.0
     );
-}
-
-fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
 }

@@ -70,3 +70,14 @@ pub fn bin_dir() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// Sends signal `name` (`STOP`, `CONT`, …) to process `pid`, as `kill -NAME pid` would.
+pub fn signal(pid: u32, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
