@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
 use neuroshard_common::identity::NodeKey;
+use neuroshard_common::tls::TlsFiles;
 use neuroshard_layer_registry::RegistryConfig;
 use neuroshard_local::{ChildGuard, PgServer, free_port, http_get};
 use neuroshard_model::checkpoint;
@@ -24,6 +25,8 @@ use neuroshard_swarm_gateway::config::ApiKey;
 /// Bytes one parameter costs on a node (the registry's default).
 const BYTES_PER_PARAM: i64 = 20;
 const NETWORK: &str = "neuroshard-local";
+/// How long asking one worker which span it has loaded may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping a process may take before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -52,6 +55,11 @@ pub struct SwarmOptions {
     /// Extra environment for every process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG`);
     /// they also inherit this process's environment.
     pub env: Vec<(String, String)>,
+    /// TLS on every gRPC link (registry, workers, the gateway's hops). Each process serves
+    /// with `cert_file` + `key_file`, which must name `127.0.0.1`; with `ca_file`, servers
+    /// require client certificates signed by it and every client presents the same pair
+    /// (mutual TLS). `None`: plaintext, as loopback allows.
+    pub tls: Option<TlsFiles>,
 }
 
 impl SwarmOptions {
@@ -69,6 +77,7 @@ impl SwarmOptions {
             hop_deadline_ms: 200,
             worker_threads: 1,
             env: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -125,7 +134,13 @@ impl LocalSwarm {
         progress(&format!("PostgreSQL ready on port {}", pg.port));
 
         let registry_port = free_port()?;
-        let registry_url = format!("http://127.0.0.1:{registry_port}");
+        let tls = options.tls.clone().unwrap_or_default();
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let registry_url = format!("{scheme}://127.0.0.1:{registry_port}");
         let registry_config = RegistryConfig {
             listen: ([127, 0, 0, 1], registry_port).into(),
             database_url: pg.url(),
@@ -135,6 +150,7 @@ impl LocalSwarm {
             dead_after_ms: options.dead_after_ms,
             watch_poll_ms: 100,
             model: model.clone(),
+            tls: tls.clone(),
             ..RegistryConfig::default()
         };
         let registry = spawn(
@@ -165,6 +181,8 @@ impl LocalSwarm {
             let port = free_port()?;
             let config = WorkerConfig {
                 listen: ([127, 0, 0, 1], port).into(),
+                advertise: Some(format!("{scheme}://127.0.0.1:{port}")),
+                tls: tls.clone(),
                 registry: registry_url.clone(),
                 network_id: NETWORK.into(),
                 key_file,
@@ -215,16 +233,14 @@ impl LocalSwarm {
             per_hop_deadline_ms: options.hop_deadline_ms,
             registry: registry_url.clone(),
             backoff_ms: 1_000,
+            tls: tls.clone(),
             training_report: Some(
                 options
                     .checkpoint
                     .join(neuroshard_model::training::TRAINING_REPORT_FILE),
             )
             .filter(|p| p.exists()),
-            node_pids: workers
-                .iter()
-                .map(|w| (w.node_id.clone(), w.process.pid()))
-                .collect::<BTreeMap<_, _>>(),
+            node_pids_file: Some(write_pids(&options.state_dir, &workers)?),
             ..GatewayConfig::default()
         };
         let gateway = spawn(
@@ -265,6 +281,7 @@ impl LocalSwarm {
             .with_context(|| format!("no local worker {node_id}"))?;
         worker.process.kill();
         worker.process = spawn_worker(&options, &worker.name, &worker.config)?;
+        write_pids(&options.state_dir, &self.workers)?;
         Ok(())
     }
 
@@ -304,7 +321,7 @@ impl LocalSwarm {
                             .all(|l| l["holders"].as_array().map(Vec::len).unwrap_or(0) >= want)
                 });
                 if live == self.workers.len() && replicated {
-                    let loaded = spans_loaded(&doc);
+                    let loaded = spans_loaded(&doc, self.options.tls.as_ref());
                     if loaded == self.workers.len() {
                         return Ok(());
                     }
@@ -346,7 +363,8 @@ impl LocalSwarm {
 
 /// How many nodes of the status document report (over gRPC `Info`) that they hold the span the
 /// registry assigned them: placement is published before workers finish loading weights.
-fn spans_loaded(doc: &serde_json::Value) -> usize {
+fn spans_loaded(doc: &serde_json::Value, tls: Option<&TlsFiles>) -> usize {
+    let tls = tls.cloned().unwrap_or_default();
     let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
     // A runtime on a thread of its own, so callers inside an async runtime (tests) can use
     // this too.
@@ -356,7 +374,7 @@ fn spans_loaded(doc: &serde_json::Value) -> usize {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map(|runtime| runtime.block_on(count_loaded(nodes)))
+                    .map(|runtime| runtime.block_on(count_loaded(nodes, &tls)))
                     .unwrap_or(0)
             })
             .join()
@@ -364,7 +382,7 @@ fn spans_loaded(doc: &serde_json::Value) -> usize {
     })
 }
 
-async fn count_loaded(nodes: Vec<serde_json::Value>) -> usize {
+async fn count_loaded(nodes: Vec<serde_json::Value>, tls: &TlsFiles) -> usize {
     use neuroshard_proto::worker::v1::InfoRequest;
     use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
     let mut loaded = 0;
@@ -376,10 +394,14 @@ async fn count_loaded(nodes: Vec<serde_json::Value>) -> usize {
         ) else {
             continue;
         };
-        let Ok(mut client) = ShardWorkerClient::connect(endpoint.to_string()).await else {
-            continue;
+        // Bounded: a worker registers before it serves, and a TLS handshake with it waits
+        // until it does.
+        let probe = async {
+            let channel = tls.connect(endpoint).await.ok()?;
+            let mut client = ShardWorkerClient::new(channel);
+            client.info(InfoRequest {}).await.ok()
         };
-        if let Ok(info) = client.info(InfoRequest {}).await
+        if let Ok(Some(info)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await
             && let Some(span) = info.into_inner().span
             && u64::from(span.start) == start
             && u64::from(span.end) == end
@@ -388,6 +410,21 @@ async fn count_loaded(nodes: Vec<serde_json::Value>) -> usize {
         }
     }
     loaded
+}
+
+/// Writes `state_dir/pids.json` (node id → pid) for the gateway's status document, replacing
+/// the file whole so the gateway never reads half of it. Returns its path.
+fn write_pids(state_dir: &Path, workers: &[LocalWorker]) -> anyhow::Result<PathBuf> {
+    let pids: BTreeMap<&str, u32> = workers
+        .iter()
+        .map(|w| (w.node_id.as_str(), w.process.pid()))
+        .collect();
+    let path = state_dir.join("pids.json");
+    let partial = state_dir.join("pids.json.partial");
+    std::fs::write(&partial, serde_json::to_string(&pids)?)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Starts one shard worker with its libtorch limited to the configured threads.

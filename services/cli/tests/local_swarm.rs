@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_local::{HttpResponse, http_get, http_request, open_request};
 use neuroshard_model::Shard;
-use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_tests::browser::{Chromium, attribute, element_text, start_tags};
-use neuroshard_text::sampling::SamplingParams;
 use neuroshard_text::tokenizer::TextTokenizer;
 
 const KEY: &str = "sk-test-0123456789abcdef";
@@ -87,28 +85,6 @@ fn sse_text(body: &str) -> (String, bool) {
     (text, done)
 }
 
-fn reference(f: &Fixture, prompt: &str, max_tokens: usize) -> String {
-    let ids = f.tokenizer.encode(prompt).unwrap();
-    let out = generate(
-        &f.model,
-        &ids,
-        &GenerateOptions {
-            max_tokens,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            stop_token: Some(f.tokenizer.eos_id()),
-        },
-        |_| Ok(()),
-    )
-    .unwrap();
-    // The gateway decodes as it streams: bytes that never complete a character (an untrained
-    // model emits many) are held back, not replaced. Decode the reference the same way.
-    let mut stream = f.tokenizer.stream();
-    out.iter().map(|&id| stream.push(id).unwrap()).collect()
-}
-
 #[test]
 fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     let mut f = start();
@@ -134,7 +110,10 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     let whole = json(&whole.body);
     let whole_text = whole["choices"][0]["text"].as_str().unwrap().to_string();
     assert_eq!(streamed_text, whole_text);
-    assert_eq!(whole_text, reference(&f, prompt, 40));
+    assert_eq!(
+        whole_text,
+        support::greedy_text(&f.model, &f.tokenizer, prompt, 40)
+    );
     assert_eq!(
         whole["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
         f.tokenizer.encode(prompt).unwrap().len()
@@ -188,7 +167,7 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     }
 
     // Failover through the gateway: kill -9 the worker on the last hop mid-stream.
-    let expected = reference(&f, prompt, 64);
+    let expected = support::greedy_text(&f.model, &f.tokenizer, prompt, 64);
     let body = format!(
         r#"{{"model":"neurollm","prompt":"{prompt}","max_tokens":64,"temperature":0,"stream":true}}"#
     );

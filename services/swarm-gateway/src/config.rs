@@ -48,8 +48,10 @@ pub struct GatewayConfig {
     /// The `training.json` of the served checkpoint, when there is one: its loss curves are
     /// shown as the finished run that produced these weights.
     pub training_report: Option<PathBuf>,
-    /// Node id → process id, set by the local swarm so the dashboard can show processes.
-    pub node_pids: std::collections::BTreeMap<String, u32>,
+    /// A JSON object of node id → process id, kept by the local swarm so the dashboard can
+    /// show processes; read again for every status document, so restarted workers show
+    /// their new process.
+    pub node_pids_file: Option<PathBuf>,
 }
 
 /// One API key. `Debug` never shows the key.
@@ -100,7 +102,7 @@ impl Default for GatewayConfig {
             min_replicas: 2,
             tls: neuroshard_common::tls::TlsFiles::default(),
             training_report: None,
-            node_pids: std::collections::BTreeMap::new(),
+            node_pids_file: None,
         }
     }
 }

@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use neuroshard_common::ModelConfig;
+use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_model::tch::{Device, Kind};
 use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
 use neuroshard_tests::workspace_binary;
+use neuroshard_text::sampling::SamplingParams;
 use neuroshard_text::tokenizer::TextTokenizer;
 
 /// A small corpus of play-like words for a tokenizer with real merges.
@@ -80,4 +82,32 @@ pub fn signal(pid: u32, name: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{name} {pid}");
+}
+
+/// The text `model` generates greedily for `prompt` in process, decoded as the gateway decodes
+/// while it streams: bytes that never complete a character (an untrained model emits many)
+/// are held back, not replaced.
+pub fn greedy_text(
+    model: &Shard,
+    tokenizer: &TextTokenizer,
+    prompt: &str,
+    max_tokens: usize,
+) -> String {
+    let ids = tokenizer.encode(prompt).unwrap();
+    let out = generate(
+        model,
+        &ids,
+        &GenerateOptions {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            stop_token: Some(tokenizer.eos_id()),
+        },
+        |_| Ok(()),
+    )
+    .unwrap();
+    let mut stream = tokenizer.stream();
+    out.iter().map(|&id| stream.push(id).unwrap()).collect()
 }

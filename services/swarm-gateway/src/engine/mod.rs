@@ -60,8 +60,8 @@ pub struct EngineConfig {
     pub max_message_bytes: usize,
     /// How long [`SwarmEngine::connect`] waits for the first assignment.
     pub connect_timeout: Duration,
-    /// Node id → process id (local swarm), for the status document.
-    pub node_pids: std::collections::BTreeMap<String, u32>,
+    /// JSON file of node id → process id (local swarm), read for each status document.
+    pub node_pids_file: Option<std::path::PathBuf>,
 }
 
 impl EngineConfig {
@@ -79,7 +79,7 @@ impl EngineConfig {
             max_backoff: Duration::from_secs(60),
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(30),
-            node_pids: Default::default(),
+            node_pids_file: None,
         }
     }
 
@@ -94,7 +94,7 @@ impl EngineConfig {
             min_replicas: config.min_replicas,
             backoff: Duration::from_millis(config.backoff_ms),
             max_backoff: Duration::from_millis(config.max_backoff_ms),
-            node_pids: config.node_pids.clone(),
+            node_pids_file: config.node_pids_file.clone(),
             ..Self::new(&config.registry, &config.model)
         }
     }
@@ -265,6 +265,13 @@ impl Generator for SwarmEngine {
         let view = self.inner.view();
         let instant = Instant::now();
         let stats = self.inner.stats().clone();
+        let pids = self
+            .inner
+            .config
+            .node_pids_file
+            .as_deref()
+            .map(read_pids)
+            .unwrap_or_default();
         let nodes = view
             .nodes
             .iter()
@@ -274,7 +281,7 @@ impl Generator for SwarmEngine {
                 span: [n.start, n.end],
                 role: view::role_name(n.role).into(),
                 state: view::state_name(n.state).into(),
-                pid: self.inner.config.node_pids.get(&n.id).copied(),
+                pid: pids.get(&n.id).copied(),
                 tokens_per_s: n.tokens_per_s,
                 memory_bytes: n.memory_bytes,
                 queue_depth: stats.in_flight(&n.id),
@@ -320,6 +327,18 @@ impl Generator for SwarmEngine {
                 .clone(),
         }
     }
+}
+
+/// The node id → pid map in `path`; empty (with a debug log) when it cannot be read, since
+/// pids only decorate the status document.
+fn read_pids(path: &std::path::Path) -> std::collections::BTreeMap<String, u32> {
+    std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            tracing::debug!(path = %path.display(), error = %e, "node pids unreadable");
+            Default::default()
+        })
 }
 
 /// Parameter count of the published architecture (the shared formula in `common`).
