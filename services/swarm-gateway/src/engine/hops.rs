@@ -262,3 +262,130 @@ fn classify(status: tonic::Status) -> HopError {
         code => HopError::Failed(format!("{code:?}: {}", status.message())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_millis(100);
+
+    /// A channel to a real gRPC server on loopback that serves only health, reporting
+    /// `status` for the whole server. The reporter is returned to keep it alive.
+    async fn health_server(
+        status: tonic_health::ServingStatus,
+    ) -> (Channel, tonic_health::server::HealthReporter) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", status).await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
+        );
+        let channel = TlsFiles::default()
+            .connect(&format!("http://{addr}"))
+            .await
+            .unwrap();
+        (channel, reporter)
+    }
+
+    /// A call that answers 7 after `delay`, as a busy node does.
+    async fn answers_after(delay: Duration) -> Result<u32, tonic::Status> {
+        tokio::time::sleep(delay).await;
+        Ok(7)
+    }
+
+    #[tokio::test]
+    async fn a_busy_node_that_answers_the_probe_keeps_its_call() {
+        let (channel, _reporter) = health_server(tonic_health::ServingStatus::Serving).await;
+        let started = Instant::now();
+        let delay = DEADLINE * 3 + DEADLINE / 2;
+        let out = patiently(
+            &channel,
+            answers_after(delay),
+            DEADLINE,
+            Duration::from_secs(5),
+            started,
+        )
+        .await;
+        assert_eq!(
+            out.unwrap(),
+            7,
+            "three passed deadlines, each probe answered"
+        );
+        assert!(started.elapsed() >= delay);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_fails_the_probe_is_given_up_after_one_deadline() {
+        let (channel, _reporter) = health_server(tonic_health::ServingStatus::NotServing).await;
+        let started = Instant::now();
+        let out = patiently(
+            &channel,
+            answers_after(Duration::from_secs(5)),
+            DEADLINE,
+            Duration::from_secs(5),
+            started,
+        )
+        .await;
+        assert!(matches!(out, Err(HopError::Timeout)), "{out:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= DEADLINE && took < DEADLINE + PROBE_TIMEOUT + Duration::from_millis(400),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_node_does_not_answer_the_probe() {
+        // Connected, then frozen (as SIGSTOP leaves a process): the kernel keeps the
+        // connection but nothing answers on it.
+        let (channel, _reporter) = health_server(tonic_health::ServingStatus::Serving).await;
+        assert!(alive(&channel).await);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let frozen = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap()
+        .connect_lazy();
+        let started = Instant::now();
+        assert!(!alive(&frozen).await);
+        assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_millis(400));
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn patience_ends_at_the_ceiling() {
+        let (channel, _reporter) = health_server(tonic_health::ServingStatus::Serving).await;
+        let started = Instant::now();
+        let ceiling = DEADLINE * 4;
+        let out = patiently(
+            &channel,
+            answers_after(Duration::from_secs(5)),
+            DEADLINE,
+            ceiling,
+            started,
+        )
+        .await;
+        assert!(matches!(out, Err(HopError::Timeout)), "{out:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= ceiling && took < ceiling + Duration::from_millis(600),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn the_clients_own_timeout_counts_as_a_timeout() {
+        assert!(matches!(
+            classify(tonic::Status::cancelled("timeout")),
+            HopError::Timeout
+        ));
+        assert!(matches!(
+            classify(tonic::Status::invalid_argument("span")),
+            HopError::Failed(m) if m.contains("span")
+        ));
+    }
+}
