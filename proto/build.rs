@@ -1,5 +1,6 @@
-//! Compiles the .proto files with protox (pure Rust, no protoc) and generates prost messages
-//! and tonic clients/servers, plus a file descriptor set for gRPC reflection.
+//! Compiles the .proto files with protox (pure Rust, no protoc) and generates prost messages,
+//! the tonic clients/servers when the `grpc` feature is on, and a file descriptor set for gRPC
+//! reflection.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("neuroshard_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
+        .compile_fds(descriptors)?;
     Ok(())
 }

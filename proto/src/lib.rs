@@ -1,23 +1,27 @@
 //! NeuroShard's gRPC contract. One module per proto package; field numbers are never reused.
 //! `FILE_DESCRIPTOR_SET` feeds gRPC reflection in every service.
+//!
+//! The messages are plain prost types; the tonic clients and servers (`*_client`,
+//! `*_server` modules) exist only with the `grpc` feature, so a library that carries wire
+//! types without speaking gRPC does not compile a transport.
 
 #![allow(missing_debug_implementations, clippy::derive_partial_eq_without_eq)] // generated code
 
 pub mod common {
     pub mod v1 {
-        tonic::include_proto!("neuroshard.common.v1");
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.common.v1.rs"));
     }
 }
 
 pub mod registry {
     pub mod v1 {
-        tonic::include_proto!("neuroshard.registry.v1");
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.registry.v1.rs"));
     }
 }
 
 pub mod worker {
     pub mod v1 {
-        tonic::include_proto!("neuroshard.worker.v1");
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.worker.v1.rs"));
     }
 }
 

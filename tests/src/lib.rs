@@ -1,8 +1,10 @@
 //! Harness for tests that need real components. Process, port and PostgreSQL helpers live in
 //! `neuroshard-local` (the local swarm uses them too) and are re-exported here; [`browser`]
-//! runs pages in headless Chromium (DOM after scripts, screenshots) for the dashboard's tests.
+//! runs pages in headless Chromium (DOM after scripts, screenshots) for the dashboard's tests;
+//! [`layering`] checks the workspace's dependency rules.
 
 pub mod browser;
+pub mod layering;
 
 use std::path::{Path, PathBuf};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
 use neuroshard_common::identity::NodeKey;
-use neuroshard_common::tls::TlsFiles;
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_layer_registry::RegistryConfig;
 use neuroshard_local::{ChildGuard, PgServer, free_port, http_get};
 use neuroshard_model::checkpoint;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
-use neuroshard_common::tls::TlsFiles;
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_local::{http_get, http_request};
 use neuroshard_proto::registry::v1::GetAssignmentRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;

@@ -34,7 +34,7 @@ pub struct RegistryConfig {
     /// Where the architecture comes from: this config, or live capacity.
     pub architecture: ArchitectureConfig,
     /// Serve TLS when cert_file and key_file are set (mutual with ca_file).
-    pub tls: neuroshard_common::tls::TlsFiles,
+    pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -75,7 +75,7 @@ impl Default for RegistryConfig {
             bytes_per_param: 20,
             model: ModelConfig::small(4096),
             architecture: ArchitectureConfig::default(),
-            tls: neuroshard_common::tls::TlsFiles::default(),
+            tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
         }
     }
@@ -174,7 +174,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/layer-registry.example.toml");
         let config: RegistryConfig =
-            neuroshard_common::config::load(Some(&path), "NEUROSHARD_REGISTRY", Vec::new())
+            neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_REGISTRY", Vec::new())
                 .unwrap();
         config.validate().unwrap();
         assert_eq!(config, RegistryConfig::default());
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn auto_mode_takes_the_uncapacitated_fields_from_model() {
-        let config: RegistryConfig = neuroshard_common::config::load(
+        let config: RegistryConfig = neuroshard_runtime::config::load(
             None,
             "NEUROSHARD_REGISTRY",
             [
@@ -245,5 +245,17 @@ mod tests {
                 .to_string()
                 .contains("suspect_after_ms")
         );
+    }
+}
+
+impl neuroshard_runtime::ServiceConfig for RegistryConfig {
+    const ENV_PREFIX: &'static str = "NEUROSHARD_REGISTRY";
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        RegistryConfig::validate(self)
     }
 }

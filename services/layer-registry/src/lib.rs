@@ -23,6 +23,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use neuroshard_common::Error;
+use neuroshard_runtime::telemetry::names;
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistryServer;
 
 pub use config::RegistryConfig;
@@ -33,9 +35,10 @@ pub async fn run(
     config: RegistryConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     config.validate()?;
-    let _metrics = neuroshard_common::telemetry::metrics::serve(config.metrics_listen).await?;
+    let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    names::describe(names::registry::TABLE);
     let store = store::Store::connect(&config.database_url).await?;
     let config = Arc::new(config);
     let service = RegistryService::new(store, config.clone());
@@ -56,27 +59,18 @@ pub async fn run(
         })
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<LayerRegistryServer<RegistryService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tracing::info!(listen = %listener.local_addr()?, network = %config.network_id, "layer-registry serving");
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = config.tls.server()? {
-        server = server.tls_config(tls)?;
-    }
-    let result = server
-        .trace_fn(neuroshard_common::telemetry::propagation::server_span)
-        .layer(neuroshard_common::telemetry::metrics::GrpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(LayerRegistryServer::new(service))
-        .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
-        .await;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("listener: {e}")))?;
+    tracing::info!(%listen, network = %config.network_id, "layer-registry serving");
+    let result = neuroshard_runtime::grpc::serve(
+        listener,
+        config.tls.server()?,
+        LayerRegistryServer::new(service),
+        shutdown,
+    )
+    .await;
     reaper.abort();
     tracing::info!("layer-registry stopped");
-    Ok(result?)
+    result
 }

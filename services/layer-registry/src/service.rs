@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use neuroshard_runtime::telemetry::names::registry as names;
 use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
 use neuroshard_common::{Error, Result};
@@ -298,7 +299,7 @@ impl LayerRegistry for RegistryService {
 /// not go away, nodes turning suspect).
 fn record_snapshot_metrics(snapshot: &AssignmentSnapshot) {
     use neuroshard_proto::registry::v1::NodeState;
-    metrics::gauge!("registry_assignment_version").set(snapshot.version as f64);
+    metrics::gauge!(names::ASSIGNMENT_VERSION).set(snapshot.version as f64);
     for state in [
         NodeState::Live,
         NodeState::Suspect,
@@ -310,13 +311,13 @@ fn record_snapshot_metrics(snapshot: &AssignmentSnapshot) {
             .iter()
             .filter(|n| n.state == state as i32)
             .count();
-        metrics::gauge!("registry_nodes", "state" => state.as_str_name().trim_start_matches("NODE_STATE_").to_lowercase())
+        metrics::gauge!(names::NODES, "state" => state.as_str_name().trim_start_matches("NODE_STATE_").to_lowercase())
             .set(count as f64);
     }
     let missing: u32 = snapshot.deficits.iter().map(|d| d.missing).sum();
-    metrics::gauge!("registry_replica_deficit").set(f64::from(missing));
-    metrics::gauge!("registry_pipelines").set(snapshot.pipelines.len() as f64);
+    metrics::gauge!(names::REPLICA_DEFICIT).set(f64::from(missing));
+    metrics::gauge!(names::PIPELINES).set(snapshot.pipelines.len() as f64);
     if let Some(architecture) = &snapshot.architecture {
-        metrics::gauge!("registry_model_layers").set(f64::from(architecture.num_layers));
+        metrics::gauge!(names::MODEL_LAYERS).set(f64::from(architecture.num_layers));
     }
 }

@@ -381,7 +381,7 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
         .env("NEUROSHARD_REGISTRY_TLS__KEY_FILE", &key_file)
         .env("RUST_LOG", "warn");
     let _registry = ChildGuard::spawn(command).unwrap();
-    let tls = neuroshard_common::tls::TlsFiles {
+    let tls = neuroshard_runtime::tls::TlsFiles {
         ca_file: Some(ca_file),
         ..Default::default()
     };
@@ -403,7 +403,7 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
     if let Ok(mut plain) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
         assert!(plain.get_assignment(GetAssignmentRequest {}).await.is_err());
     }
-    let err = neuroshard_common::tls::TlsFiles::default()
+    let err = neuroshard_runtime::tls::TlsFiles::default()
         .connect(&url)
         .await
         .unwrap_err();
@@ -415,7 +415,7 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
         "other.crt",
         other_params.self_signed(&other_ca_key).unwrap().pem(),
     );
-    let wrong = neuroshard_common::tls::TlsFiles {
+    let wrong = neuroshard_runtime::tls::TlsFiles {
         ca_file: Some(other_ca),
         ..Default::default()
     };

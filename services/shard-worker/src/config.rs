@@ -39,7 +39,7 @@ pub struct WorkerConfig {
     /// Size of the chunks this worker cuts streamed responses into.
     pub stream_chunk_bytes: usize,
     /// Serve TLS with cert_file + key_file; trust ca_file for https:// peers (the registry).
-    pub tls: neuroshard_common::tls::TlsFiles,
+    pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -64,7 +64,7 @@ impl Default for WorkerConfig {
             max_tensor_bytes: 256 << 20,
             max_stream_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
             stream_chunk_bytes: 1 << 20,
-            tls: neuroshard_common::tls::TlsFiles::default(),
+            tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
         }
     }
@@ -114,8 +114,20 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/shard-worker.example.toml");
         let config: WorkerConfig =
-            neuroshard_common::config::load(Some(&path), "NEUROSHARD_WORKER", Vec::new()).unwrap();
+            neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_WORKER", Vec::new()).unwrap();
         assert_eq!(config, WorkerConfig::default());
         config.validate().unwrap();
+    }
+}
+
+impl neuroshard_runtime::ServiceConfig for WorkerConfig {
+    const ENV_PREFIX: &'static str = "NEUROSHARD_WORKER";
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        WorkerConfig::validate(self)
     }
 }

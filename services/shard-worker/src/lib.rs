@@ -20,8 +20,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use neuroshard_common::ModelConfig;
+use neuroshard_common::{Error, ErrorKind, ModelConfig};
 use neuroshard_common::identity::NodeKey;
+use neuroshard_runtime::telemetry::names;
 use neuroshard_common::tensor::Limits;
 use neuroshard_model::device::{parse_device, parse_dtype};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
@@ -38,9 +39,10 @@ pub async fn run(
     config: WorkerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     config.validate()?;
-    let _metrics = neuroshard_common::telemetry::metrics::serve(config.metrics_listen).await?;
+    let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    names::describe(names::worker::TABLE);
     let key = NodeKey::load_or_create(&config.key_file)?;
     let device = parse_device(&config.device)?;
     let kind = parse_dtype(&config.dtype)?;
@@ -62,7 +64,12 @@ pub async fn run(
     let endpoint = config
         .advertise
         .clone()
-        .unwrap_or(format!("{scheme}://{}", listener.local_addr()?));
+        .unwrap_or(format!(
+            "{scheme}://{}",
+            listener
+                .local_addr()
+                .map_err(|e| Error::internal(format!("listener: {e}")))?
+        ));
     let state = Arc::new(service::WorkerState {
         node_id: key.node_id().to_string(),
         loaded: Mutex::new(None),
@@ -94,7 +101,15 @@ pub async fn run(
         } as i32,
         tokens_per_second: throughput,
     };
-    let snapshot = link.register(&endpoint, capacity).await?;
+    let snapshot = link
+        .register(&endpoint, capacity)
+        .await
+        .map_err(|status| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("registering with {}: {}", config.registry, status.message()),
+            )
+        })?;
     node::apply(&state, &snapshot, &plan).await?;
     let follower = tokio::spawn(node::follow(
         state.clone(),
@@ -103,30 +118,11 @@ pub async fn run(
         Duration::from_millis(config.heartbeat_interval_ms.max(50)),
     ));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ShardWorkerServer<service::WorkerService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = server_tls {
-        server = server.tls_config(tls)?;
-    }
-    let result = server
-        .trace_fn(neuroshard_common::telemetry::propagation::server_span)
-        .layer(neuroshard_common::telemetry::metrics::GrpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            ShardWorkerServer::new(service::WorkerService { state })
-                .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(neuroshard_common::grpc::incoming(listener), shutdown)
-        .await;
+    let service = ShardWorkerServer::new(service::WorkerService { state })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let result = neuroshard_runtime::grpc::serve(listener, server_tls, service, shutdown).await;
     follower.abort();
     tracing::info!("shard-worker stopped");
-    Ok(result?)
+    result
 }

@@ -30,10 +30,6 @@ pub struct LoadPlan {
     pub kind: Kind,
 }
 
-fn model_err(e: neuroshard_model::ModelError) -> Error {
-    Error::internal(e.to_string())
-}
-
 /// Loads layers [start, end) of the published architecture `arch` as `plan` says. Growth
 /// appends layers (see `neuroshard_common::growth`), so the layers the registry added since the
 /// weights were made are identity blocks drawn from the seed, and the function is the one the
@@ -42,10 +38,10 @@ fn model_err(e: neuroshard_model::ModelError) -> Error {
 pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
     let config = &arch.config;
     let spec =
-        ShardSpec::span(i64::from(start), i64::from(end), config.num_layers).map_err(model_err)?;
+        ShardSpec::span(i64::from(start), i64::from(end), config.num_layers).map_err(Error::from)?;
     let (base, origin) = match &plan.checkpoint {
         Some(dir) => {
-            let stored = checkpoint::read_config(dir).map_err(model_err)?;
+            let stored = checkpoint::read_config(dir).map_err(Error::from)?;
             let same_shape = stored
                 == ModelConfig {
                     num_layers: stored.num_layers,
@@ -75,7 +71,7 @@ pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan
         plan.device,
         plan.kind,
     )
-    .map_err(model_err)
+    .map_err(Error::from)
 }
 
 /// Tokens per second through one decoder layer of `config` on this device (64-token chunks):
@@ -87,20 +83,20 @@ pub fn measure_throughput(config: &ModelConfig, device: Device, kind: Kind) -> R
         embed: false,
         head: false,
     };
-    let mut shard = Shard::new(config, spec, device, kind).map_err(model_err)?;
-    init::initialize(&mut shard, 0).map_err(model_err)?;
+    let mut shard = Shard::new(config, spec, device, kind).map_err(Error::from)?;
+    init::initialize(&mut shard, 0).map_err(Error::from)?;
     let _guard = neuroshard_model::tch::no_grad_guard();
     let seq = 64.min(config.max_seq_len);
     let x = Tensor::randn([1, seq, config.hidden_size], (kind, device));
     let _ = shard
         .forward(ShardInput::Hidden(&x), None)
-        .map_err(model_err)?;
+        .map_err(Error::from)?;
     let started = Instant::now();
     let rounds = 5;
     for _ in 0..rounds {
         let _ = shard
             .forward(ShardInput::Hidden(&x), None)
-            .map_err(model_err)?;
+            .map_err(Error::from)?;
     }
     Ok((rounds * seq) as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

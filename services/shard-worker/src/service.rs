@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use neuroshard_runtime::telemetry::names::worker as names;
 use neuroshard_common::tensor::Limits;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_model::tch::{Kind, Tensor};
-use neuroshard_model::{ModelError, Shard, ShardInput};
+use neuroshard_model::{Shard, ShardInput};
 use neuroshard_proto::common::v1::{LayerSpan, Role, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorker;
 use neuroshard_proto::worker::v1::{
@@ -47,15 +48,6 @@ pub struct WorkerState {
     pub max_stream_chunks: usize,
     /// Size of the chunks streamed responses are cut into.
     pub stream_chunk_bytes: usize,
-}
-
-fn model_error(error: ModelError) -> Error {
-    match error {
-        ModelError::InvalidInput(message) | ModelError::InvalidSpan(message) => {
-            Error::invalid_argument(message)
-        }
-        other => Error::internal(other.to_string()),
-    }
 }
 
 fn lock(state: &WorkerState) -> Result<std::sync::MutexGuard<'_, Option<Loaded>>> {
@@ -120,9 +112,9 @@ fn run(
     } else {
         ShardInput::Hidden(input)
     };
-    let out = shard.forward(x, Some(cache)).map_err(model_error)?;
-    metrics::counter!("worker_positions_total").increment(positions.max(0) as u64);
-    metrics::histogram!("worker_span_compute_seconds").record(started.elapsed().as_secs_f64());
+    let out = shard.forward(x, Some(cache)).map_err(Error::from)?;
+    metrics::counter!(names::POSITIONS).increment(positions.max(0) as u64);
+    metrics::histogram!(names::SPAN_COMPUTE_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(if shard.spec().head {
         let seq = out.size()[1];
         out.narrow(1, seq - 1, 1).to_kind(Kind::Float)
@@ -336,12 +328,7 @@ impl ShardWorker for WorkerService {
         let (span, role, sessions, architecture_version) = match guard.as_ref() {
             Some(l) => {
                 let spec = l.shard.spec();
-                let role = match (spec.embed, spec.head) {
-                    (true, true) => Role::Full,
-                    (true, false) => Role::Driver,
-                    (false, true) => Role::Validator,
-                    (false, false) => Role::Worker,
-                };
+                let role = neuroshard_common::role::Role::from_ends(spec.embed, spec.head).to_wire();
                 (
                     Some(LayerSpan {
                         start: spec.start as u32,

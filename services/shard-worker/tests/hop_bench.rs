@@ -80,7 +80,7 @@ async fn serve(shard: Shard) -> String {
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
-            .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
+            .serve_with_incoming(neuroshard_runtime::grpc::incoming(listener)),
     );
     format!("http://{addr}")
 }

@@ -1,5 +1,5 @@
 //! Gateway configuration: defaults < `--config` TOML file < `NEUROSHARD_GATEWAY_*` environment
-//! (see `neuroshard_common::config`). See `deploy/swarm-gateway.example.toml`.
+//! (see `neuroshard_runtime::config`). See `deploy/swarm-gateway.example.toml`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ pub struct GatewayConfig {
     pub min_replicas: u32,
     /// TLS for `https://` registry and worker endpoints (trust `ca_file`, present
     /// `cert_file` + `key_file` for mutual TLS).
-    pub tls: neuroshard_common::tls::TlsFiles,
+    pub tls: neuroshard_runtime::tls::TlsFiles,
     /// The `training.json` of the served checkpoint, when there is one: its loss curves are
     /// shown as the finished run that produced these weights.
     pub training_report: Option<PathBuf>,
@@ -100,7 +100,7 @@ impl Default for GatewayConfig {
             backoff_ms: 2_000,
             max_backoff_ms: 60_000,
             min_replicas: 2,
-            tls: neuroshard_common::tls::TlsFiles::default(),
+            tls: neuroshard_runtime::tls::TlsFiles::default(),
             training_report: None,
             node_pids_file: None,
         }
@@ -119,16 +119,6 @@ impl Default for Limits {
 }
 
 impl GatewayConfig {
-    /// Loads defaults < `file` < `NEUROSHARD_GATEWAY_*` variables of `env`, then validates.
-    pub fn load(
-        file: Option<&std::path::Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, Error> {
-        let config: Self = neuroshard_common::config::load(file, ENV_PREFIX, env)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks what types cannot express. Messages name the field and never show a key.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Error::invalid_argument(m);
@@ -217,6 +207,7 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use neuroshard_runtime::ServiceConfig;
 
     fn example_path() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/swarm-gateway.example.toml")
@@ -338,5 +329,17 @@ mod tests {
             assert!(err.contains(needle), "{needle}: {err}");
             assert!(!err.contains("0123456789abcdef"), "{err}");
         }
+    }
+}
+
+impl neuroshard_runtime::ServiceConfig for GatewayConfig {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        GatewayConfig::validate(self)
     }
 }

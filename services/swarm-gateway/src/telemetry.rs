@@ -30,7 +30,7 @@ pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
 /// `neuroshard-common`), with the gateway's metrics described on first call.
 pub fn prometheus() -> Result<PrometheusHandle, Error> {
     static DESCRIBED: Once = Once::new();
-    let handle = neuroshard_common::telemetry::metrics::handle().clone();
+    let handle = neuroshard_runtime::telemetry::metrics::handle().clone();
     DESCRIBED.call_once(describe);
     Ok(handle)
 }

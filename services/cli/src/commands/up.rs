@@ -75,7 +75,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(neuroshard_common::shutdown::signal());
+    runtime.block_on(neuroshard_runtime::shutdown::signal());
     println!("\n==> stopping");
     swarm.stop();
     println!("stopped; nothing left running");

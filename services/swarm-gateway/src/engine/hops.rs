@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use neuroshard_common::telemetry::propagation;
-use neuroshard_common::tls::TlsFiles;
+use neuroshard_runtime::telemetry::propagation;
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
@@ -281,7 +281,7 @@ mod tests {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
+                .serve_with_incoming(neuroshard_runtime::grpc::incoming(listener)),
         );
         let channel = TlsFiles::default()
             .connect(&format!("http://{addr}"))

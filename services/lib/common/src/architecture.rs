@@ -22,6 +22,11 @@ pub const GB: u64 = 1_000_000_000;
 /// (memory in bytes, layers) anchors of the depth curve.
 const ANCHORS: [(f64, f64); 3] = [(40e9, 16.0), (800e9, 32.0), (8e12, 64.0)];
 
+/// Bytes one parameter costs on a training node: f32 weight, gradient, AdamW's two moments,
+/// and the DiLoCo round-start copy (5 × 4 bytes). The default of every memory budget that
+/// decides placement and shape.
+pub const TRAINING_BYTES_PER_PARAM: u64 = 20;
+
 /// What goes into the shape decision besides memory and node count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchitecturePolicy {
@@ -30,8 +35,7 @@ pub struct ArchitecturePolicy {
     pub rope_theta: f64,
     pub rms_eps: f64,
     pub replicas: u64,
-    /// Bytes one parameter costs on a training node: f32 weight, gradient, AdamW's two
-    /// moments, and the DiLoCo round-start copy (5 × 4 bytes).
+    /// Bytes one parameter costs on a training node ([`TRAINING_BYTES_PER_PARAM`]).
     pub training_bytes_per_param: u64,
     /// The depth curve reads total memory multiplied by this. 1 is the design's curve
     /// (40 GB → 16 layers); a local demo or a test raises it so that a few small nodes
@@ -48,7 +52,7 @@ impl Default for ArchitecturePolicy {
             rope_theta: 10_000.0,
             rms_eps: 1e-6,
             replicas: MIN_REPLICAS,
-            training_bytes_per_param: 20,
+            training_bytes_per_param: TRAINING_BYTES_PER_PARAM,
             depth_curve_scale: 1.0,
         }
     }

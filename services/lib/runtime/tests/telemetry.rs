@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use neuroshard_common::telemetry::{metrics, propagation};
+use neuroshard_runtime::telemetry::{metrics, propagation};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tonic_health::pb::health_client::HealthClient;
@@ -35,7 +35,7 @@ async fn trace_context_crosses_a_grpc_call_and_metrics_count_it() {
             .trace_fn(propagation::server_span)
             .layer(metrics::GrpcMetricsLayer)
             .add_service(health)
-            .serve_with_incoming(neuroshard_common::grpc::incoming(listener)),
+            .serve_with_incoming(neuroshard_runtime::grpc::incoming(listener)),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

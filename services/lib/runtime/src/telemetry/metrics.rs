@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::error::{Error, ErrorKind};
+use neuroshard_common::error::{Error, ErrorKind};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -150,14 +150,14 @@ where
                 Err(_) => "Transport".to_string(),
             };
             metrics::counter!(
-                "grpc_server_handled_total",
+                super::names::grpc::SERVER_HANDLED,
                 "service" => service.clone(),
                 "method" => method.clone(),
                 "code" => code
             )
             .increment(1);
             metrics::histogram!(
-                "grpc_server_handling_seconds",
+                super::names::grpc::SERVER_HANDLING_SECONDS,
                 "service" => service,
                 "method" => method
             )

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use neuroshard_common::error::{Error, Result};
 
 /// Merges defaults < `file` < environment variables starting with `prefix` into `T`.
 pub fn load<T>(

@@ -6,10 +6,12 @@
 //!   [`Telemetry`] guard whose [`Telemetry::shutdown`] flushes spans still buffered;
 //! - [`metrics`]: the Prometheus recorder, the `/metrics` HTTP endpoint, and a tower layer that
 //!   counts and times every gRPC call a server handles;
+//! - [`names`]: every metric name, one table per service, described once at start;
 //! - [`propagation`]: W3C `traceparent` in gRPC metadata, so one request is one trace across
 //!   the gateway and every worker hop.
 
 pub mod metrics;
+pub mod names;
 pub mod propagation;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -17,7 +19,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::error::{Error, ErrorKind};
+use neuroshard_common::error::{Error, ErrorKind};
 
 /// The environment variable that turns OTLP trace export on (standard OpenTelemetry name).
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -52,6 +54,7 @@ pub fn init(service: &str) -> Result<Telemetry, Error> {
     propagation::install_propagator();
     // Metrics recorded before a recorder exists are dropped: install it first.
     metrics::handle();
+    names::describe(names::grpc::TABLE);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()

@@ -55,7 +55,7 @@ pub struct WorkerClient {
 }
 
 impl WorkerClient {
-    /// Over `channel` (plain or TLS, e.g. from `neuroshard_common::tls::TlsFiles::connect`).
+    /// Over `channel` (plain or TLS, e.g. from `neuroshard_runtime::tls::TlsFiles::connect`).
     pub fn new(channel: Channel, options: ClientOptions) -> Self {
         let inner = ShardWorkerClient::new(channel)
             .max_decoding_message_size(options.max_message_bytes)

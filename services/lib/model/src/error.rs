@@ -89,3 +89,61 @@ impl ModelError {
         }
     }
 }
+
+impl ModelError {
+    /// Where this failure falls in the one taxonomy: what a caller sent or configured wrong
+    /// is theirs to fix, a missing or unreadable file is a precondition of the node, and only
+    /// libtorch failures are ours.
+    pub fn kind(&self) -> neuroshard_common::ErrorKind {
+        use neuroshard_common::ErrorKind;
+        match self {
+            Self::InvalidConfig(_) | Self::InvalidSpan(_) | Self::InvalidInput(_) => {
+                ErrorKind::InvalidArgument
+            }
+            Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            Self::Io { .. }
+            | Self::Json { .. }
+            | Self::Checkpoint { .. }
+            | Self::MissingTensor { .. }
+            | Self::ShapeMismatch { .. }
+            | Self::UnsupportedDtype { .. }
+            | Self::Tokenizer(_)
+            | Self::Data(_) => ErrorKind::FailedPrecondition,
+            Self::Training(_) | Self::Torch(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<ModelError> for neuroshard_common::Error {
+    fn from(error: ModelError) -> Self {
+        Self::new(error.kind(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuroshard_common::ErrorKind;
+
+    #[test]
+    fn model_errors_keep_their_kind_in_the_taxonomy() {
+        let shape: neuroshard_common::Error = ModelError::InvalidInput("hidden [1, 3]".into()).into();
+        assert_eq!(shape.kind, ErrorKind::InvalidArgument);
+        assert!(shape.message.contains("hidden [1, 3]"));
+        let missing = ModelError::io(
+            "/nowhere/config.json",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(neuroshard_common::Error::from(missing).kind, ErrorKind::NotFound);
+        let tensor = ModelError::MissingTensor {
+            path: "ckpt".into(),
+            name: "lm_head.weight".into(),
+        };
+        assert_eq!(
+            neuroshard_common::Error::from(tensor).kind,
+            ErrorKind::FailedPrecondition
+        );
+    }
+}

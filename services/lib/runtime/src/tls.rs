@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::error::{Error, Result};
+use neuroshard_common::error::{Error, Result};
 
 /// PEM files for one process's TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ impl TlsFiles {
         }
         endpoint.connect().await.map_err(|e| {
             Error::new(
-                crate::ErrorKind::Unavailable,
+                neuroshard_common::ErrorKind::Unavailable,
                 format!("connecting to {url}: {e}"),
             )
         })

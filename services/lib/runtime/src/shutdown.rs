@@ -1,5 +1,11 @@
 //! Graceful shutdown: a future that completes on SIGTERM or Ctrl-C, for `run(config, shutdown)`.
 
+use std::future::Future;
+use std::pin::Pin;
+
+/// The shutdown future [`crate::service_main`] hands to a service's `run`.
+pub type Signal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).
 pub async fn signal() {
     #[cfg(unix)]
