@@ -143,11 +143,13 @@ pub struct LayeringError(String);
 /// crate, so each crate's dependencies are resolved with its own features, as `cargo build -p`
 /// would).
 pub fn workspace_crates(cargo: &Path, root: &Path) -> Result<Vec<Crate>, LayeringError> {
-    let out = run(
-        Command::new(cargo)
-            .current_dir(root)
-            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"]),
-    )?;
+    let out = run(Command::new(cargo).current_dir(root).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]))?;
     let metadata: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| LayeringError(format!("cargo metadata: {e}")))?;
     let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
@@ -238,9 +240,24 @@ mod tests {
     fn clean() -> Vec<Crate> {
         vec![
             krate("neuroshard-proto", Layer::Contract, &[], &["prost"]),
-            krate("neuroshard-common", Layer::Library, &["neuroshard-proto"], &["prost", "k256"]),
-            krate("neuroshard-runtime", Layer::Library, &["neuroshard-common"], &["tonic", "axum"]),
-            krate("neuroshard-model", Layer::Library, &["neuroshard-common"], &["tch"]),
+            krate(
+                "neuroshard-common",
+                Layer::Library,
+                &["neuroshard-proto"],
+                &["prost", "k256"],
+            ),
+            krate(
+                "neuroshard-runtime",
+                Layer::Library,
+                &["neuroshard-common"],
+                &["tonic", "axum"],
+            ),
+            krate(
+                "neuroshard-model",
+                Layer::Library,
+                &["neuroshard-common"],
+                &["tch"],
+            ),
             krate(
                 "neuroshard-layer-registry",
                 Layer::Deployable,
@@ -253,7 +270,12 @@ mod tests {
                 &["neuroshard-model", "neuroshard-runtime"],
                 &["tonic", "tch"],
             ),
-            krate("neuroshard-tests", Layer::Tests, &["neuroshard-runtime"], &[]),
+            krate(
+                "neuroshard-tests",
+                Layer::Tests,
+                &["neuroshard-runtime"],
+                &[],
+            ),
         ]
     }
 
@@ -272,21 +294,47 @@ mod tests {
         graph[1].compiles.insert("tonic".into());
         graph[4].compiles.insert("torch-sys".into());
         // A deployable testing with another deployable.
-        graph[5].tests_use.insert("neuroshard-layer-registry".into());
+        graph[5]
+            .tests_use
+            .insert("neuroshard-layer-registry".into());
         let found = violations(&graph);
         assert_eq!(found.len(), 5, "{found:#?}");
-        assert!(found[0].starts_with("neuroshard-runtime (Library) depends on neuroshard-layer-registry"));
-        assert!(found.iter().any(|f| f.contains("neuroshard-common is pure domain but compiles tonic")));
-        assert!(found.iter().any(|f| f.contains("neuroshard-layer-registry links libtorch")));
-        assert!(found.iter().any(|f| f.contains("cross-service tests live in tests/")));
-        assert!(found.iter().any(|f| f.starts_with("neuroshard-shard-worker (Deployable) depends on")));
+        assert!(found.iter().any(|f| {
+            f.starts_with("neuroshard-runtime (Library) depends on neuroshard-layer-registry")
+        }));
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("neuroshard-common is pure domain but compiles tonic"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("neuroshard-layer-registry links libtorch"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("cross-service tests live in tests/"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("neuroshard-shard-worker (Deployable) depends on"))
+        );
     }
 
     #[test]
     fn folders_name_layers() {
         assert_eq!(layer_of(Path::new("proto")), Some(Layer::Contract));
-        assert_eq!(layer_of(Path::new("services/lib/common")), Some(Layer::Library));
-        assert_eq!(layer_of(Path::new("services/ledger")), Some(Layer::Deployable));
+        assert_eq!(
+            layer_of(Path::new("services/lib/common")),
+            Some(Layer::Library)
+        );
+        assert_eq!(
+            layer_of(Path::new("services/ledger")),
+            Some(Layer::Deployable)
+        );
         assert_eq!(layer_of(Path::new("operator")), Some(Layer::Deployable));
         assert_eq!(layer_of(Path::new("tests")), Some(Layer::Tests));
         assert_eq!(layer_of(Path::new("services/lib/x/y")), None);

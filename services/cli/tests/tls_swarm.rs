@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
-use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_local::{http_get, http_request};
 use neuroshard_proto::registry::v1::GetAssignmentRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::worker::v1::InfoRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
+use neuroshard_runtime::tls::TlsFiles;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 const KEY: &str = "sk-test-0123456789abcdef";

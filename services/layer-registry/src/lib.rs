@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use neuroshard_common::Error;
-use neuroshard_runtime::telemetry::names;
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistryServer;
+use neuroshard_runtime::telemetry::names;
 
 pub use config::RegistryConfig;
 pub use service::RegistryService;

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neuroshard_runtime::telemetry::names::registry as names;
 use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
 use neuroshard_common::{Error, Result};
@@ -18,6 +17,7 @@ use neuroshard_proto::registry::v1::{
     GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
     RoutesRequest, RoutesResponse, WatchRequest,
 };
+use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};

@@ -20,14 +20,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use neuroshard_common::{Error, ErrorKind, ModelConfig};
 use neuroshard_common::identity::NodeKey;
-use neuroshard_runtime::telemetry::names;
 use neuroshard_common::tensor::Limits;
+use neuroshard_common::{Error, ErrorKind, ModelConfig};
 use neuroshard_model::device::{parse_device, parse_dtype};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{Capacity, Device as ProtoDevice};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
+use neuroshard_runtime::telemetry::names;
 
 pub use config::WorkerConfig;
 /// The client and the chunked-stream wire form live in `neuroshard-worker-client` (no
@@ -61,15 +61,12 @@ pub async fn run(
     } else {
         "http"
     };
-    let endpoint = config
-        .advertise
-        .clone()
-        .unwrap_or(format!(
-            "{scheme}://{}",
-            listener
-                .local_addr()
-                .map_err(|e| Error::internal(format!("listener: {e}")))?
-        ));
+    let endpoint = config.advertise.clone().unwrap_or(format!(
+        "{scheme}://{}",
+        listener
+            .local_addr()
+            .map_err(|e| Error::internal(format!("listener: {e}")))?
+    ));
     let state = Arc::new(service::WorkerState {
         node_id: key.node_id().to_string(),
         loaded: Mutex::new(None),
@@ -101,15 +98,12 @@ pub async fn run(
         } as i32,
         tokens_per_second: throughput,
     };
-    let snapshot = link
-        .register(&endpoint, capacity)
-        .await
-        .map_err(|status| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("registering with {}: {}", config.registry, status.message()),
-            )
-        })?;
+    let snapshot = link.register(&endpoint, capacity).await.map_err(|status| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("registering with {}: {}", config.registry, status.message()),
+        )
+    })?;
     node::apply(&state, &snapshot, &plan).await?;
     let follower = tokio::spawn(node::follow(
         state.clone(),

@@ -37,8 +37,8 @@ pub struct LoadPlan {
 /// depths the architecture has had, or from the seed at the genesis depth.
 pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
     let config = &arch.config;
-    let spec =
-        ShardSpec::span(i64::from(start), i64::from(end), config.num_layers).map_err(Error::from)?;
+    let spec = ShardSpec::span(i64::from(start), i64::from(end), config.num_layers)
+        .map_err(Error::from)?;
     let (base, origin) = match &plan.checkpoint {
         Some(dir) => {
             let stored = checkpoint::read_config(dir).map_err(Error::from)?;

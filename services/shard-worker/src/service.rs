@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use neuroshard_runtime::telemetry::names::worker as names;
 use neuroshard_common::tensor::Limits;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_model::tch::{Kind, Tensor};
@@ -19,6 +18,7 @@ use neuroshard_proto::worker::v1::{
     ForwardStreamResponse, InfoRequest, InfoResponse, ReplayRequest, ReplayResponse,
     ReplayStreamRequest, ReplayStreamResponse,
 };
+use neuroshard_runtime::telemetry::names::worker as names;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -328,7 +328,8 @@ impl ShardWorker for WorkerService {
         let (span, role, sessions, architecture_version) = match guard.as_ref() {
             Some(l) => {
                 let spec = l.shard.spec();
-                let role = neuroshard_common::role::Role::from_ends(spec.embed, spec.head).to_wire();
+                let role =
+                    neuroshard_common::role::Role::from_ends(spec.embed, spec.head).to_wire();
                 (
                     Some(LayerSpan {
                         start: spec.start as u32,

@@ -129,14 +129,18 @@ mod tests {
 
     #[test]
     fn model_errors_keep_their_kind_in_the_taxonomy() {
-        let shape: neuroshard_common::Error = ModelError::InvalidInput("hidden [1, 3]".into()).into();
+        let shape: neuroshard_common::Error =
+            ModelError::InvalidInput("hidden [1, 3]".into()).into();
         assert_eq!(shape.kind, ErrorKind::InvalidArgument);
         assert!(shape.message.contains("hidden [1, 3]"));
         let missing = ModelError::io(
             "/nowhere/config.json",
             std::io::Error::from(std::io::ErrorKind::NotFound),
         );
-        assert_eq!(neuroshard_common::Error::from(missing).kind, ErrorKind::NotFound);
+        assert_eq!(
+            neuroshard_common::Error::from(missing).kind,
+            ErrorKind::NotFound
+        );
         let tensor = ModelError::MissingTensor {
             path: "ckpt".into(),
             name: "lm_head.weight".into(),

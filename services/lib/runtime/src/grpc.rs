@@ -42,7 +42,10 @@ where
     S::Future: Send + 'static,
 {
     let transport = |e: tonic::transport::Error| {
-        Error::new(ErrorKind::Unavailable, format!("gRPC server ({}): {e}", S::NAME))
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("gRPC server ({}): {e}", S::NAME),
+        )
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<S>().await;
@@ -77,7 +80,10 @@ mod tests {
             (ErrorKind::PermissionDenied, tonic::Code::PermissionDenied),
             (ErrorKind::NotFound, tonic::Code::NotFound),
             (ErrorKind::AlreadyExists, tonic::Code::AlreadyExists),
-            (ErrorKind::FailedPrecondition, tonic::Code::FailedPrecondition),
+            (
+                ErrorKind::FailedPrecondition,
+                tonic::Code::FailedPrecondition,
+            ),
             (ErrorKind::ResourceExhausted, tonic::Code::ResourceExhausted),
             (ErrorKind::Unavailable, tonic::Code::Unavailable),
             (ErrorKind::DeadlineExceeded, tonic::Code::DeadlineExceeded),

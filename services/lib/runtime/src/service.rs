@@ -98,7 +98,10 @@ pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, Error> 
         } else {
             ""
         };
-        Error::new(ErrorKind::Unavailable, format!("listen {listen}: {e}{hint}"))
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("listen {listen}: {e}{hint}"),
+        )
     })
 }
 

@@ -13,10 +13,10 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use neuroshard_runtime::telemetry::propagation;
-use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
+use neuroshard_runtime::telemetry::propagation;
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;

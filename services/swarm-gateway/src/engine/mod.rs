@@ -19,10 +19,10 @@ pub mod view;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::WatchRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

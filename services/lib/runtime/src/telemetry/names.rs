@@ -24,8 +24,16 @@ pub mod grpc {
     pub const SERVER_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 
     pub const TABLE: &[Metric] = &[
-        (SERVER_HANDLED, Kind::Counter, "gRPC calls handled, by method and status code"),
-        (SERVER_HANDLING_SECONDS, Kind::Histogram, "Time to handle a gRPC call"),
+        (
+            SERVER_HANDLED,
+            Kind::Counter,
+            "gRPC calls handled, by method and status code",
+        ),
+        (
+            SERVER_HANDLING_SECONDS,
+            Kind::Histogram,
+            "Time to handle a gRPC call",
+        ),
     ];
 }
 
@@ -41,11 +49,23 @@ pub mod registry {
     pub const MODEL_LAYERS: &str = "registry_model_layers";
 
     pub const TABLE: &[Metric] = &[
-        (ASSIGNMENT_VERSION, Kind::Gauge, "Version of the published assignment"),
+        (
+            ASSIGNMENT_VERSION,
+            Kind::Gauge,
+            "Version of the published assignment",
+        ),
         (NODES, Kind::Gauge, "Registered nodes by liveness state"),
-        (REPLICA_DEFICIT, Kind::Gauge, "Layer replicas missing below the target"),
+        (
+            REPLICA_DEFICIT,
+            Kind::Gauge,
+            "Layer replicas missing below the target",
+        ),
         (PIPELINES, Kind::Gauge, "Pipelines covering every layer"),
-        (MODEL_LAYERS, Kind::Gauge, "Layers of the published architecture"),
+        (
+            MODEL_LAYERS,
+            Kind::Gauge,
+            "Layers of the published architecture",
+        ),
     ];
 }
 
@@ -57,8 +77,16 @@ pub mod worker {
     pub const SPAN_COMPUTE_SECONDS: &str = "worker_span_compute_seconds";
 
     pub const TABLE: &[Metric] = &[
-        (POSITIONS, Kind::Counter, "Token positions computed through this node's span"),
-        (SPAN_COMPUTE_SECONDS, Kind::Histogram, "Time to run one request through the span"),
+        (
+            POSITIONS,
+            Kind::Counter,
+            "Token positions computed through this node's span",
+        ),
+        (
+            SPAN_COMPUTE_SECONDS,
+            Kind::Histogram,
+            "Time to run one request through the span",
+        ),
     ];
 }
 
@@ -84,9 +112,21 @@ pub mod gateway {
     pub const HOP_DEADLINE_EXTENSIONS: &str = "gateway_hop_deadline_extensions_total";
 
     pub const TABLE: &[Metric] = &[
-        (HTTP_REQUESTS, Kind::Counter, "HTTP responses by route and status"),
-        (TOKENS_GENERATED, Kind::Counter, "Tokens generated for API requests"),
-        (PROMPT_TOKENS, Kind::Counter, "Prompt tokens of generation requests"),
+        (
+            HTTP_REQUESTS,
+            Kind::Counter,
+            "HTTP responses by route and status",
+        ),
+        (
+            TOKENS_GENERATED,
+            Kind::Counter,
+            "Tokens generated for API requests",
+        ),
+        (
+            PROMPT_TOKENS,
+            Kind::Counter,
+            "Prompt tokens of generation requests",
+        ),
         (
             TIME_TO_FIRST_TOKEN,
             Kind::Histogram,
@@ -97,9 +137,21 @@ pub mod gateway {
             Kind::Histogram,
             "Time from a generation request's arrival to its end",
         ),
-        (HOP_SECONDS, Kind::Histogram, "Time of one hop through one node, by phase"),
-        (REPLAYS, Kind::Counter, "KV-cache replays onto a new holder after a failover"),
-        (FAILOVERS, Kind::Counter, "Hops moved to another holder of their span"),
+        (
+            HOP_SECONDS,
+            Kind::Histogram,
+            "Time of one hop through one node, by phase",
+        ),
+        (
+            REPLAYS,
+            Kind::Counter,
+            "KV-cache replays onto a new holder after a failover",
+        ),
+        (
+            FAILOVERS,
+            Kind::Counter,
+            "Hops moved to another holder of their span",
+        ),
         (
             HOP_DEADLINE_EXTENSIONS,
             Kind::Counter,
