@@ -1,10 +1,10 @@
 //! The `neuroshard` command. `Cli` is the clap definition; each command group lives in its own
-//! module under `commands/` and only parses, calls `neuroshard-model`, and prints.
+//! module under `commands/` and only parses, calls `neuroshard-model` (or, for `up`, the local
+//! swarm of `neuroshard-local`), and prints.
 
 use clap::{Parser, Subcommand};
 
 mod commands;
-pub mod swarm;
 
 /// NeuroShard: train and serve one language model across many machines.
 #[derive(Debug, Parser)]

@@ -10,7 +10,7 @@ use clap::Args;
 use neuroshard_model::checkpoint;
 use rand::Rng;
 
-use crate::swarm::{LocalSwarm, SwarmOptions};
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {

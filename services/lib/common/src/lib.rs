@@ -3,7 +3,8 @@
 //!
 //! - [`model_config`] (NeuroLLM's shape, HF `config.json`) and [`architecture`]
 //!   (`architecture_for`, parameter counts, bytes per parameter, growth targets), so services
-//!   that never touch tensors (the registry) use them without libtorch; [`growth`]: the
+//!   that never touch tensors (the registry) use them without libtorch; [`checkpoint_files`]:
+//!   a checkpoint directory's file names and its shape read from `config.json`; [`growth`]: the
 //!   published architecture's history, when it grows, and how layer indices map across growth;
 //! - [`role`]: a node's role in a pipeline, from its span, and its names on the wire;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place (the
@@ -16,6 +17,7 @@
 //! - [`fs`]: atomic file writes.
 
 pub mod architecture;
+pub mod checkpoint_files;
 pub mod error;
 pub mod fs;
 pub mod growth;

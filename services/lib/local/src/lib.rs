@@ -1,7 +1,33 @@
-//! Running NeuroShard's pieces on one machine, for the local swarm (`neuroshard up`) and for
-//! tests: a throwaway PostgreSQL server (`initdb` + `pg_ctl` on a loopback port, as the
-//! `postgres` user when run as root), child processes that never outlive their owner (SIGTERM
-//! with a grace period, then SIGKILL), and free loopback ports.
+//! Running NeuroShard's services on one machine: the one multi-process harness, used by the
+//! local swarm (`neuroshard up`), the cross-service tests (`tests/`) and the benchmarks.
+//!
+//! - this file: a throwaway PostgreSQL ([`PgServer`]: `initdb` + `pg_ctl` on a loopback port,
+//!   as the `postgres` user when run as root), child processes that never outlive their owner
+//!   ([`ChildGuard`]: SIGTERM with a grace period, then SIGKILL), free loopback ports, and
+//!   plain HTTP/1.1 requests for readiness checks;
+//! - [`service`]: starting a service binary with a generated config file (0600) and a log file
+//!   in a state directory ([`Launcher`]), and waiting until it listens;
+//! - [`configs`]: each service's config file as a TOML table, built in one place per service
+//!   ([`RegistryToml`], [`WorkerToml`], [`GatewayToml`]);
+//! - [`registry`]: PostgreSQL plus a layer-registry process on it ([`LocalRegistry`]), the
+//!   base of every multi-process run;
+//! - [`swarm`]: the whole local swarm ([`LocalSwarm`]): registry, shard workers in replicated
+//!   pipelines loading a checkpoint, and the gateway, ready when every layer is served twice.
+//!
+//! A library never depends on a deployable: the harness knows the services only as binaries
+//! and the keys of their config files (the tests crate checks those against the services'
+//! config types), and it never links libtorch (checkpoints are read with
+//! `neuroshard_common::checkpoint_files`).
+
+pub mod configs;
+pub mod registry;
+pub mod service;
+pub mod swarm;
+
+pub use configs::{GatewayToml, RegistryToml, WorkerToml};
+pub use registry::{LocalRegistry, RegistryProcess};
+pub use service::{GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private};
+pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -14,10 +14,11 @@ use crate::error::{ModelError, Result};
 use crate::safetensors_io::{self, SafetensorsFile};
 use crate::shard::{Shard, ShardSpec};
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The file names live in the pure domain, so crates without libtorch (the local swarm) read
+/// checkpoints by the same names.
+pub use neuroshard_common::checkpoint_files::{
+    CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+};
 
 /// Reads the model shape from `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<ModelConfig> {

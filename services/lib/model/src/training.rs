@@ -213,7 +213,7 @@ pub struct TrainReport {
     pub options: TrainOptions,
 }
 
-pub const TRAINING_REPORT_FILE: &str = "training.json";
+pub use neuroshard_common::checkpoint_files::TRAINING_REPORT_FILE;
 
 /// Steps averaged into one point of [`TrainReport::train_history`].
 pub const TRAIN_LOG_EVERY: u64 = 10;

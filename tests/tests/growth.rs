@@ -10,35 +10,35 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use neuroshard_common::ModelConfig;
 use neuroshard_common::growth::ArchitectureState;
-use neuroshard_model::tch::{Device, Kind};
-use neuroshard_model::{Shard, ShardSpec, init};
-use support::{Swarm, in_process_logits, max_abs_diff, max_diff, min_holders, through};
+use support::checkpoints::seeded_model;
+use support::swarm::{Swarm, in_process_logits, max_abs_diff, max_diff, min_holders, through};
 
 /// 50 MB per worker holds three layers of the 256-wide model plus its embedding or head, so
 /// every span is a part of the model and forwards are multi-hop. With the depth curve scaled
 /// by 22, four such workers choose 4 layers and six choose 6 (see layer-registry's shape.rs).
-const WORKER_MEMORY: &str = "50000000";
-const SEED: &str = "5";
+const WORKER_MEMORY: u64 = 50_000_000;
+const SEED: u64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depth_grows_with_capacity_and_the_function_is_unchanged() {
-    let mut swarm = Swarm::start(&[
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__MODE", "auto"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GENESIS_NODES", "4"),
-        // Long enough for both new workers to join before the growth happens.
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GROWTH_SETTLE_MS", "3000"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__DEPTH_CURVE_SCALE", "22"),
-        ("NEUROSHARD_REGISTRY_MODEL__VOCAB_SIZE", "512"),
-        ("NEUROSHARD_REGISTRY_MODEL__MAX_SEQ_LEN", "64"),
-    ])
+    let mut swarm = Swarm::start(|registry| {
+        // Settle time long enough for both new workers to join before the growth happens.
+        registry
+            .auto_architecture(4, 3000, 22.0)
+            .model(&ModelConfig {
+                vocab_size: 512,
+                max_seq_len: 64,
+                ..ModelConfig::small(4096)
+            })
+            .unwrap()
+    })
     .await;
-    let worker_env = [
-        ("NEUROSHARD_WORKER_USABLE_MEMORY_BYTES", WORKER_MEMORY),
-        ("NEUROSHARD_WORKER_INIT_SEED", SEED),
-    ];
+    let worker =
+        |w: neuroshard_local::WorkerToml| w.usable_memory_bytes(WORKER_MEMORY).init_seed(SEED);
     for _ in 0..4 {
-        swarm.add_worker(&worker_env);
+        swarm.add_worker(worker);
     }
     let genesis = swarm
         .wait_for("the genesis architecture", Duration::from_secs(60), |s| {
@@ -57,14 +57,7 @@ async fn depth_grows_with_capacity_and_the_function_is_unchanged() {
     let before_step = through(route, "before", &[88], 7).await;
 
     // The genesis model in-process, from the same seed.
-    let mut model = Shard::new(
-        &arch.config,
-        ShardSpec::full(arch.config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, SEED.parse().unwrap()).unwrap();
+    let model = seeded_model(&arch.config, SEED);
     let expected = in_process_logits(&model, &[&prompt[..], &[88]].concat());
     let d_model = max_diff(&before, &expected.get(6)).max(max_diff(&before_step, &expected.get(7)));
     assert!(
@@ -74,8 +67,8 @@ async fn depth_grows_with_capacity_and_the_function_is_unchanged() {
 
     // More capacity: two more workers.
     let started = Instant::now();
-    swarm.add_worker(&worker_env);
-    swarm.add_worker(&worker_env);
+    swarm.add_worker(worker);
+    swarm.add_worker(worker);
     let grown = swarm
         .wait_for(
             "growth, replicas and loaded spans",

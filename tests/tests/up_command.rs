@@ -37,7 +37,7 @@ fn children(parent: u32) -> Vec<u32> {
 #[test]
 fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _, _) = support::seeded_checkpoint(dir.path(), 384, 9);
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
     let port = free_port().unwrap();
     let mut up = Command::new(support::bin_dir().join("neuroshard"))
         .args(["up", "--workers", "4", "--checkpoint"])

@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 use neuroshard_local::{http_get, http_request};
 use neuroshard_proto::registry::v1::GetAssignmentRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
@@ -107,7 +107,7 @@ async fn worker_answers(tls: &TlsFiles, url: &str) -> bool {
 async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let (ckpt, model, tokenizer) = support::seeded_checkpoint(dir.path(), 384, 33);
+    let (ckpt, model, tokenizer) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 33);
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = KEY.into();
@@ -142,7 +142,7 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
 
     // Served through TLS hops, the text is the in-process model's.
     let prompt = "the king hath";
-    let expected = support::greedy_text(&model, &tokenizer, prompt, 24);
+    let expected = support::checkpoints::greedy_text(&model, &tokenizer, prompt, 24);
     let served = tokio::task::spawn_blocking(move || complete(port, prompt, 24))
         .await
         .unwrap();

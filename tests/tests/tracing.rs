@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use fake_opentelemetry_collector::FakeCollectorServer;
-use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_local::http_request;
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 
 const KEY: &str = "sk-trace-test-0123456789";
 
@@ -19,7 +19,7 @@ fn a_completion_is_one_trace_across_the_gateway_and_worker_processes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut collector = runtime.block_on(FakeCollectorServer::start()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _, _) = support::seeded_checkpoint(dir.path(), 384, 4);
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 4);
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = KEY.into();

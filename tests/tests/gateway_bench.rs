@@ -2,7 +2,7 @@
 //! shard workers, gateway), figures for BENCHMARKS.md. Ignored by default (minutes each);
 //! `make bench` runs them:
 //!
-//! `scripts/cargo.sh test --release -p neuroshard-cli --test gateway_bench -- --ignored --nocapture --test-threads 1`
+//! `scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1`
 //!
 //! The model is 8 layers × 1024 wide, so that a token costs what a real layer costs rather
 //! than what a toy's does. It is untrained, and an untrained model samples bytes that are not
@@ -18,9 +18,9 @@ use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_common::ModelConfig;
 use neuroshard_common::model_config::swiglu_intermediate;
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 use neuroshard_local::{http_get, http_request, open_request};
 use neuroshard_model::Shard;
 use neuroshard_model::generate::{GenerateOptions, generate};
@@ -78,7 +78,7 @@ fn mask_to_ascii(model: &mut Shard, tokenizer: &TextTokenizer) {
 fn start(workers: usize, dir: tempfile::TempDir) -> Bench {
     tch::set_num_threads(THREADS as i32);
     let (ckpt, model, tokenizer) =
-        support::checkpoint_for(dir.path(), &bench_config(), 77, mask_to_ascii);
+        support::checkpoints::checkpoint_for(dir.path(), &bench_config(), 77, mask_to_ascii);
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.workers = workers;
     options.http_port = 0;

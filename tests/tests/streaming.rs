@@ -15,9 +15,10 @@ use neuroshard_common::tensor::{Limits, decode_f32};
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_proto::worker::v1::{ForwardRequest, ForwardStreamRequest, ReplayRequest};
-use neuroshard_shard_worker::client::{ClientOptions, WorkerClient};
-use neuroshard_shard_worker::stream::{Part, StreamLimits, StreamMessage, split};
-use support::{Swarm, in_process_logits, max_diff, small_checkpoint, through_with};
+use neuroshard_worker_client::client::{ClientOptions, WorkerClient};
+use neuroshard_worker_client::stream::{Part, StreamLimits, StreamMessage, split};
+use support::checkpoints::small_checkpoint;
+use support::swarm::{Swarm, in_process_logits, max_diff, through_with};
 use tonic::{Code, Status};
 
 /// Both ends: one message of at most 64 KiB, streamed chunks of 16 KiB.
@@ -65,19 +66,15 @@ fn with_header(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_tensors_stream_in_chunks_through_a_real_worker() {
-    let mut swarm = Swarm::start(&[]).await;
-    let (model, ckpt) = small_checkpoint(&swarm, 23);
-    let limit = MESSAGE_LIMIT.to_string();
-    let chunk = CHUNK.to_string();
+    let mut swarm = Swarm::start(|registry| registry).await;
+    let (model, ckpt) = small_checkpoint(swarm.dir.path(), 23);
     for _ in 0..2 {
-        swarm.add_worker(&[
-            ("NEUROSHARD_WORKER_CHECKPOINT", &ckpt),
-            ("NEUROSHARD_WORKER_USABLE_MEMORY_BYTES", "60000000"),
-            ("NEUROSHARD_WORKER_MAX_MESSAGE_BYTES", &limit),
-            ("NEUROSHARD_WORKER_STREAM_CHUNK_BYTES", &chunk),
-            ("NEUROSHARD_WORKER_MAX_TENSOR_BYTES", "1048576"),
-            ("NEUROSHARD_WORKER_MAX_STREAM_CHUNKS", "64"),
-        ]);
+        swarm.add_worker(|w| {
+            w.checkpoint(&ckpt)
+                .unwrap()
+                .usable_memory_bytes(60_000_000)
+                .message_limits(MESSAGE_LIMIT, CHUNK, 1 << 20, 64)
+        });
     }
     swarm
         .wait_for("one two-stage pipeline", Duration::from_secs(60), |s| {

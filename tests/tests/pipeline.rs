@@ -15,23 +15,25 @@ use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::registry::v1::NodeState;
 use neuroshard_proto::worker::v1::ForwardRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
-use support::{Swarm, in_process_logits, max_diff, min_holders, small_checkpoint, through};
+use support::checkpoints::small_checkpoint;
+use support::swarm::{Swarm, in_process_logits, max_diff, min_holders, through};
 use tonic::Code;
 
 const WORKERS: usize = 5;
 /// Two layers of the small model plus its embedding or head (20 bytes per parameter).
-const WORKER_MEMORY: &str = "60000000";
+const WORKER_MEMORY: u64 = 60_000_000;
 
 /// The registry in fixed mode (the small model), and five workers loading their spans from a
 /// checkpoint of it; also returns the model, in-process.
 async fn start() -> (Swarm, Shard) {
-    let mut swarm = Swarm::start(&[]).await;
-    let (model, ckpt) = small_checkpoint(&swarm, 11);
+    let mut swarm = Swarm::start(|registry| registry).await;
+    let (model, ckpt) = small_checkpoint(swarm.dir.path(), 11);
     for _ in 0..WORKERS {
-        swarm.add_worker(&[
-            ("NEUROSHARD_WORKER_CHECKPOINT", &ckpt),
-            ("NEUROSHARD_WORKER_USABLE_MEMORY_BYTES", WORKER_MEMORY),
-        ]);
+        swarm.add_worker(|w| {
+            w.checkpoint(&ckpt)
+                .unwrap()
+                .usable_memory_bytes(WORKER_MEMORY)
+        });
     }
     (swarm, model)
 }

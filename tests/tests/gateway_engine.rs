@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 use neuroshard_model::Shard;
 use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_swarm_gateway::engine::{EngineConfig, SwarmEngine};
@@ -28,7 +28,7 @@ struct Fixture {
 /// served by the local swarm: four workers, two pipelines of two stages.
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (ckpt, model, _) = support::seeded_checkpoint(dir.path(), 512, 5);
+    let (ckpt, model, _) = support::checkpoints::seeded_checkpoint(dir.path(), 512, 5);
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = "sk-engine-test-0123456789".into();

@@ -1,17 +1,13 @@
-//! What the real-process tests of the worker share: a swarm of a throwaway PostgreSQL, a
-//! layer-registry process and shard-worker processes (from `neuroshard-tests`' harness), and
-//! the checks they make on it (replicas, loaded spans, pipelined forwards).
+//! A registry and shard-worker processes assembled by hand, for the tests that add workers one
+//! by one (growth), give them unusual limits (streaming) or drive single hops (pipeline), and
+//! the checks they make on them: replicas, loaded spans, pipelined forwards.
 
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::tensor::{Limits, decode_f32};
-use neuroshard_model::tch::{Device, Kind, Tensor};
-use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec, checkpoint, init};
+use neuroshard_local::{ChildGuard, Launcher, LocalRegistry, RegistryToml, WorkerToml, free_port};
+use neuroshard_model::tch::Tensor;
+use neuroshard_model::{Shard, ShardInput};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
@@ -19,21 +15,10 @@ use neuroshard_proto::registry::v1::{
 };
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_proto::worker::v1::{ForwardRequest, InfoRequest};
-use neuroshard_shard_worker::client::{ClientOptions, WorkerClient};
-use neuroshard_tests::{ChildGuard, PgServer, free_port};
+use neuroshard_worker_client::{ClientOptions, WorkerClient};
 use tonic::transport::Channel;
 
 pub const NET: &str = "worker-test";
-
-fn registry_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_shard-worker")).with_file_name("layer-registry");
-    assert!(
-        path.exists(),
-        "{} is missing: run the workspace's tests (make test), which build it",
-        path.display()
-    );
-    path
-}
 
 /// Fields drop in order: workers, then the registry, then its database, then the files.
 pub struct Swarm {
@@ -41,72 +26,49 @@ pub struct Swarm {
     pub registry_url: String,
     /// (process, listen port)
     pub workers: Vec<(ChildGuard, u16)>,
-    _registry_process: ChildGuard,
-    _pg: PgServer,
+    _registry: LocalRegistry,
+    launcher: Launcher,
     pub dir: tempfile::TempDir,
 }
 
 impl Swarm {
     /// PostgreSQL and a registry with fast liveness (heartbeat 200 ms, suspect 800 ms, dead
-    /// 1.5 s), `registry_env` on top.
-    pub async fn start(registry_env: &[(&str, &str)]) -> Self {
+    /// 1.5 s), changed by `adjust`.
+    pub async fn start(adjust: impl FnOnce(RegistryToml) -> RegistryToml) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pg = PgServer::start().unwrap();
-        let port = free_port().unwrap();
-        let mut command = Command::new(registry_binary());
-        command
-            .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
-            .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
-            .env("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "200")
-            .env("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "800")
-            .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1500")
-            .env("RUST_LOG", "warn");
-        for (key, value) in registry_env {
-            command.env(key, value);
-        }
-        let registry_process = ChildGuard::spawn(command).unwrap();
-        let registry_url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let registry = loop {
-            if let Ok(c) = LayerRegistryClient::connect(registry_url.clone()).await {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "registry did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let launcher = super::launcher(dir.path());
+        let config = adjust(RegistryToml::new(NET).liveness(200, 800, 1500));
+        let local = LocalRegistry::start(&launcher, config, Duration::from_secs(20)).unwrap();
+        let registry_url = local.registry.url.clone();
         Self {
-            registry,
+            registry: super::registry_client(&registry_url).await,
             registry_url,
             workers: Vec::new(),
-            _registry_process: registry_process,
-            _pg: pg,
+            _registry: local,
+            launcher,
             dir,
         }
     }
 
-    /// Starts a worker process (CPU, one thread, heartbeat 200 ms) with `env` on top.
-    pub fn add_worker(&mut self, env: &[(&str, &str)]) {
+    /// Starts a worker process (CPU, one thread, heartbeat 200 ms), its config changed by
+    /// `adjust`.
+    pub fn add_worker(&mut self, adjust: impl FnOnce(WorkerToml) -> WorkerToml) {
         let i = self.workers.len();
         let port = free_port().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shard-worker"));
-        command
-            .env("NEUROSHARD_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NEUROSHARD_WORKER_REGISTRY", &self.registry_url)
-            .env("NEUROSHARD_WORKER_NETWORK_ID", NET)
-            .env(
-                "NEUROSHARD_WORKER_KEY_FILE",
-                self.dir.path().join(format!("w{i}.key")),
+        let key_file = self.dir.path().join(format!("w{i}.key"));
+        let config = WorkerToml::new(port, &self.registry_url, NET, &key_file)
+            .unwrap()
+            .heartbeat_ms(200);
+        let process = self
+            .launcher
+            .spawn(
+                neuroshard_local::WORKER_BINARY,
+                &format!("worker-{i}"),
+                adjust(config).table(),
+                &[("OMP_NUM_THREADS", "1")],
             )
-            .env("NEUROSHARD_WORKER_DEVICE", "cpu")
-            .env("NEUROSHARD_WORKER_HEARTBEAT_INTERVAL_MS", "200")
-            .env("OMP_NUM_THREADS", "1")
-            .env("RUST_LOG", "warn");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        self.workers
-            .push((ChildGuard::spawn(command).unwrap(), port));
+            .unwrap();
+        self.workers.push((process, port));
     }
 
     pub async fn snapshot(&mut self) -> AssignmentSnapshot {
@@ -182,23 +144,6 @@ pub fn min_holders(s: &AssignmentSnapshot) -> u32 {
         })
         .min()
         .unwrap_or(0)
-}
-
-/// The small model (4 × 256, vocabulary 4096) initialised from `seed`, saved as a checkpoint
-/// under the swarm's directory; returns the model and the checkpoint's path.
-pub fn small_checkpoint(swarm: &Swarm, seed: u64) -> (Shard, String) {
-    let config = ModelConfig::small(4096);
-    let mut model = Shard::new(
-        &config,
-        ShardSpec::full(config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, seed).unwrap();
-    let dir = swarm.dir.path().join("ckpt");
-    checkpoint::save(&dir, &model, None, 0).unwrap();
-    (model, dir.to_str().unwrap().to_string())
 }
 
 /// Runs `tokens` through `route` for `session` at `position` with the worker client's default

@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use neuroshard_cli::swarm::{LocalSwarm, SwarmOptions};
 use neuroshard_local::{HttpResponse, http_get, http_request, open_request};
+use neuroshard_local::{LocalSwarm, SwarmOptions};
 use neuroshard_model::Shard;
 use neuroshard_tests::browser::{Chromium, attribute, element_text, start_tags};
 use neuroshard_text::tokenizer::TextTokenizer;
@@ -31,7 +31,7 @@ struct Fixture {
 
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (ckpt, model, tokenizer) = support::seeded_checkpoint(dir.path(), 384, 21);
+    let (ckpt, model, tokenizer) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 21);
     // A training report beside the weights, as `neuroshard train` leaves one: the dashboard
     // draws its curves as the run that produced the served model.
     std::fs::write(
@@ -112,7 +112,7 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     assert_eq!(streamed_text, whole_text);
     assert_eq!(
         whole_text,
-        support::greedy_text(&f.model, &f.tokenizer, prompt, 40)
+        support::checkpoints::greedy_text(&f.model, &f.tokenizer, prompt, 40)
     );
     assert_eq!(
         whole["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
@@ -167,7 +167,7 @@ fn local_swarm_serves_streams_fails_over_and_shows_the_dashboard() {
     }
 
     // Failover through the gateway: kill -9 the worker on the last hop mid-stream.
-    let expected = support::greedy_text(&f.model, &f.tokenizer, prompt, 64);
+    let expected = support::checkpoints::greedy_text(&f.model, &f.tokenizer, prompt, 64);
     let body = format!(
         r#"{{"model":"neurollm","prompt":"{prompt}","max_tokens":64,"temperature":0,"stream":true}}"#
     );

@@ -4,19 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use k256::ecdsa::Signature;
+use neuroshard_common::ModelConfig;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{now_ms, sign};
+use neuroshard_local::{Launcher, LocalRegistry, PgServer, RegistryProcess, RegistryToml};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, Device, GetAssignmentRequest, HeartbeatRequest, NodeState,
     RegisterRequest, RoutesRequest, WatchRequest,
 };
-use neuroshard_tests::{ChildGuard, PgServer, free_port};
 use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -25,52 +27,46 @@ const NET: &str = "registry-test";
 /// Enough for two layers of the default small model plus its embedding or head.
 const NODE_MEMORY: u64 = 60_000_000;
 
-/// Fields drop in order: the registry stops before its database.
+/// Fields drop in order: the registry stops before its database, then the files go.
 struct Swarm {
     client: LayerRegistryClient<Channel>,
-    _registry: ChildGuard,
-    _pg: PgServer,
+    _registry: LocalRegistry,
+    _dir: tempfile::TempDir,
 }
 
-/// Starts a registry process on `pg` with the test's liveness timings, `extra` environment on
-/// top, and waits until it answers.
+/// The test's liveness timings (heartbeat 200 ms, suspect 600 ms, dead 1.2 s) and a fast
+/// watch poll.
+fn config() -> RegistryToml {
+    RegistryToml::new(NET)
+        .liveness(200, 600, 1200)
+        .watch_poll_ms(50)
+}
+
+/// Starts one more registry process, as `name`, on `pg` with `config`, and a client of it.
 async fn spawn_registry(
+    launcher: &Launcher,
+    name: &str,
     pg: &PgServer,
-    extra: &[(&str, &str)],
-) -> (ChildGuard, LayerRegistryClient<Channel>) {
-    let port = free_port().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
-    command
-        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
-        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
-        .env("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "200")
-        .env("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "600")
-        .env("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "1200")
-        .env("NEUROSHARD_REGISTRY_WATCH_POLL_MS", "50")
-        .env("RUST_LOG", "warn");
-    for (key, value) in extra {
-        command.env(key, value);
-    }
-    let registry = ChildGuard::spawn(command).unwrap();
+    config: RegistryToml,
+) -> (RegistryProcess, LayerRegistryClient<Channel>) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let client = loop {
-        if let Ok(client) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "registry did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let registry = RegistryProcess::start(launcher, name, &pg.url(), config, deadline).unwrap();
+    let client = support::registry_client(&registry.url).await;
     (registry, client)
 }
 
 async fn start() -> Swarm {
-    let pg = PgServer::start().unwrap();
-    let (registry, client) = spawn_registry(&pg, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalRegistry::start(
+        &support::launcher(dir.path()),
+        config(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
     Swarm {
-        client,
-        _registry: registry,
-        _pg: pg,
+        client: support::registry_client(&local.registry.url).await,
+        _registry: local,
+        _dir: dir,
     }
 }
 
@@ -370,17 +366,18 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
     let key_file = write("tls.key", server_key.serialize_pem());
     let ca_file = write("ca.crt", ca.pem());
 
-    let pg = PgServer::start().unwrap();
-    let port = free_port().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
-    command
-        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
-        .env("NEUROSHARD_REGISTRY_NETWORK_ID", NET)
-        .env("NEUROSHARD_REGISTRY_TLS__CERT_FILE", &cert_file)
-        .env("NEUROSHARD_REGISTRY_TLS__KEY_FILE", &key_file)
-        .env("RUST_LOG", "warn");
-    let _registry = ChildGuard::spawn(command).unwrap();
+    let serving = neuroshard_runtime::tls::TlsFiles {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ca_file: None,
+    };
+    let local = LocalRegistry::start(
+        &support::launcher(dir.path()),
+        RegistryToml::new(NET).tls(&serving).unwrap(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let port = local.registry.port;
     let tls = neuroshard_runtime::tls::TlsFiles {
         ca_file: Some(ca_file),
         ..Default::default()
@@ -428,8 +425,7 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
                 .is_err()
         ),
     }
-    drop(_registry);
-    drop(pg);
+    drop(local);
 }
 
 /// Auto mode with two registry replicas on one database: no architecture until four nodes are
@@ -439,22 +435,22 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
 /// shrinks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_architecture_grows_with_capacity_and_replicas_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = support::launcher(dir.path());
     let pg = PgServer::start().unwrap();
     // Liveness generous enough that the test need not heartbeat; the depth curve scaled so
     // that 50 MB nodes choose a 4-layer, 256-wide model (see shape.rs for the arithmetic).
-    let auto: &[(&str, &str)] = &[
-        ("NEUROSHARD_REGISTRY_HEARTBEAT_INTERVAL_MS", "1000"),
-        ("NEUROSHARD_REGISTRY_SUSPECT_AFTER_MS", "60000"),
-        ("NEUROSHARD_REGISTRY_DEAD_AFTER_MS", "120000"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__MODE", "auto"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GENESIS_NODES", "4"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__GROWTH_SETTLE_MS", "1500"),
-        ("NEUROSHARD_REGISTRY_ARCHITECTURE__DEPTH_CURVE_SCALE", "22"),
-        ("NEUROSHARD_REGISTRY_MODEL__VOCAB_SIZE", "512"),
-        ("NEUROSHARD_REGISTRY_MODEL__MAX_SEQ_LEN", "64"),
-    ];
-    let (_a, mut a) = spawn_registry(&pg, auto).await;
-    let (_b, mut b) = spawn_registry(&pg, auto).await;
+    let auto = config()
+        .liveness(1000, 60_000, 120_000)
+        .auto_architecture(4, 1500, 22.0)
+        .model(&ModelConfig {
+            vocab_size: 512,
+            max_seq_len: 64,
+            ..ModelConfig::small(4096)
+        })
+        .unwrap();
+    let (_a, mut a) = spawn_registry(&launcher, "registry-a", &pg, auto.clone()).await;
+    let (_b, mut b) = spawn_registry(&launcher, "registry-b", &pg, auto).await;
     let keys: Vec<NodeKey> = (0..6).map(|_| NodeKey::generate()).collect();
     for key in &keys[..3] {
         register_with(&mut a, key, 1, 50_000_000).await;

@@ -1,7 +1,5 @@
-//! Shared set-up of the CLI's end-to-end tests: a seeded model saved as a checkpoint with a
-//! tokenizer (what the swarm's processes load), and where the workspace binaries are.
-
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Seeded models saved as checkpoints (what the swarm's processes load), and what they
+//! generate in process, to compare the swarm's output with.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +7,6 @@ use neuroshard_common::ModelConfig;
 use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_model::tch::{Device, Kind};
 use neuroshard_model::{Shard, ShardSpec, checkpoint, init};
-use neuroshard_tests::workspace_binary;
 use neuroshard_text::sampling::SamplingParams;
 use neuroshard_text::tokenizer::TextTokenizer;
 
@@ -44,14 +41,7 @@ pub fn checkpoint_for(
     adjust: impl FnOnce(&mut Shard, &TextTokenizer),
 ) -> (PathBuf, Shard, TextTokenizer) {
     let tokenizer = TextTokenizer::train(corpus().into_iter(), config.vocab_size as usize).unwrap();
-    let mut model = Shard::new(
-        config,
-        ShardSpec::full(config.num_layers),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    init::initialize(&mut model, seed).unwrap();
+    let mut model = seeded_model(config, seed);
     adjust(&mut model, &tokenizer);
     let ckpt = dir.join("checkpoint");
     checkpoint::save(
@@ -64,24 +54,26 @@ pub fn checkpoint_for(
     (ckpt, model, tokenizer)
 }
 
-/// The directory holding `neuroshard`, `layer-registry`, `shard-worker` and `swarm-gateway`.
-pub fn bin_dir() -> PathBuf {
-    workspace_binary("swarm-gateway")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// The whole model of `config`, initialised from `seed` (as every node initialises its span).
+pub fn seeded_model(config: &ModelConfig, seed: u64) -> Shard {
+    let mut model = Shard::new(
+        config,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    init::initialize(&mut model, seed).unwrap();
+    model
 }
 
-/// Sends signal `name` (`STOP`, `CONT`, …) to process `pid`, as `kill -NAME pid` would.
-pub fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
+/// The small model (4 × 256, vocabulary 4096) initialised from `seed`, saved without a
+/// tokenizer (workers need none) in `dir/ckpt`; returns the model and the checkpoint.
+pub fn small_checkpoint(dir: &Path, seed: u64) -> (Shard, PathBuf) {
+    let model = seeded_model(&ModelConfig::small(4096), seed);
+    let ckpt = dir.join("ckpt");
+    checkpoint::save(&ckpt, &model, None, 0).unwrap();
+    (model, ckpt)
 }
 
 /// The text `model` generates greedily for `prompt` in process, decoded as the gateway decodes

@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use fake_opentelemetry_collector::FakeCollectorServer;
+use neuroshard_local::{LocalRegistry, RegistryToml, free_port};
 use neuroshard_proto::registry::v1::GetAssignmentRequest;
-use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
-use neuroshard_tests::{ChildGuard, PgServer, free_port};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -18,29 +18,20 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_exports_traces_and_serves_metrics() {
     let mut collector = FakeCollectorServer::start().await.unwrap();
-    let pg = PgServer::start().unwrap();
-    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let metrics_port = free_port().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_layer-registry"));
-    command
-        .env("NEUROSHARD_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NEUROSHARD_REGISTRY_DATABASE_URL", pg.url())
-        .env(
-            "NEUROSHARD_REGISTRY_METRICS_LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
-        .env("RUST_LOG", "info");
-    let mut registry = ChildGuard::spawn(command).unwrap();
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut client = loop {
-        if let Ok(client) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "registry did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut launcher = support::launcher(dir.path());
+    launcher.env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.endpoint()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
+    let LocalRegistry { registry, pg: _pg } = LocalRegistry::start(
+        &launcher,
+        RegistryToml::new("neuroshard-local").metrics_port(metrics_port),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let mut client = support::registry_client(&registry.url).await;
     let mut request = tonic::Request::new(GetAssignmentRequest {});
     request.metadata_mut().insert(
         "traceparent",
@@ -49,7 +40,7 @@ async fn registry_exports_traces_and_serves_metrics() {
     client.get_assignment(request).await.unwrap();
 
     let response = tokio::task::spawn_blocking(move || {
-        neuroshard_tests::http_get(metrics_port, "/metrics", Duration::from_secs(10))
+        neuroshard_local::http_get(metrics_port, "/metrics", Duration::from_secs(10))
     })
     .await
     .unwrap()
@@ -66,15 +57,9 @@ async fn registry_exports_traces_and_serves_metrics() {
     }
 
     // SIGTERM: a clean stop flushes the batched spans to the collector.
-    let pid = registry.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || registry.0.wait())
+    let mut process = registry.process;
+    support::signal(process.pid(), "TERM");
+    let status = tokio::task::spawn_blocking(move || process.0.wait())
         .await
         .unwrap()
         .unwrap();

@@ -1,29 +1,30 @@
 //! The local swarm: every NeuroShard service as its own process on loopback, for `neuroshard
-//! up` and for the end-to-end tests. A throwaway PostgreSQL, the layer registry, N shard
-//! workers (two replicas of each pipeline stage) loading a trained checkpoint, and the gateway.
+//! up`, the end-to-end tests and the benchmarks. A throwaway PostgreSQL, the layer registry, N
+//! shard workers (two replicas of each pipeline stage) loading a trained checkpoint, and the
+//! gateway.
 //!
-//! Each process gets a generated TOML config in the state directory (the gateway's, holding
-//! the API key, is 0600) and a log file beside it. Dropping a [`LocalSwarm`] stops everything
+//! Each process gets a generated TOML config in the state directory (0600; the gateway's holds
+//! the API key) and a log file beside it. Dropping a [`LocalSwarm`] stops everything
 //! (SIGTERM, then SIGKILL after a grace period); nothing outlives it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
+use neuroshard_common::architecture::{
+    TRAINING_BYTES_PER_PARAM, embedding_parameters, head_parameters, layer_parameters,
+};
+use neuroshard_common::checkpoint_files::{
+    TOKENIZER_FILE, TRAINING_REPORT_FILE, read_model_config,
+};
 use neuroshard_common::identity::NodeKey;
-use neuroshard_layer_registry::RegistryConfig;
-use neuroshard_local::{ChildGuard, PgServer, free_port, http_get};
-use neuroshard_model::checkpoint;
 use neuroshard_runtime::tls::TlsFiles;
-use neuroshard_shard_worker::WorkerConfig;
-use neuroshard_swarm_gateway::GatewayConfig;
-use neuroshard_swarm_gateway::config::ApiKey;
 
-/// Bytes one parameter costs on a node (the registry's default).
-const BYTES_PER_PARAM: i64 = 20;
+use crate::configs::{GatewayToml, RegistryToml, WorkerToml};
+use crate::registry::LocalRegistry;
+use crate::service::{GATEWAY_BINARY, Launcher, WORKER_BINARY};
+use crate::{ChildGuard, LocalError, PgServer, Result, free_port, http_get};
+
 const NETWORK: &str = "neuroshard-local";
 /// How long asking one worker which span it has loaded may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,6 +81,14 @@ impl SwarmOptions {
             tls: None,
         }
     }
+
+    fn launcher(&self) -> Launcher {
+        Launcher {
+            bin_dir: self.bin_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            env: self.env.clone(),
+        }
+    }
 }
 
 /// One shard worker process.
@@ -89,7 +98,7 @@ pub struct LocalWorker {
     pub port: u16,
     pub process: ChildGuard,
     /// Its generated config (no secrets: the key is a file), kept for restarts.
-    config: String,
+    config: WorkerToml,
     name: String,
 }
 
@@ -100,8 +109,7 @@ pub struct LocalSwarm {
     pub registry_url: String,
     gateway: ChildGuard,
     pub workers: Vec<LocalWorker>,
-    registry: ChildGuard,
-    _pg: PgServer,
+    registry: LocalRegistry,
     /// What it was started with, for restarts.
     options: SwarmOptions,
 }
@@ -113,56 +121,53 @@ impl LocalSwarm {
         options: &SwarmOptions,
         timeout: Duration,
         progress: impl Fn(&str),
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let deadline = Instant::now() + timeout;
-        let model = checkpoint::read_config(&options.checkpoint)
-            .with_context(|| format!("checkpoint {}", options.checkpoint.display()))?;
-        let tokenizer = options.checkpoint.join(checkpoint::TOKENIZER_FILE);
+        let model = read_model_config(&options.checkpoint)
+            .map_err(|e| LocalError(format!("checkpoint {}: {e}", options.checkpoint.display())))?;
+        let tokenizer = options.checkpoint.join(TOKENIZER_FILE);
         if !tokenizer.exists() {
-            bail!(
+            return Err(LocalError(format!(
                 "{} is missing: the checkpoint has no tokenizer",
                 tokenizer.display()
-            );
+            )));
         }
         if options.workers == 0 {
-            bail!("--workers must be at least 1");
+            return Err(LocalError("--workers must be at least 1".into()));
         }
+        let launcher = options.launcher();
         let logs = options.state_dir.join("logs");
-        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| LocalError(format!("creating {}: {e}", logs.display())))?;
 
         let pg = PgServer::start()?;
         progress(&format!("PostgreSQL ready on port {}", pg.port));
-
-        let registry_port = free_port()?;
         let tls = options.tls.clone().unwrap_or_default();
+        let registry_config = RegistryToml::new(NETWORK)
+            .liveness(
+                options.heartbeat_ms,
+                options.suspect_after_ms,
+                options.dead_after_ms,
+            )
+            .watch_poll_ms(100)
+            .model(&model)?
+            .tls(&tls)?;
+        let registry = crate::registry::RegistryProcess::start(
+            &launcher,
+            crate::service::REGISTRY_BINARY,
+            &pg.url(),
+            registry_config,
+            deadline,
+        )?;
+        let registry_url = registry.url.clone();
+        let registry = LocalRegistry { registry, pg };
+        progress(&format!("layer-registry ready at {registry_url}"));
+
         let scheme = if options.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        let registry_url = format!("{scheme}://127.0.0.1:{registry_port}");
-        let registry_config = RegistryConfig {
-            listen: ([127, 0, 0, 1], registry_port).into(),
-            database_url: pg.url(),
-            network_id: NETWORK.into(),
-            heartbeat_interval_ms: options.heartbeat_ms,
-            suspect_after_ms: options.suspect_after_ms,
-            dead_after_ms: options.dead_after_ms,
-            watch_poll_ms: 100,
-            model: model.clone(),
-            tls: tls.clone(),
-            ..RegistryConfig::default()
-        };
-        let registry = spawn(
-            options,
-            "layer-registry",
-            "layer-registry",
-            &toml::to_string(&registry_config)?,
-            &[],
-        )?;
-        wait_for_port(registry_port, deadline, "layer-registry")?;
-        progress(&format!("layer-registry ready at {registry_url}"));
-
         let stages = if options.workers >= 4 {
             options.workers / 2
         } else {
@@ -173,28 +178,25 @@ impl LocalSwarm {
         let layer = layer_parameters(&model);
         let ends = embedding_parameters(&model).max(head_parameters(&model));
         // Room for one stage plus half a layer: enough for its span, never for a bigger one.
-        let memory = (layers_per_stage * layer + ends + layer / 2) * BYTES_PER_PARAM;
+        let memory = u64::try_from(layers_per_stage * layer + ends + layer / 2)
+            .unwrap_or(0)
+            .saturating_mul(TRAINING_BYTES_PER_PARAM);
         let mut workers = Vec::with_capacity(options.workers);
         for i in 0..options.workers {
             let key_file = options.state_dir.join(format!("worker-{i}.key"));
-            let node_id = NodeKey::load_or_create(&key_file)?.node_id().to_string();
+            let node_id = NodeKey::load_or_create(&key_file)
+                .map_err(|e| LocalError(format!("{}: {e}", key_file.display())))?
+                .node_id()
+                .to_string();
             let port = free_port()?;
-            let config = WorkerConfig {
-                listen: ([127, 0, 0, 1], port).into(),
-                advertise: Some(format!("{scheme}://127.0.0.1:{port}")),
-                tls: tls.clone(),
-                registry: registry_url.clone(),
-                network_id: NETWORK.into(),
-                key_file,
-                checkpoint: Some(options.checkpoint.clone()),
-                usable_memory_bytes: u64::try_from(memory).unwrap_or(u64::MAX),
-                device: "cpu".into(),
-                heartbeat_interval_ms: options.heartbeat_ms,
-                ..WorkerConfig::default()
-            };
-            let config = toml::to_string(&config)?;
+            let config = WorkerToml::new(port, &registry_url, NETWORK, &key_file)?
+                .advertise(&format!("{scheme}://127.0.0.1:{port}"))
+                .tls(&tls)?
+                .checkpoint(&options.checkpoint)?
+                .usable_memory_bytes(memory)
+                .heartbeat_ms(options.heartbeat_ms);
             let name = format!("worker-{i}");
-            let process = spawn_worker(options, &name, &config)?;
+            let process = spawn_worker(&launcher, options.worker_threads, &name, &config)?;
             workers.push(LocalWorker {
                 node_id,
                 port,
@@ -203,8 +205,8 @@ impl LocalSwarm {
                 name,
             });
         }
-        for (i, w) in workers.iter().enumerate() {
-            wait_for_port(w.port, deadline, &format!("worker-{i}"))?;
+        for w in &workers {
+            launcher.wait_for_port(w.port, deadline, &w.name)?;
         }
         progress(&format!(
             "{} shard-workers up ({} stages × {} replicas)",
@@ -222,41 +224,25 @@ impl LocalSwarm {
         } else {
             options.http_port
         };
-        let gateway_config = GatewayConfig {
-            listen: ([127, 0, 0, 1], gateway_port).into(),
-            model: "neurollm".into(),
-            tokenizer,
-            api_keys: vec![ApiKey {
-                key: options.api_key.clone(),
-                account: "local".into(),
-            }],
-            per_hop_deadline_ms: options.hop_deadline_ms,
-            registry: registry_url.clone(),
-            backoff_ms: 1_000,
-            tls: tls.clone(),
-            training_report: Some(
-                options
-                    .checkpoint
-                    .join(neuroshard_model::training::TRAINING_REPORT_FILE),
-            )
-            .filter(|p| p.exists()),
-            node_pids_file: Some(write_pids(&options.state_dir, &workers)?),
-            ..GatewayConfig::default()
-        };
-        let gateway = spawn(
-            options,
-            "swarm-gateway",
-            "swarm-gateway",
-            &toml::to_string(&gateway_config)?,
-            &[],
-        )?;
+        let mut gateway_config =
+            GatewayToml::new(gateway_port, "neurollm", &tokenizer, &registry_url)?
+                .api_key(&options.api_key, "local")
+                .per_hop_deadline_ms(options.hop_deadline_ms)
+                .backoff_ms(1_000)
+                .tls(&tls)?
+                .node_pids_file(&write_pids(&options.state_dir, &workers)?)?;
+        let report = options.checkpoint.join(TRAINING_REPORT_FILE);
+        if report.exists() {
+            gateway_config = gateway_config.training_report(&report)?;
+        }
+        let gateway =
+            launcher.spawn(GATEWAY_BINARY, GATEWAY_BINARY, gateway_config.table(), &[])?;
         let mut swarm = Self {
             gateway_port,
             registry_url,
             gateway,
             workers,
             registry,
-            _pg: pg,
             options: options.clone(),
         };
         swarm.wait_ready(deadline)?;
@@ -265,44 +251,45 @@ impl LocalSwarm {
     }
 
     /// Waits (up to `timeout`) until the swarm is whole again: see [`LocalSwarm::start`].
-    pub fn wait_until_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         self.wait_ready(Instant::now() + timeout)
     }
 
     /// Starts the worker holding `node_id` again (killing it first if it still runs), with
     /// the same key, port and config: the node a crash took away comes back as itself.
     /// Its log starts afresh. Returns without waiting for it to be placed.
-    pub fn restart_worker(&mut self, node_id: &str) -> anyhow::Result<()> {
-        let options = self.options.clone();
+    pub fn restart_worker(&mut self, node_id: &str) -> Result<()> {
+        let launcher = self.options.launcher();
+        let threads = self.options.worker_threads;
         let worker = self
             .workers
             .iter_mut()
             .find(|w| w.node_id == node_id)
-            .with_context(|| format!("no local worker {node_id}"))?;
+            .ok_or_else(|| LocalError(format!("no local worker {node_id}")))?;
         worker.process.kill();
-        worker.process = spawn_worker(&options, &worker.name, &worker.config)?;
-        write_pids(&options.state_dir, &self.workers)?;
+        worker.process = spawn_worker(&launcher, threads, &worker.name, &worker.config)?;
+        write_pids(&self.options.state_dir, &self.workers)?;
         Ok(())
     }
 
     /// Waits until `/readyz` answers 200 and the status shows every worker live with a span
     /// and every layer held by at least `min(2, workers)` nodes.
-    fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
         let want = self.workers.len().min(2);
         let mut last = String::new();
         while Instant::now() < deadline {
             if !self.gateway.running() {
-                bail!(
-                    "swarm-gateway exited during start-up: {}",
-                    self.log_hint("swarm-gateway")
-                );
+                return Err(LocalError(format!(
+                    "swarm-gateway exited during start-up: see its log in the state directory (logs/{GATEWAY_BINARY}.log)"
+                )));
             }
             let step = Duration::from_secs(2);
             if let Ok(ready) = http_get(self.gateway_port, "/readyz", step)
                 && ready.status == 200
                 && let Ok(status) = http_get(self.gateway_port, "/api/v1/status", step)
             {
-                let doc: serde_json::Value = serde_json::from_str(&status.body)?;
+                let doc: serde_json::Value = serde_json::from_str(&status.body)
+                    .map_err(|e| LocalError(format!("/api/v1/status: {e}")))?;
                 let live = doc["nodes"]
                     .as_array()
                     .map(|n| {
@@ -339,11 +326,9 @@ impl LocalSwarm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        bail!("the swarm was not ready in time ({last})")
-    }
-
-    fn log_hint(&self, name: &str) -> String {
-        format!("see its log in the state directory (logs/{name}.log)")
+        Err(LocalError(format!(
+            "the swarm was not ready in time ({last})"
+        )))
     }
 
     /// Stops everything in reverse order; processes get SIGTERM and a grace period.
@@ -352,7 +337,7 @@ impl LocalSwarm {
         for w in &mut self.workers {
             w.process.terminate(GRACE);
         }
-        self.registry.terminate(GRACE);
+        self.registry.registry.process.terminate(GRACE);
     }
 
     /// The worker holding `node_id`, if it is one of ours.
@@ -414,92 +399,33 @@ async fn count_loaded(nodes: Vec<serde_json::Value>, tls: &TlsFiles) -> usize {
 
 /// Writes `state_dir/pids.json` (node id → pid) for the gateway's status document, replacing
 /// the file whole so the gateway never reads half of it. Returns its path.
-fn write_pids(state_dir: &Path, workers: &[LocalWorker]) -> anyhow::Result<PathBuf> {
+fn write_pids(state_dir: &Path, workers: &[LocalWorker]) -> Result<PathBuf> {
     let pids: BTreeMap<&str, u32> = workers
         .iter()
         .map(|w| (w.node_id.as_str(), w.process.pid()))
         .collect();
     let path = state_dir.join("pids.json");
     let partial = state_dir.join("pids.json.partial");
-    std::fs::write(&partial, serde_json::to_string(&pids)?)
-        .with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    let text = serde_json::to_string(&pids).map_err(|e| LocalError(e.to_string()))?;
+    std::fs::write(&partial, text)
+        .map_err(|e| LocalError(format!("writing {}: {e}", partial.display())))?;
+    std::fs::rename(&partial, &path)
+        .map_err(|e| LocalError(format!("writing {}: {e}", path.display())))?;
     Ok(path)
 }
 
-/// Starts one shard worker with its libtorch limited to the configured threads.
-fn spawn_worker(options: &SwarmOptions, name: &str, config: &str) -> anyhow::Result<ChildGuard> {
-    let threads = options.worker_threads.to_string();
-    spawn(
-        options,
-        "shard-worker",
+/// Starts one shard worker with its libtorch limited to `threads`.
+fn spawn_worker(
+    launcher: &Launcher,
+    threads: usize,
+    name: &str,
+    config: &WorkerToml,
+) -> Result<ChildGuard> {
+    let threads = threads.to_string();
+    launcher.spawn(
+        WORKER_BINARY,
         name,
-        config,
+        config.table(),
         &[("OMP_NUM_THREADS", threads.as_str())],
     )
-}
-
-/// Starts `binary` with a generated config file named after `name`, logging to
-/// `logs/<name>.log`.
-fn spawn(
-    options: &SwarmOptions,
-    binary: &str,
-    name: &str,
-    config: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<ChildGuard> {
-    let path = options.bin_dir.join(binary);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the workspace binaries first (make build)",
-            path.display()
-        );
-    }
-    let config_path = options.state_dir.join(format!("{name}.toml"));
-    write_private(&config_path, config)?;
-    let log_path = options.state_dir.join("logs").join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut command = Command::new(&path);
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    for (k, v) in options
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(env.iter().copied())
-    {
-        command.env(k, v);
-    }
-    Ok(ChildGuard::spawn(command)?)
-}
-
-/// Writes a file only its owner can read (configs may hold keys).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-fn wait_for_port(port: u16, deadline: Instant, what: &str) -> anyhow::Result<()> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what} did not start listening on port {port} in time (see logs/{what}.log)")
 }

@@ -1,0 +1,245 @@
+//! The config file of each service the harness starts, written as a TOML table: one type per
+//! service, one method per key the harness sets (every other key keeps the service's default).
+//! The harness cannot see the services' config structs (a library never depends on a
+//! deployable), but the services refuse unknown keys at start, so a misspelt key here fails
+//! loudly; `tests/tests/configs.rs` deserialises every table these types write into the
+//! services' own config types.
+
+use std::path::Path;
+
+use neuroshard_common::ModelConfig;
+use neuroshard_runtime::tls::TlsFiles;
+use serde::Serialize;
+
+use crate::{LocalError, Result};
+
+/// `value` as a TOML value (paths must be UTF-8, as the services' own serialisers require).
+fn value(what: &str, value: impl Serialize) -> Result<toml::Value> {
+    toml::Value::try_from(value).map_err(|e| LocalError(format!("config key {what}: {e}")))
+}
+
+fn listen(port: u16) -> toml::Value {
+    toml::Value::String(format!("127.0.0.1:{port}"))
+}
+
+/// Whether `tls` makes a server speak TLS (it has a certificate to serve with).
+fn serves_tls(table: &toml::Table) -> bool {
+    table.get("tls").and_then(|t| t.get("cert_file")).is_some()
+}
+
+macro_rules! table_type {
+    ($name:ident, $service:literal) => {
+        #[doc = concat!("The `", $service, "` config file's table.")]
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct $name(toml::Table);
+
+        impl $name {
+            /// The table, as the file will hold it.
+            pub fn table(&self) -> &toml::Table {
+                &self.0
+            }
+
+            fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+                self.0.insert(key.into(), value.into());
+                self
+            }
+        }
+    };
+}
+
+table_type!(RegistryToml, "layer-registry");
+table_type!(WorkerToml, "shard-worker");
+table_type!(GatewayToml, "swarm-gateway");
+
+impl RegistryToml {
+    /// A registry for `network_id`; where it listens and its database are set when it is
+    /// started ([`crate::RegistryProcess::start`]).
+    pub fn new(network_id: &str) -> Self {
+        Self::default().set("network_id", network_id)
+    }
+
+    pub fn listen(self, port: u16) -> Self {
+        self.set("listen", listen(port))
+    }
+
+    pub fn database_url(self, url: &str) -> Self {
+        self.set("database_url", url)
+    }
+
+    /// Liveness: heartbeat interval < suspect after < dead after (milliseconds).
+    pub fn liveness(self, heartbeat_ms: u64, suspect_after_ms: u64, dead_after_ms: u64) -> Self {
+        self.set("heartbeat_interval_ms", heartbeat_ms as i64)
+            .set("suspect_after_ms", suspect_after_ms as i64)
+            .set("dead_after_ms", dead_after_ms as i64)
+    }
+
+    pub fn watch_poll_ms(self, ms: u64) -> Self {
+        self.set("watch_poll_ms", ms as i64)
+    }
+
+    /// The model assigned (fixed mode), or in auto mode the fields capacity does not decide.
+    pub fn model(self, model: &ModelConfig) -> Result<Self> {
+        Ok(self.set("model", value("model", model)?))
+    }
+
+    /// The architecture from live capacity instead of `model`'s shape.
+    pub fn auto_architecture(
+        self,
+        genesis_nodes: u32,
+        growth_settle_ms: u64,
+        depth_curve_scale: f64,
+    ) -> Self {
+        let mut architecture = toml::Table::new();
+        architecture.insert("mode".into(), "auto".into());
+        architecture.insert("genesis_nodes".into(), i64::from(genesis_nodes).into());
+        architecture.insert("growth_settle_ms".into(), (growth_settle_ms as i64).into());
+        architecture.insert("depth_curve_scale".into(), depth_curve_scale.into());
+        self.set("architecture", architecture)
+    }
+
+    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
+        Ok(self.set("tls", value("tls", tls)?))
+    }
+
+    /// Serve Prometheus `/metrics` on this loopback port.
+    pub fn metrics_port(self, port: u16) -> Self {
+        self.set("metrics_listen", listen(port))
+    }
+
+    /// Whether it serves TLS (its URL is then `https://`).
+    pub fn serves_tls(&self) -> bool {
+        serves_tls(&self.0)
+    }
+}
+
+impl WorkerToml {
+    /// A worker on `port` (on the CPU: local workers share one machine), registering with
+    /// `registry` under the key in `key_file` (created when missing).
+    pub fn new(port: u16, registry: &str, network_id: &str, key_file: &Path) -> Result<Self> {
+        Ok(Self::default()
+            .set("listen", listen(port))
+            .set("registry", registry)
+            .set("network_id", network_id)
+            .set("key_file", value("key_file", key_file)?)
+            .set("device", "cpu"))
+    }
+
+    /// The URL the registry publishes for it.
+    pub fn advertise(self, url: &str) -> Self {
+        self.set("advertise", url)
+    }
+
+    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
+        Ok(self.set("tls", value("tls", tls)?))
+    }
+
+    /// Load the assigned span from this checkpoint (without one: initialise it from the seed).
+    pub fn checkpoint(self, dir: &Path) -> Result<Self> {
+        Ok(self.set("checkpoint", value("checkpoint", dir)?))
+    }
+
+    pub fn init_seed(self, seed: u64) -> Self {
+        self.set("init_seed", seed as i64)
+    }
+
+    /// Memory it offers for layers (which decides the span the registry gives it).
+    pub fn usable_memory_bytes(self, bytes: u64) -> Self {
+        self.set(
+            "usable_memory_bytes",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        )
+    }
+
+    pub fn heartbeat_ms(self, ms: u64) -> Self {
+        self.set("heartbeat_interval_ms", ms as i64)
+    }
+
+    /// Message and stream limits: the largest unary message, the chunk size of streams, the
+    /// largest tensor, the most chunks of one stream.
+    pub fn message_limits(
+        self,
+        max_message_bytes: usize,
+        stream_chunk_bytes: usize,
+        max_tensor_bytes: usize,
+        max_stream_chunks: usize,
+    ) -> Self {
+        self.set("max_message_bytes", max_message_bytes as i64)
+            .set("stream_chunk_bytes", stream_chunk_bytes as i64)
+            .set("max_tensor_bytes", max_tensor_bytes as i64)
+            .set("max_stream_chunks", max_stream_chunks as i64)
+    }
+}
+
+impl GatewayToml {
+    /// A gateway serving `model` on HTTP `port`, with the served checkpoint's `tokenizer`,
+    /// routing through the registry at `registry`.
+    pub fn new(port: u16, model: &str, tokenizer: &Path, registry: &str) -> Result<Self> {
+        Ok(Self::default()
+            .set("listen", listen(port))
+            .set("model", model)
+            .set("tokenizer", value("tokenizer", tokenizer)?)
+            .set("registry", registry))
+    }
+
+    /// One API key and the account it acts for.
+    pub fn api_key(self, key: &str, account: &str) -> Self {
+        let mut entry = toml::Table::new();
+        entry.insert("key".into(), key.into());
+        entry.insert("account".into(), account.into());
+        self.set("api_keys", toml::Value::Array(vec![entry.into()]))
+    }
+
+    pub fn per_hop_deadline_ms(self, ms: u64) -> Self {
+        self.set("per_hop_deadline_ms", ms as i64)
+    }
+
+    /// First back-off of a failing node.
+    pub fn backoff_ms(self, ms: u64) -> Self {
+        self.set("backoff_ms", ms as i64)
+    }
+
+    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
+        Ok(self.set("tls", value("tls", tls)?))
+    }
+
+    /// The served checkpoint's training report (the dashboard draws its loss curves).
+    pub fn training_report(self, path: &Path) -> Result<Self> {
+        Ok(self.set("training_report", value("training_report", path)?))
+    }
+
+    /// The node id → pid file the local swarm keeps.
+    pub fn node_pids_file(self, path: &Path) -> Result<Self> {
+        Ok(self.set("node_pids_file", value("node_pids_file", path)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_hold_what_was_set_and_tls_decides_the_scheme() {
+        let plain = RegistryToml::new("n").listen(7).liveness(1, 2, 3);
+        assert_eq!(plain.table()["listen"].as_str(), Some("127.0.0.1:7"));
+        assert_eq!(plain.table()["dead_after_ms"].as_integer(), Some(3));
+        assert!(!plain.serves_tls());
+        let client_only = TlsFiles {
+            ca_file: Some("ca.crt".into()),
+            ..TlsFiles::default()
+        };
+        assert!(!plain.clone().tls(&client_only).unwrap().serves_tls());
+        let serving = TlsFiles {
+            cert_file: Some("tls.crt".into()),
+            key_file: Some("tls.key".into()),
+            ca_file: None,
+        };
+        assert!(plain.tls(&serving).unwrap().serves_tls());
+        let gateway = GatewayToml::new(1, "m", Path::new("t.json"), "http://r")
+            .unwrap()
+            .api_key("k", "a");
+        assert_eq!(
+            gateway.table()["api_keys"][0]["account"].as_str(),
+            Some("a")
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The harness writes each service's config as a TOML table without seeing the services'
+//! config types (a library never depends on a deployable). Here every key it can write is
+//! checked against those types, which refuse unknown keys: a misspelt or mistyped key fails
+//! this test, not a swarm at start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::path::Path;
+
+use neuroshard_common::ModelConfig;
+use neuroshard_layer_registry::RegistryConfig;
+use neuroshard_local::{GatewayToml, RegistryToml, WorkerToml};
+use neuroshard_runtime::tls::TlsFiles;
+use neuroshard_shard_worker::WorkerConfig;
+use neuroshard_swarm_gateway::GatewayConfig;
+use serde::de::DeserializeOwned;
+
+/// The table as the service reads it: through the file's text, onto its defaults.
+fn read<T: DeserializeOwned>(table: &toml::Table) -> T {
+    let text = toml::to_string(table).unwrap();
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn tls() -> TlsFiles {
+    TlsFiles {
+        cert_file: Some("tls.crt".into()),
+        key_file: Some("tls.key".into()),
+        ca_file: Some("ca.crt".into()),
+    }
+}
+
+#[test]
+fn every_registry_key_is_one_the_registry_takes() {
+    let model = ModelConfig {
+        vocab_size: 512,
+        ..ModelConfig::small(4096)
+    };
+    let toml = RegistryToml::new("net")
+        .listen(7401)
+        .database_url("host=127.0.0.1 port=1 user=postgres dbname=postgres")
+        .liveness(200, 600, 1200)
+        .watch_poll_ms(50)
+        .model(&model)
+        .unwrap()
+        .auto_architecture(4, 1500, 22.0)
+        .tls(&tls())
+        .unwrap()
+        .metrics_port(7402);
+    let config: RegistryConfig = read(toml.table());
+    config.validate().unwrap();
+    assert_eq!(config.listen, ([127, 0, 0, 1], 7401).into());
+    assert_eq!(config.network_id, "net");
+    assert_eq!(
+        (
+            config.heartbeat_interval_ms,
+            config.suspect_after_ms,
+            config.dead_after_ms,
+            config.watch_poll_ms
+        ),
+        (200, 600, 1200, 50)
+    );
+    assert_eq!(config.model, model);
+    assert_eq!(config.architecture.genesis_nodes, 4);
+    assert_eq!(config.architecture.growth_settle_ms, 1500);
+    assert_eq!(config.architecture.depth_curve_scale, 22.0);
+    assert_eq!(config.tls, tls());
+    assert_eq!(config.metrics_listen, Some(([127, 0, 0, 1], 7402).into()));
+    // What the harness leaves out keeps the registry's default.
+    assert_eq!(config.min_replicas, RegistryConfig::default().min_replicas);
+}
+
+#[test]
+fn every_worker_key_is_one_the_worker_takes() {
+    let toml = WorkerToml::new(7501, "https://127.0.0.1:7401", "net", Path::new("w.key"))
+        .unwrap()
+        .advertise("https://127.0.0.1:7501")
+        .tls(&tls())
+        .unwrap()
+        .checkpoint(Path::new("ckpt"))
+        .unwrap()
+        .init_seed(5)
+        .usable_memory_bytes(60_000_000)
+        .heartbeat_ms(200)
+        .message_limits(64 << 10, 16 << 10, 1 << 20, 64);
+    let config: WorkerConfig = read(toml.table());
+    config.validate().unwrap();
+    assert_eq!(
+        config,
+        WorkerConfig {
+            listen: ([127, 0, 0, 1], 7501).into(),
+            advertise: Some("https://127.0.0.1:7501".into()),
+            registry: "https://127.0.0.1:7401".into(),
+            network_id: "net".into(),
+            key_file: "w.key".into(),
+            checkpoint: Some("ckpt".into()),
+            init_seed: 5,
+            usable_memory_bytes: 60_000_000,
+            device: "cpu".into(),
+            heartbeat_interval_ms: 200,
+            max_message_bytes: 64 << 10,
+            stream_chunk_bytes: 16 << 10,
+            max_tensor_bytes: 1 << 20,
+            max_stream_chunks: 64,
+            tls: tls(),
+            ..WorkerConfig::default()
+        }
+    );
+}
+
+#[test]
+fn every_gateway_key_is_one_the_gateway_takes() {
+    let toml = GatewayToml::new(
+        8081,
+        "neurollm",
+        Path::new("tokenizer.json"),
+        "http://127.0.0.1:7401",
+    )
+    .unwrap()
+    .api_key("sk-test-0123456789abcdef", "local")
+    .per_hop_deadline_ms(250)
+    .backoff_ms(1_000)
+    .tls(&tls())
+    .unwrap()
+    .training_report(Path::new("training.json"))
+    .unwrap()
+    .node_pids_file(Path::new("pids.json"))
+    .unwrap();
+    let config: GatewayConfig = read(toml.table());
+    config.validate().unwrap();
+    assert_eq!(config.listen, ([127, 0, 0, 1], 8081).into());
+    assert_eq!(config.model, "neurollm");
+    assert_eq!(config.tokenizer, Path::new("tokenizer.json"));
+    assert_eq!(config.registry, "http://127.0.0.1:7401");
+    assert_eq!(config.api_keys.len(), 1);
+    assert_eq!(config.api_keys[0].key, "sk-test-0123456789abcdef");
+    assert_eq!(config.api_keys[0].account, "local");
+    assert_eq!(
+        (config.per_hop_deadline_ms, config.backoff_ms),
+        (250, 1_000)
+    );
+    assert_eq!(config.tls, tls());
+    assert_eq!(
+        config.training_report.as_deref(),
+        Some(Path::new("training.json"))
+    );
+    assert_eq!(
+        config.node_pids_file.as_deref(),
+        Some(Path::new("pids.json"))
+    );
+}

@@ -1,0 +1,56 @@
+//! What the cross-service tests share; each test binary uses a part of it.
+//!
+//! - here: where the service binaries are, a [`Launcher`] for a test's directory, a registry
+//!   client once the registry listens, signals to processes;
+//! - [`checkpoints`]: seeded model checkpoints (with a tokenizer when the gateway needs one)
+//!   and what the model generates in process;
+//! - [`swarm`]: a registry and shard-worker processes assembled by hand (growth, streaming,
+//!   failover of single hops), and the checks made on them.
+//!
+//! The processes themselves (PostgreSQL, generated configs, logs, waiting for ports, the
+//! whole local swarm) come from `neuroshard-local`, the harness `neuroshard up` uses too.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod checkpoints;
+pub mod swarm;
+
+use std::path::{Path, PathBuf};
+
+use neuroshard_local::Launcher;
+use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_tests::workspace_binary;
+use tonic::transport::Channel;
+
+/// The directory holding `neuroshard`, `layer-registry`, `shard-worker` and `swarm-gateway`.
+pub fn bin_dir() -> PathBuf {
+    workspace_binary("swarm-gateway")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Starts services from [`bin_dir`] with configs and logs under `dir/state` (kept with the
+/// test's temporary directory, so a failure's logs are there while it runs).
+pub fn launcher(dir: &Path) -> Launcher {
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    Launcher::new(bin_dir(), state)
+}
+
+/// A client of the registry at `url`, which already listens.
+pub async fn registry_client(url: &str) -> LayerRegistryClient<Channel> {
+    LayerRegistryClient::connect(url.to_string()).await.unwrap()
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, `TERM`, …) to process `pid`, as `kill -NAME pid` would.
+pub fn signal(pid: u32, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
