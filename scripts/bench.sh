@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=env.sh
 source scripts/env.sh
+# The gateway benchmark runs the service binaries: built here, as `-p neuroshard-tests` alone
+# does not build other packages' binaries.
 scripts/cargo.sh build --release --workspace --bins
 echo "==> training step: NeuroShard vs PyTorch eager (same config, 2 threads)"
 "$PY_ENV/bin/python" scripts/bench_train_step.py target/release/neuroshard --threads 2 --rounds 5
@@ -15,4 +17,4 @@ scripts/cargo.sh test --release -p neuroshard-layer-registry -- --ignored --noca
 echo "==> one gRPC hop vs its layer compute; large hops unary vs chunked"
 scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture --test-threads 1
 echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
-scripts/cargo.sh test --release -p neuroshard-cli --test gateway_bench -- --ignored --nocapture --test-threads 1
+scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1
