@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neuroshard_runtime::telemetry::names::registry as names;
 use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
 use neuroshard_common::{Error, Result};
@@ -18,6 +17,7 @@ use neuroshard_proto::registry::v1::{
     GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
     RoutesRequest, RoutesResponse, WatchRequest,
 };
+use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::config::RegistryConfig;
 use crate::liveness::LivenessPolicy;
 use crate::store::{Publication, Registration, Store};
-use crate::{routes, shape, snapshot};
+use crate::{architecture, routes, snapshot};
 
 /// Shared state of one registry replica.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ impl RegistryService {
             .store
             .publish(|nodes, stored| {
                 let (states, live) = snapshot::live_capacities(nodes, liveness);
-                let decision = shape::decide(
+                let decision = architecture::decide(
                     &self.mode,
                     stored,
                     &live,
