@@ -160,7 +160,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a heartbeat (nonce-checked). Returns false if the node is unknown.
+    /// Records a heartbeat (nonce-checked). An unknown node is a `NotFound` error.
     pub async fn heartbeat(&self, node_id: &str, nonce: u64, queue_depth: u32) -> Result<()> {
         self.touch(
             "UPDATE nodes SET last_nonce = $2, last_heartbeat = now(), queue_depth = $3 WHERE node_id = $1 AND last_nonce < $2",

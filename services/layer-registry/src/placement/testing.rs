@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use neuroshard_common::role::Role;
 
-use super::{Health, LayerCosts, LayerDeficit, NodeCapacity, NodeSpan, Placement};
+use super::types::{Health, LayerCosts, LayerDeficit, NodeCapacity, NodeSpan, Placement};
 
 pub(super) fn node(id: &str, memory_bytes: u64) -> NodeCapacity {
     NodeCapacity {
