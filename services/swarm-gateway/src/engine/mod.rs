@@ -19,10 +19,11 @@ pub mod view;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use neuroshard_runtime::tls::TlsFiles;
+use neuroshard_common::role::wire_role_name;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::WatchRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -100,9 +101,9 @@ impl EngineConfig {
     }
 }
 
-/// State shared by the watch task and every generation.
+/// The engine's state, shared by the watch task and every generation.
 #[derive(Debug)]
-pub(crate) struct Inner {
+pub(crate) struct EngineState {
     config: EngineConfig,
     view: RwLock<Arc<SwarmView>>,
     stats: Mutex<StatsBook>,
@@ -112,7 +113,7 @@ pub(crate) struct Inner {
     created: u64,
 }
 
-impl Inner {
+impl EngineState {
     fn view(&self) -> Arc<SwarmView> {
         match self.view.read() {
             Ok(v) => v.clone(),
@@ -139,7 +140,7 @@ impl Inner {
 /// The production [`Generator`]: requests routed through the swarm's layer holders.
 #[derive(Debug)]
 pub struct SwarmEngine {
-    inner: Arc<Inner>,
+    state: Arc<EngineState>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -157,7 +158,7 @@ impl SwarmEngine {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let inner = Arc::new(Inner {
+        let engine = Arc::new(EngineState {
             hops: hops::HopClient::new(config.tls.clone(), config.max_message_bytes),
             stats: Mutex::new(StatsBook::new(config.backoff, config.max_backoff)),
             tracker: Mutex::new(Tracker::default()),
@@ -167,17 +168,20 @@ impl SwarmEngine {
             config,
         });
         let (first_tx, mut first_rx) = mpsc::channel(1);
-        let watcher = tokio::spawn(follow(inner.clone(), first_tx));
-        let timeout = inner.config.connect_timeout;
+        let watcher = tokio::spawn(follow(engine.clone(), first_tx));
+        let timeout = engine.config.connect_timeout;
         match tokio::time::timeout(timeout, first_rx.recv()).await {
-            Ok(Some(())) => Ok(Self { inner, watcher }),
+            Ok(Some(())) => Ok(Self {
+                state: engine,
+                watcher,
+            }),
             _ => {
                 watcher.abort();
                 Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
                         "no assignment from the registry at {} within {timeout:?}",
-                        inner.config.registry
+                        engine.config.registry
                     ),
                 ))
             }
@@ -188,7 +192,7 @@ impl SwarmEngine {
     /// reports here).
     pub fn set_training(&self, training: Option<TrainingStatus>) {
         *self
-            .inner
+            .state
             .training
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = training;
@@ -196,10 +200,10 @@ impl SwarmEngine {
 }
 
 /// Follows the registry's `Watch` stream; signals `first` once the first snapshot is in.
-async fn follow(inner: Arc<Inner>, first: mpsc::Sender<()>) {
+async fn follow(engine: Arc<EngineState>, first: mpsc::Sender<()>) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match watch_once(&inner, &first).await {
+        match watch_once(&engine, &first).await {
             Ok(()) => tracing::warn!("registry watch stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e.message, "registry watch failed; retrying"),
         }
@@ -208,8 +212,8 @@ async fn follow(inner: Arc<Inner>, first: mpsc::Sender<()>) {
     }
 }
 
-async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error> {
-    let channel = inner.config.tls.connect(&inner.config.registry).await?;
+async fn watch_once(engine: &EngineState, first: &mpsc::Sender<()>) -> Result<(), Error> {
+    let channel = engine.config.tls.connect(&engine.config.registry).await?;
     let mut client = LayerRegistryClient::new(channel);
     let mut stream = client
         .watch(WatchRequest {})
@@ -227,7 +231,7 @@ async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error
             nodes = view.nodes.len(),
             "assignment"
         );
-        inner.set_view(view);
+        engine.set_view(view);
         let _ = first.try_send(());
     }
     Ok(())
@@ -235,19 +239,19 @@ async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error
 
 impl Generator for SwarmEngine {
     fn model(&self) -> ModelCard {
-        let view = self.inner.view();
+        let view = self.state.view();
         let architecture = view.architecture.clone().unwrap_or_default();
         ModelCard {
-            id: self.inner.config.model_name.clone(),
+            id: self.state.config.model_name.clone(),
             context_length: architecture.max_seq_len,
             vocab_size: architecture.vocab_size,
-            created: self.inner.created,
+            created: self.state.created,
         }
     }
 
     fn ready(&self) -> bool {
-        let view = self.inner.view();
-        let loads = self.inner.stats().loads(Instant::now());
+        let view = self.state.view();
+        let loads = self.state.stats().loads(Instant::now());
         let n = view.num_layers();
         n > 0
             && routing::best_chain(&view.nodes, &loads, 0, n, &Default::default(), || 1.0).is_some()
@@ -256,17 +260,17 @@ impl Generator for SwarmEngine {
     fn generate(&self, job: GenerationJob) -> TokenStream {
         // A small buffer: the generation runs at most a few tokens ahead of a slow client.
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(generation::run(self.inner.clone(), job, tx));
+        tokio::spawn(generation::run(self.state.clone(), job, tx));
         Box::pin(ReceiverStream::new(rx))
     }
 
     fn status(&self) -> SwarmStatus {
         let now = epoch_ms();
-        let view = self.inner.view();
+        let view = self.state.view();
         let instant = Instant::now();
-        let stats = self.inner.stats().clone();
+        let stats = self.state.stats().clone();
         let pids = self
-            .inner
+            .state
             .config
             .node_pids_file
             .as_deref()
@@ -279,7 +283,7 @@ impl Generator for SwarmEngine {
                 id: n.id.clone(),
                 endpoint: n.endpoint.clone(),
                 span: [n.start, n.end],
-                role: view::role_name(n.role).into(),
+                role: wire_role_name(n.role.into()).into(),
                 state: view::state_name(n.state).into(),
                 pid: pids.get(&n.id).copied(),
                 tokens_per_s: n.tokens_per_s,
@@ -306,21 +310,21 @@ impl Generator for SwarmEngine {
             parameters: parameters(a),
             version: view.version,
         });
-        let tracker = self.inner.tracker();
+        let tracker = self.state.tracker();
         SwarmStatus {
             now_ms: now,
             architecture,
             nodes,
             layers,
             replicas: ReplicaStatus {
-                min_replicas: self.inner.config.min_replicas,
+                min_replicas: self.state.config.min_replicas,
                 degraded: view.deficit > 0,
                 deficit: view.deficit,
             },
             requests: tracker.requests(),
             throughput: tracker.throughput(now),
             training: self
-                .inner
+                .state
                 .training
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

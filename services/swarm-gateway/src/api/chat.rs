@@ -26,9 +26,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ApiError;
-use crate::openai::{Finish, Neutral, StopParam, StreamOptions, Usage, unsupported};
-use crate::params::Knobs;
+use crate::api::params::Knobs;
+use crate::api::wire::{Finish, Neutral, StopParam, StreamOptions, Usage, unsupported};
+use crate::http::error::ApiError;
 
 /// Ends the assistant's turn: the separator between messages in the template.
 pub const TURN_END: &str = "\n\n";
