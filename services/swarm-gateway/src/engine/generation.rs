@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::hops::{Hop, HopError, HopInput};
 use super::routing::{best_chain, uncovered};
-use super::{EngineState, epoch_ms};
+use super::state::{EngineState, epoch_ms};
 use crate::generator::{FinishReason, GenerationJob, Step};
 
 /// A hop of this request's route, and whether its node still has to rebuild the session.

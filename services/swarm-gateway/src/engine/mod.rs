@@ -2,6 +2,8 @@
 //! stream), route choice by cost, per-hop deadlines with failover and replay, and the request
 //! and throughput records behind the status document.
 //!
+//! - [`config`]: [`EngineConfig`], where the swarm is and how patient to be with it;
+//! - [`state`]: what the watch task and every generation share;
 //! - [`view`]: the assignment as routing sees it (pure);
 //! - [`routing`]: cheapest chain of holders tiling a layer range (pure);
 //! - [`stats`]: per-node latency, in-flight requests, back-off (pure);
@@ -9,21 +11,24 @@
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
 //! - [`generation`]: one request's prefill/decode loop with failover.
 
+pub mod config;
 pub mod generation;
 pub mod hops;
 pub mod routing;
+pub mod state;
 pub mod stats;
 pub mod tracker;
 pub mod view;
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+pub use config::EngineConfig;
+
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use neuroshard_common::role::wire_role_name;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::WatchRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
-use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -31,111 +36,10 @@ use crate::generator::{GenerationJob, Generator, ModelCard, TokenStream};
 use crate::status::{
     ArchitectureStatus, LayerStatus, NodeStatus, ReplicaStatus, SwarmStatus, TrainingStatus,
 };
+use state::{EngineState, epoch_ms};
 use stats::StatsBook;
 use tracker::Tracker;
 use view::SwarmView;
-
-/// How the engine reaches the swarm and how patient it is.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// The layer registry's gRPC URL.
-    pub registry: String,
-    /// TLS for `https://` registry and worker URLs.
-    pub tls: TlsFiles,
-    /// The name clients pass as `model`.
-    pub model_name: String,
-    /// End-of-sequence token id (ends a generation; not sent to the client).
-    pub eos_token: Option<u32>,
-    /// Deadline of one decode hop; past it the hop moves to another holder.
-    pub hop_deadline: Duration,
-    /// Deadline of a prefill or replay hop (whole prompts take longer than one token).
-    pub prefill_deadline: Duration,
-    /// Failovers one request may go through before it fails.
-    pub max_failovers: u32,
-    /// The registry's replica target, for the status document.
-    pub min_replicas: u32,
-    /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    /// Largest gRPC message to or from a worker.
-    pub max_message_bytes: usize,
-    /// How long [`SwarmEngine::connect`] waits for the first assignment.
-    pub connect_timeout: Duration,
-    /// JSON file of node id → process id (local swarm), read for each status document.
-    pub node_pids_file: Option<std::path::PathBuf>,
-}
-
-impl EngineConfig {
-    pub fn new(registry: impl Into<String>, model_name: impl Into<String>) -> Self {
-        Self {
-            registry: registry.into(),
-            tls: TlsFiles::default(),
-            model_name: model_name.into(),
-            eos_token: None,
-            hop_deadline: Duration::from_millis(200),
-            prefill_deadline: Duration::from_secs(5),
-            max_failovers: 8,
-            min_replicas: 2,
-            backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(60),
-            max_message_bytes: 64 << 20,
-            connect_timeout: Duration::from_secs(30),
-            node_pids_file: None,
-        }
-    }
-
-    /// The engine settings of a gateway configuration.
-    pub fn from_gateway(config: &crate::GatewayConfig, eos_token: Option<u32>) -> Self {
-        Self {
-            tls: config.tls.clone(),
-            eos_token,
-            hop_deadline: Duration::from_millis(config.per_hop_deadline_ms),
-            prefill_deadline: Duration::from_millis(config.prefill_deadline_ms),
-            max_failovers: config.max_failovers,
-            min_replicas: config.min_replicas,
-            backoff: Duration::from_millis(config.backoff_ms),
-            max_backoff: Duration::from_millis(config.max_backoff_ms),
-            node_pids_file: config.node_pids_file.clone(),
-            ..Self::new(&config.registry, &config.model)
-        }
-    }
-}
-
-/// The engine's state, shared by the watch task and every generation.
-#[derive(Debug)]
-pub(crate) struct EngineState {
-    config: EngineConfig,
-    view: RwLock<Arc<SwarmView>>,
-    stats: Mutex<StatsBook>,
-    tracker: Mutex<Tracker>,
-    hops: hops::HopClient,
-    training: Mutex<Option<TrainingStatus>>,
-    created: u64,
-}
-
-impl EngineState {
-    fn view(&self) -> Arc<SwarmView> {
-        match self.view.read() {
-            Ok(v) => v.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn stats(&self) -> MutexGuard<'_, StatsBook> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_view(&self, view: SwarmView) {
-        self.stats()
-            .retain(|id| view.nodes.iter().any(|n| n.id == id));
-        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
-        *slot = Arc::new(view);
-    }
-}
 
 /// The production [`Generator`]: requests routed through the swarm's layer holders.
 #[derive(Debug)]
@@ -355,13 +259,5 @@ fn parameters(a: &neuroshard_proto::common::v1::Architecture) -> u64 {
             ))
             .ok()
         })
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

@@ -13,5 +13,3 @@ pub mod error;
 pub mod extract;
 pub mod state;
 pub mod telemetry;
-
-pub use state::AppState;
