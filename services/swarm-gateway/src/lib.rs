@@ -11,7 +11,7 @@
 //!    [`http::api_keys`]), the JSON body extractor ([`http::extract`]), and OpenAI error
 //!    documents ([`http::error`]);
 //! 3. [`api`]: the OpenAI documents: requests ([`api::completions`], [`api::chat`] with its
-//!    chat template, shared [`api::wire`] types), their validation into a plan
+//!    [`api::chat_template`], shared [`api::wire`] types), their validation into a plan
 //!    ([`api::params`]), and each endpoint's response documents ([`api::response`]);
 //! 4. [`answer`]: from the plan to the answer: one [`GenerationJob`](generator::GenerationJob)
 //!    per choice, sampled tokens decoded into text with stop sequences ([`answer::decode`],

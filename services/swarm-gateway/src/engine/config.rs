@@ -31,7 +31,7 @@ pub struct EngineConfig {
     pub max_backoff: Duration,
     /// Largest gRPC message to or from a worker.
     pub max_message_bytes: usize,
-    /// How long [`SwarmEngine::connect`] waits for the first assignment.
+    /// How long [`SwarmEngine::connect`](super::SwarmEngine::connect) waits for the first assignment.
     pub connect_timeout: Duration,
     /// JSON file of node id → process id (local swarm), read for each status document.
     pub node_pids_file: Option<std::path::PathBuf>,
