@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
+<<<<<<< HEAD
+=======
+use neuroshard_runtime::telemetry::names::gateway;
+>>>>>>> gateway-layout
 use neuroshard_runtime::telemetry::propagation;
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
@@ -221,7 +225,7 @@ async fn patiently<T>(
                 if !alive(channel).await {
                     return Err(HopError::Timeout);
                 }
-                metrics::counter!("gateway_hop_deadline_extensions_total").increment(1);
+                metrics::counter!(gateway::HOP_DEADLINE_EXTENSIONS).increment(1);
             }
         }
     }
