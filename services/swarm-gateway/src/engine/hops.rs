@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
-<<<<<<< HEAD
-=======
 use neuroshard_runtime::telemetry::names::gateway;
->>>>>>> gateway-layout
 use neuroshard_runtime::telemetry::propagation;
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
