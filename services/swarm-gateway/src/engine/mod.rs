@@ -29,7 +29,6 @@ use neuroshard_common::role::wire_role_name;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::WatchRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
-use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
