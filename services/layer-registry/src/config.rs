@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use neuroshard_common::ModelConfig;
-use neuroshard_common::architecture::ArchitecturePolicy;
+use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PARAM};
 use neuroshard_common::growth::{ArchitectureMode, AutoPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,7 @@ impl Default for RegistryConfig {
             dead_after_ms: 30_000,
             clock_window_ms: 60_000,
             watch_poll_ms: 250,
-            bytes_per_param: 20,
+            bytes_per_param: TRAINING_BYTES_PER_PARAM,
             model: ModelConfig::small(4096),
             architecture: ArchitectureConfig::default(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
@@ -165,6 +165,18 @@ impl Default for ArchitectureConfig {
     }
 }
 
+impl neuroshard_runtime::ServiceConfig for RegistryConfig {
+    const ENV_PREFIX: &'static str = "NEUROSHARD_REGISTRY";
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        RegistryConfig::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,17 +257,5 @@ mod tests {
                 .to_string()
                 .contains("suspect_after_ms")
         );
-    }
-}
-
-impl neuroshard_runtime::ServiceConfig for RegistryConfig {
-    const ENV_PREFIX: &'static str = "NEUROSHARD_REGISTRY";
-
-    fn listen(&self) -> std::net::SocketAddr {
-        self.listen
-    }
-
-    fn validate(&self) -> Result<(), neuroshard_common::Error> {
-        RegistryConfig::validate(self)
     }
 }

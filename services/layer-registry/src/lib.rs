@@ -1,23 +1,33 @@
 //! The layer registry: membership, capacities, liveness, layer assignment with replicas, and
 //! routes, stored in PostgreSQL so several replicas can serve one swarm.
 //!
-//! - [`assignment`]: pure placement (contiguous spans, ≥ `min_replicas` holders per layer when
-//!   capacity allows, exact deficits otherwise, pipelines, roles);
-//! - [`liveness`], [`routes`], [`snapshot`]: pure policy over stored nodes;
-//! - [`shape`]: which architecture to publish (fixed, or from live capacity with growth);
+//! Pure policy (no I/O, tested directly), in dependency order:
+//! - [`stored`]: what the database holds, as plain data (nodes with heartbeat age, the
+//!   published architecture with its growth timer);
+//! - [`liveness`]: live, suspect, dead or draining, from heartbeat age;
+//! - [`placement`]: layers on nodes (contiguous spans, ≥ `min_replicas` holders per layer
+//!   when capacity allows, exact deficits otherwise, pipelines, roles);
+//! - [`architecture`]: which architecture to publish (fixed, or from live capacity with
+//!   growth);
+//! - [`snapshot`]: the published `AssignmentSnapshot` from stored nodes and the architecture;
+//! - [`routes`]: candidate routes through a snapshot's pipelines.
+//!
+//! I/O and wiring:
 //! - [`store`]: PostgreSQL (migrations, atomic nonce checks, published architecture and
-//!   assignment);
-//! - [`service`]: the gRPC adapter; [`config`]: layered configuration;
+//!   assignment), mapping rows into [`stored`] types; it never calls the policy itself but
+//!   runs the service's closure under its publish lock;
+//! - [`service`]: the gRPC adapter joining store and policy; [`config`]: layered configuration;
 //! - [`run`]: serves until `shutdown` resolves, re-publishing the assignment as liveness changes.
 
-pub mod assignment;
+pub mod architecture;
 pub mod config;
 pub mod liveness;
+pub mod placement;
 pub mod routes;
 pub mod service;
-pub mod shape;
 pub mod snapshot;
 pub mod store;
+pub mod stored;
 
 use std::future::Future;
 use std::sync::Arc;

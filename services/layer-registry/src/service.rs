@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::config::RegistryConfig;
 use crate::liveness::LivenessPolicy;
 use crate::store::{Publication, Registration, Store};
-use crate::{routes, shape, snapshot};
+use crate::{architecture, routes, snapshot};
 
 /// Shared state of one registry replica.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ impl RegistryService {
             .store
             .publish(|nodes, stored| {
                 let (states, live) = snapshot::live_capacities(nodes, liveness);
-                let decision = shape::decide(
+                let decision = architecture::decide(
                     &self.mode,
                     stored,
                     &live,

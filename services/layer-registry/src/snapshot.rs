@@ -1,40 +1,20 @@
 //! Builds the published assignment from stored nodes: liveness, then placement over the nodes
-//! that hold layers, then the protobuf snapshot. Pure: the store calls it under its lock.
+//! that hold layers, then the protobuf snapshot. Pure: the service calls it inside the store's
+//! publish lock, with the nodes the store read back.
 
-use neuroshard_common::ModelConfig;
-use neuroshard_common::architecture::{embedding_parameters, head_parameters, layer_parameters};
 use neuroshard_common::growth::ArchitectureState;
-use neuroshard_proto::common::v1::{LayerSpan, Role as ProtoRole};
+use neuroshard_proto::common::v1::{LayerSpan, Role as WireRole};
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, LayerDeficit, NodeAssignment, NodeState, Pipeline,
 };
 
-use crate::assignment::{self, Health, LayerCosts, NodeCapacity, Role};
 use crate::liveness::{LivenessPolicy, holds_layers};
-use crate::store::NodeRow;
-
-/// Byte costs of the model's parts for placement.
-pub fn layer_costs(model: &ModelConfig, bytes_per_param: u64) -> LayerCosts {
-    let bytes = |params: i64| params.max(0) as u64 * bytes_per_param;
-    LayerCosts {
-        layer_bytes: bytes(layer_parameters(model)),
-        embedding_bytes: bytes(embedding_parameters(model)),
-        head_bytes: bytes(head_parameters(model)),
-    }
-}
-
-fn proto_role(role: Role) -> ProtoRole {
-    match role {
-        Role::Driver => ProtoRole::Driver,
-        Role::Worker => ProtoRole::Worker,
-        Role::Validator => ProtoRole::Validator,
-        Role::Full => ProtoRole::Full,
-    }
-}
+use crate::placement::{Health, NodeCapacity, Placement, place_model};
+use crate::stored::StoredNode;
 
 /// Each stored node's liveness, and the capacities of those that are given layers.
 pub fn live_capacities(
-    nodes: &[NodeRow],
+    nodes: &[StoredNode],
     liveness: LivenessPolicy,
 ) -> (Vec<NodeState>, Vec<NodeCapacity>) {
     let states: Vec<NodeState> = nodes
@@ -54,27 +34,11 @@ pub fn live_capacities(
     (states, capacities)
 }
 
-/// Places `model` on `capacities`.
-pub fn place(
-    model: &ModelConfig,
-    capacities: &[NodeCapacity],
-    bytes_per_param: u64,
-    min_replicas: u32,
-) -> Result<assignment::Assignment, neuroshard_common::Error> {
-    assignment::assign(
-        u32::try_from(model.num_layers.max(0)).unwrap_or(u32::MAX),
-        &layer_costs(model, bytes_per_param),
-        capacities,
-        min_replicas,
-    )
-    .map_err(|e| neuroshard_common::Error::internal(format!("placement: {e}")))
-}
-
 /// The assignment for `nodes` with liveness `states` (from [`live_capacities`]) of the
 /// `architecture` (none yet: nothing is placed), version left 0: the store numbers published
 /// snapshots. Queue depths are left out so that heartbeats alone do not produce a new version.
 pub fn build(
-    nodes: &[NodeRow],
+    nodes: &[StoredNode],
     states: &[NodeState],
     capacities: &[NodeCapacity],
     architecture: Option<&ArchitectureState>,
@@ -82,8 +46,8 @@ pub fn build(
     min_replicas: u32,
 ) -> Result<AssignmentSnapshot, neuroshard_common::Error> {
     let placed = match architecture {
-        Some(arch) => place(&arch.config, capacities, bytes_per_param, min_replicas)?,
-        None => assignment::Assignment {
+        Some(arch) => place_model(&arch.config, capacities, bytes_per_param, min_replicas)?,
+        None => Placement {
             spans: Vec::new(),
             unassigned: capacities.iter().map(|c| c.node_id.clone()).collect(),
             pipelines: Vec::new(),
@@ -104,7 +68,7 @@ pub fn build(
                     start: s.start,
                     end: s.end,
                 }),
-                role: span.map_or(ProtoRole::Unspecified, |s| proto_role(s.role)) as i32,
+                role: span.map_or(WireRole::Unspecified, |s| s.role.to_wire()) as i32,
                 capacity: Some(Capacity {
                     usable_memory_bytes: n.usable_memory_bytes,
                     device: n.device,
@@ -138,4 +102,65 @@ pub fn build(
             .collect(),
         deficits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuroshard_common::ModelConfig;
+    use neuroshard_common::architecture::TRAINING_BYTES_PER_PARAM;
+
+    const LIVENESS: LivenessPolicy = LivenessPolicy {
+        suspect_after_ms: 15_000,
+        dead_after_ms: 30_000,
+    };
+
+    fn node(id: &str, memory: u64, heartbeat_age_ms: u64) -> StoredNode {
+        StoredNode {
+            node_id: id.into(),
+            endpoint: format!("http://{id}:7500"),
+            usable_memory_bytes: memory,
+            device: 0,
+            tokens_per_second: 100.0,
+            draining: false,
+            queue_depth: 3,
+            heartbeat_age_ms,
+        }
+    }
+
+    #[test]
+    fn dead_nodes_are_listed_but_hold_nothing() {
+        let nodes = [node("a", 1 << 40, 0), node("dead", 1 << 40, 60_000)];
+        let (states, live) = live_capacities(&nodes, LIVENESS);
+        assert_eq!(states, vec![NodeState::Live, NodeState::Dead]);
+        assert_eq!(live.len(), 1);
+        let architecture = ArchitectureState::genesis(ModelConfig::small(4096));
+        let snapshot = build(
+            &nodes,
+            &states,
+            &live,
+            Some(&architecture),
+            TRAINING_BYTES_PER_PARAM,
+            1,
+        )
+        .unwrap();
+        let roles: Vec<i32> = snapshot.nodes.iter().map(|n| n.role).collect();
+        assert_eq!(
+            roles,
+            vec![WireRole::Full as i32, WireRole::Unspecified as i32]
+        );
+        assert!(snapshot.nodes.iter().all(|n| n.queue_depth == 0));
+        assert_eq!(snapshot.pipelines.len(), 1);
+        assert!(snapshot.deficits.is_empty());
+    }
+
+    #[test]
+    fn without_an_architecture_nothing_is_placed() {
+        let nodes = [node("a", 1 << 40, 0)];
+        let (states, live) = live_capacities(&nodes, LIVENESS);
+        let snapshot = build(&nodes, &states, &live, None, TRAINING_BYTES_PER_PARAM, 2).unwrap();
+        assert!(snapshot.architecture.is_none());
+        assert!(snapshot.nodes[0].span.is_none());
+        assert!(snapshot.pipelines.is_empty() && snapshot.deficits.is_empty());
+    }
 }

@@ -11,7 +11,7 @@ use neuroshard_proto::common::v1::Architecture;
 use prost::Message;
 use tokio_postgres::NoTls;
 
-use crate::shape::StoredArchitecture;
+use crate::stored::{StoredArchitecture, StoredNode};
 
 /// Ordered migrations, embedded in the binary.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -22,19 +22,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// Arbitrary fixed keys for `pg_advisory_xact_lock`.
 const MIGRATION_LOCK: i64 = 0x6e73_0001;
 const PUBLISH_LOCK: i64 = 0x6e73_0002;
-
-/// One node as stored, with its heartbeat age measured by the database clock.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeRow {
-    pub node_id: String,
-    pub endpoint: String,
-    pub usable_memory_bytes: u64,
-    pub device: i32,
-    pub tokens_per_second: f64,
-    pub draining: bool,
-    pub queue_depth: u32,
-    pub heartbeat_age_ms: u64,
-}
 
 /// What a signed register carries into storage.
 #[derive(Debug, Clone)]
@@ -173,7 +160,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a heartbeat (nonce-checked). Returns false if the node is unknown.
+    /// Records a heartbeat (nonce-checked). An unknown node is a `NotFound` error.
     pub async fn heartbeat(&self, node_id: &str, nonce: u64, queue_depth: u32) -> Result<()> {
         self.touch(
             "UPDATE nodes SET last_nonce = $2, last_heartbeat = now(), queue_depth = $3 WHERE node_id = $1 AND last_nonce < $2",
@@ -239,7 +226,7 @@ impl Store {
     }
 
     /// Every stored node.
-    pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
+    pub async fn nodes(&self) -> Result<Vec<StoredNode>> {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client
             .query(
@@ -252,7 +239,7 @@ impl Store {
             .map_err(db)?;
         Ok(rows
             .iter()
-            .map(|row| NodeRow {
+            .map(|row| StoredNode {
                 node_id: row.get(0),
                 endpoint: row.get(1),
                 usable_memory_bytes: row.get::<_, i64>(2).max(0) as u64,
@@ -281,7 +268,7 @@ impl Store {
     /// new version if it differs from the current one.
     pub async fn publish(
         &self,
-        compute: impl FnOnce(&[NodeRow], Option<&StoredArchitecture>) -> Result<Publication>,
+        compute: impl FnOnce(&[StoredNode], Option<&StoredArchitecture>) -> Result<Publication>,
     ) -> Result<Published> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;

@@ -94,6 +94,18 @@ impl WorkerConfig {
     }
 }
 
+impl neuroshard_runtime::ServiceConfig for WorkerConfig {
+    const ENV_PREFIX: &'static str = "NEUROSHARD_WORKER";
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        WorkerConfig::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,17 +129,5 @@ mod tests {
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_WORKER", Vec::new()).unwrap();
         assert_eq!(config, WorkerConfig::default());
         config.validate().unwrap();
-    }
-}
-
-impl neuroshard_runtime::ServiceConfig for WorkerConfig {
-    const ENV_PREFIX: &'static str = "NEUROSHARD_WORKER";
-
-    fn listen(&self) -> std::net::SocketAddr {
-        self.listen
-    }
-
-    fn validate(&self) -> Result<(), neuroshard_common::Error> {
-        WorkerConfig::validate(self)
     }
 }

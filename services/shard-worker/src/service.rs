@@ -248,12 +248,60 @@ async fn blocking<T: Send + 'static>(
 type PartStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 
 /// The response stream for `response`: header, then its tensor in chunks.
-fn respond<M: StreamMessage + Send + 'static>(
+fn chunked_response<M: StreamMessage + Send + 'static>(
     response: M::Header,
     chunk_bytes: usize,
 ) -> Response<PartStream<M>> {
     let parts = split::<M>(response, chunk_bytes);
     Response::new(Box::pin(tokio_stream::iter(parts.into_iter().map(Ok))))
+}
+
+/// What the header check reads of a hop request before its tensor's bytes arrive.
+trait HopRequest {
+    fn span(&self) -> Option<LayerSpan>;
+    fn hidden(&self) -> Option<&WireTensor>;
+}
+
+impl HopRequest for ForwardRequest {
+    fn span(&self) -> Option<LayerSpan> {
+        self.span
+    }
+    fn hidden(&self) -> Option<&WireTensor> {
+        self.hidden.as_ref()
+    }
+}
+
+impl HopRequest for ReplayRequest {
+    fn span(&self) -> Option<LayerSpan> {
+        self.span
+    }
+    fn hidden(&self) -> Option<&WireTensor> {
+        self.hidden.as_ref()
+    }
+}
+
+/// A call in chunked streams both ways: the header is checked (span, tensor metadata) before
+/// the tensor's bytes are accepted, `compute` runs on the blocking pool, and the answer goes
+/// back in chunks.
+async fn chunked_call<In, Out>(
+    state: Arc<WorkerState>,
+    request: Request<Streaming<In>>,
+    compute: fn(&WorkerState, &In::Header) -> Result<Out::Header>,
+) -> Result<Response<PartStream<Out>>, Status>
+where
+    In: StreamMessage,
+    In::Header: HopRequest + Send + 'static,
+    Out: StreamMessage + Send + 'static,
+    Out::Header: Send + 'static,
+{
+    let mut stream = request.into_inner();
+    let request = receive(&mut stream, state.stream_limits(), |h: &In::Header| {
+        state.check_header(h.span(), h.hidden())
+    })
+    .await?;
+    let chunk_bytes = state.stream_chunk_bytes;
+    let response = blocking(move || compute(&state, &request)).await?;
+    Ok(chunked_response(response, chunk_bytes))
 }
 
 #[tonic::async_trait]
@@ -265,30 +313,14 @@ impl ShardWorker for WorkerService {
         &self,
         request: Request<Streaming<ForwardStreamRequest>>,
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
-        let state = self.state.clone();
-        let mut stream = request.into_inner();
-        let request = receive(&mut stream, state.stream_limits(), |h: &ForwardRequest| {
-            state.check_header(h.span, h.hidden.as_ref())
-        })
-        .await?;
-        let chunk_bytes = state.stream_chunk_bytes;
-        let response = blocking(move || state.forward(&request)).await?;
-        Ok(respond(response, chunk_bytes))
+        chunked_call(self.state.clone(), request, WorkerState::forward).await
     }
 
     async fn replay_stream(
         &self,
         request: Request<Streaming<ReplayStreamRequest>>,
     ) -> Result<Response<Self::ReplayStreamStream>, Status> {
-        let state = self.state.clone();
-        let mut stream = request.into_inner();
-        let request = receive(&mut stream, state.stream_limits(), |h: &ReplayRequest| {
-            state.check_header(h.span, h.hidden.as_ref())
-        })
-        .await?;
-        let chunk_bytes = state.stream_chunk_bytes;
-        let response = blocking(move || state.replay(&request)).await?;
-        Ok(respond(response, chunk_bytes))
+        chunked_call(self.state.clone(), request, WorkerState::replay).await
     }
 
     async fn forward(

@@ -204,6 +204,18 @@ impl GatewayConfig {
     }
 }
 
+impl neuroshard_runtime::ServiceConfig for GatewayConfig {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        GatewayConfig::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,17 +341,5 @@ mod tests {
             assert!(err.contains(needle), "{needle}: {err}");
             assert!(!err.contains("0123456789abcdef"), "{err}");
         }
-    }
-}
-
-impl neuroshard_runtime::ServiceConfig for GatewayConfig {
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-
-    fn listen(&self) -> std::net::SocketAddr {
-        self.listen
-    }
-
-    fn validate(&self) -> Result<(), neuroshard_common::Error> {
-        GatewayConfig::validate(self)
     }
 }

@@ -1,117 +1,46 @@
 //! swarm-gateway: what users touch first. It never links libtorch: it tokenises, samples from
 //! the logits the last stage returns, and routes each request through a chain of layer holders.
 //!
-//! Where things live:
-//! - [`generator`]: the contract between the HTTP layer and whatever produces tokens (the
-//!   routed swarm in production): a job in, a stream of sampled tokens out;
-//! - [`engine`]: the production generator: live assignment view, route choice, per-hop
-//!   deadlines, failover with KV-cache replay, request tracking;
-//! - [`status`]: the `/api/v1/status` document (nodes, layers, requests, architecture,
-//!   training) that the dashboard draws;
-//! - [`config`]: [`GatewayConfig`], layered defaults < TOML < `NEUROSHARD_GATEWAY_*`;
-//! - [`app`]: [`AppState`] and the router [`app()`] (the OpenAI-compatible `/v1` API, health,
-//!   readiness, metrics, status); [`serve`] runs it on a listener;
-//! - the HTTP side of a request, in order: [`auth`] (bearer key → account), [`extract`]
-//!   (JSON body, errors naming the field), [`completions`] / [`chat`] (request and response
-//!   documents, chat template), [`openai`] (shared wire types, unsupported parameters),
-//!   [`params`] (validation into a plan), [`respond`] (one job per choice), [`choice`]
-//!   (tokens → text, stop sequences), [`stop`], [`flavor`] (documents per endpoint), [`sse`]
-//!   (streaming), [`error`] (OpenAI error documents);
-//! - [`telemetry`]: Prometheus metrics.
+//! Where things live, in the order a generation request meets them:
+//!
+//! 1. [`routes`]: the router [`app()`] and its handlers ([`routes::generation`] for
+//!    `/v1/completions` and `/v1/chat/completions`, [`routes::models`], and the operator's
+//!    [`routes::operations`]: dashboard, health, readiness, metrics, status);
+//! 2. [`http`]: the plumbing every route shares: [`AppState`], the response-counting
+//!    middleware and request clock ([`http::telemetry`]), the key check ([`http::auth`] over
+//!    [`http::api_keys`]), the JSON body extractor ([`http::extract`]), and OpenAI error
+//!    documents ([`http::error`]);
+//! 3. [`api`]: the OpenAI documents: requests ([`api::completions`], [`api::chat`] with its
+//!    [`api::chat_template`], shared [`api::wire`] types), their validation into a plan
+//!    ([`api::params`]), and each endpoint's response documents ([`api::response`]);
+//! 4. [`answer`]: from the plan to the answer: one [`GenerationJob`](generator::GenerationJob)
+//!    per choice, sampled tokens decoded into text with stop sequences ([`answer::decode`],
+//!    [`answer::stop`]), answered as one JSON document ([`answer::whole`]) or as server-sent
+//!    events ([`answer::streamed`]);
+//! 5. [`generator`]: the contract between the HTTP side and whatever produces tokens: a job in,
+//!    a stream of sampled tokens out;
+//! 6. [`engine`]: the production generator: live assignment view, route choice, per-hop
+//!    deadlines, failover with KV-cache replay, request tracking.
+//!
+//! Beside the request path: [`config`] ([`GatewayConfig`], layered defaults < TOML <
+//! `NEUROSHARD_GATEWAY_*`), [`status`] (the `/api/v1/status` document the dashboard draws),
+//! and [`server`] ([`run`] the whole gateway, or [`serve`] the API with any generator).
+//!
+//! Dependencies point one way: `routes` → `answer` → `api` → `http` → `config`/`generator`;
+//! `engine` implements `generator` and knows nothing of HTTP.
 
-pub mod app;
-pub mod auth;
-pub mod chat;
-pub mod choice;
-pub mod completions;
+pub mod answer;
+pub mod api;
 pub mod config;
 pub mod engine;
-pub mod error;
-pub mod extract;
-pub mod flavor;
 pub mod generator;
-pub mod openai;
-pub mod params;
-pub mod respond;
-pub mod sse;
+pub mod http;
+pub mod routes;
+pub mod server;
 pub mod status;
-pub mod stop;
-pub mod telemetry;
-pub mod v1;
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use neuroshard_common::Error;
-use neuroshard_text::tokenizer::TextTokenizer;
-
-use engine::{EngineConfig, SwarmEngine};
-use status::TrainingStatus;
-
-pub use app::{AppState, app};
 pub use config::GatewayConfig;
 pub use generator::Generator;
-
-/// How often histogram samples are folded into the Prometheus distributions between scrapes.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-
-/// The gateway process: connects the routed engine to the registry (with the tokenizer's
-/// end-of-sequence token), shows the served checkpoint's training report when there is one,
-/// and serves the API on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: GatewayConfig,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    config.validate()?;
-    let eos = TextTokenizer::from_file(&config.tokenizer)
-        .map_err(|e| Error::invalid_argument(format!("tokenizer: {e}")))?
-        .eos_id();
-    let engine = SwarmEngine::connect(EngineConfig::from_gateway(&config, Some(eos))).await?;
-    if let Some(path) = &config.training_report {
-        // The loss curves of the run that made these weights; the API works without them.
-        match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|json| TrainingStatus::from_report(&json).map_err(|e| e.message))
-        {
-            Ok(training) => engine.set_training(Some(training)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "training report not shown")
-            }
-        }
-    }
-    serve(config, listener, Arc::new(engine), shutdown).await
-}
-
-/// Serves the HTTP API on `listener` with `generator` until `shutdown` resolves, then stops
-/// accepting connections and lets requests in flight finish. Loads the tokenizer named by
-/// `config.tokenizer`.
-pub async fn serve(
-    config: GatewayConfig,
-    listener: tokio::net::TcpListener,
-    generator: Arc<dyn Generator>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    config.validate()?;
-    let tokenizer = TextTokenizer::from_file(&config.tokenizer)
-        .map_err(|e| Error::invalid_argument(format!("tokenizer: {e}")))?;
-    let state = AppState::new(config, tokenizer, generator)?;
-    let upkeep = {
-        let handle = state.metrics().clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(METRICS_UPKEEP).await;
-                handle.run_upkeep();
-            }
-        })
-    };
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, model = %state.config().model, "gateway listening");
-    }
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    upkeep.abort();
-    served.map_err(|e| Error::internal(format!("serving HTTP: {e}")))
-}
+pub use http::state::AppState;
+pub use routes::app;
+pub use server::{run, serve};

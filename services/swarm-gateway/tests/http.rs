@@ -797,7 +797,8 @@ async fn the_generator_must_serve_the_configured_model() {
 #[tokio::test]
 async fn the_key_middleware_attaches_the_account() {
     use axum::Extension;
-    use neuroshard_swarm_gateway::auth::{Account, require_key};
+    use neuroshard_swarm_gateway::http::api_keys::Account;
+    use neuroshard_swarm_gateway::http::auth::require_key;
     let tok = support::tokenizer();
     let generator = support::FakeGenerator::new(&tok);
     let state = neuroshard_swarm_gateway::AppState::new(support::config(), tok, generator).unwrap();

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use neuroshard_common::tensor::{Limits, decode_f32};
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
+use neuroshard_runtime::telemetry::names::gateway;
 use neuroshard_text::sampling::Sampler;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::hops::{Hop, HopError, HopInput};
 use super::routing::{best_chain, uncovered};
-use super::{Inner, epoch_ms};
+use super::state::{EngineState, epoch_ms};
 use crate::generator::{FinishReason, GenerationJob, Step};
 
 /// A hop of this request's route, and whether its node still has to rebuild the session.
@@ -39,7 +40,7 @@ enum Outcome {
 }
 
 struct Generation {
-    inner: Arc<Inner>,
+    engine: Arc<EngineState>,
     request_id: String,
     session: String,
     route: Vec<RouteHop>,
@@ -54,7 +55,7 @@ struct Generation {
 
 /// Runs `job`, sending each sampled token on `tx` as soon as it exists.
 pub(super) async fn run(
-    inner: Arc<Inner>,
+    engine: Arc<EngineState>,
     job: GenerationJob,
     tx: mpsc::Sender<Result<Step, Error>>,
 ) {
@@ -66,11 +67,11 @@ pub(super) async fn run(
     );
     let session = format!("{}-{:08x}", job.request_id, rand::random::<u32>());
     let prompt_tokens = u32::try_from(job.prompt.len()).unwrap_or(u32::MAX);
-    inner
+    engine
         .tracker()
         .begin(&job.request_id, prompt_tokens, epoch_ms());
     let mut generation = Generation {
-        inner: inner.clone(),
+        engine: engine.clone(),
         request_id: job.request_id.clone(),
         session,
         route: Vec::new(),
@@ -91,7 +92,7 @@ pub(super) async fn run(
             ("failed", Some(message))
         }
     };
-    inner.tracker().finish(&job.request_id, state, error);
+    engine.tracker().finish(&job.request_id, state, error);
 }
 
 impl Generation {
@@ -114,7 +115,7 @@ impl Generation {
         job: &GenerationJob,
         tx: &mpsc::Sender<Result<Step, Error>>,
     ) -> Result<bool, Error> {
-        let view = self.inner.view();
+        let view = self.engine.view();
         let architecture = view.architecture.clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unavailable,
@@ -135,7 +136,7 @@ impl Generation {
             .map_err(|e| Error::invalid_argument(e.to_string()))?;
         self.plan(architecture.num_layers)?;
 
-        let eos = self.inner.config.eos_token;
+        let eos = self.engine.config.eos_token;
         let mut input: Vec<i64> = job.prompt.iter().map(|&t| i64::from(t)).collect();
         let mut produced = 0u32;
         while produced < job.max_tokens {
@@ -151,8 +152,7 @@ impl Generation {
                     .is_ok());
             }
             produced += 1;
-            self.inner.tracker().token(&self.request_id, epoch_ms());
-            metrics::counter!("gateway_generated_tokens_total").increment(1);
+            self.engine.tracker().token(&self.request_id, epoch_ms());
             if tx.send(Ok(Step::Token(token))).await.is_err() {
                 return Ok(false);
             }
@@ -171,7 +171,7 @@ impl Generation {
     /// Picks the route for `[0, num_layers)`.
     fn plan(&mut self, num_layers: u32) -> Result<(), Error> {
         let chain = self.chain(0, num_layers)?;
-        let mut stats = self.inner.stats();
+        let mut stats = self.engine.stats();
         for hop in &chain {
             stats.open(&hop.node_id);
         }
@@ -190,8 +190,8 @@ impl Generation {
 
     /// The best chain of usable nodes tiling `[from, to)` right now.
     fn chain(&self, from: u32, to: u32) -> Result<Vec<Hop>, Error> {
-        let view = self.inner.view();
-        let loads = self.inner.stats().loads(Instant::now());
+        let view = self.engine.view();
+        let loads = self.engine.stats().loads(Instant::now());
         let chain = best_chain(&view.nodes, &loads, from, to, &self.excluded, || {
             0.9 + 0.2 * rand::random::<f64>()
         })
@@ -230,11 +230,11 @@ impl Generation {
         let mut current = HopInput::Tokens(input.to_vec());
         let mut k = 0;
         while k < self.route.len() {
-            let config = &self.inner.config;
+            let config = &self.engine.config;
             let deadline = if prefill {
                 config.prefill_deadline
             } else {
-                self.inner.stats().hop_deadline(
+                self.engine.stats().hop_deadline(
                     &self.route[k].hop.node_id,
                     config.hop_deadline,
                     config.prefill_deadline,
@@ -243,10 +243,10 @@ impl Generation {
             match self.call(k, current.clone(), position, deadline).await {
                 Ok((output, elapsed)) => {
                     let node = &self.route[k].hop.node_id;
-                    metrics::histogram!("gateway_hop_seconds", "phase" => if prefill { "prefill" } else { "decode" })
+                    metrics::histogram!(gateway::HOP_SECONDS, "phase" => if prefill { "prefill" } else { "decode" })
                         .record(elapsed.as_secs_f64());
                     if !prefill {
-                        self.inner.stats().record_latency(node, elapsed);
+                        self.engine.stats().record_latency(node, elapsed);
                     }
                     if let HopInput::Hidden(hidden) = &current {
                         append_rows(&mut self.history[k], hidden)?;
@@ -281,13 +281,13 @@ impl Generation {
                 }
             };
             let replayed = self
-                .inner
+                .engine
                 .hops
                 .replay(
                     &hop,
                     &self.session,
                     history,
-                    self.inner.config.prefill_deadline,
+                    self.engine.config.prefill_deadline,
                 )
                 .await?;
             // A new node downstream (a multi-node replacement) replays from this one's output.
@@ -295,10 +295,10 @@ impl Generation {
                 self.history[k + 1] = Some(replayed.tensor);
             }
             self.route[k].needs_replay = false;
-            metrics::counter!("gateway_replays_total").increment(1);
+            metrics::counter!(gateway::REPLAYS).increment(1);
         }
         let out = self
-            .inner
+            .engine
             .hops
             .forward(
                 &hop,
@@ -306,7 +306,7 @@ impl Generation {
                 input,
                 position,
                 deadline,
-                self.inner.config.prefill_deadline,
+                self.engine.config.prefill_deadline,
             )
             .await?;
         Ok((out.tensor, out.elapsed))
@@ -316,15 +316,15 @@ impl Generation {
     async fn fail_over(&mut self, k: usize, error: HopError) -> Result<(), Error> {
         let failed = self.route[k].hop.clone();
         self.failovers += 1;
-        metrics::counter!("gateway_failovers_total").increment(1);
+        metrics::counter!(gateway::FAILOVERS).increment(1);
         let backoff = {
-            let mut stats = self.inner.stats();
+            let mut stats = self.engine.stats();
             stats.close(&failed.node_id);
             stats.record_failure(&failed.node_id, Instant::now())
         };
-        self.inner.hops.forget(&failed.endpoint);
+        self.engine.hops.forget(&failed.endpoint);
         self.excluded.insert(failed.node_id.clone());
-        self.inner.tracker().failover(&self.request_id);
+        self.engine.tracker().failover(&self.request_id);
         tracing::warn!(
             request_id = %self.request_id,
             node = %failed.node_id,
@@ -333,7 +333,7 @@ impl Generation {
             backoff_ms = backoff.as_millis() as u64,
             "hop failed; moving it to another holder"
         );
-        if self.failovers > self.inner.config.max_failovers {
+        if self.failovers > self.engine.config.max_failovers {
             return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
@@ -348,7 +348,7 @@ impl Generation {
         let replacement = self.chain(failed.start, failed.end)?;
         let needs_replay = !self.tokens.is_empty();
         {
-            let mut stats = self.inner.stats();
+            let mut stats = self.engine.stats();
             for hop in &replacement {
                 stats.open(&hop.node_id);
             }
@@ -365,7 +365,7 @@ impl Generation {
             .splice(k + 1..k + 1, std::iter::repeat_n(None, extra));
         self.publish_route();
         // Best effort: the old node may still hold the session.
-        let hops = self.inner.clone();
+        let hops = self.engine.clone();
         let session = self.session.clone();
         tokio::spawn(async move { hops.hops.end(&failed, &session).await });
         Ok(())
@@ -373,20 +373,20 @@ impl Generation {
 
     fn publish_route(&self) {
         let ids = self.route.iter().map(|r| r.hop.node_id.clone()).collect();
-        self.inner.tracker().set_route(&self.request_id, ids);
+        self.engine.tracker().set_route(&self.request_id, ids);
     }
 
     /// Frees the session on every hop and the in-flight counts.
     async fn close(&mut self) {
         let route = std::mem::take(&mut self.route);
         {
-            let mut stats = self.inner.stats();
+            let mut stats = self.engine.stats();
             for r in &route {
                 stats.close(&r.hop.node_id);
             }
         }
         for r in &route {
-            self.inner.hops.end(&r.hop, &self.session).await;
+            self.engine.hops.end(&r.hop, &self.session).await;
         }
     }
 }

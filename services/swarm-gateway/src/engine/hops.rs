@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::{ForwardRequest, ReplayRequest};
+use neuroshard_runtime::telemetry::names::gateway;
 use neuroshard_runtime::telemetry::propagation;
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
@@ -221,7 +222,7 @@ async fn patiently<T>(
                 if !alive(channel).await {
                     return Err(HopError::Timeout);
                 }
-                metrics::counter!("gateway_hop_deadline_extensions_total").increment(1);
+                metrics::counter!(gateway::HOP_DEADLINE_EXTENSIONS).increment(1);
             }
         }
     }

@@ -2,6 +2,8 @@
 //! stream), route choice by cost, per-hop deadlines with failover and replay, and the request
 //! and throughput records behind the status document.
 //!
+//! - [`config`]: [`EngineConfig`], where the swarm is and how patient to be with it;
+//! - [`state`]: what the watch task and every generation share;
 //! - [`view`]: the assignment as routing sees it (pure);
 //! - [`routing`]: cheapest chain of holders tiling a layer range (pure);
 //! - [`stats`]: per-node latency, in-flight requests, back-off (pure);
@@ -9,20 +11,24 @@
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
 //! - [`generation`]: one request's prefill/decode loop with failover.
 
+pub mod config;
 pub mod generation;
 pub mod hops;
 pub mod routing;
+pub mod state;
 pub mod stats;
 pub mod tracker;
 pub mod view;
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+pub use config::EngineConfig;
+
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use neuroshard_common::role::wire_role_name;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::WatchRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
-use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -30,116 +36,15 @@ use crate::generator::{GenerationJob, Generator, ModelCard, TokenStream};
 use crate::status::{
     ArchitectureStatus, LayerStatus, NodeStatus, ReplicaStatus, SwarmStatus, TrainingStatus,
 };
+use state::{EngineState, epoch_ms};
 use stats::StatsBook;
 use tracker::Tracker;
 use view::SwarmView;
 
-/// How the engine reaches the swarm and how patient it is.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// The layer registry's gRPC URL.
-    pub registry: String,
-    /// TLS for `https://` registry and worker URLs.
-    pub tls: TlsFiles,
-    /// The name clients pass as `model`.
-    pub model_name: String,
-    /// End-of-sequence token id (ends a generation; not sent to the client).
-    pub eos_token: Option<u32>,
-    /// Deadline of one decode hop; past it the hop moves to another holder.
-    pub hop_deadline: Duration,
-    /// Deadline of a prefill or replay hop (whole prompts take longer than one token).
-    pub prefill_deadline: Duration,
-    /// Failovers one request may go through before it fails.
-    pub max_failovers: u32,
-    /// The registry's replica target, for the status document.
-    pub min_replicas: u32,
-    /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    /// Largest gRPC message to or from a worker.
-    pub max_message_bytes: usize,
-    /// How long [`SwarmEngine::connect`] waits for the first assignment.
-    pub connect_timeout: Duration,
-    /// JSON file of node id → process id (local swarm), read for each status document.
-    pub node_pids_file: Option<std::path::PathBuf>,
-}
-
-impl EngineConfig {
-    pub fn new(registry: impl Into<String>, model_name: impl Into<String>) -> Self {
-        Self {
-            registry: registry.into(),
-            tls: TlsFiles::default(),
-            model_name: model_name.into(),
-            eos_token: None,
-            hop_deadline: Duration::from_millis(200),
-            prefill_deadline: Duration::from_secs(5),
-            max_failovers: 8,
-            min_replicas: 2,
-            backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(60),
-            max_message_bytes: 64 << 20,
-            connect_timeout: Duration::from_secs(30),
-            node_pids_file: None,
-        }
-    }
-
-    /// The engine settings of a gateway configuration.
-    pub fn from_gateway(config: &crate::GatewayConfig, eos_token: Option<u32>) -> Self {
-        Self {
-            tls: config.tls.clone(),
-            eos_token,
-            hop_deadline: Duration::from_millis(config.per_hop_deadline_ms),
-            prefill_deadline: Duration::from_millis(config.prefill_deadline_ms),
-            max_failovers: config.max_failovers,
-            min_replicas: config.min_replicas,
-            backoff: Duration::from_millis(config.backoff_ms),
-            max_backoff: Duration::from_millis(config.max_backoff_ms),
-            node_pids_file: config.node_pids_file.clone(),
-            ..Self::new(&config.registry, &config.model)
-        }
-    }
-}
-
-/// State shared by the watch task and every generation.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    config: EngineConfig,
-    view: RwLock<Arc<SwarmView>>,
-    stats: Mutex<StatsBook>,
-    tracker: Mutex<Tracker>,
-    hops: hops::HopClient,
-    training: Mutex<Option<TrainingStatus>>,
-    created: u64,
-}
-
-impl Inner {
-    fn view(&self) -> Arc<SwarmView> {
-        match self.view.read() {
-            Ok(v) => v.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn stats(&self) -> MutexGuard<'_, StatsBook> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_view(&self, view: SwarmView) {
-        self.stats()
-            .retain(|id| view.nodes.iter().any(|n| n.id == id));
-        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
-        *slot = Arc::new(view);
-    }
-}
-
 /// The production [`Generator`]: requests routed through the swarm's layer holders.
 #[derive(Debug)]
 pub struct SwarmEngine {
-    inner: Arc<Inner>,
+    state: Arc<EngineState>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -157,7 +62,7 @@ impl SwarmEngine {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let inner = Arc::new(Inner {
+        let engine = Arc::new(EngineState {
             hops: hops::HopClient::new(config.tls.clone(), config.max_message_bytes),
             stats: Mutex::new(StatsBook::new(config.backoff, config.max_backoff)),
             tracker: Mutex::new(Tracker::default()),
@@ -167,17 +72,20 @@ impl SwarmEngine {
             config,
         });
         let (first_tx, mut first_rx) = mpsc::channel(1);
-        let watcher = tokio::spawn(follow(inner.clone(), first_tx));
-        let timeout = inner.config.connect_timeout;
+        let watcher = tokio::spawn(follow(engine.clone(), first_tx));
+        let timeout = engine.config.connect_timeout;
         match tokio::time::timeout(timeout, first_rx.recv()).await {
-            Ok(Some(())) => Ok(Self { inner, watcher }),
+            Ok(Some(())) => Ok(Self {
+                state: engine,
+                watcher,
+            }),
             _ => {
                 watcher.abort();
                 Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
                         "no assignment from the registry at {} within {timeout:?}",
-                        inner.config.registry
+                        engine.config.registry
                     ),
                 ))
             }
@@ -188,7 +96,7 @@ impl SwarmEngine {
     /// reports here).
     pub fn set_training(&self, training: Option<TrainingStatus>) {
         *self
-            .inner
+            .state
             .training
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = training;
@@ -196,10 +104,10 @@ impl SwarmEngine {
 }
 
 /// Follows the registry's `Watch` stream; signals `first` once the first snapshot is in.
-async fn follow(inner: Arc<Inner>, first: mpsc::Sender<()>) {
+async fn follow(engine: Arc<EngineState>, first: mpsc::Sender<()>) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match watch_once(&inner, &first).await {
+        match watch_once(&engine, &first).await {
             Ok(()) => tracing::warn!("registry watch stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e.message, "registry watch failed; retrying"),
         }
@@ -208,8 +116,8 @@ async fn follow(inner: Arc<Inner>, first: mpsc::Sender<()>) {
     }
 }
 
-async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error> {
-    let channel = inner.config.tls.connect(&inner.config.registry).await?;
+async fn watch_once(engine: &EngineState, first: &mpsc::Sender<()>) -> Result<(), Error> {
+    let channel = engine.config.tls.connect(&engine.config.registry).await?;
     let mut client = LayerRegistryClient::new(channel);
     let mut stream = client
         .watch(WatchRequest {})
@@ -227,7 +135,7 @@ async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error
             nodes = view.nodes.len(),
             "assignment"
         );
-        inner.set_view(view);
+        engine.set_view(view);
         let _ = first.try_send(());
     }
     Ok(())
@@ -235,19 +143,19 @@ async fn watch_once(inner: &Inner, first: &mpsc::Sender<()>) -> Result<(), Error
 
 impl Generator for SwarmEngine {
     fn model(&self) -> ModelCard {
-        let view = self.inner.view();
+        let view = self.state.view();
         let architecture = view.architecture.clone().unwrap_or_default();
         ModelCard {
-            id: self.inner.config.model_name.clone(),
+            id: self.state.config.model_name.clone(),
             context_length: architecture.max_seq_len,
             vocab_size: architecture.vocab_size,
-            created: self.inner.created,
+            created: self.state.created,
         }
     }
 
     fn ready(&self) -> bool {
-        let view = self.inner.view();
-        let loads = self.inner.stats().loads(Instant::now());
+        let view = self.state.view();
+        let loads = self.state.stats().loads(Instant::now());
         let n = view.num_layers();
         n > 0
             && routing::best_chain(&view.nodes, &loads, 0, n, &Default::default(), || 1.0).is_some()
@@ -256,17 +164,17 @@ impl Generator for SwarmEngine {
     fn generate(&self, job: GenerationJob) -> TokenStream {
         // A small buffer: the generation runs at most a few tokens ahead of a slow client.
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(generation::run(self.inner.clone(), job, tx));
+        tokio::spawn(generation::run(self.state.clone(), job, tx));
         Box::pin(ReceiverStream::new(rx))
     }
 
     fn status(&self) -> SwarmStatus {
         let now = epoch_ms();
-        let view = self.inner.view();
+        let view = self.state.view();
         let instant = Instant::now();
-        let stats = self.inner.stats().clone();
+        let stats = self.state.stats().clone();
         let pids = self
-            .inner
+            .state
             .config
             .node_pids_file
             .as_deref()
@@ -279,7 +187,7 @@ impl Generator for SwarmEngine {
                 id: n.id.clone(),
                 endpoint: n.endpoint.clone(),
                 span: [n.start, n.end],
-                role: view::role_name(n.role).into(),
+                role: wire_role_name(n.role.into()).into(),
                 state: view::state_name(n.state).into(),
                 pid: pids.get(&n.id).copied(),
                 tokens_per_s: n.tokens_per_s,
@@ -306,21 +214,21 @@ impl Generator for SwarmEngine {
             parameters: parameters(a),
             version: view.version,
         });
-        let tracker = self.inner.tracker();
+        let tracker = self.state.tracker();
         SwarmStatus {
             now_ms: now,
             architecture,
             nodes,
             layers,
             replicas: ReplicaStatus {
-                min_replicas: self.inner.config.min_replicas,
+                min_replicas: self.state.config.min_replicas,
                 degraded: view.deficit > 0,
                 deficit: view.deficit,
             },
             requests: tracker.requests(),
             throughput: tracker.throughput(now),
             training: self
-                .inner
+                .state
                 .training
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -351,13 +259,5 @@ fn parameters(a: &neuroshard_proto::common::v1::Architecture) -> u64 {
             ))
             .ok()
         })
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

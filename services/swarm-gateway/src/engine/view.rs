@@ -12,6 +12,7 @@ pub struct NodeView {
     /// `[start, end)` layer indices.
     pub start: u32,
     pub end: u32,
+    /// As the registry sent it; [`neuroshard_common::role::wire_role_name`] names it.
     pub role: Role,
     pub state: NodeState,
     pub tokens_per_s: f64,
@@ -82,17 +83,6 @@ impl SwarmView {
             .filter(|n| n.start <= layer && layer < n.end)
             .map(|n| n.id.clone())
             .collect()
-    }
-}
-
-/// The wire name of a role, as the status document and dashboard use it.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Driver => "driver",
-        Role::Worker => "worker",
-        Role::Validator => "validator",
-        Role::Full => "full",
-        Role::Unspecified => "unassigned",
     }
 }
 

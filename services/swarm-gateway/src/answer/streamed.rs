@@ -14,10 +14,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 
-use crate::choice::{ChoiceEvent, Tagged};
-use crate::error::ApiError;
-use crate::flavor::Meta;
-use crate::openai::Usage;
+use super::decode::{ChoiceEvent, Tagged};
+use crate::api::response::ResponseMeta;
+use crate::api::wire::Usage;
+use crate::http::error::ApiError;
 
 /// Comment lines keep proxies from closing a stream while a long prompt is processed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -25,7 +25,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What a streamed response needs besides its events.
 #[derive(Debug)]
 pub struct StreamSpec {
-    pub meta: Meta,
+    pub meta: ResponseMeta,
     pub n: u32,
     pub prompt_tokens: u32,
     pub include_usage: bool,
@@ -34,7 +34,7 @@ pub struct StreamSpec {
 /// Answers with an event stream over `events`. The first event is awaited before answering,
 /// so that a failure known before any token (no route, prompt too long for the swarm) gets
 /// its own HTTP status instead of a 200 stream holding only an error.
-pub async fn respond(
+pub async fn answer_streamed(
     spec: StreamSpec,
     mut events: mpsc::Receiver<Tagged>,
 ) -> Result<Response, ApiError> {

@@ -7,8 +7,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
-use crate::error::ApiError;
+use super::error::ApiError;
+use super::state::AppState;
 
 /// A request body parsed as `T`; see the module docs for how failures are answered.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ mod tests {
     struct Outer {
         model: String,
         #[serde(default)]
-        messages: Vec<Inner>,
+        messages: Vec<Message>,
         #[serde(default)]
         temperature: Option<f32>,
     }
@@ -140,7 +140,7 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
-    struct Inner {
+    struct Message {
         role: String,
     }
 

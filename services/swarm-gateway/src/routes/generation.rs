@@ -1,52 +1,35 @@
-//! The handlers of the OpenAI-compatible `/v1` routes (behind the API-key middleware).
+//! The two generation routes, `POST /v1/completions` and `POST /v1/chat/completions` (behind
+//! the key check): each reads its request document, checks it into a plan, tokenises the
+//! prompt, and hands the plan to [`answer_plan`].
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use neuroshard_common::Error;
 use neuroshard_text::tokenizer::TextTokenizer;
 
-use crate::app::AppState;
-use crate::chat::ChatRequest;
-use crate::completions::CompletionRequest;
-use crate::error::ApiError;
-use crate::extract::ApiJson;
-use crate::flavor::Flavor;
-use crate::generator::ModelCard;
-use crate::openai::{ModelList, ModelObject};
-use crate::respond::respond;
-
-/// `GET /v1/models`.
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList {
-        object: "list",
-        data: vec![ModelObject::from(&state.generator().model())],
-    })
-}
-
-/// `GET /v1/models/{model}`.
-pub async fn get_model(
-    State(state): State<AppState>,
-    Path(model): Path<String>,
-) -> Result<Json<ModelObject>, ApiError> {
-    let card = served(&state, &model)?;
-    Ok(Json(ModelObject::from(&card)))
-}
+use super::models::served_model;
+use crate::answer::answer_plan;
+use crate::api::chat::ChatRequest;
+use crate::api::completions::CompletionRequest;
+use crate::api::response::Endpoint;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let card = served(&state, &request.model)?;
+    let card = served_model(&state, &request.model)?;
     request.check_unsupported()?;
     let prompt = tokenize(state.tokenizer(), request.prompt_text()?.to_owned()).await?;
     let plan = request
         .knobs()
         .plan(prompt, &card, &state.config().limits)?;
-    respond(&state, Flavor::Completion, plan).await
+    answer_plan(&state, Endpoint::Completion, plan).await
 }
 
 /// `POST /v1/chat/completions`.
@@ -54,22 +37,12 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let card = served(&state, &request.model)?;
+    let card = served_model(&state, &request.model)?;
     request.check_unsupported()?;
     let knobs = request.knobs()?;
     let prompt = tokenize(state.tokenizer(), request.prompt_text()?).await?;
     let plan = knobs.plan(prompt, &card, &state.config().limits)?;
-    respond(&state, Flavor::Chat, plan).await
-}
-
-/// The model card, if `model` is the one served.
-fn served(state: &AppState, model: &str) -> Result<ModelCard, ApiError> {
-    let card = state.generator().model();
-    if card.id == model {
-        Ok(card)
-    } else {
-        Err(ApiError::model_not_found(model))
-    }
+    answer_plan(&state, Endpoint::Chat, plan).await
 }
 
 /// Tokenises off the async threads: a prompt near the body limit takes a while.

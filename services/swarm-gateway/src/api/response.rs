@@ -1,25 +1,25 @@
-//! The two generation endpoints differ only in their documents: [`Flavor`] renders a finished
+//! The two generation endpoints differ only in their documents: [`Endpoint`] renders a finished
 //! request, or one streamed event, as a text completion or as a chat completion.
 
 use serde_json::Value;
 
-use crate::chat::{
+use crate::api::chat::{
     self, AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChunkChoice, Delta,
 };
-use crate::completions::{self, Completion, CompletionChoice};
-use crate::openai::{Finish, Usage};
+use crate::api::completions::{self, Completion, CompletionChoice};
+use crate::api::wire::{Finish, Usage};
 
 /// Which endpoint a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
+pub enum Endpoint {
     Completion,
     Chat,
 }
 
 /// What every document of one response shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    pub flavor: Flavor,
+pub struct ResponseMeta {
+    pub endpoint: Endpoint,
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -32,7 +32,7 @@ pub struct FinishedChoice {
     pub finish: Finish,
 }
 
-impl Flavor {
+impl Endpoint {
     /// The prefix of response ids.
     pub fn id_prefix(self) -> &'static str {
         match self {
@@ -41,8 +41,8 @@ impl Flavor {
         }
     }
 
-    /// The endpoint label of metrics.
-    pub fn endpoint(self) -> &'static str {
+    /// The route's path, the `endpoint` label of metrics.
+    pub fn path(self) -> &'static str {
         match self {
             Self::Completion => "/v1/completions",
             Self::Chat => "/v1/chat/completions",
@@ -50,12 +50,12 @@ impl Flavor {
     }
 }
 
-impl Meta {
+impl ResponseMeta {
     /// The whole non-streamed response.
     pub fn response(&self, choices: Vec<FinishedChoice>, usage: Usage) -> Value {
         let indexed = choices.into_iter().zip(0u32..);
-        let document = match self.flavor {
-            Flavor::Completion => serde_json::to_value(Completion {
+        let document = match self.endpoint {
+            Endpoint::Completion => serde_json::to_value(Completion {
                 id: self.id.clone(),
                 object: completions::OBJECT,
                 created: self.created,
@@ -70,7 +70,7 @@ impl Meta {
                     .collect(),
                 usage: Some(usage),
             }),
-            Flavor::Chat => serde_json::to_value(ChatCompletion {
+            Endpoint::Chat => serde_json::to_value(ChatCompletion {
                 id: self.id.clone(),
                 object: chat::OBJECT,
                 created: self.created,
@@ -96,8 +96,8 @@ impl Meta {
     /// A stream chunk for choice `index`: new `text`, or its end (`finish`). `first` marks
     /// the choice's first chunk, which for chat carries the assistant role.
     pub fn chunk(&self, index: u32, text: String, finish: Option<Finish>, first: bool) -> Value {
-        match self.flavor {
-            Flavor::Completion => self.completion_chunk(
+        match self.endpoint {
+            Endpoint::Completion => self.completion_chunk(
                 vec![CompletionChoice {
                     index,
                     text,
@@ -106,7 +106,7 @@ impl Meta {
                 }],
                 None,
             ),
-            Flavor::Chat => {
+            Endpoint::Chat => {
                 let delta = Delta {
                     role: first.then_some("assistant"),
                     content: (first || !text.is_empty()).then_some(text),
@@ -126,9 +126,9 @@ impl Meta {
 
     /// The last chunk when usage was asked for: no choices, the request's usage.
     pub fn usage_chunk(&self, usage: Usage) -> Value {
-        match self.flavor {
-            Flavor::Completion => self.completion_chunk(Vec::new(), Some(usage)),
-            Flavor::Chat => self.chat_chunk(Vec::new(), Some(usage)),
+        match self.endpoint {
+            Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
+            Endpoint::Chat => self.chat_chunk(Vec::new(), Some(usage)),
         }
     }
 
@@ -162,9 +162,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn meta(flavor: Flavor) -> Meta {
-        Meta {
-            flavor,
+    fn meta(endpoint: Endpoint) -> ResponseMeta {
+        ResponseMeta {
+            endpoint,
             id: "x-1".into(),
             created: 5,
             model: "m".into(),
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn completion_documents() {
-        let m = meta(Flavor::Completion);
+        let m = meta(Endpoint::Completion);
         let done = FinishedChoice {
             text: "hi".into(),
             finish: Finish::Length,
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn chat_documents() {
-        let m = meta(Flavor::Chat);
+        let m = meta(Endpoint::Chat);
         let done = FinishedChoice {
             text: "hi".into(),
             finish: Finish::Stop,

@@ -1,7 +1,9 @@
-//! Prometheus metrics of the gateway: the names, the process-wide recorder, and the pieces that
-//! record them (a middleware counting every response, a clock per generation request).
+//! Prometheus metrics of the HTTP side: the process-wide recorder, and the pieces that record
+//! into it (a middleware counting every response, a clock per generation request). The metric
+//! names, help texts included, are the gateway's table in
+//! [`neuroshard_runtime::telemetry::names::gateway`], shared with the engine's hop metrics.
 //!
-//! The `metrics` crate has one global recorder per process, owned by `neuroshard-common`;
+//! The `metrics` crate has one global recorder per process, owned by `neuroshard-runtime`;
 //! [`prometheus`] hands out its handle, so several apps in one process (tests) share it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,42 +15,15 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
 use neuroshard_common::Error;
-
-/// Responses by route and status: labels `endpoint`, `status`.
-pub const HTTP_REQUESTS: &str = "gateway_http_requests_total";
-/// Tokens produced by generators and counted into usage.
-pub const TOKENS_GENERATED: &str = "gateway_tokens_generated_total";
-/// Prompt tokens of accepted generation requests.
-pub const PROMPT_TOKENS: &str = "gateway_prompt_tokens_total";
-/// Seconds from a generation request's arrival to its first token.
-pub const TIME_TO_FIRST_TOKEN: &str = "gateway_time_to_first_token_seconds";
-/// Seconds from a generation request's arrival to its last byte (or cancellation): label
-/// `endpoint`.
-pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
+use neuroshard_runtime::telemetry::names::{self, gateway};
 
 /// The process-wide Prometheus handle (the one recorder every NeuroShard service shares, from
-/// `neuroshard-common`), with the gateway's metrics described on first call.
+/// `neuroshard-runtime`), with the gateway's metrics described on first call.
 pub fn prometheus() -> Result<PrometheusHandle, Error> {
     static DESCRIBED: Once = Once::new();
     let handle = neuroshard_runtime::telemetry::metrics::handle().clone();
-    DESCRIBED.call_once(describe);
+    DESCRIBED.call_once(|| names::describe(gateway::TABLE));
     Ok(handle)
-}
-
-fn describe() {
-    metrics::describe_counter!(HTTP_REQUESTS, "HTTP responses by route and status");
-    metrics::describe_counter!(TOKENS_GENERATED, "Tokens generated for API requests");
-    metrics::describe_counter!(PROMPT_TOKENS, "Prompt tokens of generation requests");
-    metrics::describe_histogram!(
-        TIME_TO_FIRST_TOKEN,
-        metrics::Unit::Seconds,
-        "Time from a request's arrival to its first generated token"
-    );
-    metrics::describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time from a generation request's arrival to its end"
-    );
 }
 
 /// Middleware: counts every response by matched route (never the raw path, which clients
@@ -60,7 +35,7 @@ pub async fn count_responses(req: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     metrics::counter!(
-        HTTP_REQUESTS,
+        gateway::HTTP_REQUESTS,
         "endpoint" => endpoint,
         "status" => response.status().as_u16().to_string()
     )
@@ -89,16 +64,17 @@ impl RequestClock {
 
     /// Called for every generated token.
     pub fn token(&self) {
-        metrics::counter!(TOKENS_GENERATED).increment(1);
+        metrics::counter!(gateway::TOKENS_GENERATED).increment(1);
         if !self.first_token_seen.swap(true, Ordering::Relaxed) {
-            metrics::histogram!(TIME_TO_FIRST_TOKEN).record(self.started.elapsed().as_secs_f64());
+            metrics::histogram!(gateway::TIME_TO_FIRST_TOKEN)
+                .record(self.started.elapsed().as_secs_f64());
         }
     }
 }
 
 impl Drop for RequestClock {
     fn drop(&mut self) {
-        metrics::histogram!(REQUEST_DURATION, "endpoint" => self.endpoint)
+        metrics::histogram!(gateway::REQUEST_DURATION, "endpoint" => self.endpoint)
             .record(self.started.elapsed().as_secs_f64());
     }
 }

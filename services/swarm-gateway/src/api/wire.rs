@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ApiError;
 use crate::generator::ModelCard;
+use crate::http::error::ApiError;
 
 /// `stop`: one string or a list of them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -7,10 +7,10 @@
 
 use neuroshard_text::sampling::SamplingParams;
 
+use crate::api::wire::{StopParam, StreamOptions};
 use crate::config::Limits;
-use crate::error::ApiError;
 use crate::generator::ModelCard;
-use crate::openai::{StopParam, StreamOptions};
+use crate::http::error::ApiError;
 
 /// The sampling-related fields of a request, as sent.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,21 +1,15 @@
 //! Which architecture the registry publishes: the configured shape (`fixed`), or one chosen
 //! from live capacity and grown in depth as capacity grows (`auto`), decided by
 //! `neuroshard_common::growth::next_step` with placement judging whether a shape can be held
-//! with every layer at the replica target. Pure: the store calls it under its publish lock.
+//! with every layer at the replica target. Pure: the service calls it inside the store's
+//! publish lock, with the architecture the store read back.
 
 use neuroshard_common::growth::{
     ArchitectureMode, ArchitectureState, LiveCapacity, Step, next_step,
 };
 
-use crate::assignment::NodeCapacity;
-use crate::snapshot::place;
-
-/// The architecture as stored, with how long a growth has been pending (database clock).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredArchitecture {
-    pub state: ArchitectureState,
-    pub growth_pending_for_ms: Option<u64>,
-}
+use crate::placement::{NodeCapacity, place_model};
+use crate::stored::StoredArchitecture;
 
 /// The outcome for one publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +39,8 @@ pub fn decide(
         nodes: live.len() as u64,
     };
     let placeable = |config: &neuroshard_common::ModelConfig| {
-        place(config, live, bytes_per_param, min_replicas).is_ok_and(|a| a.health.is_healthy())
+        place_model(config, live, bytes_per_param, min_replicas)
+            .is_ok_and(|a| a.health.is_healthy())
     };
     let current = stored.map(|s| &s.state);
     let step = next_step(
@@ -81,7 +76,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use neuroshard_common::ModelConfig;
-    use neuroshard_common::architecture::ArchitecturePolicy;
+    use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PARAM};
     use neuroshard_common::growth::AutoPolicy;
 
     const MB: u64 = 1_000_000;
@@ -121,39 +116,62 @@ mod tests {
     #[test]
     fn auto_mode_waits_then_chooses_a_replicated_shape_then_grows() {
         let mode = auto();
-        let early = decide(&mode, None, &nodes(3, 50 * MB), 20, 2);
+        let early = decide(&mode, None, &nodes(3, 50 * MB), TRAINING_BYTES_PER_PARAM, 2);
         assert!(early.architecture.is_none() && !early.changed);
         assert!(early.waiting.unwrap().contains("4 live nodes"));
 
-        let genesis = decide(&mode, None, &nodes(4, 50 * MB), 20, 2);
+        let genesis = decide(&mode, None, &nodes(4, 50 * MB), TRAINING_BYTES_PER_PARAM, 2);
         assert!(genesis.changed);
         let state = genesis.architecture.unwrap();
         assert_eq!(
             (state.config.num_layers, state.config.hidden_size),
             (4, 256)
         );
-        let placed = place(&state.config, &nodes(4, 50 * MB), 20, 2).unwrap();
+        let placed = place_model(
+            &state.config,
+            &nodes(4, 50 * MB),
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        )
+        .unwrap();
         assert!(placed.health.is_healthy());
         assert!(
             placed.spans.iter().all(|s| s.end - s.start < 4),
             "every node holds part of the model: {placed:?}"
         );
 
-        let same = decide(&mode, Some(&stored(&state)), &nodes(4, 50 * MB), 20, 2);
+        let same = decide(
+            &mode,
+            Some(&stored(&state)),
+            &nodes(4, 50 * MB),
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
         assert_eq!(same.architecture.as_ref(), Some(&state));
         assert!(!same.changed);
 
-        let grown = decide(&mode, Some(&stored(&state)), &nodes(6, 50 * MB), 20, 2);
+        let grown = decide(
+            &mode,
+            Some(&stored(&state)),
+            &nodes(6, 50 * MB),
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
         assert!(grown.changed);
         let grown = grown.architecture.unwrap();
         assert_eq!(grown.config.num_layers, 6);
         assert_eq!(grown.config.hidden_size, 256);
         assert_eq!(grown.depths(), vec![4, 6]);
         assert!(
-            place(&grown.config, &nodes(6, 50 * MB), 20, 2)
-                .unwrap()
-                .health
-                .is_healthy()
+            place_model(
+                &grown.config,
+                &nodes(6, 50 * MB),
+                TRAINING_BYTES_PER_PARAM,
+                2
+            )
+            .unwrap()
+            .health
+            .is_healthy()
         );
     }
 
@@ -161,11 +179,17 @@ mod tests {
     fn fixed_mode_publishes_the_configured_model_whatever_the_capacity() {
         let config = ModelConfig::small(4096);
         let mode = ArchitectureMode::Fixed(config.clone());
-        let first = decide(&mode, None, &[], 20, 2);
+        let first = decide(&mode, None, &[], TRAINING_BYTES_PER_PARAM, 2);
         assert!(first.changed);
         let state = first.architecture.unwrap();
         assert_eq!(state.config, config);
-        let again = decide(&mode, Some(&stored(&state)), &nodes(50, 1 << 40), 20, 2);
+        let again = decide(
+            &mode,
+            Some(&stored(&state)),
+            &nodes(50, 1 << 40),
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
         assert!(!again.changed && !again.growth_pending);
     }
 }

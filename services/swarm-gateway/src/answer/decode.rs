@@ -11,11 +11,11 @@ use neuroshard_text::tokenizer::TextTokenizer;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use crate::error::ApiError;
+use super::stop::StopMatcher;
+use crate::api::wire::Finish;
 use crate::generator::{FinishReason, Step, TokenStream};
-use crate::openai::Finish;
-use crate::stop::StopMatcher;
-use crate::telemetry::RequestClock;
+use crate::http::error::ApiError;
+use crate::http::telemetry::RequestClock;
 
 /// What a choice reports, in order: text pieces, then exactly one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +43,7 @@ pub struct ChoiceRules {
 }
 
 /// Starts a task for one choice; its events go to `tx`.
-pub fn spawn(
+pub fn spawn_choice(
     tokenizer: Arc<TextTokenizer>,
     tokens: TokenStream,
     rules: ChoiceRules,
@@ -57,7 +57,7 @@ pub fn spawn(
         tokio::select! {
             biased;
             () = closed.closed() => {}
-            () = run(&tokenizer, tokens, rules, &clock, |event| {
+            () = decode_choice(&tokenizer, tokens, rules, &clock, |event| {
                 let tx = tx.clone();
                 async move { tx.send((index, event)).await.is_ok() }
             }) => {}
@@ -67,7 +67,7 @@ pub fn spawn(
 
 /// Drives one choice to its end, handing each event to `emit`; stops early when `emit` says
 /// the receiver is gone. Dropping `tokens` on return cancels the generation.
-async fn run<F, Fut>(
+async fn decode_choice<F, Fut>(
     tokenizer: &TextTokenizer,
     mut tokens: TokenStream,
     rules: ChoiceRules,
@@ -184,7 +184,7 @@ mod tests {
             trim_start,
         };
         let clock = RequestClock::start("test");
-        run(tok, stream_of(steps), rules, &clock, |e| {
+        decode_choice(tok, stream_of(steps), rules, &clock, |e| {
             events.lock().unwrap().push(e);
             async { true }
         })

@@ -1,16 +1,12 @@
-//! API keys: `Authorization: Bearer <key>` on `/v1/*`, mapped to the account it is charged to.
-//! Only SHA-256 digests of the keys are kept, and a presented key is compared against every
-//! digest in constant time, so neither timing nor a memory dump gives a key away.
+//! API keys: the `Authorization: Bearer <key>` value of a request, mapped to the account it is
+//! charged to ([`ApiKeys::authenticate`]; the middleware in [`super::auth`] applies it to
+//! `/v1/*`). Only SHA-256 digests of the keys are kept, and a presented key is compared against
+//! every digest in constant time, so neither timing nor a memory dump gives a key away.
 
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use super::error::ApiError;
 use crate::config::ApiKey;
-use crate::error::ApiError;
 
 /// The account a request acts for, attached to the request as an extension once its key is
 /// accepted (read by handlers and, later, the ledger).
@@ -87,21 +83,6 @@ fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Middleware for `/v1/*`: refuses requests without a known key, attaches [`Account`].
-pub async fn require_key(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let account = state.api_keys().authenticate(authorization)?;
-    req.extensions_mut().insert(account);
-    Ok(next.run(req).await)
 }
 
 #[cfg(test)]

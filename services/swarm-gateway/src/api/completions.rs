@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ApiError;
-use crate::openai::{Finish, Neutral, StopParam, StreamOptions, Usage, unsupported};
-use crate::params::Knobs;
+use crate::api::params::Knobs;
+use crate::api::wire::{Finish, Neutral, StopParam, StreamOptions, Usage, unsupported};
+use crate::http::error::ApiError;
 
 /// OpenAI's default `max_tokens` for completions.
 pub const DEFAULT_MAX_TOKENS: u32 = 16;

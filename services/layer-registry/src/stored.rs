@@ -1,0 +1,26 @@
+//! What the registry reads back from its database, as plain data: each node with its
+//! heartbeat age, and the published architecture with its growth timer. The store maps
+//! rows into these; the pure policy (liveness, placement, the snapshot, the architecture
+//! decision) reads them without depending on the database.
+
+use neuroshard_common::growth::ArchitectureState;
+
+/// One node as stored, with its heartbeat age measured by the database clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredNode {
+    pub node_id: String,
+    pub endpoint: String,
+    pub usable_memory_bytes: u64,
+    pub device: i32,
+    pub tokens_per_second: f64,
+    pub draining: bool,
+    pub queue_depth: u32,
+    pub heartbeat_age_ms: u64,
+}
+
+/// The architecture as stored, with how long a growth has been pending (database clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredArchitecture {
+    pub state: ArchitectureState,
+    pub growth_pending_for_ms: Option<u64>,
+}

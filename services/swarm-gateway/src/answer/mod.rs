@@ -1,0 +1,96 @@
+//! From a validated [`Plan`] to the HTTP answer, the last stage of a generation request:
+//!
+//! 1. [`answer_plan`] starts one generator job per choice, all at once;
+//! 2. each choice runs as a task ([`decode`]) that turns its sampled tokens into released text,
+//!    cutting at stop sequences ([`stop`]), and sends its events into one shared channel;
+//! 3. the events are answered [`whole`] (one JSON document once every choice is done) or
+//!    [`streamed`] (server-sent events as the text is released).
+//!
+//! Both answers consume the same events, so a request gives the same text either way.
+
+pub mod decode;
+pub mod stop;
+pub mod streamed;
+pub mod whole;
+
+use axum::response::Response;
+use neuroshard_runtime::telemetry::names::gateway;
+use tokio::sync::mpsc;
+
+use decode::{ChoiceRules, Tagged};
+use streamed::StreamSpec;
+
+use crate::api::params::Plan;
+use crate::api::response::{Endpoint, ResponseMeta};
+use crate::api::wire::{new_id, unix_now};
+use crate::generator::GenerationJob;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use crate::http::telemetry::RequestClock;
+
+/// Events a choice may queue before it waits for the client to read (backpressure).
+const EVENTS_PER_CHOICE: usize = 32;
+
+/// Runs `plan` and answers it, in the documents of `endpoint`.
+pub async fn answer_plan(
+    state: &AppState,
+    endpoint: Endpoint,
+    plan: Plan,
+) -> Result<Response, ApiError> {
+    let model = state.generator().model();
+    let meta = ResponseMeta {
+        endpoint,
+        id: new_id(endpoint.id_prefix()),
+        created: unix_now(),
+        model: model.id,
+    };
+    let prompt_tokens = u32::try_from(plan.prompt.len()).unwrap_or(u32::MAX);
+    metrics::counter!(gateway::PROMPT_TOKENS).increment(u64::from(prompt_tokens));
+    let events = start_choices(state, &meta, &plan);
+    if plan.stream {
+        let spec = StreamSpec {
+            meta,
+            n: plan.n,
+            prompt_tokens,
+            include_usage: plan.include_usage,
+        };
+        streamed::answer_streamed(spec, events).await
+    } else {
+        whole::answer_whole(&meta, plan.n, prompt_tokens, events).await
+    }
+}
+
+/// Starts every choice. With several choices each job is named `<id>-<index>`, so their
+/// sessions on the workers stay apart.
+fn start_choices(state: &AppState, meta: &ResponseMeta, plan: &Plan) -> mpsc::Receiver<Tagged> {
+    let clock = RequestClock::start(meta.endpoint.path());
+    let (tx, rx) = mpsc::channel(EVENTS_PER_CHOICE * plan.n as usize);
+    for index in 0..plan.n {
+        let request_id = if plan.n == 1 {
+            meta.id.clone()
+        } else {
+            format!("{}-{index}", meta.id)
+        };
+        let job = GenerationJob {
+            request_id,
+            prompt: plan.prompt.clone(),
+            max_tokens: plan.max_tokens,
+            sampling: plan.sampling_for(index),
+        };
+        let tokens = state.generator().generate(job);
+        let rules = ChoiceRules {
+            index,
+            max_tokens: plan.max_tokens,
+            stops: plan.stops.clone(),
+            trim_start: plan.trim_start,
+        };
+        decode::spawn_choice(
+            state.tokenizer().clone(),
+            tokens,
+            rules,
+            clock.clone(),
+            tx.clone(),
+        );
+    }
+    rx
+}

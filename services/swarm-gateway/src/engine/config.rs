@@ -1,0 +1,74 @@
+//! [`EngineConfig`]: how the engine reaches the swarm and how patient it is, with defaults
+//! and the mapping from the gateway's configuration.
+
+use std::time::Duration;
+
+use neuroshard_runtime::tls::TlsFiles;
+
+use crate::config::GatewayConfig;
+
+/// How the engine reaches the swarm and how patient it is.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The layer registry's gRPC URL.
+    pub registry: String,
+    /// TLS for `https://` registry and worker URLs.
+    pub tls: TlsFiles,
+    /// The name clients pass as `model`.
+    pub model_name: String,
+    /// End-of-sequence token id (ends a generation; not sent to the client).
+    pub eos_token: Option<u32>,
+    /// Deadline of one decode hop; past it the hop moves to another holder.
+    pub hop_deadline: Duration,
+    /// Deadline of a prefill or replay hop (whole prompts take longer than one token).
+    pub prefill_deadline: Duration,
+    /// Failovers one request may go through before it fails.
+    pub max_failovers: u32,
+    /// The registry's replica target, for the status document.
+    pub min_replicas: u32,
+    /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Largest gRPC message to or from a worker.
+    pub max_message_bytes: usize,
+    /// How long [`SwarmEngine::connect`](super::SwarmEngine::connect) waits for the first assignment.
+    pub connect_timeout: Duration,
+    /// JSON file of node id → process id (local swarm), read for each status document.
+    pub node_pids_file: Option<std::path::PathBuf>,
+}
+
+impl EngineConfig {
+    pub fn new(registry: impl Into<String>, model_name: impl Into<String>) -> Self {
+        Self {
+            registry: registry.into(),
+            tls: TlsFiles::default(),
+            model_name: model_name.into(),
+            eos_token: None,
+            hop_deadline: Duration::from_millis(200),
+            prefill_deadline: Duration::from_secs(5),
+            max_failovers: 8,
+            min_replicas: 2,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+            max_message_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(30),
+            node_pids_file: None,
+        }
+    }
+
+    /// The engine settings of a gateway configuration.
+    pub fn from_gateway(config: &GatewayConfig, eos_token: Option<u32>) -> Self {
+        Self {
+            tls: config.tls.clone(),
+            eos_token,
+            hop_deadline: Duration::from_millis(config.per_hop_deadline_ms),
+            prefill_deadline: Duration::from_millis(config.prefill_deadline_ms),
+            max_failovers: config.max_failovers,
+            min_replicas: config.min_replicas,
+            backoff: Duration::from_millis(config.backoff_ms),
+            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            node_pids_file: config.node_pids_file.clone(),
+            ..Self::new(&config.registry, &config.model)
+        }
+    }
+}
