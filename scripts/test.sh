@@ -10,5 +10,7 @@ echo "==> cargo fmt --check"
 scripts/cargo.sh fmt --all -- --check
 echo "==> cargo clippy --all-targets -D warnings"
 scripts/cargo.sh clippy --release --workspace --all-targets -- -D warnings
+echo "==> cargo build --bins (the cross-service tests in tests/ run every service binary)"
+scripts/cargo.sh build --release --workspace --bins
 echo "==> cargo test"
 scripts/cargo.sh test --release --workspace
