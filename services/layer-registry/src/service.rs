@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
-use neuroshard_common::{Error, Result};
+use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistry;
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, DeregisterRequest, DeregisterResponse, DrainRequest, DrainResponse,
-    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
-    RoutesRequest, RoutesResponse, WatchRequest,
+    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsResponse,
+    RegisterRequest, RegisterResponse, RoutesRequest, RoutesResponse, WatchRequest,
 };
 use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
@@ -259,6 +259,18 @@ impl LayerRegistry for RegistryService {
             assignment_version: assignment.version,
             routes: routes::routes(&assignment, max),
         }))
+    }
+
+    async fn report_observations(
+        &self,
+        _: Request<SignedEnvelope>,
+    ) -> Result<Response<ObservationsResponse>, Status> {
+        // No observer can be configured yet, so no signer is one.
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "observations: this registry names no observers",
+        )
+        .into())
     }
 
     type WatchStream = SnapshotStream;

@@ -75,6 +75,8 @@ pub fn build(
                     tokens_per_second: n.tokens_per_second,
                 }),
                 queue_depth: 0,
+                // No observer reports are taken yet.
+                observed_tokens_per_second: 0.0,
             }
         })
         .collect();
