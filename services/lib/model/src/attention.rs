@@ -76,7 +76,53 @@ impl Attention {
             let mask = causal_mask_after_prefix(seq, total, x.device());
             sdpa(&q, &k, &v, Some(&mask), false)
         };
-        // [batch, heads, seq, head_dim] -> [batch, seq, hidden]
+        self.project_out(&out, batch, seq)
+    }
+
+    /// One new position for each of several independent sequences (a decode batch):
+    /// x: [batch, 1, hidden], row b at position `positions[b]` (int64 [batch], on x's device)
+    /// with its own cache `caches[b]` holding exactly that many positions. Each row's key and
+    /// value are appended to its cache; rows attend only to their own cache, padded to the
+    /// longest and masked, so the result equals running the rows one by one.
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        caches: &mut [&mut LayerKv],
+    ) -> Tensor {
+        let batch = x.size()[0];
+        let heads = |proj: &Tensor, n: i64| {
+            x.linear::<&Tensor>(proj, None)
+                .view([batch, 1, n, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = rope.apply_rows(&heads(&self.q_proj, self.num_heads), positions);
+        let k = rope.apply_rows(&heads(&self.k_proj, self.num_kv_heads), positions);
+        let v = heads(&self.v_proj, self.num_kv_heads);
+        let full: Vec<(Tensor, Tensor)> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(b, cache)| cache.append(k.narrow(0, b as i64, 1), v.narrow(0, b as i64, 1)))
+            .collect();
+        let lengths: Vec<i64> = full.iter().map(|(k, _)| k.size()[2]).collect();
+        let longest = lengths.iter().copied().max().unwrap_or(1);
+        // Pad every row's keys and values at the end of the position axis to `longest`.
+        let padded = |t: &Tensor| t.constant_pad_nd([0, 0, 0, longest - t.size()[2]]);
+        let keys: Vec<Tensor> = full.iter().map(|(k, _)| padded(k)).collect();
+        let values: Vec<Tensor> = full.iter().map(|(_, v)| padded(v)).collect();
+        let (keys, values) = (Tensor::cat(&keys, 0), Tensor::cat(&values, 0));
+        // [batch, 1, 1, longest] bool: row b sees its first lengths[b] positions.
+        let visible = Tensor::arange(longest, (Kind::Int64, x.device()))
+            .unsqueeze(0)
+            .lt_tensor(&Tensor::from_slice(&lengths).to_device(x.device()).unsqueeze(1))
+            .view([batch, 1, 1, longest]);
+        let out = sdpa(&q, &keys, &values, Some(&visible), false);
+        self.project_out(&out, batch, 1)
+    }
+
+    /// [batch, heads, seq, head_dim] -> [batch, seq, hidden] through `o_proj`.
+    fn project_out(&self, out: &Tensor, batch: i64, seq: i64) -> Tensor {
         out.transpose(1, 2)
             .contiguous()
             .view([batch, seq, self.num_heads * self.head_dim])

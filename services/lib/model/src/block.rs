@@ -50,4 +50,22 @@ impl Block {
             .forward(&self.input_layernorm.forward(x), rope, offset, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
+
+    /// A decode batch: x [batch, 1, hidden], one independent sequence per row (see
+    /// [`Attention::forward_rows`]) -> [batch, 1, hidden].
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        caches: &mut [&mut LayerKv],
+    ) -> Tensor {
+        let h = x + self.self_attn.forward_rows(
+            &self.input_layernorm.forward(x),
+            rope,
+            positions,
+            caches,
+        );
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
 }

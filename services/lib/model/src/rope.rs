@@ -46,6 +46,25 @@ impl Rope {
         let sin = self.sin.narrow(0, offset, seq).to_kind(dtype);
         x * cos + rotate_half(x) * sin
     }
+
+    /// Rotates x: [batch, heads, 1, head_dim] whose row b is at position `positions[b]`
+    /// (int64 [batch] on the tables' device, each below `max_seq_len`).
+    pub fn apply_rows(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let (batch, head_dim) = (x.size()[0], x.size()[3]);
+        let dtype = x.kind();
+        // [batch, 1, 1, head_dim], broadcast over heads.
+        let cos = self
+            .cos
+            .index_select(0, positions)
+            .to_kind(dtype)
+            .view([batch, 1, 1, head_dim]);
+        let sin = self
+            .sin
+            .index_select(0, positions)
+            .to_kind(dtype)
+            .view([batch, 1, 1, head_dim]);
+        x * cos + rotate_half(x) * sin
+    }
 }
 
 /// [x1, x2] -> [-x2, x1] on the last dimension.

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::block::Block;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, LayerKv};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 
@@ -207,6 +207,51 @@ impl Shard {
         }
         if let Some(cache) = cache {
             cache.advance(seq);
+        }
+        match (&self.norm, &self.lm_head) {
+            (Some(norm), Some(head)) => Ok(norm.forward(&x).linear::<&Tensor>(head, None)),
+            _ => Ok(x),
+        }
+    }
+
+    /// A decode batch: one new position for each of several independent sequences, in one
+    /// pass over the weights. `input` holds [batch, 1] token ids or [batch, 1, hidden] states;
+    /// row b continues the sequence cached in `caches[b]`, at that cache's own position, and
+    /// the cache is extended by one. The output, [batch, 1, vocab | hidden], is what
+    /// [`Shard::forward`] gives each row alone with its cache, up to rounding.
+    pub fn forward_rows(
+        &self,
+        input: ShardInput<'_>,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let longest = caches.iter().map(|c| c.len()).max().unwrap_or(0);
+        let mut x = self.embed_input(input, longest)?;
+        let (batch, seq) = (x.size()[0], x.size()[1]);
+        if seq != 1 || batch != caches.len() as i64 {
+            return Err(ModelError::InvalidInput(format!(
+                "input: shape [{batch}, {seq}] for {} caches; a decode batch is one position \
+                 per cache",
+                caches.len()
+            )));
+        }
+        if let Some(cache) = caches.iter().find(|c| c.num_layers() != self.layers.len()) {
+            return Err(ModelError::InvalidInput(format!(
+                "cache has {} layers, shard has {}",
+                cache.num_layers(),
+                self.layers.len()
+            )));
+        }
+        let lengths: Vec<i64> = caches.iter().map(|c| c.len()).collect();
+        let positions = Tensor::from_slice(&lengths).to_device(self.device());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut LayerKv> = caches
+                .iter_mut()
+                .filter_map(|c| c.layer_mut(i))
+                .collect();
+            x = layer.forward_rows(&x, &self.rope, &positions, &mut layer_caches);
+        }
+        for cache in caches.iter_mut() {
+            cache.advance(1);
         }
         match (&self.norm, &self.lm_head) {
             (Some(norm), Some(head)) => Ok(norm.forward(&x).linear::<&Tensor>(head, None)),

@@ -90,6 +90,94 @@ fn kv_cache_decoding_equals_full_forward() {
     }
 }
 
+/// Several sequences of different lengths, decoded one position each in one batched pass,
+/// give what each gives decoded alone, and leave their caches as a lone decode would.
+#[test]
+fn a_decode_batch_equals_its_rows_decoded_alone() {
+    for (spec, kind, tol) in [
+        (ShardSpec::full(4), Kind::Float, 1e-5),
+        (ShardSpec::full(4), Kind::BFloat16, 0.1),
+        (ShardSpec::span(1, 3, 4).unwrap(), Kind::Float, 1e-5),
+    ] {
+        let model = shard(spec, kind);
+        let first = (!spec.embed).then(|| shard(ShardSpec::span(0, 1, 4).unwrap(), kind));
+        // The shard's input for `tokens`: the ids themselves, or the first layer's output.
+        let input_of = |t: &Tensor| match &first {
+            None => t.shallow_clone(),
+            Some(f) => f.forward(ShardInput::Tokens(t), None).unwrap(),
+        };
+        let run = |x: &Tensor, cache: Option<&mut neuroshard_model::kv_cache::KvCache>| {
+            let input = if spec.embed {
+                ShardInput::Tokens(x)
+            } else {
+                ShardInput::Hidden(x)
+            };
+            model.forward(input, cache).unwrap()
+        };
+        let prefixes = [1, 7, 3, 12];
+        let seqs: Vec<Tensor> = prefixes.iter().map(|&n| input_of(&tokens(n + 1))).collect();
+        let (mut alone, mut batched) = (Vec::new(), Vec::new());
+        let mut expected = Vec::new();
+        for (seq, &n) in seqs.iter().zip(&prefixes) {
+            let (mut a, mut b) = (model.new_cache(), model.new_cache());
+            let _ = run(&seq.narrow(1, 0, n), Some(&mut a));
+            let _ = run(&seq.narrow(1, 0, n), Some(&mut b));
+            expected.push(run(&seq.narrow(1, n, 1), Some(&mut a)));
+            alone.push(a);
+            batched.push(b);
+        }
+        let rows: Vec<Tensor> = seqs
+            .iter()
+            .zip(&prefixes)
+            .map(|(s, &n)| s.narrow(1, n, 1))
+            .collect();
+        let x = Tensor::cat(&rows, 0);
+        let mut caches: Vec<&mut neuroshard_model::kv_cache::KvCache> =
+            batched.iter_mut().collect();
+        let input = if spec.embed {
+            ShardInput::Tokens(&x)
+        } else {
+            ShardInput::Hidden(&x)
+        };
+        let out = model.forward_rows(input, &mut caches).unwrap();
+        assert_eq!(out.size()[0], 4);
+        for (b, want) in expected.iter().enumerate() {
+            let got = out.narrow(0, b as i64, 1);
+            assert!(max_diff(&got, want) < tol, "{spec:?} {kind:?} row {b}");
+        }
+        // The caches continue like the lone ones: one more position each, same next output.
+        for (b, (a, c)) in alone.iter_mut().zip(batched.iter_mut()).enumerate() {
+            assert_eq!(a.len(), c.len(), "row {b}");
+            let next = seqs[b].narrow(1, prefixes[b], 1);
+            assert!(
+                max_diff(&run(&next, Some(c)), &run(&next, Some(a))) < tol,
+                "{spec:?} {kind:?} row {b} after the batch"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_decode_batch_that_does_not_fit_is_refused() {
+    let model = shard(ShardSpec::full(4), Kind::Float);
+    let (mut a, mut b) = (model.new_cache(), model.new_cache());
+    let two_positions = tokens(4).view([2, 2]);
+    let err = model
+        .forward_rows(ShardInput::Tokens(&two_positions), &mut [&mut a, &mut b])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one position per cache"), "{err}");
+    let mut full = model.new_cache();
+    let _ = model
+        .forward(ShardInput::Tokens(&tokens(64)), Some(&mut full))
+        .unwrap();
+    let err = model
+        .forward_rows(ShardInput::Tokens(&tokens(1)), &mut [&mut full])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_seq_len"), "{err}");
+}
+
 #[test]
 fn sharded_cache_decoding_equals_full_forward() {
     let full = shard(ShardSpec::full(4), Kind::Float);
