@@ -19,7 +19,9 @@ pub struct WorkerConfig {
     /// `init_seed`, which every node agrees on.
     pub checkpoint: Option<PathBuf>,
     pub init_seed: u64,
-    /// Memory offered for layers; 0 = half of the machine's available memory.
+    /// Memory offered for layers; 0 = derived from where the layers live: half the host's
+    /// available memory on CPU, the device's free memory less a tenth on CUDA. A figure
+    /// above what that memory has free is refused at start.
     pub usable_memory_bytes: u64,
     /// auto, cpu, cuda or cuda:N
     pub device: String,
@@ -29,6 +31,12 @@ pub struct WorkerConfig {
     pub session_ttl_ms: u64,
     /// Cap on all sessions' KV caches together; the least recently used are evicted beyond it.
     pub max_session_bytes: u64,
+    /// Most sessions whose decode steps (one new position each) run as one batched pass
+    /// through the span; 1 runs them one by one.
+    pub max_decode_batch: usize,
+    /// Longer passes (prefills, replays) run in chunks of this many positions, with waiting
+    /// decode steps run between chunks.
+    pub prefill_chunk_positions: u32,
     /// Largest gRPC message this worker takes or sends: a unary Forward/Replay must fit;
     /// larger tensors come through ForwardStream/ReplayStream in chunks.
     pub max_message_bytes: usize,
@@ -60,6 +68,8 @@ impl Default for WorkerConfig {
             heartbeat_interval_ms: 5_000,
             session_ttl_ms: 300_000,
             max_session_bytes: 1 << 30,
+            max_decode_batch: 16,
+            prefill_chunk_positions: 256,
             max_message_bytes: 64 << 20,
             max_tensor_bytes: 256 << 20,
             max_stream_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
@@ -69,6 +79,10 @@ impl Default for WorkerConfig {
         }
     }
 }
+
+/// Largest decode batch accepted: beyond it one pass's padded caches cost more than the
+/// weights it saves reading.
+const MAX_DECODE_BATCH: usize = 256;
 
 /// Room a chunk message needs beyond its data (offset, field tags, the header on the first).
 const CHUNK_OVERHEAD_BYTES: usize = 4096;
@@ -90,7 +104,26 @@ impl WorkerConfig {
                 "max_stream_chunks must be at least 1",
             ));
         }
+        if !(1..=MAX_DECODE_BATCH).contains(&self.max_decode_batch) {
+            return Err(Error::invalid_argument(format!(
+                "max_decode_batch ({}) must be between 1 and {MAX_DECODE_BATCH}",
+                self.max_decode_batch
+            )));
+        }
+        if self.prefill_chunk_positions == 0 {
+            return Err(Error::invalid_argument(
+                "prefill_chunk_positions must be at least 1",
+            ));
+        }
         Ok(())
+    }
+
+    /// How the compute thread groups work.
+    pub fn compute_options(&self) -> crate::compute::ComputeOptions {
+        crate::compute::ComputeOptions {
+            max_decode_batch: self.max_decode_batch,
+            prefill_chunk_positions: i64::from(self.prefill_chunk_positions),
+        }
     }
 }
 
@@ -119,6 +152,36 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("stream_chunk_bytes"), "{err}");
+    }
+
+    #[test]
+    fn compute_grouping_is_validated() {
+        for (config, field) in [
+            (
+                WorkerConfig {
+                    max_decode_batch: 0,
+                    ..WorkerConfig::default()
+                },
+                "max_decode_batch",
+            ),
+            (
+                WorkerConfig {
+                    max_decode_batch: 10_000,
+                    ..WorkerConfig::default()
+                },
+                "max_decode_batch",
+            ),
+            (
+                WorkerConfig {
+                    prefill_chunk_positions: 0,
+                    ..WorkerConfig::default()
+                },
+                "prefill_chunk_positions",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

@@ -1,31 +1,40 @@
 //! One NeuroShard node. It registers with the layer registry under its own key, reports
-//! honest capacity (memory it may use, device, tokens/s measured at start), loads the span the
-//! registry assigns (from a checkpoint, or initialised from the agreed seed), reloads when the
-//! assignment changes, and serves pipelined forward passes with per-session KV caches.
+//! honest capacity (memory it may use, from the device its layers live on; tokens/s measured
+//! on the architecture's layer shape), loads the span the registry assigns (from a
+//! checkpoint, or initialised from the agreed seed), reloads when the assignment changes,
+//! and serves pipelined forward passes with per-session KV caches.
 //!
 //! - [`service`]: the gRPC service (Forward, Replay and their chunked streams, EndSession,
 //!   Info) and its checks; [`stream`]: chunked streams on the wire; [`client`]: what callers
 //!   use (unary for small tensors, streams for large ones);
-//! - [`sessions`]: KV-cache sessions with TTL and a memory cap;
-//! - [`node`]: measurement, registration, heartbeats, loading spans;
+//! - [`state`]: the loaded span, swapped whole on reload; [`compute`]: the thread that runs
+//!   it (decode steps of many sessions batched, long passes in chunks);
+//! - [`sessions`]: KV-cache sessions with owners, TTL and a memory cap; [`caller`]: who owns
+//!   a session, and the rule that makes session ids unguessable;
+//! - [`node`]: measurement, registration, heartbeats, loading spans; [`capacity`]: the memory
+//!   a node offers;
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
 
+pub mod caller;
+pub mod capacity;
+pub mod compute;
 pub mod config;
 pub mod convert;
 pub mod node;
 pub mod service;
 pub mod sessions;
+pub mod state;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::tensor::Limits;
 use neuroshard_common::{Error, ErrorKind, ModelConfig};
 use neuroshard_model::device::{parse_device, parse_dtype};
+use neuroshard_model::tch::Device;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
-use neuroshard_proto::registry::v1::{Capacity, Device as ProtoDevice};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
 use neuroshard_runtime::telemetry::names;
 
@@ -46,15 +55,15 @@ pub async fn run(
     let key = NodeKey::load_or_create(&config.key_file)?;
     let device = parse_device(&config.device)?;
     let kind = parse_dtype(&config.dtype)?;
-    let reference = match &config.checkpoint {
-        Some(dir) => neuroshard_model::checkpoint::read_config(dir)?,
-        None => ModelConfig::small(4096),
+    let memory = match device {
+        Device::Cuda(i) => capacity::Memory::Cuda(i),
+        _ => capacity::Memory::Host,
     };
-    let throughput = node::measure_throughput(&reference, device, kind)?;
-    let memory = match config.usable_memory_bytes {
-        0 => node::default_usable_memory(),
-        m => m,
-    };
+    let usable_memory = capacity::usable_memory(
+        memory,
+        config.usable_memory_bytes,
+        capacity::free_memory(memory),
+    )?;
     let server_tls = config.tls.server()?;
     let scheme = if server_tls.is_some() {
         "https"
@@ -67,47 +76,63 @@ pub async fn run(
             .local_addr()
             .map_err(|e| Error::internal(format!("listener: {e}")))?
     ));
-    let state = Arc::new(service::WorkerState {
-        node_id: key.node_id().to_string(),
-        loaded: Mutex::new(None),
-        session_ttl: Duration::from_millis(config.session_ttl_ms),
-        max_session_bytes: config.max_session_bytes,
-        limits: Limits {
+    let state = Arc::new(state::WorkerState::new(
+        key.node_id().to_string(),
+        Duration::from_millis(config.session_ttl_ms),
+        config.max_session_bytes,
+        Limits {
             max_bytes: config.max_tensor_bytes,
             ..Limits::default()
         },
-        max_stream_chunks: config.max_stream_chunks,
-        stream_chunk_bytes: config.stream_chunk_bytes,
-    });
+        config.max_stream_chunks,
+        config.stream_chunk_bytes,
+        config.compute_options(),
+    ));
     let plan = node::LoadPlan {
         checkpoint: config.checkpoint.clone(),
         init_seed: config.init_seed,
         device,
         kind,
     };
-    tracing::info!(node_id = %state.node_id, %endpoint, memory, throughput, "shard-worker starting");
 
     let client = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
     let mut link = node::RegistryLink::new(client, key, config.network_id.clone());
-    let capacity = Capacity {
-        usable_memory_bytes: memory,
-        device: if device.is_cuda() {
-            ProtoDevice::Cuda
-        } else {
-            ProtoDevice::Cpu
-        } as i32,
-        tokens_per_second: throughput,
+    // Throughput is measured on the layers of the architecture the registry runs; before it
+    // has one, on the checkpoint's (whose width it will take), else on the default model, and
+    // again once an architecture is published (see `node::settle`).
+    let published = link
+        .assignment()
+        .await
+        .ok()
+        .and_then(|s| s.architecture)
+        .map(|a| neuroshard_common::growth::ArchitectureState::from_proto(&a))
+        .transpose()?
+        .map(|a| a.config);
+    let shape = match (published, &config.checkpoint) {
+        (Some(arch), _) => arch,
+        (None, Some(dir)) => neuroshard_model::checkpoint::read_config(dir)?,
+        (None, None) => ModelConfig::small(4096),
     };
-    let snapshot = link.register(&endpoint, capacity).await.map_err(|status| {
+    let mut advertised =
+        node::Advertised::measure(endpoint.clone(), usable_memory, shape, &plan).await?;
+    tracing::info!(
+        node_id = %state.node_id,
+        %endpoint,
+        memory = usable_memory,
+        throughput = advertised.capacity.tokens_per_second,
+        "shard-worker starting"
+    );
+    let snapshot = link.register(&advertised).await.map_err(|status| {
         Error::new(
             ErrorKind::Unavailable,
             format!("registering with {}: {}", config.registry, status.message()),
         )
     })?;
-    node::apply(&state, &snapshot, &plan).await?;
+    node::settle(&state, &mut link, &mut advertised, &snapshot, &plan).await?;
     let follower = tokio::spawn(node::follow(
         state.clone(),
         link,
+        advertised,
         plan,
         Duration::from_millis(config.heartbeat_interval_ms.max(50)),
     ));

@@ -13,13 +13,13 @@ use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{Shard, ShardInput, ShardSpec, checkpoint, init};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, Capacity, GetAssignmentRequest, HeartbeatRequest, RegisterRequest,
+    AssignmentSnapshot, Capacity, Device as ProtoDevice, GetAssignmentRequest, HeartbeatRequest,
+    RegisterRequest,
 };
 use prost::Message;
 use tonic::transport::Channel;
 
-use crate::service::{Loaded, WorkerState};
-use crate::sessions::Sessions;
+use crate::state::{Loaded, WorkerState};
 
 /// How this node loads weights.
 #[derive(Debug, Clone)]
@@ -75,7 +75,8 @@ pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan
 }
 
 /// Tokens per second through one decoder layer of `config` on this device (64-token chunks):
-/// the honest throughput this node reports.
+/// the honest throughput this node reports. Measured on the layer shape of the architecture
+/// the node serves (see [`Advertised`]), since a layer's cost is all in its width.
 pub fn measure_throughput(config: &ModelConfig, device: Device, kind: Kind) -> Result<f64> {
     let spec = ShardSpec {
         start: 0,
@@ -83,7 +84,11 @@ pub fn measure_throughput(config: &ModelConfig, device: Device, kind: Kind) -> R
         embed: false,
         head: false,
     };
-    let mut shard = Shard::new(config, spec, device, kind).map_err(Error::from)?;
+    let layer = ModelConfig {
+        num_layers: 1,
+        ..config.clone()
+    };
+    let mut shard = Shard::new(&layer, spec, device, kind).map_err(Error::from)?;
     init::initialize(&mut shard, 0).map_err(Error::from)?;
     let _guard = neuroshard_model::tch::no_grad_guard();
     let seq = 64.min(config.max_seq_len);
@@ -98,20 +103,90 @@ pub fn measure_throughput(config: &ModelConfig, device: Device, kind: Kind) -> R
             .forward(ShardInput::Hidden(&x), None)
             .map_err(Error::from)?;
     }
+    if device.is_cuda() {
+        // Kernels run asynchronously: the clock stops when the device is done.
+        neuroshard_model::tch::Cuda::synchronize(device_index(device));
+    }
     Ok((rounds * seq) as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Half the memory the machine has available (from /proc/meminfo), or 1 GiB if unknown.
-pub fn default_usable_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
+fn device_index(device: Device) -> i64 {
+    match device {
+        Device::Cuda(i) => i as i64,
+        _ => 0,
+    }
+}
+
+/// Whether a decoder layer of `a` costs what one of `b` does: the same shape, whatever the
+/// depth or vocabulary.
+pub fn same_layer_shape(a: &ModelConfig, b: &ModelConfig) -> bool {
+    (a.hidden_size, a.num_heads, a.num_kv_heads, a.intermediate_size)
+        == (b.hidden_size, b.num_heads, b.num_kv_heads, b.intermediate_size)
+}
+
+/// What this node tells the registry about itself, and the model shape its throughput was
+/// measured on.
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    pub endpoint: String,
+    pub capacity: Capacity,
+    pub measured_on: ModelConfig,
+}
+
+impl Advertised {
+    /// Measures throughput on `shape` (off the async runtime) and advertises it.
+    pub async fn measure(
+        endpoint: String,
+        usable_memory_bytes: u64,
+        shape: ModelConfig,
+        plan: &LoadPlan,
+    ) -> Result<Self> {
+        let tokens_per_second = measure_on(&shape, plan).await?;
+        Ok(Self {
+            endpoint,
+            capacity: Capacity {
+                usable_memory_bytes,
+                device: if plan.device.is_cuda() {
+                    ProtoDevice::Cuda
+                } else {
+                    ProtoDevice::Cpu
+                } as i32,
+                tokens_per_second,
+            },
+            measured_on: shape,
         })
-        .map_or(1 << 30, |kb| kb * 1024 / 2)
+    }
+
+    /// If the published architecture's layers differ from the shape measured on, measures
+    /// again on them; whether the figure changed (and must be registered again).
+    pub async fn follow_architecture(
+        &mut self,
+        snapshot: &AssignmentSnapshot,
+        plan: &LoadPlan,
+    ) -> Result<bool> {
+        let Some(arch) = &snapshot.architecture else {
+            return Ok(false);
+        };
+        let config = ArchitectureState::from_proto(arch)?.config;
+        if same_layer_shape(&config, &self.measured_on) {
+            return Ok(false);
+        }
+        self.capacity.tokens_per_second = measure_on(&config, plan).await?;
+        tracing::info!(
+            hidden = config.hidden_size,
+            tokens_per_second = self.capacity.tokens_per_second,
+            "throughput measured on the architecture's layer shape"
+        );
+        self.measured_on = config;
+        Ok(true)
+    }
+}
+
+async fn measure_on(shape: &ModelConfig, plan: &LoadPlan) -> Result<f64> {
+    let (shape, device, kind) = (shape.clone(), plan.device, plan.kind);
+    tokio::task::spawn_blocking(move || measure_throughput(&shape, device, kind))
+        .await
+        .map_err(|e| Error::internal(format!("measuring task failed: {e}")))?
 }
 
 /// Signs messages for the registry with this node's key.
@@ -150,12 +225,11 @@ impl RegistryLink {
 
     pub async fn register(
         &mut self,
-        endpoint: &str,
-        capacity: Capacity,
+        advertised: &Advertised,
     ) -> Result<AssignmentSnapshot, tonic::Status> {
         let request = RegisterRequest {
-            endpoint: endpoint.to_string(),
-            capacity: Some(capacity),
+            endpoint: advertised.endpoint.clone(),
+            capacity: Some(advertised.capacity),
             payout_address: String::new(),
         };
         let envelope = self.envelope("RegisterRequest", &request)?;
@@ -199,31 +273,22 @@ pub async fn apply(
     let mine = snapshot.nodes.iter().find(|n| n.node_id == state.node_id);
     let span = mine.and_then(|n| n.span).filter(|_| arch.is_some());
     let arch_version = arch.as_ref().map(|a| a.version);
-    let current = {
-        let guard = state
-            .loaded
-            .lock()
-            .map_err(|_| Error::internal("worker state poisoned"))?;
-        guard
-            .as_ref()
-            .map(|l| (l.shard.spec(), l.architecture_version))
-    };
+    let current = state.loaded();
     let wanted = span.map(|s| (i64::from(s.start), i64::from(s.end)));
     let unchanged = match (&current, wanted) {
-        (Some((spec, version)), Some((start, end))) => {
-            spec.start == start && spec.end == end && Some(*version) == arch_version
+        (Some(l), Some((start, end))) => {
+            l.spec.start == start && l.spec.end == end && Some(l.architecture_version) == arch_version
         }
         (None, None) => true,
         _ => false,
     };
     if unchanged {
-        if let Ok(mut guard) = state.loaded.lock()
-            && let Some(l) = guard.as_mut()
-        {
-            l.assignment_version = snapshot.version;
+        if let Some(l) = current {
+            l.set_assignment_version(snapshot.version);
         }
         return Ok(());
     }
+    drop(current);
     let loaded = match (span, arch) {
         (Some(s), Some(arch)) => {
             let plan = plan.clone();
@@ -234,45 +299,44 @@ pub async fn apply(
                     .await
                     .map_err(|e| Error::internal(format!("loading task failed: {e}")))??;
             tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, layers, arch_version, version = snapshot.version, "span loaded");
-            Some(Loaded {
+            Some(Loaded::start(
                 shard,
-                sessions: Sessions::new(state.session_ttl, state.max_session_bytes),
-                assignment_version: snapshot.version,
-                architecture_version: arch_version,
-            })
+                state.new_sessions(),
+                snapshot.version,
+                arch_version,
+                state.compute,
+            )?)
         }
         _ => {
             tracing::info!(node_id = %state.node_id, version = snapshot.version, "no span assigned");
             None
         }
     };
-    *state
-        .loaded
-        .lock()
-        .map_err(|_| Error::internal("worker state poisoned"))? = loaded;
+    state.set_loaded(loaded);
     Ok(())
 }
 
-/// Heartbeats every `interval` and follows assignment changes until the task is dropped.
+/// Heartbeats every `interval` and follows assignment changes until the task is dropped;
+/// when the architecture's layer shape changes, measures throughput again and registers the
+/// new figure.
 pub async fn follow(
     state: Arc<WorkerState>,
     mut link: RegistryLink,
+    mut advertised: Advertised,
     plan: LoadPlan,
     interval: Duration,
 ) {
     let mut known_version = None;
     loop {
-        let queue_depth = state
-            .loaded
-            .lock()
-            .map(|g| g.as_ref().map_or(0, |l| l.sessions.len() as u32))
-            .unwrap_or(0);
+        let queue_depth = state.session_count() as u32;
         match link.heartbeat(queue_depth).await {
             Ok(version) if Some(version) != known_version => match link.assignment().await {
-                Ok(snapshot) => match apply(&state, &snapshot, &plan).await {
-                    Ok(()) => known_version = Some(snapshot.version),
-                    Err(e) => tracing::error!(error = %e, "applying the assignment failed"),
-                },
+                Ok(snapshot) => {
+                    match settle(&state, &mut link, &mut advertised, &snapshot, &plan).await {
+                        Ok(version) => known_version = Some(version),
+                        Err(e) => tracing::error!(error = %e, "applying the assignment failed"),
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "fetching the assignment failed"),
             },
             Ok(_) => {}
@@ -280,4 +344,28 @@ pub async fn follow(
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Applies `snapshot`, and registers again if the architecture it publishes changed the
+/// throughput this node measures (applying what that registration answers); the assignment
+/// version this node is at.
+pub async fn settle(
+    state: &Arc<WorkerState>,
+    link: &mut RegistryLink,
+    advertised: &mut Advertised,
+    snapshot: &AssignmentSnapshot,
+    plan: &LoadPlan,
+) -> Result<u64> {
+    apply(state, snapshot, plan).await?;
+    if !advertised.follow_architecture(snapshot, plan).await? {
+        return Ok(snapshot.version);
+    }
+    let snapshot = link.register(advertised).await.map_err(|status| {
+        Error::new(
+            neuroshard_common::ErrorKind::Unavailable,
+            format!("registering the new throughput: {}", status.message()),
+        )
+    })?;
+    apply(state, &snapshot, plan).await?;
+    Ok(snapshot.version)
 }

@@ -1,16 +1,19 @@
 //! The `ShardWorker` gRPC service. Requests are checked against what this node holds (span,
-//! hidden size, dtype, session position) before any compute, and refused with the field named.
-//! The streamed calls (large tensors in chunks, see [`crate::stream`]) check the header before
-//! the tensor's bytes arrive, then run exactly what the unary calls run.
+//! hidden size, dtype, positions), the session id against the guessing rule and the session
+//! against its owner, before any compute, and refused with the field named. Compute goes to
+//! the span's compute thread ([`crate::compute`]); nothing here waits for a forward except
+//! the request that asked for it. The streamed calls (large tensors in chunks, see
+//! [`crate::stream`]) check the header before the tensor's bytes arrive, then run exactly what
+//! the unary calls run.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use neuroshard_common::tensor::Limits;
 use neuroshard_common::{Error, ErrorKind, Result};
-use neuroshard_model::tch::{Kind, Tensor};
-use neuroshard_model::{Shard, ShardInput};
+use neuroshard_model::kv_cache::KvCache;
+use neuroshard_model::tch::Tensor;
 use neuroshard_proto::common::v1::{LayerSpan, Role, Tensor as WireTensor};
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorker;
 use neuroshard_proto::worker::v1::{
@@ -18,48 +21,27 @@ use neuroshard_proto::worker::v1::{
     ForwardStreamResponse, InfoRequest, InfoResponse, ReplayRequest, ReplayResponse,
     ReplayStreamRequest, ReplayStreamResponse,
 };
-use neuroshard_runtime::telemetry::names::worker as names;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{from_wire, to_wire};
-use crate::sessions::Sessions;
+use crate::caller::{Caller, check_session_id};
+use crate::compute::Pass;
+use crate::convert::from_wire;
+use crate::sessions::Session;
+use crate::state::{Loaded, WorkerState};
 use crate::stream::{StreamLimits, StreamMessage, receive, split};
 
-/// A span of layers loaded on this node, with its sessions (which die with it).
-#[derive(Debug)]
-pub struct Loaded {
-    pub shard: Shard,
-    pub sessions: Sessions,
-    pub assignment_version: u64,
-    /// The architecture version `shard` belongs to.
-    pub architecture_version: u64,
+fn current(state: &WorkerState) -> Result<Arc<Loaded>> {
+    state.loaded().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unavailable,
+            "no layers assigned to this node yet",
+        )
+    })
 }
 
-/// State shared by the service and the node lifecycle.
-#[derive(Debug)]
-pub struct WorkerState {
-    pub node_id: String,
-    pub loaded: Mutex<Option<Loaded>>,
-    pub session_ttl: Duration,
-    pub max_session_bytes: u64,
-    pub limits: Limits,
-    /// Most chunks one streamed tensor may come in.
-    pub max_stream_chunks: usize,
-    /// Size of the chunks streamed responses are cut into.
-    pub stream_chunk_bytes: usize,
-}
-
-fn lock(state: &WorkerState) -> Result<std::sync::MutexGuard<'_, Option<Loaded>>> {
-    state
-        .loaded
-        .lock()
-        .map_err(|_| Error::internal("worker state poisoned"))
-}
-
-fn check_span(shard: &Shard, span: Option<LayerSpan>) -> Result<()> {
-    let spec = shard.spec();
-    let (start, end) = (spec.start as u32, spec.end as u32);
+fn check_span(loaded: &Loaded, span: Option<LayerSpan>) -> Result<()> {
+    let (start, end) = (loaded.spec.start as u32, loaded.spec.end as u32);
     match span {
         Some(s) if s.start == start && s.end == end => Ok(()),
         Some(s) => Err(Error::invalid_argument(format!(
@@ -70,57 +52,59 @@ fn check_span(shard: &Shard, span: Option<LayerSpan>) -> Result<()> {
     }
 }
 
-/// The input tensor a shard takes: token ids [1, n] for a Driver, hidden [1, seq, hidden] otherwise.
+/// The input tensor the span takes, checked so that a request can share a batched pass with
+/// others without failing it: token ids [1, n] in the vocabulary for a Driver, hidden states
+/// [1, n, hidden] in the span's dtype otherwise; and `position + n` within the context.
 fn input_tensor(
-    shard: &Shard,
+    loaded: &Loaded,
     tokens: &[i64],
-    hidden: Option<&neuroshard_proto::common::v1::Tensor>,
+    hidden: Option<&WireTensor>,
+    position: u32,
     limits: &Limits,
 ) -> Result<Tensor> {
-    if shard.spec().embed {
+    let config = &loaded.config;
+    let input = if loaded.spec.embed {
         if tokens.is_empty() {
             return Err(Error::invalid_argument(
                 "tokens: this node holds the embedding and needs token ids",
             ));
         }
-        Ok(Tensor::from_slice(tokens).view([1, -1]))
+        if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= config.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "tokens: id {bad} is outside the vocabulary [0, {})",
+                config.vocab_size
+            )));
+        }
+        Tensor::from_slice(tokens).view([1, -1])
     } else {
         let hidden = hidden
             .ok_or_else(|| Error::invalid_argument("hidden: this node needs hidden states"))?;
         let t = from_wire(hidden, "hidden", limits)?;
-        if t.dim() != 3 || t.size()[0] != 1 {
+        let size = t.size();
+        if size.len() != 3 || size[0] != 1 || size[1] == 0 || size[2] != config.hidden_size {
             return Err(Error::invalid_argument(format!(
-                "hidden: shape {:?}, expected [1, seq, hidden]",
-                t.size()
+                "hidden: shape {size:?}, expected [1, seq, {}]",
+                config.hidden_size
             )));
         }
-        Ok(t)
-    }
-}
-
-/// Runs the shard on `input` with `cache`; a Validator returns the last position's logits in f32.
-fn run(
-    shard: &Shard,
-    input: &Tensor,
-    cache: &mut neuroshard_model::kv_cache::KvCache,
-) -> Result<Tensor> {
-    let _guard = neuroshard_model::tch::no_grad_guard();
-    let started = Instant::now();
-    let positions = input.size().get(1).copied().unwrap_or(0);
-    let x = if shard.spec().embed {
-        ShardInput::Tokens(input)
-    } else {
-        ShardInput::Hidden(input)
+        if t.kind() != loaded.kind {
+            return Err(Error::invalid_argument(format!(
+                "hidden.dtype: {:?}, this node runs in {:?}",
+                t.kind(),
+                loaded.kind
+            )));
+        }
+        t
     };
-    let out = shard.forward(x, Some(cache)).map_err(Error::from)?;
-    metrics::counter!(names::POSITIONS).increment(positions.max(0) as u64);
-    metrics::histogram!(names::SPAN_COMPUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(if shard.spec().head {
-        let seq = out.size()[1];
-        out.narrow(1, seq - 1, 1).to_kind(Kind::Float)
-    } else {
-        out
-    })
+    let positions = input.size()[1];
+    if i64::from(position) + positions > config.max_seq_len {
+        return Err(Error::invalid_argument(format!(
+            "position: positions {position}..{} exceed the model's context of {}",
+            i64::from(position) + positions,
+            config.max_seq_len
+        )));
+    }
+    Ok(input)
 }
 
 impl WorkerState {
@@ -133,17 +117,13 @@ impl WorkerState {
 
     /// What can be checked of a streamed call from its header alone, so that a request this
     /// node would refuse is refused before its tensor's bytes are buffered.
-    fn check_header(&self, span: Option<LayerSpan>, hidden: Option<&WireTensor>) -> Result<()> {
-        let guard = lock(self)?;
-        let loaded = guard.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unavailable,
-                "no layers assigned to this node yet",
-            )
-        })?;
-        check_span(&loaded.shard, span)?;
-        let hidden_size = loaded.shard.config().hidden_size;
-        match (loaded.shard.spec().embed, hidden) {
+    fn check_header(&self, header: &impl HopRequest, caller: Caller) -> Result<()> {
+        check_session_id(header.session_id())?;
+        let loaded = current(self)?;
+        check_span(&loaded, header.span())?;
+        loaded.sessions.check_owner(header.session_id(), caller)?;
+        let hidden_size = loaded.config.hidden_size;
+        match (loaded.spec.embed, header.hidden()) {
             (true, Some(_)) => Err(Error::invalid_argument(
                 "hidden: this node holds the embedding and takes token ids, not hidden states",
             )),
@@ -162,87 +142,63 @@ impl WorkerState {
         }
     }
 
-    fn forward(&self, request: &ForwardRequest) -> Result<ForwardResponse> {
-        let mut guard = lock(self)?;
-        let loaded = guard.as_mut().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unavailable,
-                "no layers assigned to this node yet",
-            )
-        })?;
-        check_span(&loaded.shard, request.span)?;
-        if request.session_id.is_empty() {
-            return Err(Error::invalid_argument("session_id: missing"));
-        }
+    /// Runs the next positions of `caller`'s session (opening it when new).
+    async fn forward(&self, request: ForwardRequest, caller: Caller) -> Result<ForwardResponse> {
+        check_session_id(&request.session_id)?;
+        let loaded = current(self)?;
+        check_span(&loaded, request.span)?;
         let input = input_tensor(
-            &loaded.shard,
+            &loaded,
             &request.tokens,
             request.hidden.as_ref(),
+            request.position,
             &self.limits,
         )?;
-        let Loaded {
-            shard, sessions, ..
-        } = loaded;
-        let cache =
-            sessions.get_or_create(&request.session_id, Instant::now(), || shard.new_cache());
-        if i64::from(request.position) != cache.len() {
-            return Err(Error::failed_precondition(format!(
-                "position: request is at {}, session {} holds {} positions (replay it)",
-                request.position,
-                request.session_id,
-                cache.len()
-            )));
-        }
-        let out = run(shard, &input, cache)?;
-        let position = cache.len() as u32;
-        sessions.enforce_cap();
+        let session =
+            loaded
+                .sessions
+                .open(&request.session_id, caller, loaded.layers(), Instant::now())?;
+        let Pass { output, position } = loaded
+            .compute
+            .run(input, session, i64::from(request.position))
+            .await?;
+        loaded.sessions.enforce_cap();
         Ok(ForwardResponse {
-            output: Some(to_wire(&out)?),
+            output: Some(output),
             position,
         })
     }
 
-    fn replay(&self, request: &ReplayRequest) -> Result<ReplayResponse> {
-        let mut guard = lock(self)?;
-        let loaded = guard.as_mut().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unavailable,
-                "no layers assigned to this node yet",
-            )
-        })?;
-        check_span(&loaded.shard, request.span)?;
+    /// Rebuilds `caller`'s session from the positions so far, in a fresh cache that replaces
+    /// the old one only once it is complete.
+    async fn replay(&self, request: ReplayRequest, caller: Caller) -> Result<ReplayResponse> {
+        check_session_id(&request.session_id)?;
+        let loaded = current(self)?;
+        check_span(&loaded, request.span)?;
+        loaded.sessions.check_owner(&request.session_id, caller)?;
         let input = input_tensor(
-            &loaded.shard,
+            &loaded,
             &request.tokens,
             request.hidden.as_ref(),
+            0,
             &self.limits,
         )?;
-        let mut cache = loaded.shard.new_cache();
-        let out = run(&loaded.shard, &input, &mut cache)?;
-        let position = cache.len() as u32;
+        let session = Session::new(caller, KvCache::new(loaded.layers()));
+        let Pass { output, position } = loaded.compute.run(input, session.clone(), 0).await?;
         loaded
             .sessions
-            .insert(&request.session_id, cache, Instant::now());
+            .install(&request.session_id, session, Instant::now())?;
         Ok(ReplayResponse {
-            output: Some(to_wire(&out)?),
+            output: Some(output),
             position,
         })
     }
 }
 
-/// gRPC adapter over the shared state; compute runs on the blocking pool.
+/// gRPC adapter over the shared state.
 #[derive(Debug, Clone)]
 pub struct WorkerService {
     pub state: Arc<WorkerState>,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?
-        .map_err(Status::from)
 }
 
 type PartStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
@@ -258,11 +214,15 @@ fn chunked_response<M: StreamMessage + Send + 'static>(
 
 /// What the header check reads of a hop request before its tensor's bytes arrive.
 trait HopRequest {
+    fn session_id(&self) -> &str;
     fn span(&self) -> Option<LayerSpan>;
     fn hidden(&self) -> Option<&WireTensor>;
 }
 
 impl HopRequest for ForwardRequest {
+    fn session_id(&self) -> &str {
+        &self.session_id
+    }
     fn span(&self) -> Option<LayerSpan> {
         self.span
     }
@@ -272,6 +232,9 @@ impl HopRequest for ForwardRequest {
 }
 
 impl HopRequest for ReplayRequest {
+    fn session_id(&self) -> &str {
+        &self.session_id
+    }
     fn span(&self) -> Option<LayerSpan> {
         self.span
     }
@@ -280,28 +243,23 @@ impl HopRequest for ReplayRequest {
     }
 }
 
-/// A call in chunked streams both ways: the header is checked (span, tensor metadata) before
-/// the tensor's bytes are accepted, `compute` runs on the blocking pool, and the answer goes
-/// back in chunks.
-async fn chunked_call<In, Out>(
-    state: Arc<WorkerState>,
+/// Reassembles a streamed request, its header checked (session, span, tensor metadata)
+/// before the tensor's bytes are accepted.
+async fn receive_checked<In>(
+    state: &WorkerState,
     request: Request<Streaming<In>>,
-    compute: fn(&WorkerState, &In::Header) -> Result<Out::Header>,
-) -> Result<Response<PartStream<Out>>, Status>
+) -> Result<(In::Header, Caller), Status>
 where
     In: StreamMessage,
-    In::Header: HopRequest + Send + 'static,
-    Out: StreamMessage + Send + 'static,
-    Out::Header: Send + 'static,
+    In::Header: HopRequest,
 {
+    let caller = Caller::of(&request);
     let mut stream = request.into_inner();
-    let request = receive(&mut stream, state.stream_limits(), |h: &In::Header| {
-        state.check_header(h.span(), h.hidden())
+    let header = receive(&mut stream, state.stream_limits(), |h: &In::Header| {
+        state.check_header(h, caller)
     })
     .await?;
-    let chunk_bytes = state.stream_chunk_bytes;
-    let response = blocking(move || compute(&state, &request)).await?;
-    Ok(chunked_response(response, chunk_bytes))
+    Ok((header, caller))
 }
 
 #[tonic::async_trait]
@@ -313,59 +271,58 @@ impl ShardWorker for WorkerService {
         &self,
         request: Request<Streaming<ForwardStreamRequest>>,
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
-        chunked_call(self.state.clone(), request, WorkerState::forward).await
+        let (request, caller) = receive_checked(&self.state, request).await?;
+        let response = self.state.forward(request, caller).await?;
+        Ok(chunked_response(response, self.state.stream_chunk_bytes))
     }
 
     async fn replay_stream(
         &self,
         request: Request<Streaming<ReplayStreamRequest>>,
     ) -> Result<Response<Self::ReplayStreamStream>, Status> {
-        chunked_call(self.state.clone(), request, WorkerState::replay).await
+        let (request, caller) = receive_checked(&self.state, request).await?;
+        let response = self.state.replay(request, caller).await?;
+        Ok(chunked_response(response, self.state.stream_chunk_bytes))
     }
 
     async fn forward(
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let state = self.state.clone();
-        let request = request.into_inner();
-        blocking(move || state.forward(&request))
-            .await
-            .map(Response::new)
+        let caller = Caller::of(&request);
+        let response = self.state.forward(request.into_inner(), caller).await?;
+        Ok(Response::new(response))
     }
 
     async fn replay(
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
-        let state = self.state.clone();
-        let request = request.into_inner();
-        blocking(move || state.replay(&request))
-            .await
-            .map(Response::new)
+        let caller = Caller::of(&request);
+        let response = self.state.replay(request.into_inner(), caller).await?;
+        Ok(Response::new(response))
     }
 
     async fn end_session(
         &self,
         request: Request<EndSessionRequest>,
     ) -> Result<Response<EndSessionResponse>, Status> {
-        if let Some(loaded) = lock(&self.state)?.as_mut() {
-            loaded.sessions.remove(&request.get_ref().session_id);
+        let caller = Caller::of(&request);
+        if let Some(loaded) = self.state.loaded() {
+            loaded.sessions.end(&request.get_ref().session_id, caller)?;
         }
         Ok(Response::new(EndSessionResponse {}))
     }
 
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let guard = lock(&self.state)?;
-        let (span, role, sessions, architecture_version) = match guard.as_ref() {
+        let (span, role, sessions, architecture_version) = match self.state.loaded() {
             Some(l) => {
-                let spec = l.shard.spec();
-                let role =
-                    neuroshard_common::role::Role::from_ends(spec.embed, spec.head).to_wire();
+                let role = neuroshard_common::role::Role::from_ends(l.spec.embed, l.spec.head)
+                    .to_wire();
                 (
                     Some(LayerSpan {
-                        start: spec.start as u32,
-                        end: spec.end as u32,
+                        start: l.spec.start as u32,
+                        end: l.spec.end as u32,
                     }),
                     role,
                     l.sessions.len() as u32,

@@ -10,20 +10,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use neuroshard_common::tensor::{Limits, encode_f32};
+use std::time::Instant;
+
+use neuroshard_common::tensor::encode_f32;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{ModelConfig, Shard, ShardInput, ShardSpec, init};
 use neuroshard_proto::common::v1::LayerSpan;
 use neuroshard_proto::worker::v1::ForwardRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
-use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
 use neuroshard_shard_worker::client::{ClientOptions, WorkerClient};
-use neuroshard_shard_worker::service::{Loaded, WorkerService, WorkerState};
-use neuroshard_shard_worker::sessions::Sessions;
+use neuroshard_shard_worker::compute::ComputeOptions;
 use neuroshard_shard_worker::stream::StreamLimits;
+use support::session_id;
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -55,34 +55,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Serves `shard` on a loopback port of this process; returns its URL.
+/// Serves `shard` on a loopback port of this process; returns its URL. Passes are not cut
+/// into chunks, so that what is timed is one forward, as the direct call times it.
 async fn serve(shard: Shard) -> String {
-    let state = Arc::new(WorkerState {
-        node_id: "bench".into(),
-        loaded: Mutex::new(Some(Loaded {
-            shard,
-            sessions: Sessions::new(Duration::from_secs(600), u64::MAX),
-            assignment_version: 1,
-            architecture_version: 1,
-        })),
-        session_ttl: Duration::from_secs(600),
-        max_session_bytes: u64::MAX,
-        limits: Limits::default(),
-        max_stream_chunks: 16_384,
-        stream_chunk_bytes: 1 << 20,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                ShardWorkerServer::new(WorkerService { state })
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20),
-            )
-            .serve_with_incoming(neuroshard_runtime::grpc::incoming(listener)),
-    );
-    format!("http://{addr}")
+    let options = ComputeOptions {
+        max_decode_batch: 16,
+        prefill_chunk_positions: i64::MAX,
+    };
+    support::serve(support::state(shard, options), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +91,7 @@ async fn bench_grpc_hop_latency() {
             let c = started.elapsed().as_secs_f64() * 1e3;
             let started = Instant::now();
             let request = ForwardRequest {
-                session_id: format!("s{seq}-{round}"),
+                session_id: session_id(),
                 span: Some(LayerSpan { start: 1, end: 2 }),
                 tokens: vec![],
                 hidden: Some(wire.clone()),
@@ -179,8 +159,8 @@ async fn bench_large_tensor_hop_unary_vs_chunked() {
         for (direction, (unary, chunked)) in ["in", "out"].iter().zip(clients.iter_mut()) {
             let (mut u, mut c) = (Vec::new(), Vec::new());
             for round in 0..rounds + 2 {
-                let request = |tag: &str| ForwardRequest {
-                    session_id: format!("{tag}-{seq}-{round}"),
+                let request = |session: &str| ForwardRequest {
+                    session_id: session.to_string(),
                     span: Some(if *direction == "in" {
                         LayerSpan { start: 1, end: 1 }
                     } else {
@@ -194,18 +174,14 @@ async fn bench_large_tensor_hop_unary_vs_chunked() {
                     hidden: (*direction == "in").then(|| hidden.clone()),
                     position: 0,
                 };
-                for (client, times, tag) in
-                    [(&mut *unary, &mut u, "u"), (&mut *chunked, &mut c, "c")]
-                {
-                    let request = request(tag);
+                for (client, times) in [(&mut *unary, &mut u), (&mut *chunked, &mut c)] {
+                    let session = session_id();
+                    let request = request(&session);
                     let started = Instant::now();
                     let out = client.forward(request).await.unwrap();
                     let ms = started.elapsed().as_secs_f64() * 1e3;
                     assert_eq!(out.position as i64, seq);
-                    client
-                        .end_session(&format!("{tag}-{seq}-{round}"))
-                        .await
-                        .unwrap();
+                    client.end_session(&session).await.unwrap();
                     if round >= 2 {
                         times.push(ms);
                     }

@@ -65,6 +65,23 @@ impl KvCache {
             .sum()
     }
 
+    /// Forgets every position from `len` on, in every layer (also one a failed pass appended
+    /// to before it could advance the count), so a pass that was abandoned half-way leaves
+    /// the cache as it was before.
+    pub fn truncate(&mut self, len: i64) {
+        let keep = len.clamp(0, self.len);
+        for layer in &mut self.layers {
+            for slot in [&mut layer.keys, &mut layer.values] {
+                *slot = match slot.take() {
+                    Some(_) if keep == 0 => None,
+                    Some(t) if t.size()[2] > keep => Some(t.narrow(2, 0, keep).contiguous()),
+                    other => other,
+                };
+            }
+        }
+        self.len = keep;
+    }
+
     pub(crate) fn layer_mut(&mut self, index: usize) -> Option<&mut LayerKv> {
         self.layers.get_mut(index)
     }

@@ -75,6 +75,7 @@ pub mod worker {
 
     pub const POSITIONS: &str = "worker_positions_total";
     pub const SPAN_COMPUTE_SECONDS: &str = "worker_span_compute_seconds";
+    pub const DECODE_BATCH_ROWS: &str = "worker_decode_batch_rows";
 
     pub const TABLE: &[Metric] = &[
         (
@@ -85,7 +86,12 @@ pub mod worker {
         (
             SPAN_COMPUTE_SECONDS,
             Kind::Histogram,
-            "Time to run one request through the span",
+            "Time of one pass through the span: a decode batch or a prefill chunk",
+        ),
+        (
+            DECODE_BATCH_ROWS,
+            Kind::Histogram,
+            "Sessions whose decode steps ran together in one pass",
         ),
     ];
 }
