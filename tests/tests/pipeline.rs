@@ -16,7 +16,7 @@ use neuroshard_proto::registry::v1::NodeState;
 use neuroshard_proto::worker::v1::ForwardRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use support::checkpoints::small_checkpoint;
-use support::swarm::{Swarm, in_process_logits, max_diff, min_holders, through};
+use support::swarm::{Swarm, in_process_logits, max_diff, min_holders, session_id, through};
 use tonic::Code;
 
 const WORKERS: usize = 5;
@@ -70,7 +70,7 @@ async fn pipelined_forward_equals_the_model_and_survives_a_killed_worker() {
         .unwrap();
     let span = last.span.unwrap();
     let request = |span: LayerSpan, hidden: WireTensor, position: u32| ForwardRequest {
-        session_id: "bad".into(),
+        session_id: session_id("bad"),
         span: Some(span),
         tokens: vec![],
         hidden: Some(hidden),

@@ -18,7 +18,7 @@ use neuroshard_proto::worker::v1::{ForwardRequest, ForwardStreamRequest, ReplayR
 use neuroshard_worker_client::client::{ClientOptions, WorkerClient};
 use neuroshard_worker_client::stream::{Part, StreamLimits, StreamMessage, split};
 use support::checkpoints::small_checkpoint;
-use support::swarm::{Swarm, in_process_logits, max_diff, through_with};
+use support::swarm::{Swarm, in_process_logits, max_diff, session_id, through_with};
 use tonic::{Code, Status};
 
 /// Both ends: one message of at most 64 KiB, streamed chunks of 16 KiB.
@@ -99,7 +99,7 @@ async fn large_tensors_stream_in_chunks_through_a_real_worker() {
         .unwrap();
     let hidden = to_driver
         .forward(ForwardRequest {
-            session_id: "probe".into(),
+            session_id: session_id("probe"),
             span: driver.span,
             tokens: prompt.clone(),
             hidden: None,
@@ -115,7 +115,7 @@ async fn large_tensors_stream_in_chunks_through_a_real_worker() {
         .await
         .unwrap();
     let unary = ForwardRequest {
-        session_id: "unary".into(),
+        session_id: session_id("unary"),
         span: validator.span,
         tokens: vec![],
         hidden: Some(hidden.clone()),
@@ -136,7 +136,7 @@ async fn large_tensors_stream_in_chunks_through_a_real_worker() {
     let context = [&prompt[..], &[88]].concat();
     let replayed = to_driver
         .replay(ReplayRequest {
-            session_id: "replayed".into(),
+            session_id: session_id("replayed"),
             span: driver.span,
             tokens: context.clone(),
             hidden: None,
@@ -146,7 +146,7 @@ async fn large_tensors_stream_in_chunks_through_a_real_worker() {
     assert_eq!(replayed.position, 201);
     let replayed = to_validator
         .replay(ReplayRequest {
-            session_id: "replayed".into(),
+            session_id: session_id("replayed"),
             span: validator.span,
             tokens: vec![],
             hidden: replayed.output,
@@ -166,7 +166,7 @@ async fn large_tensors_stream_in_chunks_through_a_real_worker() {
 
     // Malformed streams into the Validator, each refused by name.
     let request = |session: &str| ForwardRequest {
-        session_id: session.into(),
+        session_id: session_id(session),
         span: validator.span,
         tokens: vec![],
         hidden: Some(hidden.clone()),

@@ -146,8 +146,16 @@ pub fn min_holders(s: &AssignmentSnapshot) -> u32 {
         .unwrap_or(0)
 }
 
-/// Runs `tokens` through `route` for `session` at `position` with the worker client's default
-/// options; returns the last position's logits.
+/// The worker session id of a test's `label`: the label's bytes in hex, zero-padded to the
+/// 32 hex digits workers require of an id. Tests want readable, repeatable ids; callers in
+/// service use random ones.
+pub fn session_id(label: &str) -> String {
+    let hex: String = label.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex:0>32}")
+}
+
+/// Runs `tokens` through `route` for the session labelled `session` at `position` with the
+/// worker client's default options; returns the last position's logits.
 pub async fn through(route: &Route, session: &str, tokens: &[i64], position: u32) -> Vec<f32> {
     through_with(ClientOptions::default(), route, session, tokens, position).await
 }
@@ -164,7 +172,7 @@ pub async fn through_with(
     for (i, hop) in route.hops.iter().enumerate() {
         let mut worker = WorkerClient::connect(&hop.endpoint, options).await.unwrap();
         let request = ForwardRequest {
-            session_id: session.into(),
+            session_id: session_id(session),
             span: hop.span,
             tokens: if i == 0 { tokens.to_vec() } else { Vec::new() },
             hidden: hidden.take(),
