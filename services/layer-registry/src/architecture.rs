@@ -3,6 +3,11 @@
 //! `neuroshard_common::growth::next_step` with placement judging whether a shape can be held
 //! with every layer at the replica target. Pure: the service calls it inside the store's
 //! publish lock, with the architecture the store read back.
+//!
+//! Growth never reverses, so it is driven only by capacity the registry believes
+//! ([`crate::trust::GrowthEvidence`]): nodes registered long enough and, with observers
+//! configured, measured by one. Both the capacity read by the depth curve and the placement
+//! that must hold the deeper model use those nodes alone. Genesis uses every live node.
 
 use neuroshard_common::growth::{
     ArchitectureMode, ArchitectureState, LiveCapacity, Step, next_step,
@@ -24,22 +29,25 @@ pub struct Decision {
     pub waiting: Option<String>,
 }
 
-/// Decides the architecture for the nodes that hold layers (`live`).
+/// Decides the architecture for the nodes that hold layers (`live`); once there is one, only
+/// the `verified` among them can make it grow.
 pub fn decide(
     mode: &ArchitectureMode,
     stored: Option<&StoredArchitecture>,
     live: &[NodeCapacity],
+    verified: &[NodeCapacity],
     bytes_per_param: u64,
     min_replicas: u32,
 ) -> Decision {
+    let basis = if stored.is_some() { verified } else { live };
     let capacity = LiveCapacity {
-        memory_bytes: live
+        memory_bytes: basis
             .iter()
             .fold(0u64, |sum, n| sum.saturating_add(n.memory_bytes)),
-        nodes: live.len() as u64,
+        nodes: basis.len() as u64,
     };
     let placeable = |config: &neuroshard_common::ModelConfig| {
-        place_model(config, live, bytes_per_param, min_replicas)
+        place_model(config, basis, bytes_per_param, min_replicas)
             .is_ok_and(|a| a.health.is_healthy())
     };
     let current = stored.map(|s| &s.state);
@@ -116,11 +124,25 @@ mod tests {
     #[test]
     fn auto_mode_waits_then_chooses_a_replicated_shape_then_grows() {
         let mode = auto();
-        let early = decide(&mode, None, &nodes(3, 50 * MB), TRAINING_BYTES_PER_PARAM, 2);
+        let early = decide(
+            &mode,
+            None,
+            &nodes(3, 50 * MB),
+            &[],
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
         assert!(early.architecture.is_none() && !early.changed);
         assert!(early.waiting.unwrap().contains("4 live nodes"));
 
-        let genesis = decide(&mode, None, &nodes(4, 50 * MB), TRAINING_BYTES_PER_PARAM, 2);
+        let genesis = decide(
+            &mode,
+            None,
+            &nodes(4, 50 * MB),
+            &[],
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
         assert!(genesis.changed);
         let state = genesis.architecture.unwrap();
         assert_eq!(
@@ -144,15 +166,31 @@ mod tests {
             &mode,
             Some(&stored(&state)),
             &nodes(4, 50 * MB),
+            &nodes(4, 50 * MB),
             TRAINING_BYTES_PER_PARAM,
             2,
         );
         assert_eq!(same.architecture.as_ref(), Some(&state));
         assert!(!same.changed);
 
+        // Six live nodes, but the two newcomers are not yet believed: no growth.
+        let unverified = decide(
+            &mode,
+            Some(&stored(&state)),
+            &nodes(6, 50 * MB),
+            &nodes(4, 50 * MB),
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        );
+        assert!(
+            !unverified.changed && !unverified.growth_pending,
+            "{unverified:?}"
+        );
+
         let grown = decide(
             &mode,
             Some(&stored(&state)),
+            &nodes(6, 50 * MB),
             &nodes(6, 50 * MB),
             TRAINING_BYTES_PER_PARAM,
             2,
@@ -179,13 +217,14 @@ mod tests {
     fn fixed_mode_publishes_the_configured_model_whatever_the_capacity() {
         let config = ModelConfig::small(4096);
         let mode = ArchitectureMode::Fixed(config.clone());
-        let first = decide(&mode, None, &[], TRAINING_BYTES_PER_PARAM, 2);
+        let first = decide(&mode, None, &[], &[], TRAINING_BYTES_PER_PARAM, 2);
         assert!(first.changed);
         let state = first.architecture.unwrap();
         assert_eq!(state.config, config);
         let again = decide(
             &mode,
             Some(&stored(&state)),
+            &nodes(50, 1 << 40),
             &nodes(50, 1 << 40),
             TRAINING_BYTES_PER_PARAM,
             2,

@@ -2,6 +2,7 @@
 //! See `deploy/layer-registry.example.toml`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use neuroshard_common::ModelConfig;
 use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PARAM};
@@ -37,6 +38,26 @@ pub struct RegistryConfig {
     pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the link to PostgreSQL.
+    pub database_tls: DatabaseTls,
+    /// Register dials the node's endpoint (gRPC `Info`, over `tls` for `https://`) within
+    /// this many milliseconds and requires it to answer as the signing node, so nobody is
+    /// given layers at an address the swarm cannot reach or that serves another node. 0 skips
+    /// the check: only for tests that register nodes with no worker behind them.
+    pub endpoint_probe_timeout_ms: u64,
+    /// Who may register (and keep heartbeating): anyone, or the nodes in `allowed_nodes`.
+    pub admission: Admission,
+    /// With `admission = "allow_list"`: node ids (40 hex digits) or compressed public keys
+    /// (66 hex digits) of the nodes admitted.
+    pub allowed_nodes: Vec<String>,
+    /// The most usable memory a node may claim; a larger claim is clamped to this (the node
+    /// is admitted, and given no more layers than this much memory holds).
+    pub max_usable_memory_bytes: u64,
+    /// The most tokens/s a node may claim; a larger claim is clamped to this.
+    pub max_tokens_per_second: f64,
+    /// Node ids of the keys (gateways) whose `ReportObservations` are accepted: measured
+    /// throughput that routing and placement then use instead of larger claims.
+    pub observers: Vec<String>,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -56,6 +77,13 @@ impl std::fmt::Debug for RegistryConfig {
             .field("architecture", &self.architecture)
             .field("tls", &self.tls)
             .field("metrics_listen", &self.metrics_listen)
+            .field("database_tls", &self.database_tls)
+            .field("endpoint_probe_timeout_ms", &self.endpoint_probe_timeout_ms)
+            .field("admission", &self.admission)
+            .field("allowed_nodes", &self.allowed_nodes.len())
+            .field("max_usable_memory_bytes", &self.max_usable_memory_bytes)
+            .field("max_tokens_per_second", &self.max_tokens_per_second)
+            .field("observers", &self.observers)
             .finish()
     }
 }
@@ -77,6 +105,13 @@ impl Default for RegistryConfig {
             architecture: ArchitectureConfig::default(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            database_tls: DatabaseTls::default(),
+            endpoint_probe_timeout_ms: 2_000,
+            admission: Admission::Open,
+            allowed_nodes: Vec::new(),
+            max_usable_memory_bytes: 1 << 40,
+            max_tokens_per_second: 100_000.0,
+            observers: Vec::new(),
         }
     }
 }
@@ -106,7 +141,67 @@ impl RegistryConfig {
                 "architecture.depth_curve_scale must be a positive number, got {scale}"
             )));
         }
+        if self.clock_window_ms <= 0 {
+            return Err(Error::invalid_argument(format!(
+                "clock_window_ms must be positive, got {}",
+                self.clock_window_ms
+            )));
+        }
+        if self.max_usable_memory_bytes == 0 {
+            return Err(Error::invalid_argument(
+                "max_usable_memory_bytes must be positive",
+            ));
+        }
+        if !(self.max_tokens_per_second.is_finite() && self.max_tokens_per_second > 0.0) {
+            return Err(Error::invalid_argument(format!(
+                "max_tokens_per_second must be a positive number, got {}",
+                self.max_tokens_per_second
+            )));
+        }
+        // The URL is never echoed: it may carry a password.
+        if self.database_url.contains("sslmode") {
+            return Err(Error::invalid_argument(
+                "database_url: set TLS with [database_tls] sslmode, not in the connection string",
+            ));
+        }
+        self.database_tls.validate()?;
+        self.admitted_ids()?;
+        for (i, id) in self.observers.iter().enumerate() {
+            if !is_node_id(id) {
+                return Err(Error::invalid_argument(format!(
+                    "observers[{i}]: `{id}` is not a node id (40 lowercase hex digits)"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The node ids `allowed_nodes` names (public keys turned into their node ids), or
+    /// `None` when admission is open.
+    pub fn admitted_ids(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, neuroshard_common::Error> {
+        use neuroshard_common::Error;
+        match self.admission {
+            Admission::Open => Ok(None),
+            Admission::AllowList => {
+                if self.allowed_nodes.is_empty() {
+                    return Err(Error::invalid_argument(
+                        "allowed_nodes: admission = \"allow_list\" with an empty list admits no node",
+                    ));
+                }
+                self.allowed_nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, entry)| allowed_node_id(entry).ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "allowed_nodes[{i}]: neither a node id (40 hex digits) nor a compressed public key (66 hex digits)"
+                        ))
+                    }))
+                    .collect::<Result<_, _>>()
+                    .map(Some)
+            }
+        }
     }
 
     /// The architecture mode this config describes, for `growth::next_step`.
@@ -126,6 +221,95 @@ impl RegistryConfig {
                 genesis_nodes: u64::from(self.architecture.genesis_nodes),
                 settle_ms: self.architecture.growth_settle_ms,
             }),
+        }
+    }
+}
+
+/// Whether a node id is 40 lowercase hex digits (the first 20 bytes of SHA-256 of its key).
+fn is_node_id(id: &str) -> bool {
+    id.len() == 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The node id an `allowed_nodes` entry names: a node id, or a compressed public key.
+fn allowed_node_id(entry: &str) -> Option<String> {
+    let entry = entry.trim().to_ascii_lowercase();
+    if is_node_id(&entry) {
+        return Some(entry);
+    }
+    let key = hex::decode(&entry).ok()?;
+    neuroshard_common::identity::parse_public_key(&key).ok()?;
+    Some(neuroshard_common::identity::node_id_of(&key))
+}
+
+/// Who may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Any key: a public swarm, where claims are bounded by the caps and measured by observers.
+    Open,
+    /// Only the keys in `allowed_nodes`.
+    AllowList,
+}
+
+/// How the link to PostgreSQL is secured, with libpq's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, else plaintext; the server is not authenticated.
+    Prefer,
+    /// TLS or no connection; encrypted, but the server is not authenticated.
+    Require,
+    /// TLS with the server's certificate checked against `root_cert_file` and its name
+    /// against the host in `database_url`: the only mode that stops an impostor.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// The `[database_tls]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseTls {
+    pub sslmode: SslMode,
+    /// PEM file of the CA that signed the server's certificate (`verify-full` only).
+    pub root_cert_file: Option<PathBuf>,
+}
+
+impl Default for DatabaseTls {
+    fn default() -> Self {
+        Self {
+            sslmode: SslMode::Prefer,
+            root_cert_file: None,
+        }
+    }
+}
+
+impl DatabaseTls {
+    pub fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        use neuroshard_common::Error;
+        match (self.sslmode, &self.root_cert_file) {
+            (SslMode::VerifyFull, None) => Err(Error::invalid_argument(
+                "database_tls.root_cert_file is required with sslmode = \"verify-full\"",
+            )),
+            (SslMode::VerifyFull, Some(_)) | (_, None) => Ok(()),
+            (mode, Some(_)) => Err(Error::invalid_argument(format!(
+                "database_tls.root_cert_file is only used with sslmode = \"verify-full\" (sslmode is \"{}\", which does not check the server)",
+                mode.name()
+            ))),
         }
     }
 }
@@ -152,6 +336,10 @@ pub struct ArchitectureConfig {
     /// auto: the depth curve reads total memory times this (1 = 40 GB → 16 layers); a
     /// local swarm of small nodes raises it to train several layers.
     pub depth_curve_scale: f64,
+    /// auto: a node's memory counts toward growth only once it has been registered this long
+    /// (and, when observers are configured, once an observer has measured it), so keys that
+    /// appear for a moment, or claim capacity they never serve, cannot grow the model for good.
+    pub growth_min_node_age_ms: u64,
 }
 
 impl Default for ArchitectureConfig {
@@ -161,6 +349,7 @@ impl Default for ArchitectureConfig {
             genesis_nodes: 2,
             growth_settle_ms: 60_000,
             depth_curve_scale: 1.0,
+            growth_min_node_age_ms: 600_000,
         }
     }
 }
@@ -242,6 +431,112 @@ mod tests {
                 .to_string()
                 .contains("depth_curve_scale")
         );
+    }
+
+    #[test]
+    fn trust_settings_parse_and_bad_ones_are_refused() {
+        let key = neuroshard_common::identity::NodeKey::generate();
+        let env = |pairs: &[(&str, &str)]| {
+            neuroshard_runtime::config::load::<RegistryConfig>(
+                None,
+                "NEUROSHARD_REGISTRY",
+                pairs
+                    .iter()
+                    .map(|(k, v)| (format!("NEUROSHARD_REGISTRY_{k}"), v.to_string())),
+            )
+        };
+        let public = hex::encode(key.public_key());
+        let config = env(&[
+            ("ADMISSION", "allow_list"),
+            (
+                "ALLOWED_NODES",
+                &format!("[\"{public}\", \"{}\"]", "ab".repeat(20)),
+            ),
+            ("OBSERVERS", &format!("[\"{}\"]", "cd".repeat(20))),
+            ("DATABASE_TLS__SSLMODE", "verify-full"),
+            ("DATABASE_TLS__ROOT_CERT_FILE", "/etc/pg/root.crt"),
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let admitted = config.admitted_ids().unwrap().unwrap();
+        assert!(admitted.contains(key.node_id()));
+        assert!(admitted.contains(&"ab".repeat(20)));
+        assert_eq!(config.database_tls.sslmode, SslMode::VerifyFull);
+        assert!(RegistryConfig::default().admitted_ids().unwrap().is_none());
+
+        let refused = |config: RegistryConfig, needle: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+            err
+        };
+        let base = RegistryConfig::default;
+        refused(
+            RegistryConfig {
+                admission: Admission::AllowList,
+                ..base()
+            },
+            "admits no node",
+        );
+        let err = refused(
+            RegistryConfig {
+                admission: Admission::AllowList,
+                allowed_nodes: vec!["not-a-key".into()],
+                ..base()
+            },
+            "allowed_nodes[0]",
+        );
+        assert!(!err.contains("not-a-key"), "{err}");
+        refused(
+            RegistryConfig {
+                observers: vec!["short".into()],
+                ..base()
+            },
+            "observers[0]",
+        );
+        refused(
+            RegistryConfig {
+                max_tokens_per_second: f64::NAN,
+                ..base()
+            },
+            "max_tokens_per_second",
+        );
+        refused(
+            RegistryConfig {
+                clock_window_ms: -1,
+                ..base()
+            },
+            "clock_window_ms",
+        );
+        let err = refused(
+            RegistryConfig {
+                database_url: "host=db password=hunter2 sslmode=require".into(),
+                ..base()
+            },
+            "[database_tls]",
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        refused(
+            RegistryConfig {
+                database_tls: DatabaseTls {
+                    sslmode: SslMode::VerifyFull,
+                    root_cert_file: None,
+                },
+                ..base()
+            },
+            "root_cert_file is required",
+        );
+        refused(
+            RegistryConfig {
+                database_tls: DatabaseTls {
+                    sslmode: SslMode::Require,
+                    root_cert_file: Some("/ca.crt".into()),
+                },
+                ..base()
+            },
+            "only used with sslmode",
+        );
+        let bad_mode = env(&[("DATABASE_TLS__SSLMODE", "verify-ca")]).unwrap_err();
+        assert!(bad_mode.to_string().contains("verify-full"), "{bad_mode}");
     }
 
     #[test]

@@ -10,24 +10,31 @@
 //! - [`architecture`]: which architecture to publish (fixed, or from live capacity with
 //!   growth);
 //! - [`snapshot`]: the published `AssignmentSnapshot` from stored nodes and the architecture;
-//! - [`routes`]: candidate routes through a snapshot's pipelines.
+//! - [`routes`]: candidate routes through a snapshot's pipelines;
+//! - [`trust`]: what the registry believes of a node's claims (admission, caps, measured
+//!   throughput, which capacity may drive growth).
 //!
 //! I/O and wiring:
-//! - [`store`]: PostgreSQL (migrations, atomic nonce checks, published architecture and
-//!   assignment), mapping rows into [`stored`] types; it never calls the policy itself but
-//!   runs the service's closure under its publish lock;
+//! - [`store`]: PostgreSQL (migrations, nonces per signer kept forever, observations,
+//!   published architecture and assignment), mapping rows into [`stored`] types; it never
+//!   calls the policy itself but runs the service's closure under its publish lock;
+//!   [`db_tls`]: TLS to PostgreSQL;
+//! - [`probe`]: Register's check that a node answers at its endpoint;
 //! - [`service`]: the gRPC adapter joining store and policy; [`config`]: layered configuration;
 //! - [`run`]: serves until `shutdown` resolves, re-publishing the assignment as liveness changes.
 
 pub mod architecture;
 pub mod config;
+pub mod db_tls;
 pub mod liveness;
 pub mod placement;
+pub mod probe;
 pub mod routes;
 pub mod service;
 pub mod snapshot;
 pub mod store;
 pub mod stored;
+pub mod trust;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,9 +56,10 @@ pub async fn run(
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
     names::describe(names::registry::TABLE);
-    let store = store::Store::connect(&config.database_url).await?;
+    warn_about_plaintext(&config);
+    let store = store::Store::connect(&config.database_url, &config.database_tls).await?;
     let config = Arc::new(config);
-    let service = RegistryService::new(store, config.clone());
+    let service = RegistryService::new(store, config.clone())?;
     service.publish().await?;
 
     // Liveness is derived from heartbeat age when the assignment is built, so re-building it
@@ -83,4 +91,32 @@ pub async fn run(
     reaper.abort();
     tracing::info!("layer-registry stopped");
     result
+}
+
+/// Says at start what an operator must know about links that are not authenticated: without
+/// mutual TLS anyone who reaches the port reads the assignment (every node's endpoint) and
+/// watches it; registrations stay signed, but nothing is encrypted.
+fn warn_about_plaintext(config: &RegistryConfig) {
+    use config::SslMode;
+    let tls = &config.tls;
+    if tls.cert_file.is_none() {
+        tracing::warn!(
+            "gRPC is plaintext: reads (GetAssignment, Routes, Watch) and writes are unauthenticated transport; set [tls] cert_file, key_file and ca_file for mutual TLS"
+        );
+    } else if tls.ca_file.is_none() {
+        tracing::warn!(
+            "gRPC TLS without ca_file: clients are not authenticated, so reads (GetAssignment, Routes, Watch) are open to anyone who reaches the port; set [tls] ca_file for mutual TLS"
+        );
+    }
+    if config.database_tls.sslmode != SslMode::VerifyFull {
+        tracing::warn!(
+            sslmode = config.database_tls.sslmode.name(),
+            "the PostgreSQL server is not authenticated; use [database_tls] sslmode = \"verify-full\" outside a trusted network"
+        );
+    }
+    if config.endpoint_probe_timeout_ms == 0 {
+        tracing::warn!(
+            "endpoint_probe_timeout_ms = 0: nodes are registered without checking that they answer at their endpoint"
+        );
+    }
 }

@@ -4,13 +4,14 @@
 
 use neuroshard_proto::registry::v1::{AssignmentSnapshot, Hop, NodeAssignment, NodeState, Route};
 
-/// Weight of one hop: measured throughput shared by the work already queued there.
+use crate::trust::effective_tokens_per_second;
+
+/// Weight of one hop: throughput (the claim, or what observers measured when lower) shared
+/// by the work already queued there.
 pub fn hop_weight(node: &NodeAssignment) -> f64 {
-    let throughput = node
-        .capacity
-        .as_ref()
-        .map_or(0.0, |c| c.tokens_per_second)
-        .max(1.0);
+    let claimed = node.capacity.as_ref().map_or(0.0, |c| c.tokens_per_second);
+    let throughput =
+        effective_tokens_per_second(claimed, Some(node.observed_tokens_per_second)).max(1.0);
     let penalty = if node.state == NodeState::Suspect as i32 {
         0.1
     } else {
@@ -49,4 +50,27 @@ pub fn routes(snapshot: &AssignmentSnapshot, max_routes: usize) -> Vec<Route> {
         .take(max_routes)
         .map(|(_, r)| r)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuroshard_proto::registry::v1::Capacity;
+
+    #[test]
+    fn an_observed_figure_below_the_claim_sets_the_weight() {
+        let node = |claimed: f64, observed: f64| NodeAssignment {
+            state: NodeState::Live as i32,
+            capacity: Some(Capacity {
+                tokens_per_second: claimed,
+                ..Capacity::default()
+            }),
+            observed_tokens_per_second: observed,
+            queue_depth: 1,
+            ..NodeAssignment::default()
+        };
+        assert_eq!(hop_weight(&node(1000.0, 0.0)), 500.0);
+        assert_eq!(hop_weight(&node(1000.0, 40.0)), 20.0);
+        assert_eq!(hop_weight(&node(10.0, 40.0)), 5.0);
+    }
 }

@@ -1,8 +1,11 @@
 //! The `LayerRegistry` gRPC service: thin transport over the store and the pure modules.
 //! Every mutating call is a signed envelope: signature (low-S, this network, this message
-//! type), then timestamp window, then payload, then the nonce check inside the store's
-//! single statement. Nothing changes unless all of them pass.
+//! type), then timestamp window, then who may send it (admission, observers), then payload,
+//! then the nonce claim inside the store's transaction. Nothing changes unless all of them
+//! pass. Register also clamps claims to the configured caps and, before storing, checks
+//! that the node answers at its endpoint.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +17,9 @@ use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistry;
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, DeregisterRequest, DeregisterResponse, DrainRequest, DrainResponse,
-    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsResponse,
-    RegisterRequest, RegisterResponse, RoutesRequest, RoutesResponse, WatchRequest,
+    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsRequest,
+    ObservationsResponse, RegisterRequest, RegisterResponse, RoutesRequest, RoutesResponse,
+    WatchRequest,
 };
 use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
@@ -25,7 +29,8 @@ use tonic::{Request, Response, Status};
 use crate::config::RegistryConfig;
 use crate::liveness::LivenessPolicy;
 use crate::store::{Publication, Registration, Store};
-use crate::{architecture, routes, snapshot};
+use crate::trust::{ClaimCaps, GrowthEvidence};
+use crate::{architecture, probe, routes, snapshot, trust};
 
 /// Shared state of one registry replica.
 #[derive(Debug, Clone)]
@@ -33,15 +38,30 @@ pub struct RegistryService {
     store: Store,
     config: Arc<RegistryConfig>,
     mode: Arc<ArchitectureMode>,
+    /// Node ids admitted (`None`: admission is open).
+    admitted: Option<Arc<BTreeSet<String>>>,
+    observers: Arc<BTreeSet<String>>,
 }
 
 impl RegistryService {
-    pub fn new(store: Store, config: Arc<RegistryConfig>) -> Self {
+    /// The service for a validated `config`.
+    pub fn new(store: Store, config: Arc<RegistryConfig>) -> Result<Self> {
         let mode = Arc::new(config.architecture_mode());
-        Self {
+        let admitted = config.admitted_ids()?.map(Arc::new);
+        let observers = Arc::new(config.observers.iter().cloned().collect());
+        Ok(Self {
             store,
             config,
             mode,
+            admitted,
+            observers,
+        })
+    }
+
+    fn caps(&self) -> ClaimCaps {
+        ClaimCaps {
+            max_usable_memory_bytes: self.config.max_usable_memory_bytes,
+            max_tokens_per_second: self.config.max_tokens_per_second,
         }
     }
 
@@ -53,25 +73,35 @@ impl RegistryService {
             suspect_after_ms: config.suspect_after_ms,
             dead_after_ms: config.dead_after_ms,
         };
+        let evidence = GrowthEvidence {
+            min_node_age_ms: config.architecture.growth_min_node_age_ms,
+            observers_configured: !config.observers.is_empty(),
+        };
         let published = self
             .store
-            .publish(|nodes, stored| {
+            .publish(|nodes, stored, previous| {
                 let (states, live) = snapshot::live_capacities(nodes, liveness);
+                let verified = evidence.verified(nodes, &live);
                 let decision = architecture::decide(
                     &self.mode,
                     stored,
                     &live,
+                    &verified,
                     config.bytes_per_param,
                     config.min_replicas,
                 );
                 if let Some(reason) = &decision.waiting {
                     tracing::debug!(%reason, "no architecture yet");
                 }
+                // An unreadable previous assignment only costs stickiness: place from scratch.
+                let previous = previous.and_then(|bytes| AssignmentSnapshot::decode(bytes).ok());
+                let held = snapshot::held_spans(previous.as_ref(), decision.architecture.as_ref());
                 let snapshot = snapshot::build(
                     nodes,
                     &states,
                     &live,
                     decision.architecture.as_ref(),
+                    &held,
                     config.bytes_per_param,
                     config.min_replicas,
                 )?;
@@ -166,17 +196,51 @@ impl LayerRegistry for RegistryService {
     ) -> Result<Response<RegisterResponse>, Status> {
         let (verified, body) =
             self.open::<RegisterRequest>(request.get_ref(), "RegisterRequest")?;
+        trust::admit(self.admitted.as_deref(), &verified.node_id)?;
         validate_registration(&body)?;
         let capacity = body.capacity.unwrap_or_default();
+        let claims = self
+            .caps()
+            .clamp(capacity.usable_memory_bytes, capacity.tokens_per_second);
+        if claims.clamped {
+            tracing::info!(
+                node_id = %verified.node_id,
+                claimed_memory = capacity.usable_memory_bytes,
+                claimed_tokens_per_second = capacity.tokens_per_second,
+                memory = claims.usable_memory_bytes,
+                tokens_per_second = claims.tokens_per_second,
+                "claims above the configured caps clamped"
+            );
+        }
+        // A replay is refused before the registry dials anything on its behalf; the store's
+        // claim below stays the atomic check.
+        if let Some(last) = self.store.last_nonce(&verified.node_id).await?
+            && verified.nonce <= last
+        {
+            return Err(Error::failed_precondition(format!(
+                "nonce: {} is not greater than the last accepted nonce (replay?)",
+                verified.nonce
+            ))
+            .into());
+        }
+        if self.config.endpoint_probe_timeout_ms > 0 {
+            probe::check_endpoint(
+                &self.config.tls,
+                &body.endpoint,
+                &verified.node_id,
+                Duration::from_millis(self.config.endpoint_probe_timeout_ms),
+            )
+            .await?;
+        }
         self.store
             .register(&Registration {
                 node_id: &verified.node_id,
                 public_key: &verified.signer,
                 nonce: verified.nonce,
                 endpoint: &body.endpoint,
-                usable_memory_bytes: capacity.usable_memory_bytes,
+                usable_memory_bytes: claims.usable_memory_bytes,
                 device: capacity.device,
-                tokens_per_second: capacity.tokens_per_second,
+                tokens_per_second: claims.tokens_per_second,
                 payout_address: &body.payout_address,
             })
             .await?;
@@ -194,6 +258,8 @@ impl LayerRegistry for RegistryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let (verified, body) =
             self.open::<HeartbeatRequest>(request.get_ref(), "HeartbeatRequest")?;
+        // A node taken off the allow-list (config changed) stops heartbeating and goes dead.
+        trust::admit(self.admitted.as_deref(), &verified.node_id)?;
         self.store
             .heartbeat(&verified.node_id, verified.nonce, body.queue_depth)
             .await?;
@@ -263,14 +329,25 @@ impl LayerRegistry for RegistryService {
 
     async fn report_observations(
         &self,
-        _: Request<SignedEnvelope>,
+        request: Request<SignedEnvelope>,
     ) -> Result<Response<ObservationsResponse>, Status> {
-        // No observer can be configured yet, so no signer is one.
-        Err(Error::new(
-            ErrorKind::PermissionDenied,
-            "observations: this registry names no observers",
-        )
-        .into())
+        let (verified, body) =
+            self.open::<ObservationsRequest>(request.get_ref(), "ObservationsRequest")?;
+        if !self.observers.contains(&verified.node_id) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "observations: the signer is not one of this registry's observers",
+            )
+            .into());
+        }
+        let observations = trust::validate_observations(&body)?;
+        let stored = self
+            .store
+            .observe(&verified.node_id, verified.nonce, observations)
+            .await?;
+        self.publish().await?;
+        tracing::debug!(observer = %verified.node_id, reported = observations.len(), stored, "observations stored");
+        Ok(Response::new(ObservationsResponse {}))
     }
 
     type WatchStream = SnapshotStream;

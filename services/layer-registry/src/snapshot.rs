@@ -1,6 +1,7 @@
 //! Builds the published assignment from stored nodes: liveness, then placement over the nodes
-//! that hold layers, then the protobuf snapshot. Pure: the service calls it inside the store's
-//! publish lock, with the nodes the store read back.
+//! that hold layers (sticky: starting from the spans the last published assignment gave them,
+//! unless the architecture changed since), then the protobuf snapshot. Pure: the service calls
+//! it inside the store's publish lock, with the nodes and the assignment the store read back.
 
 use neuroshard_common::growth::ArchitectureState;
 use neuroshard_proto::common::v1::{LayerSpan, Role as WireRole};
@@ -9,8 +10,9 @@ use neuroshard_proto::registry::v1::{
 };
 
 use crate::liveness::{LivenessPolicy, holds_layers};
-use crate::placement::{Health, NodeCapacity, Placement, place_model};
+use crate::placement::{Health, HeldSpan, NodeCapacity, Placement, place_model_sticky};
 use crate::stored::StoredNode;
+use crate::trust::effective_tokens_per_second;
 
 /// Each stored node's liveness, and the capacities of those that are given layers.
 pub fn live_capacities(
@@ -28,25 +30,62 @@ pub fn live_capacities(
         .map(|(n, _)| NodeCapacity {
             node_id: n.node_id.clone(),
             memory_bytes: n.usable_memory_bytes,
-            throughput: n.tokens_per_second,
+            throughput: effective_tokens_per_second(
+                n.tokens_per_second,
+                n.observed_tokens_per_second,
+            ),
         })
         .collect();
     (states, capacities)
 }
 
+/// The spans the `previous` assignment gave its nodes, if it was made for the same version of
+/// `architecture`: what sticky placement starts from. A changed architecture (genesis, growth,
+/// a new fixed shape) starts from nothing, so it is placed from scratch.
+pub fn held_spans(
+    previous: Option<&AssignmentSnapshot>,
+    architecture: Option<&ArchitectureState>,
+) -> Vec<HeldSpan> {
+    let (Some(previous), Some(architecture)) = (previous, architecture) else {
+        return Vec::new();
+    };
+    if previous.architecture.as_ref().map(|a| a.version) != Some(architecture.version) {
+        return Vec::new();
+    }
+    previous
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.span.map(|s| HeldSpan {
+                node_id: n.node_id.clone(),
+                start: s.start,
+                end: s.end,
+            })
+        })
+        .collect()
+}
+
 /// The assignment for `nodes` with liveness `states` (from [`live_capacities`]) of the
-/// `architecture` (none yet: nothing is placed), version left 0: the store numbers published
-/// snapshots. Queue depths are left out so that heartbeats alone do not produce a new version.
+/// `architecture` (none yet: nothing is placed), starting from the `held` spans (from
+/// [`held_spans`]), version left 0: the store numbers published snapshots. Queue depths are
+/// left out so that heartbeats alone do not produce a new version.
 pub fn build(
     nodes: &[StoredNode],
     states: &[NodeState],
     capacities: &[NodeCapacity],
     architecture: Option<&ArchitectureState>,
+    held: &[HeldSpan],
     bytes_per_param: u64,
     min_replicas: u32,
 ) -> Result<AssignmentSnapshot, neuroshard_common::Error> {
     let placed = match architecture {
-        Some(arch) => place_model(&arch.config, capacities, bytes_per_param, min_replicas)?,
+        Some(arch) => place_model_sticky(
+            &arch.config,
+            capacities,
+            held,
+            bytes_per_param,
+            min_replicas,
+        )?,
         None => Placement {
             spans: Vec::new(),
             unassigned: capacities.iter().map(|c| c.node_id.clone()).collect(),
@@ -75,8 +114,7 @@ pub fn build(
                     tokens_per_second: n.tokens_per_second,
                 }),
                 queue_depth: 0,
-                // No observer reports are taken yet.
-                observed_tokens_per_second: 0.0,
+                observed_tokens_per_second: n.observed_tokens_per_second.unwrap_or(0.0),
             }
         })
         .collect();
@@ -127,6 +165,8 @@ mod tests {
             draining: false,
             queue_depth: 3,
             heartbeat_age_ms,
+            registered_age_ms: heartbeat_age_ms,
+            observed_tokens_per_second: None,
         }
     }
 
@@ -142,6 +182,7 @@ mod tests {
             &states,
             &live,
             Some(&architecture),
+            &[],
             TRAINING_BYTES_PER_PARAM,
             1,
         )
@@ -156,11 +197,77 @@ mod tests {
         assert!(snapshot.deficits.is_empty());
     }
 
+    /// The published assignment is the next one's starting point while the architecture
+    /// stays; a growth starts over. Observed throughput is published and lowers the claim
+    /// placement orders nodes by.
+    #[test]
+    fn spans_carry_over_within_one_architecture_version() {
+        let mut nodes: Vec<StoredNode> = (0..4)
+            .map(|i| node(&format!("n{i}"), 60_000_000, 0))
+            .collect();
+        nodes[1].observed_tokens_per_second = Some(5.0);
+        let (states, live) = live_capacities(&nodes, LIVENESS);
+        assert_eq!(live[1].throughput, 5.0);
+        let genesis = ArchitectureState::genesis(ModelConfig::small(4096));
+        let first = build(
+            &nodes,
+            &states,
+            &live,
+            Some(&genesis),
+            &[],
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        )
+        .unwrap();
+        assert_eq!(first.nodes[1].observed_tokens_per_second, 5.0);
+        assert_eq!(first.nodes[0].observed_tokens_per_second, 0.0);
+        let held = held_spans(Some(&first), Some(&genesis));
+        assert_eq!(held.len(), 4);
+        // Swap two nodes' spans by hand: a sticky rebuild keeps them as they are.
+        let mut swapped = held.clone();
+        let (a, b) = (swapped[0].clone(), swapped[3].clone());
+        swapped[0].start = b.start;
+        swapped[0].end = b.end;
+        swapped[3].start = a.start;
+        swapped[3].end = a.end;
+        let again = build(
+            &nodes,
+            &states,
+            &live,
+            Some(&genesis),
+            &swapped,
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        )
+        .unwrap();
+        let span_of = |s: &AssignmentSnapshot, id: &str| {
+            s.nodes.iter().find(|n| n.node_id == id).unwrap().span
+        };
+        assert_eq!(
+            span_of(&again, &a.node_id).map(|s| (s.start, s.end)),
+            Some((b.start, b.end))
+        );
+
+        let grown = genesis.grown_to(6).unwrap();
+        assert!(held_spans(Some(&first), Some(&grown)).is_empty());
+        assert!(held_spans(None, Some(&genesis)).is_empty());
+        assert!(held_spans(Some(&first), None).is_empty());
+    }
+
     #[test]
     fn without_an_architecture_nothing_is_placed() {
         let nodes = [node("a", 1 << 40, 0)];
         let (states, live) = live_capacities(&nodes, LIVENESS);
-        let snapshot = build(&nodes, &states, &live, None, TRAINING_BYTES_PER_PARAM, 2).unwrap();
+        let snapshot = build(
+            &nodes,
+            &states,
+            &live,
+            None,
+            &[],
+            TRAINING_BYTES_PER_PARAM,
+            2,
+        )
+        .unwrap();
         assert!(snapshot.architecture.is_none());
         assert!(snapshot.nodes[0].span.is_none());
         assert!(snapshot.pipelines.is_empty() && snapshot.deficits.is_empty());

@@ -1,22 +1,30 @@
 //! PostgreSQL storage. Migrations run at start under an advisory lock, so several registry
-//! replicas can start against one database. Nonce checks are single statements
-//! (`... WHERE last_nonce < $nonce`), so a replay is refused atomically even when two replicas
-//! receive it at once. The architecture and the assignment change together under one
+//! replicas can start against one database. Replay protection is the table `signer_nonces`:
+//! the highest nonce accepted from each signer, kept forever (a Deregister does not reset
+//! it). Every signed change claims its nonce there with a single statement
+//! (`... WHERE last_nonce < $nonce`) in the same transaction as the change, so a replay is
+//! refused atomically even when two replicas receive it at once, and a refused change leaves
+//! the nonce unclaimed. The architecture and the assignment change together under one
 //! advisory lock, so replicas agree on both.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Pool, Transaction};
 use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_proto::common::v1::Architecture;
+use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
-use tokio_postgres::NoTls;
 
+use crate::config::DatabaseTls;
 use crate::stored::{StoredArchitecture, StoredNode};
 
 /// Ordered migrations, embedded in the binary.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_nodes.sql")),
     (2, include_str!("../migrations/0002_architecture.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_signer_nonces_and_observations.sql"),
+    ),
 ];
 
 /// Arbitrary fixed keys for `pg_advisory_xact_lock`.
@@ -77,21 +85,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects and applies pending migrations.
-    pub async fn connect(database_url: &str) -> Result<Self> {
-        let pg_config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|_| Error::invalid_argument("database_url: not a valid connection string"))?;
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager).max_size(16).build().map_err(db)?;
-        let store = Self { pool };
-        store.migrate().await?;
+    /// Connects (with the TLS `tls` asks for) and applies pending migrations.
+    pub async fn connect(database_url: &str, tls: &DatabaseTls) -> Result<Self> {
+        let store = Self {
+            pool: crate::db_tls::pool(database_url, tls)?,
+        };
+        store.migrate().await.map_err(|e| Error {
+            message: format!(
+                "{} (database_tls.sslmode = {})",
+                e.message,
+                tls.sslmode.name()
+            ),
+            ..e
+        })?;
         Ok(store)
     }
 
@@ -125,104 +131,141 @@ impl Store {
         tx.commit().await.map_err(db)
     }
 
-    /// Inserts or updates a node. A re-registration must carry a nonce above the last one.
+    /// Inserts or updates a node, claiming the registration's nonce.
     pub async fn register(&self, r: &Registration<'_>) -> Result<()> {
-        let client = self.pool.get().await.map_err(db)?;
         let memory = i64::try_from(r.usable_memory_bytes)
             .map_err(|_| Error::invalid_argument("capacity.usable_memory_bytes: too large"))?;
-        let rows = client
-            .execute(
-                "INSERT INTO nodes (node_id, public_key, endpoint, usable_memory_bytes, device, tokens_per_second,
-                                    payout_address, last_nonce, last_heartbeat, draining)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), FALSE)
-                 ON CONFLICT (node_id) DO UPDATE SET
-                    endpoint = EXCLUDED.endpoint, usable_memory_bytes = EXCLUDED.usable_memory_bytes,
-                    device = EXCLUDED.device, tokens_per_second = EXCLUDED.tokens_per_second,
-                    payout_address = EXCLUDED.payout_address, last_nonce = EXCLUDED.last_nonce,
-                    last_heartbeat = now(), draining = FALSE
-                 WHERE nodes.last_nonce < EXCLUDED.last_nonce",
-                &[
-                    &r.node_id,
-                    &r.public_key,
-                    &r.endpoint,
-                    &memory,
-                    &(r.device as i16),
-                    &r.tokens_per_second,
-                    &r.payout_address,
-                    &nonce_i64(r.nonce)?,
-                ],
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        claim_nonce(&tx, r.node_id, r.nonce).await?;
+        tx.execute(
+            "INSERT INTO nodes (node_id, public_key, endpoint, usable_memory_bytes, device, tokens_per_second,
+                                payout_address, last_heartbeat, draining)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), FALSE)
+             ON CONFLICT (node_id) DO UPDATE SET
+                endpoint = EXCLUDED.endpoint, usable_memory_bytes = EXCLUDED.usable_memory_bytes,
+                device = EXCLUDED.device, tokens_per_second = EXCLUDED.tokens_per_second,
+                payout_address = EXCLUDED.payout_address, last_heartbeat = now(), draining = FALSE,
+                registered_at = now()",
+            &[
+                &r.node_id,
+                &r.public_key,
+                &r.endpoint,
+                &memory,
+                &(r.device as i16),
+                &r.tokens_per_second,
+                &r.payout_address,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// The highest nonce accepted from `signer_id`, if any: a cheap look before work a replay
+    /// should not cause (the claim itself stays atomic with the change).
+    pub async fn last_nonce(&self, signer_id: &str) -> Result<Option<u64>> {
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_opt(
+                "SELECT last_nonce FROM signer_nonces WHERE signer_id = $1",
+                &[&signer_id],
             )
             .await
             .map_err(db)?;
-        if rows == 0 {
-            return Err(replayed(r.nonce));
-        }
-        Ok(())
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
 
     /// Records a heartbeat (nonce-checked). An unknown node is a `NotFound` error.
     pub async fn heartbeat(&self, node_id: &str, nonce: u64, queue_depth: u32) -> Result<()> {
+        let depth = queue_depth.min(i32::MAX as u32) as i32;
         self.touch(
-            "UPDATE nodes SET last_nonce = $2, last_heartbeat = now(), queue_depth = $3 WHERE node_id = $1 AND last_nonce < $2",
             node_id,
             nonce,
-            Some(queue_depth),
+            "UPDATE nodes SET last_heartbeat = now(), queue_depth = $2 WHERE node_id = $1",
+            &[&node_id, &depth],
         )
         .await
     }
 
     /// Marks a node draining: it keeps serving but its layers are assigned elsewhere.
     pub async fn drain(&self, node_id: &str, nonce: u64) -> Result<()> {
-        self.touch("UPDATE nodes SET last_nonce = $2, draining = TRUE WHERE node_id = $1 AND last_nonce < $2", node_id, nonce, None)
-            .await
-    }
-
-    /// Removes a node.
-    pub async fn deregister(&self, node_id: &str, nonce: u64) -> Result<()> {
         self.touch(
-            "DELETE FROM nodes WHERE node_id = $1 AND last_nonce < $2",
             node_id,
             nonce,
-            None,
+            "UPDATE nodes SET draining = TRUE WHERE node_id = $1",
+            &[&node_id],
         )
         .await
     }
 
+    /// Removes a node. Its nonce stays claimed, so its old messages stay refused.
+    pub async fn deregister(&self, node_id: &str, nonce: u64) -> Result<()> {
+        self.touch(
+            node_id,
+            nonce,
+            "DELETE FROM nodes WHERE node_id = $1",
+            &[&node_id],
+        )
+        .await
+    }
+
+    /// Claims `nonce` for `node_id` and runs `sql` (one statement on that node's row) in one
+    /// transaction; a statement that touches no row is `NotFound` and claims nothing.
     async fn touch(
         &self,
-        sql: &str,
         node_id: &str,
         nonce: u64,
-        queue_depth: Option<u32>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<()> {
-        let client = self.pool.get().await.map_err(db)?;
-        let nonce_value = nonce_i64(nonce)?;
-        let rows = match queue_depth {
-            Some(q) => {
-                client
-                    .execute(
-                        sql,
-                        &[&node_id, &nonce_value, &(q.min(i32::MAX as u32) as i32)],
-                    )
-                    .await
-            }
-            None => client.execute(sql, &[&node_id, &nonce_value]).await,
-        }
-        .map_err(db)?;
-        if rows == 1 {
-            return Ok(());
-        }
-        let known = client
-            .query_opt("SELECT 1 FROM nodes WHERE node_id = $1", &[&node_id])
-            .await
-            .map_err(db)?;
-        Err(match known {
-            None => Error::new(
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        claim_nonce(&tx, node_id, nonce).await?;
+        if tx.execute(sql, params).await.map_err(db)? == 0 {
+            return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("node {node_id} is not registered"),
-            ),
-            Some(_) => replayed(nonce),
-        })
+            ));
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Stores what observer `observer_id` measured (its report's nonce claimed in the same
+    /// transaction); observations of nodes that are not registered are skipped. Returns how
+    /// many were stored.
+    pub async fn observe(
+        &self,
+        observer_id: &str,
+        nonce: u64,
+        observations: &[NodeObservation],
+    ) -> Result<usize> {
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        claim_nonce(&tx, observer_id, nonce).await?;
+        let upsert = tx
+            .prepare(
+                "INSERT INTO observations (node_id, tokens_per_second, samples, observer_id, observed_at)
+                 SELECT $1, $2, $3, $4, now() WHERE EXISTS (SELECT 1 FROM nodes WHERE node_id = $1)
+                 ON CONFLICT (node_id) DO UPDATE SET
+                    tokens_per_second = EXCLUDED.tokens_per_second, samples = EXCLUDED.samples,
+                    observer_id = EXCLUDED.observer_id, observed_at = now()",
+            )
+            .await
+            .map_err(db)?;
+        let mut stored = 0;
+        for o in observations {
+            let samples = i64::from(o.samples);
+            stored += tx
+                .execute(
+                    &upsert,
+                    &[&o.node_id, &o.tokens_per_second, &samples, &observer_id],
+                )
+                .await
+                .map_err(db)? as usize;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
     }
 
     /// Every stored node.
@@ -230,9 +273,13 @@ impl Store {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client
             .query(
-                "SELECT node_id, endpoint, usable_memory_bytes, device, tokens_per_second, draining, queue_depth,
-                        (EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::BIGINT AS age_ms
-                 FROM nodes ORDER BY node_id",
+                "SELECT n.node_id, n.endpoint, n.usable_memory_bytes, n.device, n.tokens_per_second,
+                        n.draining, n.queue_depth,
+                        (EXTRACT(EPOCH FROM (now() - n.last_heartbeat)) * 1000)::BIGINT,
+                        (EXTRACT(EPOCH FROM (now() - n.registered_at)) * 1000)::BIGINT,
+                        o.tokens_per_second
+                 FROM nodes n LEFT JOIN observations o ON o.node_id = n.node_id
+                 ORDER BY n.node_id",
                 &[],
             )
             .await
@@ -248,6 +295,8 @@ impl Store {
                 draining: row.get(5),
                 queue_depth: row.get::<_, i32>(6).max(0) as u32,
                 heartbeat_age_ms: row.get::<_, i64>(7).max(0) as u64,
+                registered_age_ms: row.get::<_, i64>(8).max(0) as u64,
+                observed_tokens_per_second: row.get(9),
             })
             .collect())
     }
@@ -262,13 +311,18 @@ impl Store {
         Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
     }
 
-    /// Under a lock shared by all replicas: reads the nodes and the architecture, lets
-    /// `compute` decide the architecture and build the encoded assignment, stores a new
-    /// architecture (or moves the growth settle timer), and publishes the assignment with a
-    /// new version if it differs from the current one.
+    /// Under a lock shared by all replicas: reads the nodes, the architecture and the
+    /// published assignment (encoded), lets `compute` decide the architecture and build the
+    /// encoded assignment from them, stores a new architecture (or moves the growth settle
+    /// timer), and publishes the assignment with a new version if it differs from the current
+    /// one.
     pub async fn publish(
         &self,
-        compute: impl FnOnce(&[StoredNode], Option<&StoredArchitecture>) -> Result<Publication>,
+        compute: impl FnOnce(
+            &[StoredNode],
+            Option<&StoredArchitecture>,
+            Option<&[u8]>,
+        ) -> Result<Publication>,
     ) -> Result<Published> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
@@ -284,7 +338,11 @@ impl Store {
         // Read on another connection while this transaction holds the lock: node writes do not
         // take the lock, and read-committed sees every committed heartbeat.
         let nodes = self.nodes().await?;
-        let publication = compute(&nodes, stored.as_ref())?;
+        let publication = compute(
+            &nodes,
+            stored.as_ref(),
+            current.as_ref().map(|(_, bytes)| bytes.as_slice()),
+        )?;
         match (&publication.architecture, &stored) {
             (Some(state), _) => {
                 let encoded = state.to_proto().encode_to_vec();
@@ -367,6 +425,24 @@ fn stored_architecture(row: Option<tokio_postgres::Row>) -> Result<Option<Stored
         state,
         growth_pending_for_ms: row.get::<_, Option<i64>>(1).map(|ms| ms.max(0) as u64),
     }))
+}
+
+/// Claims `nonce` for `signer_id` inside `tx`: refused unless it exceeds every nonce the
+/// signer ever had accepted.
+async fn claim_nonce(tx: &Transaction<'_>, signer_id: &str, nonce: u64) -> Result<()> {
+    let claimed = tx
+        .execute(
+            "INSERT INTO signer_nonces (signer_id, last_nonce) VALUES ($1, $2)
+             ON CONFLICT (signer_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce
+             WHERE signer_nonces.last_nonce < EXCLUDED.last_nonce",
+            &[&signer_id, &nonce_i64(nonce)?],
+        )
+        .await
+        .map_err(db)?;
+    if claimed == 0 {
+        return Err(replayed(nonce));
+    }
+    Ok(())
 }
 
 fn replayed(nonce: u64) -> Error {

@@ -16,6 +16,10 @@ pub struct StoredNode {
     pub draining: bool,
     pub queue_depth: u32,
     pub heartbeat_age_ms: u64,
+    /// Since its last registration (database clock).
+    pub registered_age_ms: u64,
+    /// The latest tokens/s an observer measured of it, if any ever did.
+    pub observed_tokens_per_second: Option<f64>,
 }
 
 /// The architecture as stored, with how long a growth has been pending (database clock).

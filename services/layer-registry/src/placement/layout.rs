@@ -144,7 +144,7 @@ fn best_partial_window(caps: &Caps, holders: &[u32], l: u32, r: u32) -> Option<(
         .min_by_key(|&(start, end)| std::cmp::Reverse(score(start, end)))
 }
 
-fn make_span(node: &NodeCapacity, start: u32, end: u32, l: u32) -> NodeSpan {
+pub(super) fn make_span(node: &NodeCapacity, start: u32, end: u32, l: u32) -> NodeSpan {
     NodeSpan {
         node_id: node.node_id.clone(),
         start,
@@ -159,7 +159,7 @@ fn add_holder(holders: &mut [u32], start: u32, end: u32) {
     }
 }
 
-fn count_holders(spans: &[NodeSpan], l: u32) -> Vec<u32> {
+pub(super) fn count_holders(spans: &[NodeSpan], l: u32) -> Vec<u32> {
     let mut delta = vec![0i64; l as usize + 1];
     for span in spans {
         delta[span.start as usize] += 1;
@@ -175,7 +175,7 @@ fn count_holders(spans: &[NodeSpan], l: u32) -> Vec<u32> {
         .collect()
 }
 
-fn health_of(holders: &[u32], min_replicas: u32) -> Health {
+pub(super) fn health_of(holders: &[u32], min_replicas: u32) -> Health {
     let deficits: Vec<LayerDeficit> = holders
         .iter()
         .enumerate()

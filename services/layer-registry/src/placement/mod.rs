@@ -1,5 +1,13 @@
 //! Placement of decoder layers on nodes for pipeline-parallel training. Pure: no I/O, no
-//! clock; the same set of nodes always gets the same placement, whatever their order.
+//! clock; the same inputs always give the same placement, whatever the order of the nodes.
+//!
+//! Two entry points. [`place`] places from scratch, for the best cover: it is used when
+//! nothing is placed yet and when the architecture changes (a growth renumbers roles and
+//! moves the head, so every span is judged anew: **a growth may re-place every node**).
+//! [`place_sticky`] is what the registry runs on every other change: it takes the current
+//! placement and moves only what it must (`sticky`: a join or death changes the fewest
+//! spans, a healthy holder is never taken off a span to even out counts, a layer short of
+//! holders with nobody to spare stays short as a deficit).
 //!
 //! Every node holds at most one contiguous span of layers. A *pipeline* is a
 //! chain of spans covering `[0, L)`; its first stage also holds the token
@@ -29,15 +37,18 @@
 //!
 //! `types` holds what goes in and comes out (re-exported here); `fit` turns a
 //! node's memory into whole layers per position, the unit both searches count
-//! in; `testing` is the tests' oracle and instance generator. This module holds
-//! the entry points, [`place`] and [`place_model`].
+//! in; `chains` reads the pipelines off a set of spans (sticky placement keeps spans
+//! that no search grouped); `testing` is the tests' oracle and instance generator. This
+//! module holds the entry points, [`place`], [`place_sticky`] and [`place_model`].
 //!
 //! [`Role::for_span`]: neuroshard_common::role::Role::for_span
 
+mod chains;
 mod exact;
 mod fit;
 mod greedy;
 mod layout;
+mod sticky;
 #[cfg(test)]
 mod testing;
 mod types;
@@ -48,7 +59,8 @@ use neuroshard_common::ModelConfig;
 
 use fit::Caps;
 pub use types::{
-    Health, LayerCosts, LayerDeficit, NodeCapacity, NodeSpan, Pipeline, Placement, PlacementError,
+    Health, HeldSpan, LayerCosts, LayerDeficit, NodeCapacity, NodeSpan, Pipeline, Placement,
+    PlacementError,
 };
 
 /// Largest supported `num_layers`: the pattern search packs a layer count
@@ -69,12 +81,81 @@ pub fn place_model(
     min_replicas: u32,
 ) -> Result<Placement, neuroshard_common::Error> {
     place(
-        u32::try_from(model.num_layers.max(0)).unwrap_or(u32::MAX),
+        model_layers(model),
         &LayerCosts::of_model(model, bytes_per_param),
         nodes,
         min_replicas,
     )
-    .map_err(|e| neuroshard_common::Error::internal(format!("placement: {e}")))
+    .map_err(placement_error)
+}
+
+/// [`place_sticky`] for `model`, as [`place_model`] is [`place`] for it.
+pub fn place_model_sticky(
+    model: &ModelConfig,
+    nodes: &[NodeCapacity],
+    current: &[HeldSpan],
+    bytes_per_param: u64,
+    min_replicas: u32,
+) -> Result<Placement, neuroshard_common::Error> {
+    place_sticky(
+        model_layers(model),
+        &LayerCosts::of_model(model, bytes_per_param),
+        nodes,
+        current,
+        min_replicas,
+    )
+    .map_err(placement_error)
+}
+
+fn model_layers(model: &ModelConfig) -> u32 {
+    u32::try_from(model.num_layers.max(0)).unwrap_or(u32::MAX)
+}
+
+fn placement_error(e: PlacementError) -> neuroshard_common::Error {
+    neuroshard_common::Error::internal(format!("placement: {e}"))
+}
+
+/// Places the layers on `nodes` starting from `current`, the spans nodes hold now for this
+/// same architecture, moving only what it must (see `sticky`). Spans of nodes that are gone
+/// (dead, draining) are dropped, as are spans a node no longer fits. With nothing held yet it
+/// places from scratch ([`place`]) and then applies the same repair, so that its result is
+/// already what repairing it again would give: publishing an unchanged swarm never moves a
+/// node.
+pub fn place_sticky(
+    num_layers: u32,
+    costs: &LayerCosts,
+    nodes: &[NodeCapacity],
+    current: &[HeldSpan],
+    min_replicas: u32,
+) -> Result<Placement, PlacementError> {
+    validate(num_layers, costs, nodes)?;
+    let mut order: Vec<&NodeCapacity> = nodes.iter().collect();
+    order.sort_by(|a, b| node_order(a, b));
+    let holds_any = current
+        .iter()
+        .any(|held| nodes.iter().any(|n| n.node_id == held.node_id));
+    let fresh;
+    let start: &[HeldSpan] = if holds_any {
+        current
+    } else {
+        fresh = place(num_layers, costs, nodes, min_replicas)?
+            .spans
+            .into_iter()
+            .map(|s| HeldSpan {
+                node_id: s.node_id,
+                start: s.start,
+                end: s.end,
+            })
+            .collect::<Vec<_>>();
+        &fresh
+    };
+    Ok(sticky::repair(
+        num_layers,
+        costs,
+        &order,
+        start,
+        min_replicas,
+    ))
 }
 
 /// Places the layers of a `num_layers`-layer model on `nodes`, aiming for every

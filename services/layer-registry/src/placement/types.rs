@@ -71,6 +71,15 @@ impl NodeSpan {
     }
 }
 
+/// A span a node holds now, as the last published assignment gave it: what sticky placement
+/// starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeldSpan {
+    pub node_id: String,
+    pub start: u32,
+    pub end: u32,
+}
+
 /// Consecutive spans covering `[0, L)` in order: one full copy of the model.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pipeline {

@@ -140,7 +140,10 @@ pub fn check_fresh(
             "nonce: {nonce} is not greater than the last accepted nonce {last} (replay?)"
         )));
     }
-    if (timestamp_ms - now_ms).abs() > window_ms {
+    // `abs_diff` is exact over all of i64 (the difference of two i64 can need 64 bits), so a
+    // timestamp near i64::MIN cannot wrap into the window; a negative window admits nothing.
+    let skew = timestamp_ms.abs_diff(now_ms);
+    if !u64::try_from(window_ms).is_ok_and(|window| skew <= window) {
         return Err(Error::failed_precondition(format!(
             "timestamp: {timestamp_ms} ms is more than {window_ms} ms from the verifier's clock ({now_ms} ms)"
         )));
@@ -226,6 +229,8 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use k256::elliptic_curve::scalar::IsHigh;
+    use proptest::prelude::Just;
+    use proptest::strategy::Strategy;
 
     const NET: &str = "testnet";
 
@@ -328,6 +333,76 @@ mod tests {
         // A refused message does not advance the nonce: 6 is still accepted.
         let v6 = verify(&signed(&key, 6), NET, "RegisterRequest").unwrap();
         guard.admit(&v6, now_ms(), DEFAULT_WINDOW_MS).unwrap();
+    }
+
+    /// The rule from its definition, in exact (128-bit) arithmetic.
+    fn within_window(timestamp_ms: i64, now_ms: i64, window_ms: i64) -> bool {
+        window_ms >= 0
+            && (i128::from(timestamp_ms) - i128::from(now_ms)).abs() <= i128::from(window_ms)
+    }
+
+    #[test]
+    fn extreme_timestamps_never_wrap_into_the_window() {
+        let now = now_ms();
+        for (timestamp, window) in [
+            // timestamp - now = -2^63 exactly: its `abs()` wraps to a negative number.
+            (i64::MIN + now, DEFAULT_WINDOW_MS),
+            (i64::MIN, DEFAULT_WINDOW_MS),
+            (i64::MIN + 1, DEFAULT_WINDOW_MS),
+            (i64::MAX, DEFAULT_WINDOW_MS),
+            (i64::MIN, i64::MAX),
+            (now, -1),
+            (now, i64::MIN),
+        ] {
+            let err = check_fresh(None, 1, timestamp, now, window).unwrap_err();
+            assert!(
+                err.to_string().contains("timestamp"),
+                "{timestamp} {window}: {err}"
+            );
+        }
+        // Both clocks at the extremes: the difference is 2^64 - 1, beyond any window.
+        assert!(check_fresh(None, 1, i64::MIN, i64::MAX, i64::MAX).is_err());
+        assert!(check_fresh(None, 1, i64::MAX, i64::MIN, i64::MAX).is_err());
+        // Equal extremes are zero apart.
+        check_fresh(None, 1, i64::MIN, i64::MIN, 0).unwrap();
+        check_fresh(None, 1, i64::MAX, i64::MAX, 0).unwrap();
+        check_fresh(None, u64::MAX, now, now, 0).unwrap();
+        assert!(check_fresh(Some(u64::MAX), u64::MAX, now, now, 0).is_err());
+        // The window's edge is inclusive.
+        check_fresh(None, 1, now - DEFAULT_WINDOW_MS, now, DEFAULT_WINDOW_MS).unwrap();
+        assert!(check_fresh(None, 1, now - DEFAULT_WINDOW_MS - 1, now, DEFAULT_WINDOW_MS).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_window_check_is_exact_over_all_of_i64(
+            timestamp in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                Just(i64::MIN), Just(i64::MAX), Just(0i64),
+                (-120_000i64..120_000).prop_map(|d| 1_700_000_000_000i64 + d),
+            ],
+            now in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                Just(i64::MIN), Just(i64::MAX),
+                Just(1_700_000_000_000i64),
+            ],
+            window in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                Just(i64::MAX), Just(0i64), Just(DEFAULT_WINDOW_MS),
+            ],
+            // Half the cases sit exactly 2^63 before `now` (the wrapping difference).
+            minus_two_to_63 in proptest::bool::ANY,
+            last in proptest::option::of(proptest::num::u64::ANY),
+            nonce in proptest::prop_oneof![proptest::num::u64::ANY, Just(u64::MAX), Just(0u64)],
+        ) {
+            let timestamp = if minus_two_to_63 && now >= 0 { now + i64::MIN } else { timestamp };
+            let fresh_nonce = last.is_none_or(|last| nonce > last);
+            let expected = fresh_nonce && within_window(timestamp, now, window);
+            proptest::prop_assert_eq!(
+                check_fresh(last, nonce, timestamp, now, window).is_ok(),
+                expected
+            );
+        }
     }
 
     #[test]
