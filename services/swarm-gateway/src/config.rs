@@ -27,6 +27,10 @@ pub struct GatewayConfig {
     /// Bearer keys and the accounts they act for. `/v1/*` needs one of them.
     pub api_keys: Vec<ApiKey>,
     pub limits: Limits,
+    /// How many requests run at once and how many may wait for a turn; past that, 429.
+    pub admission: Admission,
+    /// How much hidden state the gateway keeps to replay sessions after a failover.
+    pub replay: ReplayBudget,
     /// How long one decode hop may take before the generator fails over (read by the
     /// generator). The floor: a node the gateway measured as busy gets what its latency and
     /// load justify, up to `prefill_deadline_ms`.
@@ -72,6 +76,32 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// How many generation requests the gateway serves at once. A request beyond
+/// `max_running_requests` waits for a turn, up to `max_wait_ms`, while fewer than
+/// `max_waiting_requests` others wait; otherwise it is answered 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admission {
+    pub max_running_requests: u32,
+    pub max_waiting_requests: u32,
+    pub max_wait_ms: u64,
+    /// The `Retry-After` a refused request is given, in seconds.
+    pub retry_after_s: u32,
+}
+
+/// Hidden states kept so that a node replacing a failed one can rebuild the session without
+/// recomputing anything upstream. Past either budget a generation stops keeping them and, on
+/// a failover, recomputes the replacement's input from the token ids through the hops before
+/// it: slower to recover, same output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayBudget {
+    /// Most bytes one generation (one choice of a request) keeps.
+    pub max_bytes_per_generation: u64,
+    /// Most bytes all generations of this gateway keep together.
+    pub max_bytes_total: u64,
+}
+
 /// Per-request limits; a request over one is refused with 400 (413 for the body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +123,8 @@ impl Default for GatewayConfig {
             tokenizer: PathBuf::from("tokenizer.json"),
             api_keys: Vec::new(),
             limits: Limits::default(),
+            admission: Admission::default(),
+            replay: ReplayBudget::default(),
             per_hop_deadline_ms: 200,
             registry: "http://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
@@ -103,6 +135,26 @@ impl Default for GatewayConfig {
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             training_report: None,
             node_pids_file: None,
+        }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_running_requests: 64,
+            max_waiting_requests: 256,
+            max_wait_ms: 10_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl Default for ReplayBudget {
+    fn default() -> Self {
+        Self {
+            max_bytes_per_generation: 64 << 20,
+            max_bytes_total: 2 << 30,
         }
     }
 }
@@ -172,6 +224,27 @@ impl GatewayConfig {
         if l.max_tokens == 0 {
             return Err(bad("limits.max_tokens must be at least 1".into()));
         }
+        let a = &self.admission;
+        if a.max_running_requests == 0 {
+            return Err(bad(
+                "admission.max_running_requests must be at least 1".into()
+            ));
+        }
+        if a.max_waiting_requests > 0 && a.max_wait_ms == 0 {
+            return Err(bad(
+                "admission.max_wait_ms must be at least 1 when admission.max_waiting_requests is set"
+                    .into(),
+            ));
+        }
+        if a.retry_after_s == 0 {
+            return Err(bad("admission.retry_after_s must be at least 1".into()));
+        }
+        if self.replay.max_bytes_total < self.replay.max_bytes_per_generation {
+            return Err(bad(format!(
+                "replay.max_bytes_total ({}) must be at least replay.max_bytes_per_generation ({})",
+                self.replay.max_bytes_total, self.replay.max_bytes_per_generation
+            )));
+        }
         if self.per_hop_deadline_ms == 0 {
             return Err(bad("per_hop_deadline_ms must be at least 1".into()));
         }
@@ -239,6 +312,8 @@ mod tests {
     fn example_config_file_loads_and_validates() {
         let config = GatewayConfig::load(Some(&example_path()), Vec::new()).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.admission, Admission::default());
+        assert_eq!(config.replay, ReplayBudget::default());
         assert_eq!(config.per_hop_deadline_ms, 200);
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.api_keys[0].account, "local");
@@ -334,6 +409,46 @@ mod tests {
                     ..valid()
                 },
                 "per_hop_deadline_ms",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        max_running_requests: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.max_running_requests",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        max_wait_ms: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.max_wait_ms",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        retry_after_s: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.retry_after_s",
+            ),
+            (
+                GatewayConfig {
+                    replay: ReplayBudget {
+                        max_bytes_per_generation: 10,
+                        max_bytes_total: 9,
+                    },
+                    ..valid()
+                },
+                "replay.max_bytes_total",
             ),
         ];
         for (config, needle) in cases {

@@ -29,6 +29,11 @@ pub struct EngineConfig {
     /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Most bytes of hidden state one generation keeps for replay; past it, a failover
+    /// recomputes the replacement's input from the token ids.
+    pub replay_bytes_per_generation: u64,
+    /// Most bytes of hidden state all generations keep together.
+    pub replay_bytes_total: u64,
     /// Largest gRPC message to or from a worker.
     pub max_message_bytes: usize,
     /// How long [`SwarmEngine::connect`](super::SwarmEngine::connect) waits for the first assignment.
@@ -50,6 +55,8 @@ impl EngineConfig {
             min_replicas: 2,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
+            replay_bytes_per_generation: 64 << 20,
+            replay_bytes_total: 2 << 30,
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(30),
             node_pids_file: None,
@@ -68,6 +75,8 @@ impl EngineConfig {
             backoff: Duration::from_millis(config.backoff_ms),
             max_backoff: Duration::from_millis(config.max_backoff_ms),
             node_pids_file: config.node_pids_file.clone(),
+            replay_bytes_per_generation: config.replay.max_bytes_per_generation,
+            replay_bytes_total: config.replay.max_bytes_total,
             ..Self::new(&config.registry, &config.model)
         }
     }
