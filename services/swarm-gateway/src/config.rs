@@ -37,8 +37,15 @@ pub struct GatewayConfig {
     pub per_hop_deadline_ms: u64,
     /// The layer registry's gRPC endpoint (read by the generator).
     pub registry: String,
-    /// How long a prefill or replay hop may take (whole prompts take longer than one token).
+    /// The fixed part of a prefill or replay hop's deadline: to it is added the hop's positions
+    /// times what one position is expected to cost on the node (measured by this gateway, else
+    /// published by the registry) times `work_deadline_margin`. Also the most a busy node's
+    /// decode hop is stretched to.
     pub prefill_deadline_ms: u64,
+    /// Times the expected compute time a prefill or replay hop is given.
+    pub work_deadline_margin: f64,
+    /// The most any hop may take, however long its work is expected to.
+    pub max_work_deadline_ms: u64,
     /// Failovers one request may go through before it fails with 503.
     pub max_failovers: u32,
     /// First back-off of a failing node, doubled per consecutive failure up to `max_backoff_ms`.
@@ -128,6 +135,8 @@ impl Default for GatewayConfig {
             per_hop_deadline_ms: 200,
             registry: "http://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
+            work_deadline_margin: 3.0,
+            max_work_deadline_ms: 120_000,
             max_failovers: 8,
             backoff_ms: 2_000,
             max_backoff_ms: 60_000,
@@ -252,6 +261,18 @@ impl GatewayConfig {
             return Err(bad(format!(
                 "prefill_deadline_ms ({}) must be at least per_hop_deadline_ms ({})",
                 self.prefill_deadline_ms, self.per_hop_deadline_ms
+            )));
+        }
+        if !(self.work_deadline_margin.is_finite() && self.work_deadline_margin >= 1.0) {
+            return Err(bad(format!(
+                "work_deadline_margin must be a number of at least 1, got {}",
+                self.work_deadline_margin
+            )));
+        }
+        if self.max_work_deadline_ms < self.prefill_deadline_ms {
+            return Err(bad(format!(
+                "max_work_deadline_ms ({}) must be at least prefill_deadline_ms ({})",
+                self.max_work_deadline_ms, self.prefill_deadline_ms
             )));
         }
         if self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms {
@@ -409,6 +430,20 @@ mod tests {
                     ..valid()
                 },
                 "per_hop_deadline_ms",
+            ),
+            (
+                GatewayConfig {
+                    work_deadline_margin: 0.5,
+                    ..valid()
+                },
+                "work_deadline_margin",
+            ),
+            (
+                GatewayConfig {
+                    max_work_deadline_ms: 1_000,
+                    ..valid()
+                },
+                "max_work_deadline_ms",
             ),
             (
                 GatewayConfig {

@@ -7,6 +7,8 @@
 
 mod fake_swarm;
 
+use std::time::Duration;
+
 use fake_swarm::{Call, FakeSwarm, collect, connected, greedy, job, reference};
 use neuroshard_swarm_gateway::Generator;
 use neuroshard_swarm_gateway::engine::SwarmEngine;
@@ -123,4 +125,55 @@ async fn past_the_replay_budget_a_failover_recomputes_and_the_output_is_the_same
         .map(|w| swarm.worker(w).replays().len())
         .sum();
     assert_eq!(recomputed, 1);
+}
+
+/// Every worker takes `per_position` a position and claims `claimed_tokens_per_s`.
+async fn slow_swarm(per_position: Duration, claimed_tokens_per_s: f64) -> FakeSwarm {
+    let mut swarm = FakeSwarm::two_stages().await;
+    for w in &mut swarm.workers {
+        w.claimed_tokens_per_s = claimed_tokens_per_s;
+        w.update(|b| b.delay_per_position = per_position);
+    }
+    swarm.publish();
+    swarm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_on_slow_nodes_gets_a_deadline_that_fits_its_length() {
+    // 40 positions at 15 ms: 600 ms a prefill hop, past the fixed 250 ms part of the deadline
+    // on every replica (which used to be the whole deadline: 503 after trying them all).
+    let per_position = Duration::from_millis(15);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 48).collect();
+    let expected = reference(&prompt, 4, &greedy());
+    let swarm = slow_swarm(per_position, 1000.0 / 15.0).await;
+    let mut config = swarm.engine_config();
+    config.prefill_deadline = Duration::from_millis(250);
+    let engine = connected(config).await;
+    let got = collect(&engine, job("long", &prompt, 4), |_| {}).await;
+    assert_eq!(got.unwrap(), expected);
+    let request = engine
+        .status()
+        .requests
+        .into_iter()
+        .find(|r| r.id == "long")
+        .unwrap();
+    assert_eq!(request.failovers, 0, "{request:?}");
+
+    // Nodes that claim far more than they do: the deadline from the claim passes, but a node
+    // that answers its liveness probe keeps its call; what it took is measured for next time.
+    let swarm = slow_swarm(per_position, 1e6).await;
+    let mut config = swarm.engine_config();
+    config.prefill_deadline = Duration::from_millis(250);
+    let engine = connected(config).await;
+    for id in ["optimistic", "measured"] {
+        let got = collect(&engine, job(id, &prompt, 4), |_| {}).await;
+        assert_eq!(got.unwrap(), expected, "{id}");
+        let request = engine
+            .status()
+            .requests
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap();
+        assert_eq!(request.failovers, 0, "{request:?}");
+    }
 }

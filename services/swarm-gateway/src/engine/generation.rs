@@ -24,6 +24,7 @@ use neuroshard_text::sampling::Sampler;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::deadlines::published_ms_per_position;
 use super::hops::{Hop, HopError, HopInput};
 use super::replay::HopHistories;
 use super::routing::{best_chain, uncovered};
@@ -257,21 +258,29 @@ impl Generation {
         let mut k = 0;
         while k < self.route.len() {
             let config = &self.engine.config;
-            let deadline = if prefill {
-                config.prefill_deadline
+            let positions = current.positions();
+            // A prefill's work grows with the prompt; a decode step is one position.
+            let (deadline, ceiling) = if prefill {
+                (self.work_deadline(k, positions), config.max_work_deadline)
             } else {
-                self.engine.stats().hop_deadline(
+                let deadline = self.engine.stats().hop_deadline(
                     &self.route[k].hop.node_id,
                     config.hop_deadline,
                     config.prefill_deadline,
-                )
+                );
+                (deadline, config.prefill_deadline)
             };
-            match self.call(k, current.clone(), position, deadline).await {
+            match self
+                .call(k, current.clone(), position, deadline, ceiling)
+                .await
+            {
                 Ok((output, elapsed)) => {
                     let node = &self.route[k].hop.node_id;
                     metrics::histogram!(gateway::HOP_SECONDS, "phase" => if prefill { "prefill" } else { "decode" })
                         .record(elapsed.as_secs_f64());
-                    if !prefill {
+                    if prefill {
+                        self.engine.stats().record_work(node, positions, elapsed);
+                    } else {
                         self.engine.stats().record_latency(node, elapsed);
                     }
                     if let HopInput::Hidden(hidden) = &current {
@@ -301,13 +310,32 @@ impl Generation {
         decode_f32(&logits, "logits", &Limits::default())
     }
 
-    /// One attempt at hop `k`: rebuild the node's session first when it is new to it.
+    /// The deadline of hop `k` computing `positions` positions at once (a prefill or a
+    /// replay): it grows with what one position is expected to cost on the node, measured by
+    /// this gateway if it can, else as the registry publishes it.
+    fn work_deadline(&self, k: usize, positions: usize) -> Duration {
+        let node = &self.route[k].hop.node_id;
+        let measured = self.engine.stats().ms_per_position(node);
+        let cost = measured.or_else(|| {
+            let view = self.engine.view();
+            let n = view.node(node)?;
+            published_ms_per_position(n.tokens_per_s, n.observed_tokens_per_s)
+        });
+        self.engine
+            .config
+            .work_deadlines()
+            .deadline(positions, cost)
+    }
+
+    /// One attempt at hop `k`: rebuild the node's session first when it is new to it. The
+    /// forward has `deadline`, stretched up to `ceiling` while the node shows it is alive.
     async fn call(
         &mut self,
         k: usize,
         input: HopInput,
         position: u32,
         deadline: Duration,
+        ceiling: Duration,
     ) -> Result<(WireTensor, Duration), CallError> {
         let hop = self.route[k].hop.clone();
         if self.route[k].needs_replay {
@@ -319,6 +347,7 @@ impl Generation {
                     None => return Err(CallError::Recompute),
                 }
             };
+            let positions = history.positions();
             let replayed = self
                 .engine
                 .hops
@@ -326,9 +355,13 @@ impl Generation {
                     &hop,
                     &self.session,
                     history,
-                    self.engine.config.prefill_deadline,
+                    self.work_deadline(k, positions),
+                    self.engine.config.max_work_deadline,
                 )
                 .await?;
+            self.engine
+                .stats()
+                .record_work(&hop.node_id, positions, replayed.elapsed);
             // A node downstream that replays next (a multi-node replacement, or a recompute)
             // replays from this one's output.
             if k + 1 < self.route.len() && self.route[k + 1].needs_replay {
@@ -340,14 +373,7 @@ impl Generation {
         let out = self
             .engine
             .hops
-            .forward(
-                &hop,
-                &self.session,
-                input,
-                position,
-                deadline,
-                self.engine.config.prefill_deadline,
-            )
+            .forward(&hop, &self.session, input, position, deadline, ceiling)
             .await?;
         Ok((out.tensor, out.elapsed))
     }

@@ -7,12 +7,14 @@
 //! - [`view`]: the assignment as routing sees it (pure);
 //! - [`routing`]: cheapest chain of holders tiling a layer range (pure);
 //! - [`stats`]: per-node latency, in-flight requests, back-off (pure);
+//! - [`deadlines`]: prefill and replay deadlines that grow with their work (pure);
 //! - [`tracker`]: requests and throughput for `/api/v1/status` (pure);
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
 //! - [`replay`]: the hidden states kept for replay, within memory budgets (pure);
 //! - [`generation`]: one request's prefill/decode loop with failover.
 
 pub mod config;
+pub mod deadlines;
 pub mod generation;
 pub mod hops;
 pub mod replay;
