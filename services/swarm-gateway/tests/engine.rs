@@ -177,3 +177,33 @@ async fn a_long_prompt_on_slow_nodes_gets_a_deadline_that_fits_its_length() {
         assert_eq!(request.failovers, 0, "{request:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_returning_nan_is_failed_over_and_backed_off() {
+    let expected = reference(&PROMPT, 12, &greedy());
+    // w1 (first stage) and w3 (last stage) compute NaN; both claim to be the fastest, so
+    // routing tries them first.
+    let mut swarm = FakeSwarm::two_stages().await;
+    for (id, claim) in [("w0", 10.0), ("w1", 1e6), ("w2", 10.0), ("w3", 1e6)] {
+        let w = swarm.worker_mut(id);
+        w.claimed_tokens_per_s = claim;
+        if claim > 100.0 {
+            w.update(|b| b.nan = true);
+        }
+    }
+    swarm.publish();
+    let mut config = swarm.engine_config();
+    config.backoff = std::time::Duration::from_secs(30);
+    let engine = connected(config).await;
+    let got = collect(&engine, job("nan", &PROMPT, 12), |_| {}).await;
+    assert_eq!(got.unwrap(), expected, "a NaN reached the client");
+    let status = engine.status();
+    let request = status.requests.iter().find(|r| r.id == "nan").unwrap();
+    assert_eq!(request.route, ["w0", "w2"], "{request:?}");
+    assert_eq!(request.failovers, 2, "{request:?}");
+    // Each faulty node is blamed itself (not the node it fed), and avoided for a while.
+    for node in &status.nodes {
+        let backed_off = node.backed_off_until_ms.is_some();
+        assert_eq!(backed_off, node.id == "w1" || node.id == "w3", "{node:?}");
+    }
+}

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use neuroshard_common::tensor::{Limits, decode_f32};
+use neuroshard_common::tensor::{Limits, check, decode_f32};
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
 use neuroshard_runtime::telemetry::names::gateway;
@@ -359,6 +359,7 @@ impl Generation {
                     self.engine.config.max_work_deadline,
                 )
                 .await?;
+            self.check_output(k, &replayed.tensor, positions)?;
             self.engine
                 .stats()
                 .record_work(&hop.node_id, positions, replayed.elapsed);
@@ -370,12 +371,43 @@ impl Generation {
             self.route[k].needs_replay = false;
             metrics::counter!(gateway::REPLAYS).increment(1);
         }
+        let positions = input.positions();
         let out = self
             .engine
             .hops
             .forward(&hop, &self.session, input, position, deadline, ceiling)
             .await?;
+        self.check_output(k, &out.tensor, positions)?;
         Ok((out.tensor, out.elapsed))
+    }
+
+    /// What hop `k`'s node computed for `positions` positions must be a well-formed, finite
+    /// tensor of the right shape: `[1, positions, hidden]` from an inner hop, last-position
+    /// logits `[1, 1, vocab]` from the last. Anything else (NaN from a broken kernel, say) is
+    /// the node's failure, not the request's: the hop moves to another holder and the node is
+    /// backed off, as for any failed hop.
+    fn check_output(
+        &self,
+        k: usize,
+        output: &WireTensor,
+        positions: usize,
+    ) -> Result<(), HopError> {
+        check(output, "output", &Limits::default(), true)
+            .map_err(|e| HopError::Failed(format!("bad output: {}", e.message)))?;
+        let last = k + 1 == self.route.len();
+        let rows = if last { 1 } else { positions as i64 };
+        match output.shape[..] {
+            [1, n, width] if n == rows && width > 0 => Ok(()),
+            _ => Err(HopError::Failed(format!(
+                "bad output: shape {:?} for {positions} positions{}",
+                output.shape,
+                if last {
+                    " (expected last-position logits)"
+                } else {
+                    ""
+                }
+            ))),
+        }
     }
 
     /// Moves hop `k` to other holders of its span after `error`.
