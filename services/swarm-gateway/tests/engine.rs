@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_swarm;
+mod support;
 
 use std::time::Duration;
 
@@ -205,5 +206,51 @@ async fn a_node_returning_nan_is_failed_over_and_backed_off() {
     for node in &status.nodes {
         let backed_off = node.backed_off_until_ms.is_some();
         assert_eq!(backed_off, node.id == "w1" || node.id == "w3", "{node:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_swarm_has_an_architecture_requests_are_503_not_400() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    let mut swarm = FakeSwarm::two_stages().await;
+    swarm.with_architecture = false;
+    swarm.publish();
+    let mut config = swarm.engine_config();
+    config.model_name = support::MODEL.into();
+    let engine = SwarmEngine::connect(config).await.unwrap();
+    let state = neuroshard_swarm_gateway::AppState::new(
+        support::config(),
+        support::tokenizer(),
+        std::sync::Arc::new(engine),
+    )
+    .unwrap();
+    let app = neuroshard_swarm_gateway::app(state);
+    for (path, body) in [
+        (
+            "/v1/completions",
+            serde_json::json!({"model": support::MODEL, "prompt": "the fox", "max_tokens": 4}),
+        ),
+        (
+            "/v1/chat/completions",
+            serde_json::json!({"model": support::MODEL, "stream": true,
+                "messages": [{"role": "user", "content": "the fox"}]}),
+        ),
+    ] {
+        let request = Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", support::KEY))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(error["error"]["type"], "server_error", "{error}");
+        assert_eq!(error["error"]["code"], "model_not_ready", "{error}");
     }
 }

@@ -114,6 +114,18 @@ impl ApiError {
         .with_code("model_not_found")
     }
 
+    /// The model is known but cannot run yet: the swarm has no architecture (no layers
+    /// assigned). The request may well succeed later.
+    pub fn model_not_ready(model: &str) -> Self {
+        Self::new(
+            ErrorKind::Unavailable,
+            format!(
+                "The model `{model}` is not ready: the swarm has no architecture yet (no layers are assigned). Try again later."
+            ),
+        )
+        .with_code("model_not_ready")
+    }
+
     /// The prompt, or the prompt plus the tokens asked for, exceed the model's context.
     pub fn context_length_exceeded(param: &str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
@@ -257,6 +269,12 @@ mod tests {
         assert_eq!(
             ApiError::unsupported_media_type().status,
             StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        let not_ready = ApiError::model_not_ready("m");
+        assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (not_ready.kind, not_ready.code),
+            ("server_error", Some("model_not_ready"))
         );
         let busy = ApiError::server_busy("full", 2);
         assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS);
