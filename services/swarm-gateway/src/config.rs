@@ -14,6 +14,10 @@ pub const ENV_PREFIX: &str = "NEUROSHARD_GATEWAY";
 /// Shortest API key accepted: a key short enough to guess is no key.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Keys that example configurations have shipped: public, so never accepted.
+/// `deploy/swarm-gateway.example.toml` carries the first; the second was an earlier example's.
+pub const EXAMPLE_KEYS: &[&str] = &["sk-REPLACE-with-a-secret-key", "sk-local-change-me-0000"];
+
 /// Everything the gateway needs at start. `Debug` redacts the API keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +205,11 @@ impl GatewayConfig {
                     "api_keys[{i}].key is shorter than {MIN_KEY_LEN} characters"
                 )));
             }
+            if EXAMPLE_KEYS.contains(&entry.key.as_str()) {
+                return Err(bad(format!(
+                    "api_keys[{i}].key is the placeholder of an example configuration, which anyone can read: set a secret key of your own (for example from `openssl rand -hex 24`), preferably through NEUROSHARD_GATEWAY_API_KEYS"
+                )));
+            }
             if entry
                 .key
                 .chars()
@@ -330,14 +339,37 @@ mod tests {
     }
 
     #[test]
-    fn example_config_file_loads_and_validates() {
-        let config = GatewayConfig::load(Some(&example_path()), Vec::new()).unwrap();
+    fn example_config_file_loads_and_validates_once_given_a_key_of_ones_own() {
+        let env = vec![(
+            "NEUROSHARD_GATEWAY_API_KEYS".to_string(),
+            r#"[{ key = "sk-a-secret-of-my-own-0123", account = "local" }]"#.to_string(),
+        )];
+        let config = GatewayConfig::load(Some(&example_path()), env).unwrap();
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.admission, Admission::default());
         assert_eq!(config.replay, ReplayBudget::default());
         assert_eq!(config.per_hop_deadline_ms, 200);
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.api_keys[0].account, "local");
+    }
+
+    #[test]
+    fn the_example_key_is_refused_at_start() {
+        let err = GatewayConfig::load(Some(&example_path()), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_keys[0].key is the placeholder"), "{err}");
+        for key in EXAMPLE_KEYS {
+            let config = GatewayConfig {
+                api_keys: vec![ApiKey {
+                    key: (*key).into(),
+                    account: "a".into(),
+                }],
+                ..valid()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("placeholder") && !err.contains(key), "{err}");
+        }
     }
 
     #[test]
