@@ -14,6 +14,10 @@ pub const ENV_PREFIX: &str = "NEUROSHARD_GATEWAY";
 /// Shortest API key accepted: a key short enough to guess is no key.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Keys that example configurations have shipped: public, so never accepted.
+/// `deploy/swarm-gateway.example.toml` carries the first; the second was an earlier example's.
+pub const EXAMPLE_KEYS: &[&str] = &["sk-REPLACE-with-a-secret-key", "sk-local-change-me-0000"];
+
 /// Everything the gateway needs at start. `Debug` redacts the API keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,14 +31,25 @@ pub struct GatewayConfig {
     /// Bearer keys and the accounts they act for. `/v1/*` needs one of them.
     pub api_keys: Vec<ApiKey>,
     pub limits: Limits,
+    /// How many requests run at once and how many may wait for a turn; past that, 429.
+    pub admission: Admission,
+    /// How much hidden state the gateway keeps to replay sessions after a failover.
+    pub replay: ReplayBudget,
     /// How long one decode hop may take before the generator fails over (read by the
     /// generator). The floor: a node the gateway measured as busy gets what its latency and
     /// load justify, up to `prefill_deadline_ms`.
     pub per_hop_deadline_ms: u64,
     /// The layer registry's gRPC endpoint (read by the generator).
     pub registry: String,
-    /// How long a prefill or replay hop may take (whole prompts take longer than one token).
+    /// The fixed part of a prefill or replay hop's deadline: to it is added the hop's positions
+    /// times what one position is expected to cost on the node (measured by this gateway, else
+    /// published by the registry) times `work_deadline_margin`. Also the most a busy node's
+    /// decode hop is stretched to.
     pub prefill_deadline_ms: u64,
+    /// Times the expected compute time a prefill or replay hop is given.
+    pub work_deadline_margin: f64,
+    /// The most any hop may take, however long its work is expected to.
+    pub max_work_deadline_ms: u64,
     /// Failovers one request may go through before it fails with 503.
     pub max_failovers: u32,
     /// First back-off of a failing node, doubled per consecutive failure up to `max_backoff_ms`.
@@ -72,6 +87,32 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// How many generation requests the gateway serves at once. A request beyond
+/// `max_running_requests` waits for a turn, up to `max_wait_ms`, while fewer than
+/// `max_waiting_requests` others wait; otherwise it is answered 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admission {
+    pub max_running_requests: u32,
+    pub max_waiting_requests: u32,
+    pub max_wait_ms: u64,
+    /// The `Retry-After` a refused request is given, in seconds.
+    pub retry_after_s: u32,
+}
+
+/// Hidden states kept so that a node replacing a failed one can rebuild the session without
+/// recomputing anything upstream. Past either budget a generation stops keeping them and, on
+/// a failover, recomputes the replacement's input from the token ids through the hops before
+/// it: slower to recover, same output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayBudget {
+    /// Most bytes one generation (one choice of a request) keeps.
+    pub max_bytes_per_generation: u64,
+    /// Most bytes all generations of this gateway keep together.
+    pub max_bytes_total: u64,
+}
+
 /// Per-request limits; a request over one is refused with 400 (413 for the body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,9 +134,13 @@ impl Default for GatewayConfig {
             tokenizer: PathBuf::from("tokenizer.json"),
             api_keys: Vec::new(),
             limits: Limits::default(),
+            admission: Admission::default(),
+            replay: ReplayBudget::default(),
             per_hop_deadline_ms: 200,
             registry: "http://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
+            work_deadline_margin: 3.0,
+            max_work_deadline_ms: 120_000,
             max_failovers: 8,
             backoff_ms: 2_000,
             max_backoff_ms: 60_000,
@@ -103,6 +148,26 @@ impl Default for GatewayConfig {
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             training_report: None,
             node_pids_file: None,
+        }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_running_requests: 64,
+            max_waiting_requests: 256,
+            max_wait_ms: 10_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl Default for ReplayBudget {
+    fn default() -> Self {
+        Self {
+            max_bytes_per_generation: 64 << 20,
+            max_bytes_total: 2 << 30,
         }
     }
 }
@@ -140,6 +205,11 @@ impl GatewayConfig {
                     "api_keys[{i}].key is shorter than {MIN_KEY_LEN} characters"
                 )));
             }
+            if EXAMPLE_KEYS.contains(&entry.key.as_str()) {
+                return Err(bad(format!(
+                    "api_keys[{i}].key is the placeholder of an example configuration, which anyone can read: set a secret key of your own (for example from `openssl rand -hex 24`), preferably through NEUROSHARD_GATEWAY_API_KEYS"
+                )));
+            }
             if entry
                 .key
                 .chars()
@@ -172,6 +242,27 @@ impl GatewayConfig {
         if l.max_tokens == 0 {
             return Err(bad("limits.max_tokens must be at least 1".into()));
         }
+        let a = &self.admission;
+        if a.max_running_requests == 0 {
+            return Err(bad(
+                "admission.max_running_requests must be at least 1".into()
+            ));
+        }
+        if a.max_waiting_requests > 0 && a.max_wait_ms == 0 {
+            return Err(bad(
+                "admission.max_wait_ms must be at least 1 when admission.max_waiting_requests is set"
+                    .into(),
+            ));
+        }
+        if a.retry_after_s == 0 {
+            return Err(bad("admission.retry_after_s must be at least 1".into()));
+        }
+        if self.replay.max_bytes_total < self.replay.max_bytes_per_generation {
+            return Err(bad(format!(
+                "replay.max_bytes_total ({}) must be at least replay.max_bytes_per_generation ({})",
+                self.replay.max_bytes_total, self.replay.max_bytes_per_generation
+            )));
+        }
         if self.per_hop_deadline_ms == 0 {
             return Err(bad("per_hop_deadline_ms must be at least 1".into()));
         }
@@ -179,6 +270,18 @@ impl GatewayConfig {
             return Err(bad(format!(
                 "prefill_deadline_ms ({}) must be at least per_hop_deadline_ms ({})",
                 self.prefill_deadline_ms, self.per_hop_deadline_ms
+            )));
+        }
+        if !(self.work_deadline_margin.is_finite() && self.work_deadline_margin >= 1.0) {
+            return Err(bad(format!(
+                "work_deadline_margin must be a number of at least 1, got {}",
+                self.work_deadline_margin
+            )));
+        }
+        if self.max_work_deadline_ms < self.prefill_deadline_ms {
+            return Err(bad(format!(
+                "max_work_deadline_ms ({}) must be at least prefill_deadline_ms ({})",
+                self.max_work_deadline_ms, self.prefill_deadline_ms
             )));
         }
         if self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms {
@@ -236,12 +339,37 @@ mod tests {
     }
 
     #[test]
-    fn example_config_file_loads_and_validates() {
-        let config = GatewayConfig::load(Some(&example_path()), Vec::new()).unwrap();
+    fn example_config_file_loads_and_validates_once_given_a_key_of_ones_own() {
+        let env = vec![(
+            "NEUROSHARD_GATEWAY_API_KEYS".to_string(),
+            r#"[{ key = "sk-a-secret-of-my-own-0123", account = "local" }]"#.to_string(),
+        )];
+        let config = GatewayConfig::load(Some(&example_path()), env).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.admission, Admission::default());
+        assert_eq!(config.replay, ReplayBudget::default());
         assert_eq!(config.per_hop_deadline_ms, 200);
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.api_keys[0].account, "local");
+    }
+
+    #[test]
+    fn the_example_key_is_refused_at_start() {
+        let err = GatewayConfig::load(Some(&example_path()), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_keys[0].key is the placeholder"), "{err}");
+        for key in EXAMPLE_KEYS {
+            let config = GatewayConfig {
+                api_keys: vec![ApiKey {
+                    key: (*key).into(),
+                    account: "a".into(),
+                }],
+                ..valid()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("placeholder") && !err.contains(key), "{err}");
+        }
     }
 
     #[test]
@@ -334,6 +462,60 @@ mod tests {
                     ..valid()
                 },
                 "per_hop_deadline_ms",
+            ),
+            (
+                GatewayConfig {
+                    work_deadline_margin: 0.5,
+                    ..valid()
+                },
+                "work_deadline_margin",
+            ),
+            (
+                GatewayConfig {
+                    max_work_deadline_ms: 1_000,
+                    ..valid()
+                },
+                "max_work_deadline_ms",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        max_running_requests: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.max_running_requests",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        max_wait_ms: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.max_wait_ms",
+            ),
+            (
+                GatewayConfig {
+                    admission: Admission {
+                        retry_after_s: 0,
+                        ..Admission::default()
+                    },
+                    ..valid()
+                },
+                "admission.retry_after_s",
+            ),
+            (
+                GatewayConfig {
+                    replay: ReplayBudget {
+                        max_bytes_per_generation: 10,
+                        max_bytes_total: 9,
+                    },
+                    ..valid()
+                },
+                "replay.max_bytes_total",
             ),
         ];
         for (config, needle) in cases {

@@ -49,11 +49,19 @@ pub type TokenStream = Pin<Box<dyn Stream<Item = Result<Step, Error>> + Send + '
 pub struct ModelCard {
     /// The model name clients pass as `model`.
     pub id: String,
-    /// Most positions (prompt + generated) one sequence may hold.
+    /// Most positions (prompt + generated) one sequence may hold; 0 while there is no model
+    /// to run (a swarm whose registry has no architecture yet).
     pub context_length: u32,
     pub vocab_size: u32,
     /// Seconds since the Unix epoch when the served weights were created.
     pub created: u64,
+}
+
+impl ModelCard {
+    /// Whether there is a model to run requests on.
+    pub fn runnable(&self) -> bool {
+        self.context_length > 0
+    }
 }
 
 /// Produces tokens for the HTTP layer. Implemented by the routed swarm engine.

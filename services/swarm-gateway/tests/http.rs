@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use neuroshard_common::ErrorKind;
 use serde_json::{Value, json};
-use support::{CONTEXT, KEY, MODEL, Mode, fixture, pieces};
+use support::{CONTEXT, KEY, MODEL, Mode, fixture, fixture_with, pieces};
 use tokio_stream::StreamExt;
 use tower::ServiceExt;
 
@@ -440,6 +440,64 @@ async fn a_dropped_stream_cancels_the_generation() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the generator stream was not dropped");
+}
+
+#[tokio::test]
+async fn one_request_over_the_running_limit_gets_429_with_retry_after() {
+    const LIMIT: usize = 3;
+    let mut config = support::config();
+    config.admission.max_running_requests = LIMIT as u32;
+    config.admission.max_waiting_requests = 0;
+    config.admission.retry_after_s = 2;
+    let (app, generator, _) = fixture_with(config);
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    generator.set_mode(Mode::Gated(permits.clone()));
+    let body = json!({"model": MODEL, "prompt": "the fox", "max_tokens": 5, "stream": true});
+    // LIMIT + 1 streams at once; each running one stops after its first token.
+    let replies = futures_util::future::join_all(
+        (0..=LIMIT).map(|_| app.clone().oneshot(post("/v1/completions", &body))),
+    )
+    .await;
+    let (refused, mut running): (Vec<_>, Vec<_>) = replies
+        .into_iter()
+        .map(Result::unwrap)
+        .partition(|r| r.status() == StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!((refused.len(), running.len()), (1, LIMIT));
+    assert!(running.iter().all(|r| r.status() == StatusCode::OK));
+    let refused = refused.into_iter().next().unwrap();
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "2");
+    let body_bytes = axum::body::to_bytes(refused.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let error: Value = serde_json::from_slice(&body_bytes).unwrap();
+    assert_eq!(error["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(error["error"]["code"], "server_busy");
+    assert_eq!(
+        generator.jobs().len(),
+        LIMIT,
+        "the refused request never started"
+    );
+
+    // A client that goes away gives its turn back.
+    drop(running.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = app
+            .clone()
+            .oneshot(post("/v1/completions", &body))
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the turn was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    permits.add_permits(100);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! From a validated [`Plan`] to the HTTP answer, the last stage of a generation request:
 //!
-//! 1. [`answer_plan`] starts one generator job per choice, all at once;
+//! 1. [`answer_plan`] waits for the request's turn (admission, 429 when the gateway is full),
+//!    then starts one generator job per choice, all at once, each holding the turn;
 //! 2. each choice runs as a task ([`decode`]) that turns its sampled tokens into released text,
 //!    cutting at stop sequences ([`stop`]), and sends its events into one shared channel;
 //! 3. the events are answered [`whole`] (one JSON document once every choice is done) or
@@ -16,6 +17,7 @@ pub mod whole;
 use axum::response::Response;
 use neuroshard_runtime::telemetry::names::gateway;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
 use decode::{ChoiceRules, Tagged};
 use streamed::StreamSpec;
@@ -23,7 +25,8 @@ use streamed::StreamSpec;
 use crate::api::params::Plan;
 use crate::api::response::{Endpoint, ResponseMeta};
 use crate::api::wire::{new_id, unix_now};
-use crate::generator::GenerationJob;
+use crate::generator::{GenerationJob, TokenStream};
+use crate::http::admission::Turn;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::http::telemetry::RequestClock;
@@ -44,9 +47,10 @@ pub async fn answer_plan(
         created: unix_now(),
         model: model.id,
     };
+    let turn = state.admission().admit().await?;
     let prompt_tokens = u32::try_from(plan.prompt.len()).unwrap_or(u32::MAX);
     metrics::counter!(gateway::PROMPT_TOKENS).increment(u64::from(prompt_tokens));
-    let events = start_choices(state, &meta, &plan);
+    let events = start_choices(state, &meta, &plan, &turn);
     if plan.stream {
         let spec = StreamSpec {
             meta,
@@ -61,8 +65,13 @@ pub async fn answer_plan(
 }
 
 /// Starts every choice. With several choices each job is named `<id>-<index>`, so their
-/// sessions on the workers stay apart.
-fn start_choices(state: &AppState, meta: &ResponseMeta, plan: &Plan) -> mpsc::Receiver<Tagged> {
+/// sessions on the workers stay apart. Each choice's token stream holds `turn` until it ends.
+fn start_choices(
+    state: &AppState,
+    meta: &ResponseMeta,
+    plan: &Plan,
+    turn: &Turn,
+) -> mpsc::Receiver<Tagged> {
     let clock = RequestClock::start(meta.endpoint.path());
     let (tx, rx) = mpsc::channel(EVENTS_PER_CHOICE * plan.n as usize);
     for index in 0..plan.n {
@@ -77,7 +86,7 @@ fn start_choices(state: &AppState, meta: &ResponseMeta, plan: &Plan) -> mpsc::Re
             max_tokens: plan.max_tokens,
             sampling: plan.sampling_for(index),
         };
-        let tokens = state.generator().generate(job);
+        let tokens = holding(turn.clone(), state.generator().generate(job));
         let rules = ChoiceRules {
             index,
             max_tokens: plan.max_tokens,
@@ -93,4 +102,12 @@ fn start_choices(state: &AppState, meta: &ResponseMeta, plan: &Plan) -> mpsc::Re
         );
     }
     rx
+}
+
+/// `tokens`, keeping `turn` until the stream is dropped (finished, failed or cancelled).
+fn holding(turn: Turn, tokens: TokenStream) -> TokenStream {
+    Box::pin(tokens.map(move |step| {
+        let _held = &turn;
+        step
+    }))
 }

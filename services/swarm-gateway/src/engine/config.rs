@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use neuroshard_runtime::tls::TlsFiles;
 
+use super::deadlines::WorkDeadlines;
 use crate::config::GatewayConfig;
 
 /// How the engine reaches the swarm and how patient it is.
@@ -20,8 +21,14 @@ pub struct EngineConfig {
     pub eos_token: Option<u32>,
     /// Deadline of one decode hop; past it the hop moves to another holder.
     pub hop_deadline: Duration,
-    /// Deadline of a prefill or replay hop (whole prompts take longer than one token).
+    /// Fixed part of a prefill or replay hop's deadline, to which the positions times their
+    /// expected cost times `work_deadline_margin` is added (see `deadlines`); also the most
+    /// a busy node's decode hop is stretched to.
     pub prefill_deadline: Duration,
+    /// Times the expected compute time of a prefill or replay hop.
+    pub work_deadline_margin: f64,
+    /// The most any hop may take.
+    pub max_work_deadline: Duration,
     /// Failovers one request may go through before it fails.
     pub max_failovers: u32,
     /// The registry's replica target, for the status document.
@@ -29,6 +36,11 @@ pub struct EngineConfig {
     /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Most bytes of hidden state one generation keeps for replay; past it, a failover
+    /// recomputes the replacement's input from the token ids.
+    pub replay_bytes_per_generation: u64,
+    /// Most bytes of hidden state all generations keep together.
+    pub replay_bytes_total: u64,
     /// Largest gRPC message to or from a worker.
     pub max_message_bytes: usize,
     /// How long [`SwarmEngine::connect`](super::SwarmEngine::connect) waits for the first assignment.
@@ -38,6 +50,15 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// How prefill and replay deadlines grow with their work.
+    pub fn work_deadlines(&self) -> WorkDeadlines {
+        WorkDeadlines {
+            floor: self.prefill_deadline,
+            margin: self.work_deadline_margin,
+            ceiling: self.max_work_deadline,
+        }
+    }
+
     pub fn new(registry: impl Into<String>, model_name: impl Into<String>) -> Self {
         Self {
             registry: registry.into(),
@@ -46,10 +67,14 @@ impl EngineConfig {
             eos_token: None,
             hop_deadline: Duration::from_millis(200),
             prefill_deadline: Duration::from_secs(5),
+            work_deadline_margin: 3.0,
+            max_work_deadline: Duration::from_secs(120),
             max_failovers: 8,
             min_replicas: 2,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
+            replay_bytes_per_generation: 64 << 20,
+            replay_bytes_total: 2 << 30,
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(30),
             node_pids_file: None,
@@ -63,11 +88,15 @@ impl EngineConfig {
             eos_token,
             hop_deadline: Duration::from_millis(config.per_hop_deadline_ms),
             prefill_deadline: Duration::from_millis(config.prefill_deadline_ms),
+            work_deadline_margin: config.work_deadline_margin,
+            max_work_deadline: Duration::from_millis(config.max_work_deadline_ms),
             max_failovers: config.max_failovers,
             min_replicas: config.min_replicas,
             backoff: Duration::from_millis(config.backoff_ms),
             max_backoff: Duration::from_millis(config.max_backoff_ms),
             node_pids_file: config.node_pids_file.clone(),
+            replay_bytes_per_generation: config.replay.max_bytes_per_generation,
+            replay_bytes_total: config.replay.max_bytes_total,
             ..Self::new(&config.registry, &config.model)
         }
     }

@@ -5,14 +5,18 @@
 //! (one node or a chain of them), each new node rebuilds the session's KV cache by replaying
 //! everything the old node had consumed, and the step continues where it stopped. To replay
 //! without bothering upstream nodes, the gateway keeps each hop's consumed input: token ids
-//! for the first hop, hidden states `[1, positions, hidden]` for the others. Sampling happens
-//! here with a seeded sampler, so the tokens are the same with or without a failure.
+//! for the first hop, hidden states `[1, positions, hidden]` for the others, within a memory
+//! budget ([`super::replay`]). Past the budget only the token ids are kept, and a new node's
+//! input is recomputed when it is needed: every hop before it replays its own session from the
+//! token ids, each passing its output to the next, and the step starts again from the first
+//! hop. Sampling happens here with a seeded sampler, so the tokens are the same with or
+//! without a failure, and with or without the budget.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use neuroshard_common::tensor::{Limits, decode_f32};
+use neuroshard_common::tensor::{Limits, check, decode_f32};
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
 use neuroshard_runtime::telemetry::names::gateway;
@@ -20,7 +24,9 @@ use neuroshard_text::sampling::Sampler;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::deadlines::published_ms_per_position;
 use super::hops::{Hop, HopError, HopInput};
+use super::replay::HopHistories;
 use super::routing::{best_chain, uncovered};
 use super::state::{EngineState, epoch_ms};
 use crate::generator::{FinishReason, GenerationJob, Step};
@@ -30,6 +36,20 @@ use crate::generator::{FinishReason, GenerationJob, Step};
 struct RouteHop {
     hop: Hop,
     needs_replay: bool,
+}
+
+/// Why an attempt at a hop did not produce its output.
+enum CallError {
+    /// The node failed: the hop moves to another holder.
+    Hop(HopError),
+    /// The hop's node must replay, and its input is not kept: recompute it upstream.
+    Recompute,
+}
+
+impl From<HopError> for CallError {
+    fn from(error: HopError) -> Self {
+        Self::Hop(error)
+    }
 }
 
 /// How a generation ended, for the status document.
@@ -44,9 +64,8 @@ struct Generation {
     request_id: String,
     session: String,
     route: Vec<RouteHop>,
-    /// `history[k]`: hidden states hop `k` has consumed so far (`None` for hop 0, whose history
-    /// is `tokens`, and before the first step).
-    history: Vec<Option<WireTensor>>,
+    /// Hidden states each hop after the first has consumed so far, while the budget allows.
+    histories: HopHistories,
     /// Token ids the first hop has consumed so far.
     tokens: Vec<i64>,
     excluded: HashSet<String>,
@@ -75,7 +94,11 @@ pub(super) async fn run(
         request_id: job.request_id.clone(),
         session,
         route: Vec::new(),
-        history: Vec::new(),
+        histories: HopHistories::new(
+            engine.replay_memory.clone(),
+            engine.config.replay_bytes_per_generation,
+            0,
+        ),
         tokens: Vec::new(),
         excluded: HashSet::new(),
         failovers: 0,
@@ -176,7 +199,11 @@ impl Generation {
             stats.open(&hop.node_id);
         }
         drop(stats);
-        self.history = vec![None; chain.len()];
+        self.histories = HopHistories::new(
+            self.engine.replay_memory.clone(),
+            self.engine.config.replay_bytes_per_generation,
+            chain.len(),
+        );
         self.route = chain
             .into_iter()
             .map(|hop| RouteHop {
@@ -231,30 +258,50 @@ impl Generation {
         let mut k = 0;
         while k < self.route.len() {
             let config = &self.engine.config;
-            let deadline = if prefill {
-                config.prefill_deadline
+            let positions = current.positions();
+            // A prefill's work grows with the prompt; a decode step is one position.
+            let (deadline, ceiling) = if prefill {
+                (self.work_deadline(k, positions), config.max_work_deadline)
             } else {
-                self.engine.stats().hop_deadline(
+                let deadline = self.engine.stats().hop_deadline(
                     &self.route[k].hop.node_id,
                     config.hop_deadline,
                     config.prefill_deadline,
-                )
+                );
+                (deadline, config.prefill_deadline)
             };
-            match self.call(k, current.clone(), position, deadline).await {
+            match self
+                .call(k, current.clone(), position, deadline, ceiling)
+                .await
+            {
                 Ok((output, elapsed)) => {
                     let node = &self.route[k].hop.node_id;
                     metrics::histogram!(gateway::HOP_SECONDS, "phase" => if prefill { "prefill" } else { "decode" })
                         .record(elapsed.as_secs_f64());
-                    if !prefill {
+                    if prefill {
+                        self.engine.stats().record_work(node, positions, elapsed);
+                    } else {
                         self.engine.stats().record_latency(node, elapsed);
                     }
                     if let HopInput::Hidden(hidden) = &current {
-                        append_rows(&mut self.history[k], hidden)?;
+                        self.histories.append(k, hidden)?;
                     }
                     current = HopInput::Hidden(output);
                     k += 1;
                 }
-                Err(e) => self.fail_over(k, e).await?,
+                Err(CallError::Hop(e)) => self.fail_over(k, e).await?,
+                Err(CallError::Recompute) => {
+                    // Every hop before `k` rebuilds its own session from the token ids, each
+                    // handing its replay output to the next, and the step starts over: the
+                    // hops already past it this step re-run it on their rebuilt sessions.
+                    self.histories.stop_keeping();
+                    for hop in &mut self.route[..k] {
+                        hop.needs_replay = true;
+                    }
+                    tracing::debug!(request_id = %self.request_id, hop = k, "recomputing a replay input from the token ids");
+                    current = HopInput::Tokens(input.to_vec());
+                    k = 0;
+                }
             }
         }
         let HopInput::Hidden(logits) = current else {
@@ -263,23 +310,44 @@ impl Generation {
         decode_f32(&logits, "logits", &Limits::default())
     }
 
-    /// One attempt at hop `k`: rebuild the node's session first when it is new to it.
+    /// The deadline of hop `k` computing `positions` positions at once (a prefill or a
+    /// replay): it grows with what one position is expected to cost on the node, measured by
+    /// this gateway if it can, else as the registry publishes it.
+    fn work_deadline(&self, k: usize, positions: usize) -> Duration {
+        let node = &self.route[k].hop.node_id;
+        let measured = self.engine.stats().ms_per_position(node);
+        let cost = measured.or_else(|| {
+            let view = self.engine.view();
+            let n = view.node(node)?;
+            published_ms_per_position(n.tokens_per_s, n.observed_tokens_per_s)
+        });
+        self.engine
+            .config
+            .work_deadlines()
+            .deadline(positions, cost)
+    }
+
+    /// One attempt at hop `k`: rebuild the node's session first when it is new to it. The
+    /// forward has `deadline`, stretched up to `ceiling` while the node shows it is alive.
     async fn call(
         &mut self,
         k: usize,
         input: HopInput,
         position: u32,
         deadline: Duration,
-    ) -> Result<(WireTensor, Duration), HopError> {
+        ceiling: Duration,
+    ) -> Result<(WireTensor, Duration), CallError> {
         let hop = self.route[k].hop.clone();
         if self.route[k].needs_replay {
-            let history = match (k, &self.history[k]) {
-                (0, _) => HopInput::Tokens(self.tokens.clone()),
-                (_, Some(hidden)) => HopInput::Hidden(hidden.clone()),
-                (_, None) => {
-                    return Err(HopError::Failed(format!("no history to replay on hop {k}")));
+            let history = if k == 0 {
+                HopInput::Tokens(self.tokens.clone())
+            } else {
+                match self.histories.replay_input(k) {
+                    Some(hidden) => HopInput::Hidden(hidden),
+                    None => return Err(CallError::Recompute),
                 }
             };
+            let positions = history.positions();
             let replayed = self
                 .engine
                 .hops
@@ -287,29 +355,59 @@ impl Generation {
                     &hop,
                     &self.session,
                     history,
-                    self.engine.config.prefill_deadline,
+                    self.work_deadline(k, positions),
+                    self.engine.config.max_work_deadline,
                 )
                 .await?;
-            // A new node downstream (a multi-node replacement) replays from this one's output.
+            self.check_output(k, &replayed.tensor, positions)?;
+            self.engine
+                .stats()
+                .record_work(&hop.node_id, positions, replayed.elapsed);
+            // A node downstream that replays next (a multi-node replacement, or a recompute)
+            // replays from this one's output.
             if k + 1 < self.route.len() && self.route[k + 1].needs_replay {
-                self.history[k + 1] = Some(replayed.tensor);
+                self.histories.set_replayed(k + 1, replayed.tensor);
             }
             self.route[k].needs_replay = false;
             metrics::counter!(gateway::REPLAYS).increment(1);
         }
+        let positions = input.positions();
         let out = self
             .engine
             .hops
-            .forward(
-                &hop,
-                &self.session,
-                input,
-                position,
-                deadline,
-                self.engine.config.prefill_deadline,
-            )
+            .forward(&hop, &self.session, input, position, deadline, ceiling)
             .await?;
+        self.check_output(k, &out.tensor, positions)?;
         Ok((out.tensor, out.elapsed))
+    }
+
+    /// What hop `k`'s node computed for `positions` positions must be a well-formed, finite
+    /// tensor of the right shape: `[1, positions, hidden]` from an inner hop, last-position
+    /// logits `[1, 1, vocab]` from the last. Anything else (NaN from a broken kernel, say) is
+    /// the node's failure, not the request's: the hop moves to another holder and the node is
+    /// backed off, as for any failed hop.
+    fn check_output(
+        &self,
+        k: usize,
+        output: &WireTensor,
+        positions: usize,
+    ) -> Result<(), HopError> {
+        check(output, "output", &Limits::default(), true)
+            .map_err(|e| HopError::Failed(format!("bad output: {}", e.message)))?;
+        let last = k + 1 == self.route.len();
+        let rows = if last { 1 } else { positions as i64 };
+        match output.shape[..] {
+            [1, n, width] if n == rows && width > 0 => Ok(()),
+            _ => Err(HopError::Failed(format!(
+                "bad output: shape {:?} for {positions} positions{}",
+                output.shape,
+                if last {
+                    " (expected last-position logits)"
+                } else {
+                    ""
+                }
+            ))),
+        }
     }
 
     /// Moves hop `k` to other holders of its span after `error`.
@@ -361,8 +459,7 @@ impl Generation {
                 .map(|hop| RouteHop { hop, needs_replay }),
         );
         // The first replacement keeps hop k's history; inner boundaries get theirs from replay.
-        self.history
-            .splice(k + 1..k + 1, std::iter::repeat_n(None, extra));
+        self.histories.split(k, extra);
         self.publish_route();
         // Best effort: the old node may still hold the session.
         let hops = self.engine.clone();
@@ -388,52 +485,5 @@ impl Generation {
         for r in &route {
             self.engine.hops.end(&r.hop, &self.session).await;
         }
-    }
-}
-
-/// Appends the positions of `rows` (`[1, n, hidden]`) to `history` (`[1, m, hidden]`).
-fn append_rows(history: &mut Option<WireTensor>, rows: &WireTensor) -> Result<(), Error> {
-    match history {
-        None => *history = Some(rows.clone()),
-        Some(h) => {
-            let same_width = h.shape.len() == 3
-                && rows.shape.len() == 3
-                && h.shape[2] == rows.shape[2]
-                && h.dtype == rows.dtype;
-            if !same_width {
-                return Err(Error::internal(format!(
-                    "hidden states changed shape mid-request: {:?} then {:?}",
-                    h.shape, rows.shape
-                )));
-            }
-            h.shape[1] += rows.shape[1];
-            h.data.extend_from_slice(&rows.data);
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use neuroshard_common::tensor::encode_f32;
-
-    use super::*;
-
-    #[test]
-    fn history_rows_concatenate_along_positions() {
-        let mut history = None;
-        append_rows(
-            &mut history,
-            &encode_f32(&[1, 2, 3], &[1., 2., 3., 4., 5., 6.]),
-        )
-        .unwrap();
-        append_rows(&mut history, &encode_f32(&[1, 1, 3], &[7., 8., 9.])).unwrap();
-        let h = history.unwrap();
-        assert_eq!(h.shape, [1, 3, 3]);
-        let values = decode_f32(&h, "h", &Limits::default()).unwrap();
-        assert_eq!(values, [1., 2., 3., 4., 5., 6., 7., 8., 9.]);
-        let mut history = Some(h);
-        let err = append_rows(&mut history, &encode_f32(&[1, 1, 2], &[1., 2.])).unwrap_err();
-        assert!(err.message.contains("changed shape"), "{}", err.message);
     }
 }

@@ -34,6 +34,20 @@ pub enum HopInput {
     Hidden(WireTensor),
 }
 
+impl HopInput {
+    /// How many positions the hop computes.
+    pub fn positions(&self) -> usize {
+        match self {
+            Self::Tokens(tokens) => tokens.len(),
+            Self::Hidden(hidden) => hidden
+                .shape
+                .get(1)
+                .and_then(|&n| usize::try_from(n).ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// One node of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {
@@ -167,16 +181,20 @@ impl HopClient {
         output(response.output, started)
     }
 
-    /// Rebuilds `session`'s cache on `hop` from everything before the current step.
+    /// Rebuilds `session`'s cache on `hop` from everything before the current step. Like a
+    /// forward, the call outlives `deadline` while the node answers its liveness probe, up to
+    /// `ceiling`.
     pub async fn replay(
         &self,
         hop: &Hop,
         session: &str,
         input: HopInput,
         deadline: Duration,
+        ceiling: Duration,
     ) -> Result<HopOutput, HopError> {
         let started = Instant::now();
-        let mut client = self.worker(self.channel(&hop.endpoint, deadline).await?);
+        let channel = self.channel(&hop.endpoint, deadline).await?;
+        let mut client = self.worker(channel.clone());
         let (tokens, hidden) = split(input);
         let mut request = tonic::Request::new(ReplayRequest {
             session_id: session.to_string(),
@@ -184,12 +202,10 @@ impl HopClient {
             tokens,
             hidden,
         });
-        request.set_timeout(deadline);
+        request.set_timeout(ceiling.max(deadline));
         propagation::inject(&mut request);
-        let response = tokio::time::timeout(deadline, client.replay(request))
-            .await
-            .map_err(|_| HopError::Timeout)?
-            .map_err(classify)?;
+        let response =
+            patiently(&channel, client.replay(request), deadline, ceiling, started).await?;
         output(response.output, started)
     }
 

@@ -7,13 +7,17 @@
 //! - [`view`]: the assignment as routing sees it (pure);
 //! - [`routing`]: cheapest chain of holders tiling a layer range (pure);
 //! - [`stats`]: per-node latency, in-flight requests, back-off (pure);
+//! - [`deadlines`]: prefill and replay deadlines that grow with their work (pure);
 //! - [`tracker`]: requests and throughput for `/api/v1/status` (pure);
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
+//! - [`replay`]: the hidden states kept for replay, within memory budgets (pure);
 //! - [`generation`]: one request's prefill/decode loop with failover.
 
 pub mod config;
+pub mod deadlines;
 pub mod generation;
 pub mod hops;
+pub mod replay;
 pub mod routing;
 pub mod state;
 pub mod stats;
@@ -64,6 +68,7 @@ impl SwarmEngine {
             .unwrap_or(0);
         let engine = Arc::new(EngineState {
             hops: hops::HopClient::new(config.tls.clone(), config.max_message_bytes),
+            replay_memory: Arc::new(replay::ReplayMemory::new(config.replay_bytes_total)),
             stats: Mutex::new(StatsBook::new(config.backoff, config.max_backoff)),
             tracker: Mutex::new(Tracker::default()),
             view: RwLock::new(Arc::new(SwarmView::default())),

@@ -132,6 +132,7 @@ mod tests {
             role: Role::Worker,
             state,
             tokens_per_s: 1000.0,
+            observed_tokens_per_s: 0.0,
             memory_bytes: 1,
         }
     }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::config::EngineConfig;
 use super::hops::HopClient;
+use super::replay::ReplayMemory;
 use super::stats::StatsBook;
 use super::tracker::Tracker;
 use super::view::SwarmView;
@@ -20,6 +21,8 @@ pub(crate) struct EngineState {
     pub(super) stats: Mutex<StatsBook>,
     pub(super) tracker: Mutex<Tracker>,
     pub(super) hops: HopClient,
+    /// Hidden states all generations keep for replay, against the gateway's budget.
+    pub(super) replay_memory: Arc<ReplayMemory>,
     pub(super) training: Mutex<Option<TrainingStatus>>,
     /// Unix seconds when the engine started, the model card's `created`.
     pub(super) created: u64,

@@ -23,6 +23,8 @@ const DEVIATION_SLACK: f64 = 4.0;
 #[derive(Debug, Clone, Default)]
 struct NodeStats {
     latency_ms: Option<f64>,
+    /// Moving average of milliseconds per position over prefill and replay hops.
+    work_ms_per_position: Option<f64>,
     deviation_ms: f64,
     in_flight: u32,
     consecutive_failures: u32,
@@ -61,6 +63,27 @@ impl StatsBook {
             }
         });
         stats.consecutive_failures = 0;
+    }
+
+    /// A hop computing `positions` positions at once (a prefill or a replay) took `elapsed`.
+    pub fn record_work(&mut self, node: &str, positions: usize, elapsed: Duration) {
+        if positions == 0 {
+            return;
+        }
+        let stats = self.nodes.entry(node.to_string()).or_default();
+        let ms = elapsed.as_secs_f64() * 1000.0 / positions as f64;
+        stats.work_ms_per_position = Some(match stats.work_ms_per_position {
+            Some(old) => old + LATENCY_ALPHA * (ms - old),
+            None => ms,
+        });
+        stats.consecutive_failures = 0;
+    }
+
+    /// What one position is measured to cost on `node`: from its prefills and replays, else
+    /// its decode latency (one position a hop: an overestimate, the safe side for a deadline).
+    pub fn ms_per_position(&self, node: &str) -> Option<f64> {
+        let stats = self.nodes.get(node)?;
+        stats.work_ms_per_position.or(stats.latency_ms)
     }
 
     /// A hop failed: avoid the node for `base × 2^(failures-1)`, capped.
@@ -190,6 +213,21 @@ mod tests {
             book.open("n");
         }
         assert_eq!(book.hop_deadline("n", floor, ceiling), ceiling);
+    }
+
+    #[test]
+    fn cost_per_position_comes_from_many_position_hops_else_decode_latency() {
+        let mut book = StatsBook::new(Duration::from_secs(1), Duration::from_secs(1));
+        assert_eq!(book.ms_per_position("n"), None);
+        book.record_latency("n", Duration::from_millis(30));
+        assert_eq!(book.ms_per_position("n"), Some(30.0));
+        // 400 positions in 800 ms: 2 ms each, preferred to the decode latency.
+        book.record_work("n", 400, Duration::from_millis(800));
+        assert_eq!(book.ms_per_position("n"), Some(2.0));
+        book.record_work("n", 100, Duration::from_millis(700));
+        assert!((book.ms_per_position("n").unwrap() - 3.0).abs() < 1e-9);
+        book.record_work("n", 0, Duration::from_secs(9));
+        assert!((book.ms_per_position("n").unwrap() - 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub struct NodeView {
     /// As the registry sent it; [`neuroshard_common::role::wire_role_name`] names it.
     pub role: Role,
     pub state: NodeState,
+    /// What the node claims.
     pub tokens_per_s: f64,
+    /// What observers measured of it (0 until measured).
+    pub observed_tokens_per_s: f64,
     pub memory_bytes: u64,
 }
 
@@ -53,6 +56,7 @@ impl SwarmView {
                     role: Role::try_from(n.role).unwrap_or(Role::Unspecified),
                     state: NodeState::try_from(n.state).unwrap_or(NodeState::Unspecified),
                     tokens_per_s: capacity.tokens_per_second,
+                    observed_tokens_per_s: n.observed_tokens_per_second,
                     memory_bytes: capacity.usable_memory_bytes,
                 }
             })

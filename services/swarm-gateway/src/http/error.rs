@@ -19,6 +19,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A stable machine-readable code (`invalid_api_key`, `model_not_found`, …).
     pub code: Option<&'static str>,
+    /// Seconds the client should wait before trying again (the `Retry-After` header).
+    pub retry_after_s: Option<u32>,
 }
 
 /// The JSON body: `{"error": {...}}`.
@@ -48,6 +50,7 @@ impl ApiError {
             kind: type_for(status),
             param: None,
             code: None,
+            retry_after_s: None,
         }
     }
 
@@ -111,6 +114,18 @@ impl ApiError {
         .with_code("model_not_found")
     }
 
+    /// The model is known but cannot run yet: the swarm has no architecture (no layers
+    /// assigned). The request may well succeed later.
+    pub fn model_not_ready(model: &str) -> Self {
+        Self::new(
+            ErrorKind::Unavailable,
+            format!(
+                "The model `{model}` is not ready: the swarm has no architecture yet (no layers are assigned). Try again later."
+            ),
+        )
+        .with_code("model_not_ready")
+    }
+
     /// The prompt, or the prompt plus the tokens asked for, exceed the model's context.
     pub fn context_length_exceeded(param: &str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
@@ -135,6 +150,16 @@ impl ApiError {
         )
         .with_code("unsupported_media_type");
         e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        e
+    }
+
+    /// The gateway runs as many requests as it may and its waiting line is full: 429 with
+    /// `Retry-After`, as OpenAI answers a rate limit.
+    pub fn server_busy(message: impl Into<String>, retry_after_s: u32) -> Self {
+        let mut e = Self::new(ErrorKind::ResourceExhausted, message).with_code("server_busy");
+        e.status = StatusCode::TOO_MANY_REQUESTS;
+        e.kind = "rate_limit_exceeded";
+        e.retry_after_s = Some(retry_after_s);
         e
     }
 
@@ -188,7 +213,13 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -239,6 +270,18 @@ mod tests {
             ApiError::unsupported_media_type().status,
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
+        let not_ready = ApiError::model_not_ready("m");
+        assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (not_ready.kind, not_ready.code),
+            ("server_error", Some("model_not_ready"))
+        );
+        let busy = ApiError::server_busy("full", 2);
+        assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json(&busy)["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(json(&busy)["error"]["code"], "server_busy");
+        let response = busy.into_response();
+        assert_eq!(response.headers()["retry-after"], "2");
         let ctx = ApiError::context_length_exceeded("messages", "too long");
         assert_eq!(ctx.status, StatusCode::BAD_REQUEST);
         assert_eq!(ctx.code, Some("context_length_exceeded"));

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use neuroshard_common::Error;
 use neuroshard_text::tokenizer::TextTokenizer;
 
+use super::admission::AdmissionGate;
 use super::api_keys::ApiKeys;
 use super::telemetry;
 use crate::config::GatewayConfig;
@@ -24,6 +25,7 @@ struct AppResources {
     generator: Arc<dyn Generator>,
     tokenizer: Arc<TextTokenizer>,
     api_keys: ApiKeys,
+    admission: AdmissionGate,
     metrics: PrometheusHandle,
 }
 
@@ -55,6 +57,7 @@ impl AppState {
         Ok(Self {
             resources: Arc::new(AppResources {
                 api_keys: ApiKeys::new(&config.api_keys),
+                admission: AdmissionGate::new(&config.admission),
                 metrics: telemetry::prometheus()?,
                 config,
                 generator,
@@ -77,6 +80,10 @@ impl AppState {
 
     pub fn api_keys(&self) -> &ApiKeys {
         &self.resources.api_keys
+    }
+
+    pub fn admission(&self) -> &AdmissionGate {
+        &self.resources.admission
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

@@ -9,7 +9,7 @@ use axum::response::Response;
 use neuroshard_common::Error;
 use neuroshard_text::tokenizer::TextTokenizer;
 
-use super::models::served_model;
+use super::models::runnable_model;
 use crate::answer::answer_plan;
 use crate::api::chat::ChatRequest;
 use crate::api::completions::CompletionRequest;
@@ -23,7 +23,7 @@ pub async fn completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let card = served_model(&state, &request.model)?;
+    let card = runnable_model(&state, &request.model)?;
     request.check_unsupported()?;
     let prompt = tokenize(state.tokenizer(), request.prompt_text()?.to_owned()).await?;
     let plan = request
@@ -37,7 +37,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let card = served_model(&state, &request.model)?;
+    let card = runnable_model(&state, &request.model)?;
     request.check_unsupported()?;
     let knobs = request.knobs()?;
     let prompt = tokenize(state.tokenizer(), request.prompt_text()?).await?;

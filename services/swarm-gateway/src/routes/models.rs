@@ -35,3 +35,14 @@ pub fn served_model(state: &AppState, model: &str) -> Result<ModelCard, ApiError
         Err(ApiError::model_not_found(model))
     }
 }
+
+/// The model card for a generation request: the served model, with something to run it on.
+/// Before the swarm has an architecture that is 503, not a context-length error.
+pub fn runnable_model(state: &AppState, model: &str) -> Result<ModelCard, ApiError> {
+    let card = served_model(state, model)?;
+    if card.runnable() {
+        Ok(card)
+    } else {
+        Err(ApiError::model_not_ready(&card.id))
+    }
+}

@@ -201,9 +201,14 @@ pub fn config() -> GatewayConfig {
 
 /// The app over a fresh fake generator, with the generator and tokenizer for predictions.
 pub fn fixture() -> (axum::Router, Arc<FakeGenerator>, TextTokenizer) {
+    fixture_with(config())
+}
+
+/// [`fixture`] with another configuration.
+pub fn fixture_with(config: GatewayConfig) -> (axum::Router, Arc<FakeGenerator>, TextTokenizer) {
     let tok = tokenizer();
     let generator = FakeGenerator::new(&tok);
-    let state = AppState::new(config(), tok.clone(), generator.clone()).unwrap();
+    let state = AppState::new(config, tok.clone(), generator.clone()).unwrap();
     (app(state), generator, tok)
 }
 
