@@ -43,6 +43,9 @@ fn start() -> Fixture {
     let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
     options.http_port = 0;
     options.api_key = KEY.into();
+    // The worker killed below stays down: the failover and the dashboard are checked against
+    // a swarm with a node gone (restarts are tested in up_command.rs).
+    options.restart = None;
     let swarm = LocalSwarm::start(&options, Duration::from_secs(120), |s| println!("{s}")).unwrap();
     Fixture {
         swarm,

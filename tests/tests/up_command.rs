@@ -1,6 +1,7 @@
 //! `neuroshard up` as a user runs it: the exact flags, the banner with the API and dashboard
 //! URLs and a curl, a request with the given key, then Ctrl-C (SIGINT) stops every process it
-//! started and the command exits 0. Also: nothing to serve is a clear error.
+//! started and the command exits 0. kill -9 of a worker: `up` restarts it, says so, and every
+//! layer has two live holders again, unattended. Also: nothing to serve is a clear error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use neuroshard_local::{free_port, http_get, http_request};
+use neuroshard_local::{free_port, http_get, http_request, spans_loaded};
+use neuroshard_runtime::tls::TlsFiles;
 
 const KEY: &str = "sk-up-test-0123456789abcd";
 
@@ -34,12 +36,32 @@ fn children(parent: u32) -> Vec<u32> {
     out
 }
 
+/// A running `neuroshard up` that a failing test still stops: Ctrl-C on drop (so it stops
+/// its own processes), SIGKILL if that does not end it.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
     let port = free_port().unwrap();
-    let mut up = Command::new(support::bin_dir().join("neuroshard"))
+    let up = Command::new(support::bin_dir().join("neuroshard"))
         .args(["up", "--workers", "4", "--checkpoint"])
         .arg(&ckpt)
         .args([
@@ -54,7 +76,8 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut up = Up(up);
+    let mut lines = BufReader::new(up.0.stdout.take().unwrap()).lines();
     let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     for line in lines.by_ref() {
@@ -78,7 +101,7 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
             "missing {expected:?} in:\n{banner}"
         );
     }
-    let started = children(up.id());
+    let started = children(up.0.id());
     assert_eq!(
         started.len(),
         6,
@@ -104,12 +127,12 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
 
     // Ctrl-C: everything stops and the command exits cleanly.
     let sent = Command::new("kill")
-        .args(["-INT", &up.id().to_string()])
+        .args(["-INT", &up.0.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = up.wait().unwrap();
+    let status = up.0.wait().unwrap();
     assert!(
         status.success(),
         "exit {status}; output after Ctrl-C: {rest:?}"
@@ -124,6 +147,241 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
         assert!(!alive, "process {pid} outlived neuroshard up");
     }
     assert!(http_get(port, "/healthz", Duration::from_secs(1)).is_err());
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Layers whose live holders number fewer than two, in the status document.
+fn under_replicated(status: &serde_json::Value) -> Vec<u64> {
+    let live: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "live")
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    status["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["holders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h.as_str().is_some_and(|h| live.contains(&h)))
+                .count()
+                < 2
+        })
+        .map(|l| l["index"].as_u64().unwrap())
+        .collect()
+}
+
+/// `neuroshard up --workers 4` (every node full), kill -9 of a worker: `up` restarts it with
+/// the same key, it re-registers as the same node and loads a span, and every layer is held
+/// by two live nodes again within 60 s, without anyone doing anything. kill -9 of the
+/// registry, then of the gateway: each is restarted and the swarm answers again. Ctrl-C
+/// afterwards restarts nothing and leaves nothing running.
+#[test]
+fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
+    let port = free_port().unwrap();
+    let state = dir.path().join("state");
+    let up = Command::new(support::bin_dir().join("neuroshard"))
+        .args(["up", "--workers", "4", "--checkpoint"])
+        .arg(&ckpt)
+        .args([
+            "--http-port",
+            &port.to_string(),
+            "--api-key",
+            KEY,
+            "--state-dir",
+        ])
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = Up(up);
+    // Everything `up` prints, as it prints it.
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let printed = printed.clone();
+        let stdout = up.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                printed.lock().unwrap().push(line);
+            }
+        })
+    };
+    let has = |text: &str| printed.lock().unwrap().iter().any(|l| l.contains(text));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !has("Ctrl-C stops everything") {
+        assert!(
+            Instant::now() < deadline && up.0.try_wait().unwrap().is_none(),
+            "no banner: {:?}",
+            printed.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let auth = format!("Bearer {KEY}");
+    let timeout = Duration::from_secs(30);
+    let status = || {
+        let r = http_request(
+            port,
+            "GET",
+            "/api/v1/status",
+            &[("Authorization", &auth)],
+            "",
+            timeout,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        json(&r.body)
+    };
+    let before = status();
+    assert!(under_replicated(&before).is_empty(), "{before}");
+    // The victim: a holder of layer 0.
+    let victim = before["layers"][0]["holders"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let node = |doc: &serde_json::Value| {
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == victim.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{victim} not in {doc}"))
+    };
+    let old_pid = node(&before)["pid"].as_u64().unwrap() as u32;
+    assert!(children(up.0.id()).contains(&old_pid));
+    let killed = Instant::now();
+    support::signal(old_pid, "KILL");
+
+    // Unattended: restarted (a new pid, a child of `up`), live again with its span loaded,
+    // and every layer held by two live nodes.
+    let recovered = loop {
+        let doc = status();
+        let shown = node(&doc);
+        let new_pid = shown["pid"].as_u64().map(|p| p as u32);
+        if new_pid.is_some_and(|p| p != old_pid)
+            && shown["state"] == "live"
+            && shown["span"][1].as_u64() > shown["span"][0].as_u64()
+            && under_replicated(&doc).is_empty()
+            && spans_loaded(&doc, &TlsFiles::default()) == 4
+        {
+            break doc;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "not whole again 60 s after kill -9 of {victim}: {doc}\n{:?}",
+            printed.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    println!(
+        "two live holders per layer again {:.1} s after kill -9",
+        killed.elapsed().as_secs_f64()
+    );
+    let new_pid = node(&recovered)["pid"].as_u64().unwrap() as u32;
+    assert!(
+        children(up.0.id()).contains(&new_pid),
+        "the new worker is not up's child"
+    );
+    assert!(
+        has("(exit: signal 9), restart 1"),
+        "no restart line: {:?}",
+        printed.lock().unwrap()
+    );
+    let table: serde_json::Value =
+        json(&std::fs::read_to_string(state.join("processes.json")).unwrap());
+    let restarted: Vec<&serde_json::Value> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["restarts"] == 1)
+        .collect();
+    assert_eq!(restarted.len(), 1, "{table}");
+    assert!(
+        restarted[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker-")
+    );
+    assert_eq!(restarted[0]["pid"], new_pid);
+    assert_eq!(restarted[0]["last_exit"], "signal 9");
+    // The swarm serves again.
+    let complete = || {
+        http_request(
+            port,
+            "POST",
+            "/v1/completions",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
+            r#"{"model":"neurollm","prompt":"the king","max_tokens":8}"#,
+            timeout,
+        )
+    };
+    let reply = complete().unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The registry and the gateway come back too: kill -9 each, and the swarm answers again.
+    for service in ["layer-registry", "swarm-gateway"] {
+        let pid = children(up.0.id())
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == service)
+            })
+            .unwrap_or_else(|| panic!("no {service} process"));
+        support::signal(pid, "KILL");
+        let killed = Instant::now();
+        loop {
+            let serves = complete().is_ok_and(|r| r.status == 200);
+            if serves && has(&format!("restarted {service} (exit: signal 9), restart 1")) {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "{service} not back 60 s after kill -9: {:?}",
+                printed.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let doc = status();
+    assert!(under_replicated(&doc).is_empty(), "{doc}");
+
+    // Ctrl-C: nothing is restarted on the way down and nothing is left running.
+    let started = children(up.0.id());
+    support::signal(up.0.id(), "INT");
+    let exit = up.0.wait().unwrap();
+    reader.join().unwrap();
+    let printed = printed.lock().unwrap().clone();
+    assert!(exit.success(), "exit {exit}: {printed:?}");
+    let stopping = printed
+        .iter()
+        .position(|l| l.contains("==> stopping"))
+        .unwrap();
+    assert!(
+        !printed[stopping..]
+            .iter()
+            .any(|l| l.contains("restarted worker") || l.contains("exited (")),
+        "{printed:?}"
+    );
+    assert!(printed.iter().any(|l| l.contains("nothing left running")));
+    for pid in started {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        assert!(!alive, "process {pid} outlived neuroshard up");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `neuroshard up`: the whole swarm on this machine. Trains a checkpoint first when there is
 //! none, then starts PostgreSQL, the registry, the shard workers and the gateway as separate
-//! processes, prints where to reach them, and stops everything on Ctrl-C or SIGTERM.
+//! processes, prints where to reach them, restarts any that crashes (printing each exit and
+//! restart), and stops everything on Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let swarm = LocalSwarm::start(&options, Duration::from_secs(180), |step| {
         println!("    {step}");
     })?;
+    // Exits and restarts as they happen, e.g. "restarted worker-2 (exit: signal 9), restart 1".
+    swarm.on_event(|event| println!("    {event}"));
     let base = format!("http://127.0.0.1:{}", swarm.gateway_port);
     println!();
     println!("NeuroShard is serving {}", checkpoint.display());
@@ -64,6 +67,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  Dashboard:  {base}/");
     println!("  API key:    {api_key}");
     println!("  Logs:       {}/logs/", args.state_dir.display());
+    println!(
+        "  Processes:  {}/processes.json   (pids, restarts; a crashed process is restarted)",
+        args.state_dir.display()
+    );
     println!();
     println!("Try:");
     println!(
@@ -77,7 +84,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(neuroshard_runtime::shutdown::signal());
     println!("\n==> stopping");
+    let restarted: Vec<String> = swarm
+        .processes()
+        .into_iter()
+        .filter(|p| p.restarts > 0)
+        .map(|p| format!("{} restarted {}×", p.name, p.restarts))
+        .collect();
     swarm.stop();
+    if !restarted.is_empty() {
+        println!("while it ran: {}", restarted.join(", "));
+    }
     println!("stopped; nothing left running");
     Ok(())
 }

@@ -12,22 +12,29 @@
 //! - [`registry`]: PostgreSQL plus a layer-registry process on it ([`LocalRegistry`]), the
 //!   base of every multi-process run;
 //! - [`swarm`]: the whole local swarm ([`LocalSwarm`]): registry, shard workers in replicated
-//!   pipelines loading a checkpoint, and the gateway, ready when every layer is served twice.
+//!   pipelines loading a checkpoint, and the gateway, ready when every layer is served twice;
+//! - [`supervisor`]: keeping those processes running ([`Supervisor`]): a failed one is
+//!   started again after the back-off of [`backoff`] ([`RestartPolicy`]), and each restart is
+//!   logged and counted.
 //!
 //! A library never depends on a deployable: the harness knows the services only as binaries
 //! and the keys of their config files (the tests crate checks those against the services'
 //! config types), and it never links libtorch (checkpoints are read with
 //! `neuroshard_common::checkpoint_files`).
 
+pub mod backoff;
 pub mod configs;
 pub mod registry;
 pub mod service;
+pub mod supervisor;
 pub mod swarm;
 
+pub use backoff::RestartPolicy;
 pub use configs::{GatewayToml, RegistryToml, WorkerToml};
 pub use registry::{LocalRegistry, RegistryProcess};
 pub use service::{GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private};
-pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions};
+pub use supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
+pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions, spans_loaded};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

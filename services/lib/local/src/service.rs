@@ -47,6 +47,29 @@ impl Launcher {
         config: &toml::Table,
         env: &[(&str, &str)],
     ) -> Result<ChildGuard> {
+        self.start(binary, name, config, env, false)
+    }
+
+    /// Like [`Launcher::spawn`], but the log is kept and added to: a process started again
+    /// after a crash leaves the crash's traces for whoever looks.
+    pub fn respawn(
+        &self,
+        binary: &str,
+        name: &str,
+        config: &toml::Table,
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
+        self.start(binary, name, config, env, true)
+    }
+
+    fn start(
+        &self,
+        binary: &str,
+        name: &str,
+        config: &toml::Table,
+        env: &[(&str, &str)],
+        append: bool,
+    ) -> Result<ChildGuard> {
         let path = self.bin_dir.join(binary);
         if !path.exists() {
             return Err(LocalError(format!(
@@ -63,7 +86,12 @@ impl Launcher {
             std::fs::create_dir_all(dir)
                 .map_err(|e| LocalError(format!("creating {}: {e}", dir.display())))?;
         }
-        let log = std::fs::File::create(&log_path)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
             .map_err(|e| LocalError(format!("creating {}: {e}", log_path.display())))?;
         let log_err = log
             .try_clone()
@@ -101,6 +129,35 @@ impl Launcher {
             self.log_path(name).display()
         )))
     }
+}
+
+/// The cause a service gave for stopping, from its log: the `<binary>: error: …` line every
+/// service prints last when it fails (see `neuroshard_runtime::service_main`), else the last
+/// line, shortened. Services never log secrets, so the line can be shown as it is.
+pub fn last_error(log: &Path) -> Option<String> {
+    const MAX: usize = 400;
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let line = lines
+        .clone()
+        .rev()
+        .find(|l| !l.starts_with('{') && l.contains(": error: "))
+        .or_else(|| lines.next_back())?;
+    Some(match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    })
+}
+
+/// The error for a process that exited while the swarm was starting: how it exited, the cause
+/// from its log, and where the log is.
+pub fn exited_during_start_up(launcher: &Launcher, name: &str, exit: &str) -> LocalError {
+    let log = launcher.log_path(name);
+    let cause = last_error(&log).map_or_else(String::new, |c| format!(": {c}"));
+    LocalError(format!(
+        "{name} exited during start-up ({exit}){cause} (log: {})",
+        log.display()
+    ))
 }
 
 /// Writes a file only its owner can read (configs may hold keys).
@@ -148,11 +205,47 @@ mod tests {
         );
         let log = std::fs::read_to_string(launcher.log_path("svc")).unwrap();
         assert!(log.contains("--config"), "{log}");
+        // Started again after a crash, it adds to its log; started afresh, it replaces it.
+        let _ = launcher
+            .respawn("echo", "svc", &table, &[])
+            .unwrap()
+            .0
+            .wait();
+        let log = std::fs::read_to_string(launcher.log_path("svc")).unwrap();
+        assert_eq!(log.matches("--config").count(), 2, "{log}");
+        let _ = launcher.spawn("echo", "svc", &table, &[]).unwrap().0.wait();
+        let log = std::fs::read_to_string(launcher.log_path("svc")).unwrap();
+        assert_eq!(log.matches("--config").count(), 1, "{log}");
         let missing = launcher.spawn("nope", "nope", &table, &[]).unwrap_err();
         assert!(missing.0.contains("is missing"), "{missing}");
         let t = Instant::now() + Duration::from_millis(300);
         let port = crate::free_port().unwrap();
         let err = launcher.wait_for_port(port, t, "svc").unwrap_err();
         assert!(err.0.contains("svc.log"), "{err}");
+    }
+
+    #[test]
+    fn the_cause_of_a_failed_start_comes_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = Launcher::new(dir.path().into(), dir.path().into());
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(
+            launcher.log_path("swarm-gateway"),
+            "{\"level\":\"ERROR\",\"error\":\"x\"}\nswarm-gateway: error: listen 127.0.0.1:8080: Address in use\n{\"level\":\"INFO\"}\n",
+        )
+        .unwrap();
+        let err = exited_during_start_up(&launcher, "swarm-gateway", "code 1");
+        assert!(
+            err.0.starts_with(
+                "swarm-gateway exited during start-up (code 1): swarm-gateway: error: listen 127.0.0.1:8080: Address in use (log: "
+            ),
+            "{err}"
+        );
+        std::fs::write(launcher.log_path("w"), format!("{}\n", "x".repeat(1000))).unwrap();
+        assert_eq!(
+            last_error(&launcher.log_path("w")).unwrap().chars().count(),
+            401
+        );
+        assert_eq!(last_error(&launcher.log_path("missing")), None);
     }
 }

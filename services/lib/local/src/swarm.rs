@@ -4,8 +4,12 @@
 //! gateway.
 //!
 //! Each process gets a generated TOML config in the state directory (0600; the gateway's holds
-//! the API key) and a log file beside it. Dropping a [`LocalSwarm`] stops everything
-//! (SIGTERM, then SIGKILL after a grace period); nothing outlives it.
+//! the API key) and a log file beside it. Once the swarm is ready, a [`Supervisor`] restarts
+//! any process that fails (kill -9, a crash) with back-off, as an orchestrator would: a worker
+//! comes back with the same key and port, so it re-registers as the same node and the registry
+//! places it again. [`LocalSwarm::stop`] (SIGTERM, then SIGKILL after a grace period) and
+//! dropping a [`LocalSwarm`] end supervision first and then every process; nothing outlives
+//! it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,12 +24,17 @@ use neuroshard_common::checkpoint_files::{
 use neuroshard_common::identity::NodeKey;
 use neuroshard_runtime::tls::TlsFiles;
 
+use crate::backoff::RestartPolicy;
 use crate::configs::{GatewayToml, RegistryToml, WorkerToml};
-use crate::registry::LocalRegistry;
-use crate::service::{GATEWAY_BINARY, Launcher, WORKER_BINARY};
-use crate::{ChildGuard, LocalError, PgServer, Result, free_port, http_get};
+use crate::service::{
+    GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, exited_during_start_up,
+};
+use crate::supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
+use crate::{LocalError, PgServer, Result, free_port, http_request};
 
 const NETWORK: &str = "neuroshard-local";
+/// node id → pid of each worker, in the state directory, for the gateway's status.
+const PIDS_FILE: &str = "pids.json";
 /// How long asking one worker which span it has loaded may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping a process may take before it is killed.
@@ -61,6 +70,8 @@ pub struct SwarmOptions {
     /// require client certificates signed by it and every client presents the same pair
     /// (mutual TLS). `None`: plaintext, as loopback allows.
     pub tls: Option<TlsFiles>,
+    /// How a failed process is restarted once the swarm is up; `None`: it stays down.
+    pub restart: Option<RestartPolicy>,
 }
 
 impl SwarmOptions {
@@ -79,6 +90,7 @@ impl SwarmOptions {
             worker_threads: 1,
             env: Vec::new(),
             tls: None,
+            restart: Some(RestartPolicy::default()),
         }
     }
 
@@ -96,27 +108,30 @@ impl SwarmOptions {
 pub struct LocalWorker {
     pub node_id: String,
     pub port: u16,
-    pub process: ChildGuard,
-    /// Its generated config (no secrets: the key is a file), kept for restarts.
-    config: WorkerToml,
+    /// Supervised: the same key, port and config each time it is started.
+    pub process: ProcessHandle,
     name: String,
 }
 
-/// The running swarm. Fields drop in reverse start order: gateway, workers, registry, database.
+/// The running swarm. Supervision and every process end before PostgreSQL (field order).
 #[derive(Debug)]
 pub struct LocalSwarm {
     pub gateway_port: u16,
     pub registry_url: String,
-    gateway: ChildGuard,
     pub workers: Vec<LocalWorker>,
-    registry: LocalRegistry,
-    /// What it was started with, for restarts.
+    pub gateway: ProcessHandle,
+    pub registry: ProcessHandle,
+    supervisor: Supervisor,
+    pg: PgServer,
+    /// What it was started with.
     options: SwarmOptions,
 }
 
 impl LocalSwarm {
     /// Starts everything and waits until the gateway is ready with every worker placed and
-    /// every layer replicated (or `timeout` passes). `progress` hears each milestone.
+    /// every layer replicated (or `timeout` passes), then supervises the processes. A process
+    /// that exits before that ends the start with the cause from its log. `progress` hears
+    /// each milestone.
     pub fn start(
         options: &SwarmOptions,
         timeout: Duration,
@@ -142,7 +157,13 @@ impl LocalSwarm {
 
         let pg = PgServer::start()?;
         progress(&format!("PostgreSQL ready on port {}", pg.port));
+        let supervisor = Supervisor::new(
+            options.restart,
+            Some(logs.join("supervisor.log")),
+            Some(options.state_dir.join("processes.json")),
+        );
         let tls = options.tls.clone().unwrap_or_default();
+        let registry_port = free_port()?;
         let registry_config = RegistryToml::new(NETWORK)
             .liveness(
                 options.heartbeat_ms,
@@ -151,16 +172,32 @@ impl LocalSwarm {
             )
             .watch_poll_ms(100)
             .model(&model)?
-            .tls(&tls)?;
-        let registry = crate::registry::RegistryProcess::start(
+            .tls(&tls)?
+            .listen(registry_port)
+            .database_url(&pg.url());
+        let scheme = if registry_config.serves_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        let registry_url = format!("{scheme}://127.0.0.1:{registry_port}");
+        let registry = supervisor.add(
+            REGISTRY_BINARY,
+            spawner(
+                &launcher,
+                REGISTRY_BINARY,
+                REGISTRY_BINARY,
+                registry_config.table().clone(),
+                Vec::new(),
+            ),
+        )?;
+        wait_listening(
             &launcher,
-            crate::service::REGISTRY_BINARY,
-            &pg.url(),
-            registry_config,
+            &registry,
+            REGISTRY_BINARY,
+            registry_port,
             deadline,
         )?;
-        let registry_url = registry.url.clone();
-        let registry = LocalRegistry { registry, pg };
         progress(&format!("layer-registry ready at {registry_url}"));
 
         let scheme = if options.tls.is_some() {
@@ -181,6 +218,7 @@ impl LocalSwarm {
         let memory = u64::try_from(layers_per_stage * layer + ends + layer / 2)
             .unwrap_or(0)
             .saturating_mul(TRAINING_BYTES_PER_PARAM);
+        let threads = options.worker_threads.to_string();
         let mut workers = Vec::with_capacity(options.workers);
         for i in 0..options.workers {
             let key_file = options.state_dir.join(format!("worker-{i}.key"));
@@ -196,17 +234,21 @@ impl LocalSwarm {
                 .usable_memory_bytes(memory)
                 .heartbeat_ms(options.heartbeat_ms);
             let name = format!("worker-{i}");
-            let process = spawn_worker(&launcher, options.worker_threads, &name, &config)?;
+            // libtorch limited to the configured threads: the workers share one machine.
+            let env = vec![("OMP_NUM_THREADS".to_string(), threads.clone())];
+            let process = supervisor.add(
+                &name,
+                spawner(&launcher, WORKER_BINARY, &name, config.table().clone(), env),
+            )?;
             workers.push(LocalWorker {
                 node_id,
                 port,
                 process,
-                config,
                 name,
             });
         }
         for w in &workers {
-            launcher.wait_for_port(w.port, deadline, &w.name)?;
+            wait_listening(&launcher, &w.process, &w.name, w.port, deadline)?;
         }
         progress(&format!(
             "{} shard-workers up ({} stages × {} replicas)",
@@ -224,69 +266,120 @@ impl LocalSwarm {
         } else {
             options.http_port
         };
+        let pids_file = options.state_dir.join(PIDS_FILE);
+        let node_names: Vec<(String, String)> = workers
+            .iter()
+            .map(|w| (w.name.clone(), w.node_id.clone()))
+            .collect();
+        write_pids(&pids_file, &node_names, &supervisor.statuses())?;
+        // A restarted worker has a new pid: the gateway's status shows the one that runs.
+        let hook_file = pids_file.clone();
+        supervisor.on_spawn(move |statuses| {
+            let _ = write_pids(&hook_file, &node_names, statuses);
+        });
         let mut gateway_config =
             GatewayToml::new(gateway_port, "neurollm", &tokenizer, &registry_url)?
                 .api_key(&options.api_key, "local")
                 .per_hop_deadline_ms(options.hop_deadline_ms)
                 .backoff_ms(1_000)
                 .tls(&tls)?
-                .node_pids_file(&write_pids(&options.state_dir, &workers)?)?;
+                .node_pids_file(&pids_file)?;
         let report = options.checkpoint.join(TRAINING_REPORT_FILE);
         if report.exists() {
             gateway_config = gateway_config.training_report(&report)?;
         }
-        let gateway =
-            launcher.spawn(GATEWAY_BINARY, GATEWAY_BINARY, gateway_config.table(), &[])?;
+        let gateway = supervisor.add(
+            GATEWAY_BINARY,
+            spawner(
+                &launcher,
+                GATEWAY_BINARY,
+                GATEWAY_BINARY,
+                gateway_config.table().clone(),
+                Vec::new(),
+            ),
+        )?;
         let mut swarm = Self {
             gateway_port,
             registry_url,
-            gateway,
             workers,
+            gateway,
             registry,
+            supervisor,
+            pg,
             options: options.clone(),
         };
-        swarm.wait_ready(deadline)?;
+        swarm.wait_ready(deadline, true)?;
         progress(&format!("swarm-gateway ready on port {gateway_port}"));
+        swarm.supervisor.supervise()?;
         Ok(swarm)
     }
 
     /// Waits (up to `timeout`) until the swarm is whole again: see [`LocalSwarm::start`].
+    /// Processes may be restarting meanwhile.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
-        self.wait_ready(Instant::now() + timeout)
+        self.wait_ready(Instant::now() + timeout, false)
     }
 
-    /// Starts the worker holding `node_id` again (killing it first if it still runs), with
-    /// the same key, port and config: the node a crash took away comes back as itself.
-    /// Its log starts afresh. Returns without waiting for it to be placed.
+    /// Starts the worker holding `node_id` again now (killing it first if it still runs),
+    /// with the same key, port and config: the node a crash took away comes back as itself.
+    /// Its log is kept and added to. Returns without waiting for it to be placed.
     pub fn restart_worker(&mut self, node_id: &str) -> Result<()> {
-        let launcher = self.options.launcher();
-        let threads = self.options.worker_threads;
-        let worker = self
-            .workers
-            .iter_mut()
+        self.workers
+            .iter()
             .find(|w| w.node_id == node_id)
-            .ok_or_else(|| LocalError(format!("no local worker {node_id}")))?;
-        worker.process.kill();
-        worker.process = spawn_worker(&launcher, threads, &worker.name, &worker.config)?;
-        write_pids(&self.options.state_dir, &self.workers)?;
-        Ok(())
+            .ok_or_else(|| LocalError(format!("no local worker {node_id}")))?
+            .process
+            .restart()
+    }
+
+    /// Every process: pid, whether it runs, restarts, how the last one exited.
+    pub fn processes(&self) -> Vec<ProcessStatus> {
+        self.supervisor.statuses()
+    }
+
+    /// Calls `listener` with each exit and restart from now on (on the supervisor's thread).
+    pub fn on_event(&self, listener: impl Fn(&SupervisorEvent) + Send + 'static) {
+        self.supervisor.on_event(listener);
+    }
+
+    /// The PostgreSQL port the registry uses.
+    pub fn database_port(&self) -> u16 {
+        self.pg.port
     }
 
     /// Waits until `/readyz` answers 200 and the status shows every worker live with a span
-    /// and every layer held by at least `min(2, workers)` nodes.
-    fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+    /// and every layer held by at least `min(2, workers)` nodes. During start-up
+    /// (`start_up`), a process that exits ends the wait with its cause.
+    fn wait_ready(&mut self, deadline: Instant, start_up: bool) -> Result<()> {
         let want = self.workers.len().min(2);
+        let launcher = self.options.launcher();
+        let auth = format!("Bearer {}", self.options.api_key);
         let mut last = String::new();
         while Instant::now() < deadline {
-            if !self.gateway.running() {
-                return Err(LocalError(format!(
-                    "swarm-gateway exited during start-up: see its log in the state directory (logs/{GATEWAY_BINARY}.log)"
-                )));
+            if start_up {
+                let processes = std::iter::once((REGISTRY_BINARY, &self.registry))
+                    .chain(self.workers.iter().map(|w| (w.name.as_str(), &w.process)))
+                    .chain(std::iter::once((GATEWAY_BINARY, &self.gateway)));
+                for (name, process) in processes {
+                    if let Some(exit) = process.exit() {
+                        return Err(exited_during_start_up(&launcher, name, &exit));
+                    }
+                }
             }
             let step = Duration::from_secs(2);
-            if let Ok(ready) = http_get(self.gateway_port, "/readyz", step)
+            let get = |path: &str| {
+                http_request(
+                    self.gateway_port,
+                    "GET",
+                    path,
+                    &[("Authorization", &auth)],
+                    "",
+                    step,
+                )
+            };
+            if let Ok(ready) = get("/readyz")
                 && ready.status == 200
-                && let Ok(status) = http_get(self.gateway_port, "/api/v1/status", step)
+                && let Ok(status) = get("/api/v1/status")
             {
                 let doc: serde_json::Value = serde_json::from_str(&status.body)
                     .map_err(|e| LocalError(format!("/api/v1/status: {e}")))?;
@@ -308,7 +401,7 @@ impl LocalSwarm {
                             .all(|l| l["holders"].as_array().map(Vec::len).unwrap_or(0) >= want)
                 });
                 if live == self.workers.len() && replicated {
-                    let loaded = spans_loaded(&doc, self.options.tls.as_ref());
+                    let loaded = spans_loaded(&doc, &self.options.tls.clone().unwrap_or_default());
                     if loaded == self.workers.len() {
                         return Ok(());
                     }
@@ -331,13 +424,10 @@ impl LocalSwarm {
         )))
     }
 
-    /// Stops everything in reverse order; processes get SIGTERM and a grace period.
+    /// Ends supervision, then stops every process (gateway, workers, registry) with SIGTERM
+    /// and a grace period each.
     pub fn stop(mut self) {
-        self.gateway.terminate(GRACE);
-        for w in &mut self.workers {
-            w.process.terminate(GRACE);
-        }
-        self.registry.registry.process.terminate(GRACE);
+        self.supervisor.shutdown(Some(GRACE));
     }
 
     /// The worker holding `node_id`, if it is one of ours.
@@ -346,10 +436,58 @@ impl LocalSwarm {
     }
 }
 
-/// How many nodes of the status document report (over gRPC `Info`) that they hold the span the
-/// registry assigned them: placement is published before workers finish loading weights.
-fn spans_loaded(doc: &serde_json::Value, tls: Option<&TlsFiles>) -> usize {
-    let tls = tls.cloned().unwrap_or_default();
+/// Starts `binary` as `name` with `config`: afresh the first time, keeping its log after.
+fn spawner(
+    launcher: &Launcher,
+    binary: &str,
+    name: &str,
+    config: toml::Table,
+    env: Vec<(String, String)>,
+) -> crate::supervisor::Spawn {
+    let launcher = launcher.clone();
+    let (binary, name) = (binary.to_string(), name.to_string());
+    let mut first = true;
+    Box::new(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let child = if first {
+            launcher.spawn(&binary, &name, &config, &env)
+        } else {
+            launcher.respawn(&binary, &name, &config, &env)
+        };
+        first = false;
+        child
+    })
+}
+
+/// Waits until `process` listens on loopback `port`; fails at once, with the cause, if it
+/// exits first.
+fn wait_listening(
+    launcher: &Launcher,
+    process: &ProcessHandle,
+    name: &str,
+    port: u16,
+    deadline: Instant,
+) -> Result<()> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if let Some(exit) = process.exit() {
+            return Err(exited_during_start_up(launcher, name, &exit));
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(LocalError(format!(
+        "{name} did not start listening on port {port} in time (see {})",
+        launcher.log_path(name).display()
+    )))
+}
+
+/// How many nodes of a gateway status document report (over gRPC `Info`, dialled with `tls`)
+/// that they hold the span the registry assigned them: placement is published before workers
+/// finish loading weights.
+pub fn spans_loaded(doc: &serde_json::Value, tls: &TlsFiles) -> usize {
     let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
     // A runtime on a thread of its own, so callers inside an async runtime (tests) can use
     // this too.
@@ -359,7 +497,7 @@ fn spans_loaded(doc: &serde_json::Value, tls: Option<&TlsFiles>) -> usize {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map(|runtime| runtime.block_on(count_loaded(nodes, &tls)))
+                    .map(|runtime| runtime.block_on(count_loaded(nodes, tls)))
                     .unwrap_or(0)
             })
             .join()
@@ -397,35 +535,17 @@ async fn count_loaded(nodes: Vec<serde_json::Value>, tls: &TlsFiles) -> usize {
     loaded
 }
 
-/// Writes `state_dir/pids.json` (node id → pid) for the gateway's status document, replacing
-/// the file whole so the gateway never reads half of it. Returns its path.
-fn write_pids(state_dir: &Path, workers: &[LocalWorker]) -> Result<PathBuf> {
+/// Writes the node id → pid file the gateway's status reads, replacing it whole so the
+/// gateway never reads half of it.
+fn write_pids(path: &Path, workers: &[(String, String)], statuses: &[ProcessStatus]) -> Result<()> {
     let pids: BTreeMap<&str, u32> = workers
         .iter()
-        .map(|w| (w.node_id.as_str(), w.process.pid()))
+        .filter_map(|(name, node_id)| {
+            let status = statuses.iter().find(|s| &s.name == name)?;
+            Some((node_id.as_str(), status.pid))
+        })
         .collect();
-    let path = state_dir.join("pids.json");
-    let partial = state_dir.join("pids.json.partial");
-    let text = serde_json::to_string(&pids).map_err(|e| LocalError(e.to_string()))?;
-    std::fs::write(&partial, text)
-        .map_err(|e| LocalError(format!("writing {}: {e}", partial.display())))?;
-    std::fs::rename(&partial, &path)
-        .map_err(|e| LocalError(format!("writing {}: {e}", path.display())))?;
-    Ok(path)
-}
-
-/// Starts one shard worker with its libtorch limited to `threads`.
-fn spawn_worker(
-    launcher: &Launcher,
-    threads: usize,
-    name: &str,
-    config: &WorkerToml,
-) -> Result<ChildGuard> {
-    let threads = threads.to_string();
-    launcher.spawn(
-        WORKER_BINARY,
-        name,
-        config.table(),
-        &[("OMP_NUM_THREADS", threads.as_str())],
-    )
+    let text = serde_json::to_vec(&pids).map_err(|e| LocalError(e.to_string()))?;
+    neuroshard_common::fs::write_atomic(path, &text)
+        .map_err(|e| LocalError(format!("writing {}: {e}", path.display())))
 }
