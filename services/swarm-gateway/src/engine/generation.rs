@@ -84,7 +84,10 @@ pub(super) async fn run(
         prompt_tokens = job.prompt.len(),
         max_tokens = job.max_tokens,
     );
-    let session = format!("{}-{:08x}", job.request_id, rand::random::<u32>());
+    // Workers treat a session id as a capability: 128 random bits in hex, nothing guessable
+    // such as the request id (which the client sees).
+    let session = format!("{:032x}", rand::random::<u128>());
+    tracing::debug!(parent: &span, session = %session, "session opened");
     let prompt_tokens = u32::try_from(job.prompt.len()).unwrap_or(u32::MAX);
     engine
         .tracker()
