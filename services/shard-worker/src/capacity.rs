@@ -157,7 +157,8 @@ mod tests {
         );
         let err = usable_memory(Memory::Cuda(1), 80 * GIB, Ok(70 * GIB)).unwrap_err();
         assert!(
-            err.to_string().contains("cuda:1 has 75161927680 bytes free"),
+            err.to_string()
+                .contains("cuda:1 has 75161927680 bytes free"),
             "{err}"
         );
         let err = usable_memory(Memory::Host, 80 * GIB, Ok(8 * GIB)).unwrap_err();
@@ -180,7 +181,11 @@ mod tests {
         assert_eq!(parse_meminfo(meminfo), Some(8_159_240 * 1024));
         assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
         assert_eq!(parse_nvidia_smi_free("81037\n").unwrap(), 81_037 << 20);
-        assert!(parse_nvidia_smi_free("[N/A]\n").unwrap_err().contains("N/A"));
+        assert!(
+            parse_nvidia_smi_free("[N/A]\n")
+                .unwrap_err()
+                .contains("N/A")
+        );
         assert!(parse_nvidia_smi_free("").is_err());
         assert_eq!(nvidia_smi_id(1, None), "1");
         assert_eq!(nvidia_smi_id(1, Some("3,5")), "5");

@@ -197,8 +197,7 @@ impl Scheduler {
         };
         Ok(Pass {
             output,
-            position: u32::try_from(position)
-                .map_err(|_| Error::internal("position past u32"))?,
+            position: u32::try_from(position).map_err(|_| Error::internal("position past u32"))?,
         })
     }
 
@@ -291,7 +290,9 @@ impl Scheduler {
             .shard
             .forward_rows(self.input(&x), caches)
             .map_err(Error::from)?;
-        Ok((0..jobs.len() as i64).map(|b| out.narrow(0, b, 1)).collect())
+        Ok((0..jobs.len() as i64)
+            .map(|b| out.narrow(0, b, 1))
+            .collect())
     }
 
     /// Runs the next chunk of the longest-waiting long pass; it goes to the back of the queue

@@ -120,8 +120,17 @@ fn device_index(device: Device) -> i64 {
 /// Whether a decoder layer of `a` costs what one of `b` does: the same shape, whatever the
 /// depth or vocabulary.
 pub fn same_layer_shape(a: &ModelConfig, b: &ModelConfig) -> bool {
-    (a.hidden_size, a.num_heads, a.num_kv_heads, a.intermediate_size)
-        == (b.hidden_size, b.num_heads, b.num_kv_heads, b.intermediate_size)
+    (
+        a.hidden_size,
+        a.num_heads,
+        a.num_kv_heads,
+        a.intermediate_size,
+    ) == (
+        b.hidden_size,
+        b.num_heads,
+        b.num_kv_heads,
+        b.intermediate_size,
+    )
 }
 
 /// What this node tells the registry about itself, and the model shape its throughput was
@@ -277,7 +286,9 @@ pub async fn apply(
     let wanted = span.map(|s| (i64::from(s.start), i64::from(s.end)));
     let unchanged = match (&current, wanted) {
         (Some(l), Some((start, end))) => {
-            l.spec.start == start && l.spec.end == end && Some(l.architecture_version) == arch_version
+            l.spec.start == start
+                && l.spec.end == end
+                && Some(l.architecture_version) == arch_version
         }
         (None, None) => true,
         _ => false,

@@ -317,8 +317,8 @@ impl ShardWorker for WorkerService {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let (span, role, sessions, architecture_version) = match self.state.loaded() {
             Some(l) => {
-                let role = neuroshard_common::role::Role::from_ends(l.spec.embed, l.spec.head)
-                    .to_wire();
+                let role =
+                    neuroshard_common::role::Role::from_ends(l.spec.embed, l.spec.head).to_wire();
                 (
                     Some(LayerSpan {
                         start: l.spec.start as u32,

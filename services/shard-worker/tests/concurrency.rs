@@ -37,7 +37,12 @@ fn request(session: &str, tokens: &[i64], position: usize) -> ForwardRequest {
 }
 
 fn logits(response: &ForwardResponse) -> Vec<f32> {
-    decode_f32(response.output.as_ref().unwrap(), "logits", &Limits::default()).unwrap()
+    decode_f32(
+        response.output.as_ref().unwrap(),
+        "logits",
+        &Limits::default(),
+    )
+    .unwrap()
 }
 
 async fn client(url: &str) -> WorkerClient {
@@ -98,7 +103,10 @@ async fn control_calls_and_heartbeats_are_answered_during_a_long_prefill() {
         {
             break w;
         }
-        assert!(Instant::now() < deadline, "the worker never loaded its span");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never loaded its span"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
@@ -191,10 +199,7 @@ async fn a_session_decodes_while_another_prefills() {
         "the decoding session waited for the other's prefill ({:?} after it)",
         short_done - long_done
     );
-    let diff = max_abs_diff(
-        &logits(&last.unwrap()),
-        &last_logits(&model, &short_tokens),
-    );
+    let diff = max_abs_diff(&logits(&last.unwrap()), &last_logits(&model, &short_tokens));
     assert!(diff < 1e-3, "decoded logits differ by {diff}");
     let diff = max_abs_diff(
         &logits(&long_response),
@@ -252,5 +257,8 @@ async fn decode_steps_of_several_sessions_run_as_one_batch() {
     }
     long.await.unwrap();
     let largest = state.loaded().unwrap().compute.largest_batch();
-    assert!(largest >= 2, "decode steps never shared a pass (largest {largest})");
+    assert!(
+        largest >= 2,
+        "decode steps never shared a pass (largest {largest})"
+    );
 }

@@ -69,7 +69,10 @@ fn assert_not_yours(result: Result<impl std::fmt::Debug, Status>, session: &str,
     let err = result.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{what}: {err:?}");
     assert!(err.message().contains("session_id"), "{what}: {err:?}");
-    assert!(!err.message().contains(session), "{what} echoes the id: {err:?}");
+    assert!(
+        !err.message().contains(session),
+        "{what} echoes the id: {err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +156,10 @@ async fn without_client_certificates_guessable_session_ids_are_refused() {
         assert!(!err.message().contains(guessable), "echoes the id: {err:?}");
     }
     assert_eq!(worker.info().await.unwrap().sessions, 0, "none was opened");
-    for unguessable in [session_id(), "6f1c2a7e-93b4-4d2c-8a51-0f9e3c7b2d14".to_string()] {
+    for unguessable in [
+        session_id(),
+        "6f1c2a7e-93b4-4d2c-8a51-0f9e3c7b2d14".to_string(),
+    ] {
         let opened = worker
             .forward(forward(&unguessable, &prompt, 0))
             .await

@@ -115,7 +115,11 @@ impl Attention {
         // [batch, 1, 1, longest] bool: row b sees its first lengths[b] positions.
         let visible = Tensor::arange(longest, (Kind::Int64, x.device()))
             .unsqueeze(0)
-            .lt_tensor(&Tensor::from_slice(&lengths).to_device(x.device()).unsqueeze(1))
+            .lt_tensor(
+                &Tensor::from_slice(&lengths)
+                    .to_device(x.device())
+                    .unsqueeze(1),
+            )
             .view([batch, 1, 1, longest]);
         let out = sdpa(&q, &keys, &values, Some(&visible), false);
         self.project_out(&out, batch, 1)

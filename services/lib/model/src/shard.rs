@@ -244,10 +244,8 @@ impl Shard {
         let lengths: Vec<i64> = caches.iter().map(|c| c.len()).collect();
         let positions = Tensor::from_slice(&lengths).to_device(self.device());
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut layer_caches: Vec<&mut LayerKv> = caches
-                .iter_mut()
-                .filter_map(|c| c.layer_mut(i))
-                .collect();
+            let mut layer_caches: Vec<&mut LayerKv> =
+                caches.iter_mut().filter_map(|c| c.layer_mut(i)).collect();
             x = layer.forward_rows(&x, &self.rope, &positions, &mut layer_caches);
         }
         for cache in caches.iter_mut() {

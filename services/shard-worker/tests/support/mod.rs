@@ -13,9 +13,7 @@ use neuroshard_common::tensor::Limits;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{Shard, ShardInput, ShardSpec, init};
 use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
-use neuroshard_proto::registry::v1::layer_registry_server::{
-    LayerRegistry, LayerRegistryServer,
-};
+use neuroshard_proto::registry::v1::layer_registry_server::{LayerRegistry, LayerRegistryServer};
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, DeregisterResponse, DrainResponse, GetAssignmentRequest,
     HeartbeatResponse, NodeAssignment, NodeState, ObservationsResponse, RegisterRequest,
@@ -78,7 +76,10 @@ pub fn last_logits(model: &Shard, tokens: &[i64]) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A fresh session id with 128 random bits.
@@ -87,7 +88,9 @@ pub fn session_id() -> String {
 }
 
 pub fn tokens(n: usize, salt: i64) -> Vec<i64> {
-    (0..n as i64).map(|i| (i * 31 + salt * 7 + 3) % 256).collect()
+    (0..n as i64)
+        .map(|i| (i * 31 + salt * 7 + 3) % 256)
+        .collect()
 }
 
 /// A worker state holding `shard`, with `options` for its compute thread.
@@ -237,10 +240,7 @@ impl LayerRegistry for FakeRegistry {
         Err(Status::unimplemented("not in this test"))
     }
 
-    async fn report_observations(
-        &self,
-        _: Request<SignedEnvelope>,
-    ) -> Reply<ObservationsResponse> {
+    async fn report_observations(&self, _: Request<SignedEnvelope>) -> Reply<ObservationsResponse> {
         Err(Status::unimplemented("not in this test"))
     }
 }
