@@ -551,13 +551,16 @@ mod tests {
         wait_for("the restart", || handle.restarts() == 1 && handle.running());
         assert_ne!(handle.pid(), first);
         assert!(alive(handle.pid()));
-        let events = events.lock().unwrap().clone();
-        assert!(
+        // The counter moves under the state's lock; the report (status file, then listeners
+        // and the log) follows just after it, outside the lock.
+        let reported = || {
             events
+                .lock()
+                .unwrap()
                 .iter()
-                .any(|e| e.starts_with("restarted worker-2 (exit: signal 9), restart 1")),
-            "{events:?}"
-        );
+                .any(|e| e.starts_with("restarted worker-2 (exit: signal 9), restart 1"))
+        };
+        wait_for("the restart to be reported", reported);
         let logged = std::fs::read_to_string(&log).unwrap();
         assert!(logged.contains("worker-2 exited (signal 9)"), "{logged}");
         let table: serde_json::Value =
