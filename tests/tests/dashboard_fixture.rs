@@ -295,6 +295,30 @@ fn dashboard_escapes_text_and_shows_when_no_training_runs() {
 }
 
 #[test]
+fn dashboard_draws_the_public_summary_and_offers_the_detail_view() {
+    let mut doc = fixture();
+    doc["view"] = Value::from("summary");
+    for node in doc["nodes"].as_array_mut().unwrap() {
+        node["endpoint"] = Value::Null;
+        node["pid"] = Value::Null;
+    }
+    for request in doc["requests"].as_array_mut().unwrap() {
+        request["error"] = Value::Null;
+    }
+    let body = doc.to_string();
+    let server = PageServer::start(move |_| (200, body.clone()));
+    let dom = chromium().dump_dom(&server.url()).unwrap();
+
+    assert_eq!(body_state(&dom), "live");
+    assert_eq!(element_text(&dom, "view-name").as_deref(), Some("summary"));
+    assert!(attribute(tag_with_id(&dom, "input", "key-input"), "hidden").is_none());
+    assert_eq!(
+        element_text(&dom, "node-count"),
+        Some(live_nodes(&doc).to_string())
+    );
+}
+
+#[test]
 fn dashboard_shows_that_the_status_cannot_be_fetched() {
     let server = PageServer::start(|_| (503, "registry unreachable".to_string()));
     let dom = chromium().dump_dom(&server.url()).unwrap();

@@ -76,6 +76,11 @@ fn mask_to_ascii(model: &mut Shard, tokenizer: &TextTokenizer) {
 }
 
 fn start(workers: usize, dir: tempfile::TempDir) -> Bench {
+    start_with(workers, dir, Vec::new())
+}
+
+/// [`start`] with extra environment for every process (e.g. a worker setting).
+fn start_with(workers: usize, dir: tempfile::TempDir, env: Vec<(String, String)>) -> Bench {
     tch::set_num_threads(THREADS as i32);
     let (ckpt, model, tokenizer) =
         support::checkpoints::checkpoint_for(dir.path(), &bench_config(), 77, mask_to_ascii);
@@ -84,6 +89,7 @@ fn start(workers: usize, dir: tempfile::TempDir) -> Bench {
     options.http_port = 0;
     options.api_key = KEY.into();
     options.worker_threads = THREADS;
+    options.env = env;
     let swarm =
         LocalSwarm::start(&options, Duration::from_secs(300), |m| eprintln!("  {m}")).unwrap();
     Bench {
@@ -289,13 +295,45 @@ fn bench_throughput_four_stages() {
 
 /// Time to first token with 8 streams started together (two pipelines of two stages), against
 /// one stream alone.
+/// Time to first token and aggregate tokens/s of 8 streams started together, on a swarm whose
+/// workers decode one session at a time (`max_decode_batch = 1`) and on one that batches the
+/// decode steps of concurrent sessions (the default), in this one run.
 #[test]
 #[ignore = "benchmark: minutes, real processes"]
 fn bench_time_to_first_token() {
+    let mut results = Vec::new();
+    for (name, batch) in [("one_at_a_time", Some("1")), ("batched", None)] {
+        let env = batch
+            .map(|b| {
+                vec![(
+                    "NEUROSHARD_WORKER_MAX_DECODE_BATCH".to_string(),
+                    b.to_string(),
+                )]
+            })
+            .unwrap_or_default();
+        let mut figures = time_to_first_token(env);
+        figures["decode"] = json!(name);
+        println!("{figures}");
+        results.push(figures);
+    }
+    let ratio =
+        |field: &str| results[1][field].as_f64().unwrap() / results[0][field].as_f64().unwrap();
+    println!(
+        "{}",
+        json!({
+            "bench": "gateway_time_to_first_token_batched_vs_one_at_a_time",
+            "tokens_per_s_ratio": ratio("concurrent_tokens_per_s"),
+            "ttft_p50_ratio": ratio("concurrent_p50_ms"),
+            "ttft_p99_ratio": ratio("concurrent_p99_ms"),
+        })
+    );
+}
+
+fn time_to_first_token(env: Vec<(String, String)>) -> Value {
     const STREAMS: usize = 8;
     const ROUNDS: usize = 5;
     const TOKENS: usize = 16;
-    let bench = start(4, tempfile::tempdir().unwrap());
+    let bench = start_with(4, tempfile::tempdir().unwrap(), env);
     let port = bench.swarm.gateway_port;
     let first = |started: Instant, s: &Streamed| ms(s.arrivals[0] - started);
     let _ = stream(port, TOKENS, |_, _| {});
@@ -329,20 +367,18 @@ fn bench_time_to_first_token() {
         }
         tokens_per_s.push(events as f64 / round_start.elapsed().as_secs_f64());
     }
-    println!(
-        "{}",
-        json!({
-            "bench": "gateway_time_to_first_token",
-            "prompt_tokens": bench.tokenizer.encode(PROMPT).unwrap().len(),
-            "streams": STREAMS,
-            "samples": concurrent.len(),
-            "alone_p50_ms": percentile(&mut alone.clone(), 50.0),
-            "concurrent_p50_ms": percentile(&mut concurrent.clone(), 50.0),
-            "concurrent_p99_ms": percentile(&mut concurrent, 99.0),
-            "concurrent_tokens_per_s": median(&mut tokens_per_s),
-        })
-    );
+    let figures = json!({
+        "bench": "gateway_time_to_first_token",
+        "prompt_tokens": bench.tokenizer.encode(PROMPT).unwrap().len(),
+        "streams": STREAMS,
+        "samples": concurrent.len(),
+        "alone_p50_ms": percentile(&mut alone.clone(), 50.0),
+        "concurrent_p50_ms": percentile(&mut concurrent.clone(), 50.0),
+        "concurrent_p99_ms": percentile(&mut concurrent, 99.0),
+        "concurrent_tokens_per_s": median(&mut tokens_per_s),
+    });
     bench.swarm.stop();
+    figures
 }
 
 /// How a hop's node is taken away.

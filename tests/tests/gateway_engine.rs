@@ -41,7 +41,15 @@ fn start() -> Fixture {
 }
 
 async fn engine(swarm: &LocalSwarm) -> SwarmEngine {
+    // The local swarm speaks mutual TLS by default; this engine dials with the harness's
+    // certificate under the run's CA.
+    assert!(
+        swarm.registry_url.starts_with("https://"),
+        "{}",
+        swarm.registry_url
+    );
     let mut config = EngineConfig::new(&swarm.registry_url, "neurollm-test");
+    config.tls = swarm.client_tls.clone();
     config.connect_timeout = Duration::from_secs(30);
     config.backoff = Duration::from_millis(200);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -11,8 +11,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use neuroshard_local::http_request;
 use neuroshard_local::{LocalSwarm, SwarmOptions};
-use neuroshard_local::{http_get, http_request};
 use neuroshard_proto::registry::v1::GetAssignmentRequest;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::worker::v1::InfoRequest;
@@ -126,7 +126,15 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
     assert!(swarm.registry_url.starts_with("https://"));
 
     // Every node the registry publishes is reached over https.
-    let status = http_get(port, "/api/v1/status", Duration::from_secs(5)).unwrap();
+    let status = http_request(
+        port,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        "",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     let endpoints: Vec<String> = doc["nodes"]
         .as_array()
@@ -197,7 +205,15 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
     })
     .await
     .unwrap();
-    let status = http_get(port, "/api/v1/status", Duration::from_secs(5)).unwrap();
+    let status = http_request(
+        port,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        "",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     let restarted = &swarm.workers[0];
     let shown = doc["nodes"]

@@ -35,6 +35,8 @@ pub struct GatewayConfig {
     pub admission: Admission,
     /// How much hidden state the gateway keeps to replay sessions after a failover.
     pub replay: ReplayBudget,
+    /// Signed reports of what this gateway measures of each node, for the registry.
+    pub observer: ObserverSettings,
     /// How long one decode hop may take before the generator fails over (read by the
     /// generator). The floor: a node the gateway measured as busy gets what its latency and
     /// load justify, up to `prefill_deadline_ms`.
@@ -52,6 +54,9 @@ pub struct GatewayConfig {
     pub max_work_deadline_ms: u64,
     /// Failovers one request may go through before it fails with 503.
     pub max_failovers: u32,
+    /// How long a request waits for the registry to place and load a span that has no live
+    /// holder (a death before re-placement has loaded) before it fails with 503.
+    pub route_patience_ms: u64,
     /// First back-off of a failing node, doubled per consecutive failure up to `max_backoff_ms`.
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -113,6 +118,35 @@ pub struct ReplayBudget {
     pub max_bytes_total: u64,
 }
 
+/// What this gateway measures of each node's decode hops, reported to the registry signed
+/// with `key_file` (the registry takes reports only from the node ids its `observers` list
+/// names, and then routes and places by min(claim, measured)). Without `key_file`, nothing is
+/// reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObserverSettings {
+    /// secp256k1 key file, created (mode 0600) when missing; the gateway logs its node id at
+    /// start, for the registry's `observers`.
+    pub key_file: Option<PathBuf>,
+    /// The swarm's network id (the registry's `network_id`), part of every signature.
+    pub network_id: String,
+    /// How often a report is sent (only when there is something new to report).
+    pub interval_ms: u64,
+    /// Decode hops a node needs since the last report to be reported.
+    pub min_samples: u32,
+}
+
+impl Default for ObserverSettings {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            network_id: "neuroshard-local".into(),
+            interval_ms: 10_000,
+            min_samples: 8,
+        }
+    }
+}
+
 /// Per-request limits; a request over one is refused with 400 (413 for the body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,12 +170,14 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             admission: Admission::default(),
             replay: ReplayBudget::default(),
+            observer: ObserverSettings::default(),
             per_hop_deadline_ms: 200,
             registry: "http://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
             work_deadline_margin: 3.0,
             max_work_deadline_ms: 120_000,
             max_failovers: 8,
+            route_patience_ms: 30_000,
             backoff_ms: 2_000,
             max_backoff_ms: 60_000,
             min_replicas: 2,
@@ -265,6 +301,18 @@ impl GatewayConfig {
         }
         if self.per_hop_deadline_ms == 0 {
             return Err(bad("per_hop_deadline_ms must be at least 1".into()));
+        }
+        let o = &self.observer;
+        if o.key_file.is_some() {
+            if o.network_id.trim().is_empty() {
+                return Err(bad("observer.network_id must not be empty".into()));
+            }
+            if o.interval_ms < 100 {
+                return Err(bad(format!(
+                    "observer.interval_ms must be at least 100, got {}",
+                    o.interval_ms
+                )));
+            }
         }
         if self.prefill_deadline_ms < self.per_hop_deadline_ms {
             return Err(bad(format!(

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use neuroshard_common::Error;
+use neuroshard_common::identity::NodeKey;
 use neuroshard_text::tokenizer::TextTokenizer;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, ObserverSettings};
+use crate::engine::observer::ObserverConfig;
 use crate::engine::{EngineConfig, SwarmEngine};
 use crate::generator::Generator;
 use crate::http::state::AppState;
@@ -30,7 +32,15 @@ pub async fn run(
     let eos = TextTokenizer::from_file(&config.tokenizer)
         .map_err(|e| Error::invalid_argument(format!("tokenizer: {e}")))?
         .eos_id();
-    let engine = SwarmEngine::connect(EngineConfig::from_gateway(&config, Some(eos))).await?;
+    if config.registry.starts_with("http://") {
+        tracing::warn!(
+            registry = %config.registry,
+            "gRPC to the registry and workers is plaintext: prompts and hidden states cross the network unencrypted; use https:// endpoints with [tls] for mutual TLS"
+        );
+    }
+    let mut engine_config = EngineConfig::from_gateway(&config, Some(eos));
+    engine_config.observer = observer(&config.observer)?;
+    let engine = SwarmEngine::connect(engine_config).await?;
     if let Some(path) = &config.training_report {
         // The loss curves of the run that made these weights; the API works without them.
         match std::fs::read_to_string(path)
@@ -44,6 +54,27 @@ pub async fn run(
         }
     }
     serve(config, listener, Arc::new(engine), shutdown).await
+}
+
+/// The observer this gateway reports as, when it has a key (loaded, or created on first start).
+fn observer(settings: &ObserverSettings) -> Result<Option<ObserverConfig>, Error> {
+    let Some(path) = &settings.key_file else {
+        tracing::info!(
+            "no observer key: this gateway reports no node measurements to the registry"
+        );
+        return Ok(None);
+    };
+    let key = NodeKey::load_or_create(path)?;
+    tracing::info!(
+        observer = %key.node_id(),
+        "reporting node measurements to the registry as this observer (list it in the registry's `observers`)"
+    );
+    Ok(Some(ObserverConfig {
+        key: Arc::new(key),
+        network_id: settings.network_id.clone(),
+        interval: Duration::from_millis(settings.interval_ms),
+        min_samples: settings.min_samples,
+    }))
 }
 
 /// Serves the HTTP API on `listener` with `generator` until `shutdown` resolves, then stops

@@ -1,5 +1,11 @@
 //! The `/api/v1/status` document: what the swarm looks like now, for the dashboard and for
 //! people with `curl`. Field names are part of the public contract.
+//!
+//! Two views of one document: the **detail** view, for a caller with an API key, and the
+//! public **summary** ([`SwarmStatus::public_summary`]) that anyone reaching the port gets. The
+//! summary keeps the swarm's shape (layers, holders, states, throughput, request progress) and
+//! drops what helps an attacker more than an onlooker: node endpoints, process ids and error
+//! text (which can name hosts and internal causes).
 
 use serde::Serialize;
 
@@ -8,6 +14,9 @@ use serde::Serialize;
 pub struct SwarmStatus {
     /// Milliseconds since the Unix epoch when this document was made.
     pub now_ms: u64,
+    /// `detail` (the caller presented an API key) or `summary` (no key: endpoints, pids and
+    /// error text are null).
+    pub view: &'static str,
     pub architecture: Option<ArchitectureStatus>,
     pub nodes: Vec<NodeStatus>,
     /// One entry per layer index, in order.
@@ -19,6 +28,26 @@ pub struct SwarmStatus {
     pub throughput: ThroughputStatus,
     /// Present while a training run reports rounds.
     pub training: Option<TrainingStatus>,
+}
+
+/// The view names of [`SwarmStatus::view`].
+pub const DETAIL: &str = "detail";
+pub const SUMMARY: &str = "summary";
+
+impl SwarmStatus {
+    /// What a caller without a key may see: the document without endpoints, process ids and
+    /// error text.
+    pub fn public_summary(mut self) -> Self {
+        self.view = SUMMARY;
+        for node in &mut self.nodes {
+            node.endpoint = None;
+            node.pid = None;
+        }
+        for request in &mut self.requests {
+            request.error = None;
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -36,14 +65,15 @@ pub struct ArchitectureStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NodeStatus {
     pub id: String,
-    pub endpoint: String,
+    /// Where the node serves; null in the summary view.
+    pub endpoint: Option<String>,
     /// `[start, end)` layer indices held.
     pub span: [u32; 2],
     /// `driver`, `worker`, `validator` or `full` (holds every layer).
     pub role: String,
     /// `live`, `suspect`, `dead` or `draining`.
     pub state: String,
-    /// The process id, in the local swarm; absent in a cluster.
+    /// The process id, in the local swarm; null in a cluster and in the summary view.
     pub pid: Option<u32>,
     pub tokens_per_s: f64,
     pub memory_bytes: u64,
@@ -83,7 +113,7 @@ pub struct RequestStatus {
     /// Time to first token, once there is one.
     pub ttft_ms: Option<f64>,
     pub failovers: u32,
-    /// Why it failed, for `failed`.
+    /// Why it failed, for `failed`; null in the summary view.
     pub error: Option<String>,
 }
 
@@ -142,6 +172,51 @@ impl TrainingStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_summary_drops_endpoints_pids_and_errors_and_keeps_the_shape() {
+        let detail = SwarmStatus {
+            view: DETAIL,
+            nodes: vec![NodeStatus {
+                id: "n1".into(),
+                endpoint: Some("https://10.0.0.7:50051".into()),
+                span: [0, 2],
+                state: "live".into(),
+                pid: Some(4242),
+                ..Default::default()
+            }],
+            layers: vec![LayerStatus {
+                index: 0,
+                holders: vec!["n1".into()],
+            }],
+            requests: vec![RequestStatus {
+                id: "cmpl-1".into(),
+                state: "failed".into(),
+                route: vec!["n1".into()],
+                failovers: 2,
+                error: Some("layers [0, 2) failed on n1 (connection refused 10.0.0.7)".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let summary = detail.clone().public_summary();
+        let text = serde_json::to_string(&summary).unwrap();
+        assert!(
+            !text.contains("10.0.0.7") && !text.contains("4242"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["view"], "summary");
+        assert!(json["nodes"][0]["endpoint"].is_null());
+        assert!(json["nodes"][0]["pid"].is_null());
+        assert!(json["requests"][0]["error"].is_null());
+        // The shape stays: who holds what, states, routes, failovers.
+        assert_eq!(json["nodes"][0]["span"], serde_json::json!([0, 2]));
+        assert_eq!(json["layers"][0]["holders"][0], "n1");
+        assert_eq!(json["requests"][0]["route"][0], "n1");
+        assert_eq!(json["requests"][0]["failovers"], 2);
+        assert_eq!(json["requests"][0]["state"], "failed");
+    }
 
     #[test]
     fn a_training_report_becomes_finished_loss_curves() {

@@ -254,3 +254,167 @@ async fn before_the_swarm_has_an_architecture_requests_are_503_not_400() {
         assert_eq!(error["error"]["code"], "model_not_ready", "{error}");
     }
 }
+
+/// The last holder of [2, 4) dies mid-stream; the registry then places the span on a new node,
+/// which reports "not loaded" for a while before it serves. The request waits (within its
+/// patience), replays on the new node and ends with the undisturbed output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_without_a_live_holder_is_waited_for_and_the_output_is_the_same() {
+    let expected = reference(&PROMPT, 48, &greedy());
+    let mut swarm = FakeSwarm::start(&[(0, 2), (0, 2), (2, 4)]).await;
+    // Slow enough that the stream is still running when the span comes back.
+    swarm
+        .worker("w2")
+        .update(|b| b.delay_per_position = Duration::from_millis(5));
+    let mut config = swarm.engine_config();
+    config.route_patience = Duration::from_secs(10);
+    let engine = connected(config).await;
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel();
+    let mut killed_tx = Some(killed_tx);
+    let generation = collect(&engine, job("patient", &PROMPT, 48), |n| {
+        if n == 4
+            && let Some(tx) = killed_tx.take()
+        {
+            let _ = tx.send(());
+        }
+    });
+    let churn = async {
+        killed_rx.await.unwrap();
+        swarm.kill("w2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let loading = fake_swarm::Behaviour {
+            loading: true,
+            ..Default::default()
+        };
+        swarm.join("w3", 2, 4, loading).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        swarm.worker("w3").update(|b| b.loading = false);
+    };
+    let (got, ()) = tokio::join!(generation, churn);
+    assert_eq!(got.unwrap(), expected, "the wait changed the output");
+    let status = engine.status();
+    let request = status.requests.iter().find(|r| r.id == "patient").unwrap();
+    assert!(request.failovers >= 1, "{request:?}");
+    assert_eq!(request.route.last().map(String::as_str), Some("w3"));
+    assert!(
+        !swarm.worker("w3").replays().is_empty(),
+        "w3 never replayed"
+    );
+}
+
+/// With nothing coming back, the request fails once its patience is spent: not at once, and
+/// not much later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_route_patience_the_request_fails_naming_the_missing_layers() {
+    let mut swarm = FakeSwarm::start(&[(0, 2), (2, 4)]).await;
+    let mut config = swarm.engine_config();
+    config.route_patience = Duration::from_millis(800);
+    let engine = connected(config).await;
+    swarm.kill("w1");
+    let started = std::time::Instant::now();
+    let err = collect(&engine, job("impatient", &PROMPT, 8), |_| {})
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err.kind, neuroshard_common::ErrorKind::Unavailable);
+    assert!(err.message.contains("[2, 4)"), "{}", err.message);
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+/// With a key, the gateway reports what it measured of the nodes it used, signed, with
+/// increasing nonces; a registry that refuses the reports does not disturb serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reports_measured_throughput_signed_with_its_key() {
+    use neuroshard_common::identity::NodeKey;
+    use neuroshard_common::signing::verify;
+    use neuroshard_proto::registry::v1::ObservationsRequest;
+    use neuroshard_swarm_gateway::engine::observer::ObserverConfig;
+    use prost::Message;
+
+    let swarm = FakeSwarm::two_stages().await;
+    let key = std::sync::Arc::new(NodeKey::generate());
+    let mut config = swarm.engine_config();
+    config.observer = Some(ObserverConfig {
+        key: key.clone(),
+        network_id: "observer-test".into(),
+        interval: Duration::from_millis(100),
+        min_samples: 2,
+    });
+    let engine = connected(config).await;
+    let expected = reference(&PROMPT, 16, &greedy());
+    assert_eq!(
+        collect(&engine, job("measured", &PROMPT, 16), |_| {})
+            .await
+            .unwrap(),
+        expected
+    );
+    let route = engine
+        .status()
+        .requests
+        .into_iter()
+        .find(|r| r.id == "measured")
+        .unwrap()
+        .route;
+    let mut used: Vec<String> = route.clone();
+    used.sort_unstable();
+    // A report holds the nodes with enough new samples at its tick, so the route's nodes may
+    // come in more than one report: read them all until every node of the route is in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (reported, last_nonce) = loop {
+        let mut reported = std::collections::BTreeSet::new();
+        let mut last_nonce = 0;
+        for report in swarm.registry.reports() {
+            let verified = verify(&report, "observer-test", "ObservationsRequest").unwrap();
+            assert_eq!(verified.node_id, key.node_id());
+            assert!(verified.nonce > last_nonce, "nonces must increase");
+            last_nonce = verified.nonce;
+            let body = ObservationsRequest::decode(verified.payload.as_slice()).unwrap();
+            for node in &body.nodes {
+                assert!(node.samples >= 2, "{node:?}");
+                assert!(
+                    node.tokens_per_second.is_finite() && node.tokens_per_second > 0.0,
+                    "{node:?}"
+                );
+                reported.insert(node.node_id.clone());
+            }
+        }
+        if reported.len() >= used.len() {
+            break (reported, last_nonce);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reports: {reported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reported.into_iter().collect::<Vec<_>>(), used);
+
+    // Refused reports (a registry that does not list this observer): serving goes on, and
+    // later reports carry larger nonces.
+    swarm
+        .registry
+        .refuse_reports
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = swarm.registry.reports().len();
+    assert_eq!(
+        collect(&engine, job("after", &PROMPT, 16), |_| {})
+            .await
+            .unwrap(),
+        expected
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while swarm.registry.reports().len() == before {
+        assert!(std::time::Instant::now() < deadline, "no second report");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = verify(
+        swarm.registry.reports().last().unwrap(),
+        "observer-test",
+        "ObservationsRequest",
+    )
+    .unwrap();
+    assert!(later.nonce > last_nonce);
+}

@@ -814,6 +814,21 @@ async fn health_readiness_status_and_metrics() {
     }
     assert_eq!(status["nodes"][0]["id"], "node-a");
     assert_eq!(status["nodes"][0]["span"], json!([0, 4]));
+    // Without a key, the public summary: the shape without endpoints or process ids.
+    assert_eq!(status["view"], "summary");
+    assert!(status["nodes"][0]["endpoint"].is_null(), "{status}");
+    assert!(status["nodes"][0]["pid"].is_null(), "{status}");
+    // With a key, the detail view.
+    let detail = send(&app, get("/api/v1/status")).await.json();
+    assert_eq!(detail["view"], "detail");
+    assert_eq!(detail["nodes"][0]["endpoint"], "http://127.0.0.1:7500");
+    assert_eq!(detail["nodes"][0]["pid"], 4242);
+    // A wrong key is refused, not downgraded to the summary.
+    let wrong = Request::get("/api/v1/status")
+        .header(header::AUTHORIZATION, "Bearer sk-wrong-key-but-long-enough")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, wrong).await.status, StatusCode::UNAUTHORIZED);
 
     let body = json!({"model": MODEL, "prompt": "the fox", "max_tokens": 4, "stream": true});
     send(&app, post("/v1/completions", &body)).await;

@@ -37,6 +37,11 @@ pub struct UpArgs {
     /// Keys, generated configs and logs of the processes.
     #[arg(long = "state-dir", default_value = "runs/local")]
     pub state_dir: PathBuf,
+    /// Plaintext gRPC between the processes instead of mutual TLS (a certificate per process
+    /// under a CA made for the run, in <state-dir>/tls): anyone who can reach a port on this
+    /// machine can then call the registry and the workers. For debugging with plaintext tools.
+    #[arg(long = "insecure-plaintext")]
+    pub insecure_plaintext: bool,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -53,6 +58,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     options.workers = args.workers;
     options.http_port = args.http_port;
     options.api_key = api_key.clone();
+    options.plaintext = args.insecure_plaintext;
+    if args.insecure_plaintext {
+        eprintln!(
+            "warning: --insecure-plaintext: gRPC between the swarm's processes is unencrypted and unauthenticated; any local user can call the registry and the workers"
+        );
+    }
 
     println!("==> starting the local swarm ({} workers)", args.workers);
     let swarm = LocalSwarm::start(&options, Duration::from_secs(180), |step| {
@@ -67,6 +78,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  Dashboard:  {base}/");
     println!("  API key:    {api_key}");
     println!("  Logs:       {}/logs/", args.state_dir.display());
+    if args.insecure_plaintext {
+        println!("  gRPC:       plaintext (--insecure-plaintext)");
+    } else {
+        println!(
+            "  gRPC:       mutual TLS; CA and per-process certificates in {}/tls/",
+            args.state_dir.display()
+        );
+    }
     println!(
         "  Processes:  {}/processes.json   (pids, restarts; a crashed process is restarted)",
         args.state_dir.display()

@@ -110,6 +110,34 @@ impl RegistryToml {
     pub fn serves_tls(&self) -> bool {
         serves_tls(&self.0)
     }
+
+    /// Register's check that a node answers `Info` at its endpoint, within `ms` (0: no check,
+    /// for tests that register nodes with no worker behind them).
+    pub fn endpoint_probe_timeout_ms(self, ms: u64) -> Self {
+        self.set("endpoint_probe_timeout_ms", ms as i64)
+    }
+
+    /// Admit only `nodes` (node ids or compressed public keys, in hex).
+    pub fn allow_list(self, nodes: &[&str]) -> Self {
+        let list: Vec<toml::Value> = nodes.iter().map(|n| (*n).into()).collect();
+        self.set("admission", "allow_list")
+            .set("allowed_nodes", toml::Value::Array(list))
+    }
+
+    /// The most memory and tokens/s a node may claim (larger claims are clamped).
+    pub fn claim_caps(self, max_usable_memory_bytes: u64, max_tokens_per_second: f64) -> Self {
+        self.set(
+            "max_usable_memory_bytes",
+            i64::try_from(max_usable_memory_bytes).unwrap_or(i64::MAX),
+        )
+        .set("max_tokens_per_second", max_tokens_per_second)
+    }
+
+    /// Node ids whose `ReportObservations` are accepted.
+    pub fn observers(self, node_ids: &[&str]) -> Self {
+        let list: Vec<toml::Value> = node_ids.iter().map(|n| (*n).into()).collect();
+        self.set("observers", toml::Value::Array(list))
+    }
 }
 
 impl WorkerToml {
@@ -205,6 +233,16 @@ impl GatewayToml {
     /// The served checkpoint's training report (the dashboard draws its loss curves).
     pub fn training_report(self, path: &Path) -> Result<Self> {
         Ok(self.set("training_report", value("training_report", path)?))
+    }
+
+    /// Reports node measurements to the registry, signed with the key in `key_file`.
+    pub fn observer(self, key_file: &Path, network_id: &str) -> Result<Self> {
+        let mut table = toml::Table::new();
+        table.insert("key_file".into(), value("observer.key_file", key_file)?);
+        table.insert("network_id".into(), network_id.into());
+        // Often enough that a short local run shows measured throughput.
+        table.insert("interval_ms".into(), 2_000.into());
+        Ok(self.set("observer", toml::Value::Table(table)))
     }
 
     /// The node id → pid file the local swarm keeps.

@@ -11,6 +11,8 @@
 //!   ([`RegistryToml`], [`WorkerToml`], [`GatewayToml`]);
 //! - [`registry`]: PostgreSQL plus a layer-registry process on it ([`LocalRegistry`]), the
 //!   base of every multi-process run;
+//! - [`pki`]: a CA for one run and a certificate per process ([`LocalPki`]): the local
+//!   swarm's gRPC links are mutual TLS unless plaintext is asked for;
 //! - [`swarm`]: the whole local swarm ([`LocalSwarm`]): registry, shard workers in replicated
 //!   pipelines loading a checkpoint, and the gateway, ready when every layer is served twice;
 //! - [`supervisor`]: keeping those processes running ([`Supervisor`]): a failed one is
@@ -24,6 +26,7 @@
 
 pub mod backoff;
 pub mod configs;
+pub mod pki;
 pub mod registry;
 pub mod service;
 pub mod supervisor;
@@ -31,6 +34,7 @@ pub mod swarm;
 
 pub use backoff::RestartPolicy;
 pub use configs::{GatewayToml, RegistryToml, WorkerToml};
+pub use pki::LocalPki;
 pub use registry::{LocalRegistry, RegistryProcess};
 pub use service::{GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private};
 pub use supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};

@@ -4,7 +4,9 @@
 //! gateway.
 //!
 //! Each process gets a generated TOML config in the state directory (0600; the gateway's holds
-//! the API key) and a log file beside it. Once the swarm is ready, a [`Supervisor`] restarts
+//! the API key) and a log file beside it. Every gRPC link is mutual TLS by default, with a
+//! certificate per process under a CA made for the run ([`LocalPki`]); plaintext only when
+//! asked for ([`SwarmOptions::plaintext`]). Once the swarm is ready, a [`Supervisor`] restarts
 //! any process that fails (kill -9, a crash) with back-off, as an orchestrator would: a worker
 //! comes back with the same key and port, so it re-registers as the same node and the registry
 //! places it again. [`LocalSwarm::stop`] (SIGTERM, then SIGKILL after a grace period) and
@@ -26,6 +28,7 @@ use neuroshard_runtime::tls::TlsFiles;
 
 use crate::backoff::RestartPolicy;
 use crate::configs::{GatewayToml, RegistryToml, WorkerToml};
+use crate::pki::LocalPki;
 use crate::service::{
     GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, exited_during_start_up,
 };
@@ -65,11 +68,15 @@ pub struct SwarmOptions {
     /// Extra environment for every process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG`);
     /// they also inherit this process's environment.
     pub env: Vec<(String, String)>,
-    /// TLS on every gRPC link (registry, workers, the gateway's hops). Each process serves
-    /// with `cert_file` + `key_file`, which must name `127.0.0.1`; with `ca_file`, servers
-    /// require client certificates signed by it and every client presents the same pair
-    /// (mutual TLS). `None`: plaintext, as loopback allows.
+    /// TLS files for every gRPC link (registry, workers, the gateway's hops). Each process
+    /// serves with `cert_file` + `key_file`, which must name `127.0.0.1`; with `ca_file`,
+    /// servers require client certificates signed by it and every client presents the same
+    /// pair (mutual TLS). `None`: a CA and a certificate per process are made for the run
+    /// ([`LocalPki`]), unless `plaintext`.
     pub tls: Option<TlsFiles>,
+    /// Plaintext gRPC (anyone who reaches a port can call it), when `tls` is `None`: for
+    /// debugging with plaintext tools. Every service warns about it at start.
+    pub plaintext: bool,
     /// How a failed process is restarted once the swarm is up; `None`: it stays down.
     pub restart: Option<RestartPolicy>,
 }
@@ -90,6 +97,7 @@ impl SwarmOptions {
             worker_threads: 1,
             env: Vec::new(),
             tls: None,
+            plaintext: false,
             restart: Some(RestartPolicy::default()),
         }
     }
@@ -121,10 +129,58 @@ pub struct LocalSwarm {
     pub workers: Vec<LocalWorker>,
     pub gateway: ProcessHandle,
     pub registry: ProcessHandle,
+    /// What a client of the swarm's gRPC links (this harness, a test) dials with: its own
+    /// certificate under the run's CA, the given files, or none for plaintext.
+    pub client_tls: TlsFiles,
     supervisor: Supervisor,
     pg: PgServer,
     /// What it was started with.
     options: SwarmOptions,
+}
+
+/// How the swarm's processes speak gRPC.
+enum Transport {
+    /// The caller's files, shared by every process.
+    Given(TlsFiles),
+    /// A certificate per process under a CA made for this run.
+    Issued(LocalPki),
+    Plaintext,
+}
+
+/// The name the harness's own certificate is issued to.
+const CLIENT: &str = "client";
+
+impl Transport {
+    fn new(options: &SwarmOptions, workers: &[String]) -> Result<Self> {
+        if let Some(tls) = &options.tls {
+            return Ok(Self::Given(tls.clone()));
+        }
+        if options.plaintext {
+            return Ok(Self::Plaintext);
+        }
+        let mut names = vec![REGISTRY_BINARY, GATEWAY_BINARY, CLIENT];
+        names.extend(workers.iter().map(String::as_str));
+        Ok(Self::Issued(LocalPki::issue(
+            &options.state_dir.join("tls"),
+            &names,
+        )?))
+    }
+
+    fn files(&self, name: &str) -> TlsFiles {
+        match self {
+            Self::Given(tls) => tls.clone(),
+            Self::Issued(pki) => pki.files(name),
+            Self::Plaintext => TlsFiles::default(),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Self::Plaintext => "http",
+            Self::Given(tls) if tls.cert_file.is_none() => "http",
+            _ => "https",
+        }
+    }
 }
 
 impl LocalSwarm {
@@ -162,9 +218,20 @@ impl LocalSwarm {
             Some(logs.join("supervisor.log")),
             Some(options.state_dir.join("processes.json")),
         );
-        let tls = options.tls.clone().unwrap_or_default();
+        let worker_names: Vec<String> = (0..options.workers)
+            .map(|i| format!("worker-{i}"))
+            .collect();
+        let transport = Transport::new(options, &worker_names)?;
+        // The gateway reports what it measures of the workers; the registry takes reports
+        // only from the observers it lists, so the gateway's key exists before either starts.
+        let gateway_key = options.state_dir.join("gateway.key");
+        let observer = NodeKey::load_or_create(&gateway_key)
+            .map_err(|e| LocalError(format!("{}: {e}", gateway_key.display())))?
+            .node_id()
+            .to_string();
         let registry_port = free_port()?;
         let registry_config = RegistryToml::new(NETWORK)
+            .observers(&[observer.as_str()])
             .liveness(
                 options.heartbeat_ms,
                 options.suspect_after_ms,
@@ -172,7 +239,7 @@ impl LocalSwarm {
             )
             .watch_poll_ms(100)
             .model(&model)?
-            .tls(&tls)?
+            .tls(&transport.files(REGISTRY_BINARY))?
             .listen(registry_port)
             .database_url(&pg.url());
         let scheme = if registry_config.serves_tls() {
@@ -200,11 +267,7 @@ impl LocalSwarm {
         )?;
         progress(&format!("layer-registry ready at {registry_url}"));
 
-        let scheme = if options.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = transport.scheme();
         let stages = if options.workers >= 4 {
             options.workers / 2
         } else {
@@ -220,7 +283,7 @@ impl LocalSwarm {
             .saturating_mul(TRAINING_BYTES_PER_PARAM);
         let threads = options.worker_threads.to_string();
         let mut workers = Vec::with_capacity(options.workers);
-        for i in 0..options.workers {
+        for (i, name) in worker_names.iter().enumerate() {
             let key_file = options.state_dir.join(format!("worker-{i}.key"));
             let node_id = NodeKey::load_or_create(&key_file)
                 .map_err(|e| LocalError(format!("{}: {e}", key_file.display())))?
@@ -229,11 +292,11 @@ impl LocalSwarm {
             let port = free_port()?;
             let config = WorkerToml::new(port, &registry_url, NETWORK, &key_file)?
                 .advertise(&format!("{scheme}://127.0.0.1:{port}"))
-                .tls(&tls)?
+                .tls(&transport.files(name))?
                 .checkpoint(&options.checkpoint)?
                 .usable_memory_bytes(memory)
                 .heartbeat_ms(options.heartbeat_ms);
-            let name = format!("worker-{i}");
+            let name = name.clone();
             // libtorch limited to the configured threads: the workers share one machine.
             let env = vec![("OMP_NUM_THREADS".to_string(), threads.clone())];
             let process = supervisor.add(
@@ -282,7 +345,8 @@ impl LocalSwarm {
                 .api_key(&options.api_key, "local")
                 .per_hop_deadline_ms(options.hop_deadline_ms)
                 .backoff_ms(1_000)
-                .tls(&tls)?
+                .observer(&gateway_key, NETWORK)?
+                .tls(&transport.files(GATEWAY_BINARY))?
                 .node_pids_file(&pids_file)?;
         let report = options.checkpoint.join(TRAINING_REPORT_FILE);
         if report.exists() {
@@ -300,6 +364,7 @@ impl LocalSwarm {
         )?;
         let mut swarm = Self {
             gateway_port,
+            client_tls: transport.files(CLIENT),
             registry_url,
             workers,
             gateway,
@@ -401,7 +466,7 @@ impl LocalSwarm {
                             .all(|l| l["holders"].as_array().map(Vec::len).unwrap_or(0) >= want)
                 });
                 if live == self.workers.len() && replicated {
-                    let loaded = spans_loaded(&doc, &self.options.tls.clone().unwrap_or_default());
+                    let loaded = spans_loaded(&doc, &self.client_tls);
                     if loaded == self.workers.len() {
                         return Ok(());
                     }

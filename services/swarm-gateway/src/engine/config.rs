@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub max_work_deadline: Duration,
     /// Failovers one request may go through before it fails.
     pub max_failovers: u32,
+    /// How long a request waits for a span without a live holder to be placed and loaded.
+    pub route_patience: Duration,
     /// The registry's replica target, for the status document.
     pub min_replicas: u32,
     /// First back-off after a node fails; doubles per consecutive failure up to `max_backoff`.
@@ -47,6 +49,8 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     /// JSON file of node id → process id (local swarm), read for each status document.
     pub node_pids_file: Option<std::path::PathBuf>,
+    /// Signed throughput reports to the registry, when this gateway has a key.
+    pub observer: Option<super::observer::ObserverConfig>,
 }
 
 impl EngineConfig {
@@ -70,6 +74,7 @@ impl EngineConfig {
             work_deadline_margin: 3.0,
             max_work_deadline: Duration::from_secs(120),
             max_failovers: 8,
+            route_patience: Duration::from_secs(30),
             min_replicas: 2,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
@@ -78,6 +83,7 @@ impl EngineConfig {
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(30),
             node_pids_file: None,
+            observer: None,
         }
     }
 
@@ -91,6 +97,7 @@ impl EngineConfig {
             work_deadline_margin: config.work_deadline_margin,
             max_work_deadline: Duration::from_millis(config.max_work_deadline_ms),
             max_failovers: config.max_failovers,
+            route_patience: Duration::from_millis(config.route_patience_ms),
             min_replicas: config.min_replicas,
             backoff: Duration::from_millis(config.backoff_ms),
             max_backoff: Duration::from_millis(config.max_backoff_ms),

@@ -160,7 +160,7 @@ impl Generation {
         }
         let mut sampler = Sampler::new(job.sampling.clone())
             .map_err(|e| Error::invalid_argument(e.to_string()))?;
-        self.plan(architecture.num_layers)?;
+        self.plan(architecture.num_layers).await?;
 
         let eos = self.engine.config.eos_token;
         let mut input: Vec<i64> = job.prompt.iter().map(|&t| i64::from(t)).collect();
@@ -195,8 +195,8 @@ impl Generation {
     }
 
     /// Picks the route for `[0, num_layers)`.
-    fn plan(&mut self, num_layers: u32) -> Result<(), Error> {
-        let chain = self.chain(0, num_layers)?;
+    async fn plan(&mut self, num_layers: u32) -> Result<(), Error> {
+        let chain = self.patient_chain(0, num_layers).await?;
         let mut stats = self.engine.stats();
         for hop in &chain {
             stats.open(&hop.node_id);
@@ -216,6 +216,55 @@ impl Generation {
             .collect();
         self.publish_route();
         Ok(())
+    }
+
+    /// The best chain tiling `[from, to)`, waiting up to the route patience for one to exist:
+    /// when a span's last live holder has just died, the registry places the span on another
+    /// node, which loads it, and the request goes on there (replaying, so the output is the
+    /// same) instead of failing at once. While waiting, a node this request failed on becomes
+    /// usable again once its back-off has passed: a holder restarted under the same key, or
+    /// one that was still loading, is often the one that comes back.
+    async fn patient_chain(&mut self, from: u32, to: u32) -> Result<Vec<Hop>, Error> {
+        let patience = self.engine.config.route_patience;
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            // Registered before looking, so an assignment that lands in between still wakes us.
+            let changed = self.engine.view_changed.notified();
+            match self.chain(from, to) {
+                Ok(chain) => {
+                    if waited {
+                        tracing::info!(
+                            request_id = %self.request_id,
+                            layers = ?(from, to),
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "a route came back; going on"
+                        );
+                    }
+                    return Ok(chain);
+                }
+                Err(e) if started.elapsed() >= patience => return Err(e),
+                Err(e) => {
+                    if !waited {
+                        tracing::info!(
+                            request_id = %self.request_id,
+                            error = %e.message,
+                            patience_ms = patience.as_millis() as u64,
+                            "no route for now; waiting for the registry to place the span"
+                        );
+                        waited = true;
+                    }
+                }
+            }
+            let left = patience.saturating_sub(started.elapsed());
+            // Back-offs expire without a new assignment, so look again at least this often.
+            let tick = left.min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(tick, changed).await;
+            let now = Instant::now();
+            let stats = self.engine.stats();
+            self.excluded
+                .retain(|id| stats.backed_off_until(id, now).is_some());
+        }
     }
 
     /// The best chain of usable nodes tiling `[from, to)` right now.
@@ -446,7 +495,7 @@ impl Generation {
                 ),
             ));
         }
-        let replacement = self.chain(failed.start, failed.end)?;
+        let replacement = self.patient_chain(failed.start, failed.end).await?;
         let needs_replay = !self.tokens.is_empty();
         {
             let mut stats = self.engine.stats();

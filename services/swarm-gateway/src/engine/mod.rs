@@ -11,12 +11,14 @@
 //! - [`tracker`]: requests and throughput for `/api/v1/status` (pure);
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
 //! - [`replay`]: the hidden states kept for replay, within memory budgets (pure);
+//! - [`observer`]: signed reports of measured node throughput to the registry;
 //! - [`generation`]: one request's prefill/decode loop with failover.
 
 pub mod config;
 pub mod deadlines;
 pub mod generation;
 pub mod hops;
+pub mod observer;
 pub mod replay;
 pub mod routing;
 pub mod state;
@@ -50,11 +52,15 @@ use view::SwarmView;
 pub struct SwarmEngine {
     state: Arc<EngineState>,
     watcher: tokio::task::JoinHandle<()>,
+    reporter: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for SwarmEngine {
     fn drop(&mut self) {
         self.watcher.abort();
+        if let Some(reporter) = &self.reporter {
+            reporter.abort();
+        }
     }
 }
 
@@ -73,6 +79,7 @@ impl SwarmEngine {
             tracker: Mutex::new(Tracker::default()),
             view: RwLock::new(Arc::new(SwarmView::default())),
             training: Mutex::new(None),
+            view_changed: tokio::sync::Notify::new(),
             created,
             config,
         });
@@ -80,10 +87,17 @@ impl SwarmEngine {
         let watcher = tokio::spawn(follow(engine.clone(), first_tx));
         let timeout = engine.config.connect_timeout;
         match tokio::time::timeout(timeout, first_rx.recv()).await {
-            Ok(Some(())) => Ok(Self {
-                state: engine,
-                watcher,
-            }),
+            Ok(Some(())) => {
+                let reporter =
+                    engine.config.observer.clone().map(|observer| {
+                        tokio::spawn(observer::report_loop(engine.clone(), observer))
+                    });
+                Ok(Self {
+                    state: engine,
+                    watcher,
+                    reporter,
+                })
+            }
             _ => {
                 watcher.abort();
                 Err(Error::new(
@@ -190,7 +204,7 @@ impl Generator for SwarmEngine {
             .iter()
             .map(|n| NodeStatus {
                 id: n.id.clone(),
-                endpoint: n.endpoint.clone(),
+                endpoint: Some(n.endpoint.clone()),
                 span: [n.start, n.end],
                 role: wire_role_name(n.role.into()).into(),
                 state: view::state_name(n.state).into(),
@@ -222,6 +236,7 @@ impl Generator for SwarmEngine {
         let tracker = self.state.tracker();
         SwarmStatus {
             now_ms: now,
+            view: crate::status::DETAIL,
             architecture,
             nodes,
             layers,

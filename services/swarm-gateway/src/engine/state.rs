@@ -24,6 +24,8 @@ pub(crate) struct EngineState {
     /// Hidden states all generations keep for replay, against the gateway's budget.
     pub(super) replay_memory: Arc<ReplayMemory>,
     pub(super) training: Mutex<Option<TrainingStatus>>,
+    /// Woken on every new assignment, for requests waiting for a route.
+    pub(super) view_changed: tokio::sync::Notify,
     /// Unix seconds when the engine started, the model card's `created`.
     pub(super) created: u64,
 }
@@ -49,6 +51,8 @@ impl EngineState {
             .retain(|id| view.nodes.iter().any(|n| n.id == id));
         let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
         *slot = Arc::new(view);
+        drop(slot);
+        self.view_changed.notify_waiters();
     }
 }
 

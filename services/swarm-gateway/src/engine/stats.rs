@@ -29,6 +29,19 @@ struct NodeStats {
     in_flight: u32,
     consecutive_failures: u32,
     backed_off_until: Option<Instant>,
+    /// Decode hops measured since the last observation report.
+    unreported_samples: u32,
+}
+
+/// What this gateway measured of one node since its last report, as the registry takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub node_id: String,
+    /// Decode positions per second one stream gets through the node's span: 1000 over the
+    /// smoothed hop latency (transport included, as clients experience it).
+    pub tokens_per_second: f64,
+    /// Decode hops the figure is drawn from, since the last report.
+    pub samples: u32,
 }
 
 /// Per-node statistics, keyed by node id.
@@ -63,6 +76,29 @@ impl StatsBook {
             }
         });
         stats.consecutive_failures = 0;
+        stats.unreported_samples = stats.unreported_samples.saturating_add(1);
+    }
+
+    /// What to report to the registry: every node with at least `min_samples` new decode hops
+    /// since the last report (fewer say little about a node), which are then counted as
+    /// reported. Sorted by node id.
+    pub fn take_observations(&mut self, min_samples: u32) -> Vec<Observation> {
+        let mut observations: Vec<Observation> = self
+            .nodes
+            .iter_mut()
+            .filter(|(_, s)| s.unreported_samples >= min_samples.max(1))
+            .filter_map(|(id, s)| {
+                let latency = s.latency_ms.filter(|ms| *ms > 0.0 && ms.is_finite())?;
+                let samples = std::mem::take(&mut s.unreported_samples);
+                Some(Observation {
+                    node_id: id.clone(),
+                    tokens_per_second: 1000.0 / latency,
+                    samples,
+                })
+            })
+            .collect();
+        observations.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        observations
     }
 
     /// A hop computing `positions` positions at once (a prefill or a replay) took `elapsed`.
@@ -166,6 +202,34 @@ impl StatsBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observations_report_new_decode_samples_once() {
+        let mut book = StatsBook::new(Duration::from_millis(500), Duration::from_secs(4));
+        for _ in 0..3 {
+            book.record_latency("b", Duration::from_millis(20));
+        }
+        book.record_latency("a", Duration::from_millis(50));
+        // A prefill is not a decode sample.
+        book.record_work("c", 100, Duration::from_millis(100));
+        let first = book.take_observations(2);
+        assert_eq!(
+            first,
+            [Observation {
+                node_id: "b".into(),
+                tokens_per_second: 50.0,
+                samples: 3,
+            }]
+        );
+        // Reported samples are not reported again; `a` still waits for a second sample.
+        assert!(book.take_observations(2).is_empty());
+        book.record_latency("a", Duration::from_millis(50));
+        let second = book.take_observations(2);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].node_id, "a");
+        assert_eq!(second[0].samples, 2);
+        assert!((second[0].tokens_per_second - 20.0).abs() < 1e-9);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_expires() {

@@ -9,7 +9,7 @@
 //! | `GET /healthz` | no | [`operations`] | 200 `ok` while the process serves |
 //! | `GET /readyz` | no | [`operations`] | 200 with a full route, else 503 and why |
 //! | `GET /metrics` | no | [`operations`] | Prometheus text |
-//! | `GET /api/v1/status` | no | [`operations`] | [`SwarmStatus`](crate::status::SwarmStatus) |
+//! | `GET /api/v1/status` | optional | [`operations`] | [`SwarmStatus`](crate::status::SwarmStatus): detail with a key, summary without |
 //!
 //! Unknown routes and methods are answered with OpenAI error documents too.
 

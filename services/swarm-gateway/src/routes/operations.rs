@@ -1,13 +1,14 @@
 //! The operator's routes, without a key: the dashboard, liveness, readiness, metrics and the
-//! status document the dashboard polls.
+//! status document the dashboard polls (its detail view with a key, a summary without).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::status::SwarmStatus;
+use crate::status::{DETAIL, SwarmStatus};
 
 /// The dashboard: one self-contained page (no external assets) that polls `/api/v1/status`.
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
@@ -50,6 +51,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn status(State(state): State<AppState>) -> Json<SwarmStatus> {
-    Json(state.generator().status())
+/// The detail view for a request with a known API key, the public summary for one without;
+/// a key that is presented and wrong is refused (401), as on `/v1/*`, rather than quietly
+/// downgraded.
+pub async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<SwarmStatus>, ApiError> {
+    let mut doc = state.generator().status();
+    match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            state.api_keys().authenticate(value.to_str().ok())?;
+            doc.view = DETAIL;
+            Ok(Json(doc))
+        }
+        None => Ok(Json(doc.public_summary())),
+    }
 }

@@ -177,8 +177,9 @@ impl Generator for FakeGenerator {
             now_ms: 1,
             nodes: vec![NodeStatus {
                 id: "node-a".into(),
-                endpoint: "http://127.0.0.1:7500".into(),
+                endpoint: Some("http://127.0.0.1:7500".into()),
                 span: [0, 4],
+                pid: Some(4242),
                 role: "full".into(),
                 state: "live".into(),
                 ..NodeStatus::default()
