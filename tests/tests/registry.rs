@@ -37,7 +37,10 @@ struct Swarm {
 /// The test's liveness timings (heartbeat 200 ms, suspect 600 ms, dead 1.2 s) and a fast
 /// watch poll.
 fn config() -> RegistryToml {
+    // These nodes are keys without workers behind them: no reachability probe (the probe has
+    // its own tests in registry_trust.rs).
     RegistryToml::new(NET)
+        .endpoint_probe_timeout_ms(0)
         .liveness(200, 600, 1200)
         .watch_poll_ms(50)
 }
@@ -373,7 +376,10 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
     };
     let local = LocalRegistry::start(
         &support::launcher(dir.path()),
-        RegistryToml::new(NET).tls(&serving).unwrap(),
+        RegistryToml::new(NET)
+            .endpoint_probe_timeout_ms(0)
+            .tls(&serving)
+            .unwrap(),
         Duration::from_secs(20),
     )
     .unwrap();
