@@ -104,6 +104,52 @@ pub async fn run(
         kind,
     };
 
+    // Serve first: the registry's Register dials this endpoint and asks `Info` who answers
+    // there, so the node must answer before it registers. Until a span is loaded, compute
+    // calls are refused and `Info` says nothing is loaded.
+    let service = ShardWorkerServer::new(service::WorkerService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+    let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = abandoned => {}
+        }
+    };
+    let server = tokio::spawn(async move {
+        neuroshard_runtime::grpc::serve(listener, server_tls, service, stop).await
+    });
+    let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
+        Ok(follower) => follower,
+        Err(e) => {
+            // Registration failed: stop serving and say why.
+            let _ = abandon.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    let result = server
+        .await
+        .map_err(|e| Error::internal(format!("gRPC server task: {e}")))
+        .and_then(|served| served);
+    follower.abort();
+    tracing::info!("shard-worker stopped");
+    result
+}
+
+/// Measures this node, registers it, loads what the registry assigns, and follows the
+/// assignment from then on (the returned task, heartbeats included).
+async fn join_swarm(
+    config: &WorkerConfig,
+    key: NodeKey,
+    state: Arc<state::WorkerState>,
+    plan: node::LoadPlan,
+    endpoint: String,
+    usable_memory: u64,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let client = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
     let mut link = node::RegistryLink::new(client, key, config.network_id.clone());
     // Throughput is measured on the layers of the architecture the registry runs; before it
@@ -138,19 +184,11 @@ pub async fn run(
         )
     })?;
     node::settle(&state, &mut link, &mut advertised, &snapshot, &plan).await?;
-    let follower = tokio::spawn(node::follow(
-        state.clone(),
+    Ok(tokio::spawn(node::follow(
+        state,
         link,
         advertised,
         plan,
         Duration::from_millis(config.heartbeat_interval_ms.max(50)),
-    ));
-
-    let service = ShardWorkerServer::new(service::WorkerService { state })
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    let result = neuroshard_runtime::grpc::serve(listener, server_tls, service, shutdown).await;
-    follower.abort();
-    tracing::info!("shard-worker stopped");
-    result
+    )))
 }

@@ -94,6 +94,12 @@ impl RegistryToml {
         architecture.insert("genesis_nodes".into(), i64::from(genesis_nodes).into());
         architecture.insert("growth_settle_ms".into(), (growth_settle_ms as i64).into());
         architecture.insert("depth_curve_scale".into(), depth_curve_scale.into());
+        // A node's memory counts toward growth once it has been registered as long as growth
+        // settles: the harness's runs are minutes, not the ten minutes a public swarm waits.
+        architecture.insert(
+            "growth_min_node_age_ms".into(),
+            (growth_settle_ms as i64).into(),
+        );
         self.set("architecture", architecture)
     }
 

@@ -136,9 +136,27 @@ pub struct LocalSwarm {
     pg: PgServer,
     /// What it was started with.
     options: SwarmOptions,
+    /// How a worker is started, for [`LocalSwarm::add_worker`].
+    worker_plan: WorkerPlan,
 }
 
+/// What every worker of the swarm is started with.
+#[derive(Debug)]
+struct WorkerPlan {
+    launcher: Launcher,
+    registry_url: String,
+    memory: u64,
+    /// Workers the run's certificates were issued for (`None`: any number).
+    capacity: Option<usize>,
+    transport: Transport,
+}
+
+/// Workers that may join after the start (certificates issued ahead, since the run's CA key
+/// is gone once the swarm runs).
+pub const SPARE_WORKERS: usize = 4;
+
 /// How the swarm's processes speak gRPC.
+#[derive(Debug)]
 enum Transport {
     /// The caller's files, shared by every process.
     Given(TlsFiles),
@@ -218,8 +236,8 @@ impl LocalSwarm {
             Some(logs.join("supervisor.log")),
             Some(options.state_dir.join("processes.json")),
         );
-        let worker_names: Vec<String> = (0..options.workers)
-            .map(|i| format!("worker-{i}"))
+        let worker_names: Vec<String> = (0..options.workers + SPARE_WORKERS)
+            .map(worker_name)
             .collect();
         let transport = Transport::new(options, &worker_names)?;
         // The gateway reports what it measures of the workers; the registry takes reports
@@ -267,7 +285,6 @@ impl LocalSwarm {
         )?;
         progress(&format!("layer-registry ready at {registry_url}"));
 
-        let scheme = transport.scheme();
         let stages = if options.workers >= 4 {
             options.workers / 2
         } else {
@@ -281,34 +298,17 @@ impl LocalSwarm {
         let memory = u64::try_from(layers_per_stage * layer + ends + layer / 2)
             .unwrap_or(0)
             .saturating_mul(TRAINING_BYTES_PER_PARAM);
-        let threads = options.worker_threads.to_string();
+        let worker_plan = WorkerPlan {
+            launcher: launcher.clone(),
+            registry_url: registry_url.clone(),
+            memory,
+            capacity: matches!(transport, Transport::Issued(_)).then_some(worker_names.len()),
+            transport,
+        };
+        let transport = &worker_plan.transport;
         let mut workers = Vec::with_capacity(options.workers);
-        for (i, name) in worker_names.iter().enumerate() {
-            let key_file = options.state_dir.join(format!("worker-{i}.key"));
-            let node_id = NodeKey::load_or_create(&key_file)
-                .map_err(|e| LocalError(format!("{}: {e}", key_file.display())))?
-                .node_id()
-                .to_string();
-            let port = free_port()?;
-            let config = WorkerToml::new(port, &registry_url, NETWORK, &key_file)?
-                .advertise(&format!("{scheme}://127.0.0.1:{port}"))
-                .tls(&transport.files(name))?
-                .checkpoint(&options.checkpoint)?
-                .usable_memory_bytes(memory)
-                .heartbeat_ms(options.heartbeat_ms);
-            let name = name.clone();
-            // libtorch limited to the configured threads: the workers share one machine.
-            let env = vec![("OMP_NUM_THREADS".to_string(), threads.clone())];
-            let process = supervisor.add(
-                &name,
-                spawner(&launcher, WORKER_BINARY, &name, config.table().clone(), env),
-            )?;
-            workers.push(LocalWorker {
-                node_id,
-                port,
-                process,
-                name,
-            });
+        for i in 0..options.workers {
+            workers.push(spawn_worker(&worker_plan, options, &supervisor, i)?);
         }
         for w in &workers {
             wait_listening(&launcher, &w.process, &w.name, w.port, deadline)?;
@@ -362,9 +362,10 @@ impl LocalSwarm {
                 Vec::new(),
             ),
         )?;
+        let client_tls = transport.files(CLIENT);
         let mut swarm = Self {
             gateway_port,
-            client_tls: transport.files(CLIENT),
+            client_tls,
             registry_url,
             workers,
             gateway,
@@ -372,6 +373,7 @@ impl LocalSwarm {
             supervisor,
             pg,
             options: options.clone(),
+            worker_plan,
         };
         swarm.wait_ready(deadline, true)?;
         progress(&format!("swarm-gateway ready on port {gateway_port}"));
@@ -383,6 +385,30 @@ impl LocalSwarm {
     /// Processes may be restarting meanwhile.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         self.wait_ready(Instant::now() + timeout, false)
+    }
+
+    /// Starts one more worker (a node joining the running swarm) with a new key, and returns
+    /// its node id without waiting for it to be placed. It is supervised like the others.
+    pub fn add_worker(&mut self) -> Result<String> {
+        let index = self.workers.len();
+        if self.worker_plan.capacity.is_some_and(|n| index >= n) {
+            return Err(LocalError(format!(
+                "this run's certificates cover {} workers ({SPARE_WORKERS} beyond those started)",
+                self.worker_plan.capacity.unwrap_or(0)
+            )));
+        }
+        let worker = spawn_worker(&self.worker_plan, &self.options, &self.supervisor, index)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        wait_listening(
+            &self.worker_plan.launcher,
+            &worker.process,
+            &worker.name,
+            worker.port,
+            deadline,
+        )?;
+        let node_id = worker.node_id.clone();
+        self.workers.push(worker);
+        Ok(node_id)
     }
 
     /// Starts the worker holding `node_id` again now (killing it first if it still runs),
@@ -613,4 +639,53 @@ fn write_pids(path: &Path, workers: &[(String, String)], statuses: &[ProcessStat
     let text = serde_json::to_vec(&pids).map_err(|e| LocalError(e.to_string()))?;
     neuroshard_common::fs::write_atomic(path, &text)
         .map_err(|e| LocalError(format!("writing {}: {e}", path.display())))
+}
+
+fn worker_name(index: usize) -> String {
+    format!("worker-{index}")
+}
+
+/// Starts worker `index` under `supervisor`, with its key (created the first time) and a free
+/// port; returns once it is spawned (not yet listening).
+fn spawn_worker(
+    plan: &WorkerPlan,
+    options: &SwarmOptions,
+    supervisor: &Supervisor,
+    index: usize,
+) -> Result<LocalWorker> {
+    let name = worker_name(index);
+    let key_file = options.state_dir.join(format!("{name}.key"));
+    let node_id = NodeKey::load_or_create(&key_file)
+        .map_err(|e| LocalError(format!("{}: {e}", key_file.display())))?
+        .node_id()
+        .to_string();
+    let port = free_port()?;
+    let scheme = plan.transport.scheme();
+    let config = WorkerToml::new(port, &plan.registry_url, NETWORK, &key_file)?
+        .advertise(&format!("{scheme}://127.0.0.1:{port}"))
+        .tls(&plan.transport.files(&name))?
+        .checkpoint(&options.checkpoint)?
+        .usable_memory_bytes(plan.memory)
+        .heartbeat_ms(options.heartbeat_ms);
+    // libtorch limited to the configured threads: the workers share one machine.
+    let env = vec![(
+        "OMP_NUM_THREADS".to_string(),
+        options.worker_threads.to_string(),
+    )];
+    let process = supervisor.add(
+        &name,
+        spawner(
+            &plan.launcher,
+            WORKER_BINARY,
+            &name,
+            config.table().clone(),
+            env,
+        ),
+    )?;
+    Ok(LocalWorker {
+        node_id,
+        port,
+        process,
+        name,
+    })
 }

@@ -9,6 +9,8 @@ pub enum Kind {
     Gauge,
     /// Durations in seconds.
     Histogram,
+    /// A distribution of counts (no unit): batch sizes, say.
+    CountHistogram,
 }
 
 /// One row of a table: name, kind, help.
@@ -90,7 +92,7 @@ pub mod worker {
         ),
         (
             DECODE_BATCH_ROWS,
-            Kind::Histogram,
+            Kind::CountHistogram,
             "Sessions whose decode steps ran together in one pass",
         ),
     ];
@@ -173,6 +175,7 @@ pub fn describe(table: &[Metric]) {
             Kind::Counter => metrics::describe_counter!(name, help),
             Kind::Gauge => metrics::describe_gauge!(name, help),
             Kind::Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
+            Kind::CountHistogram => metrics::describe_histogram!(name, metrics::Unit::Count, help),
         }
     }
 }
@@ -191,6 +194,10 @@ mod tests {
             match kind {
                 Kind::Counter => assert!(name.ends_with("_total"), "{name}"),
                 Kind::Histogram => assert!(name.ends_with("_seconds"), "{name}"),
+                Kind::CountHistogram => assert!(
+                    !name.ends_with("_seconds") && !name.ends_with("_total"),
+                    "{name}"
+                ),
                 Kind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
             }
         }
