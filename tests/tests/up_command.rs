@@ -206,6 +206,14 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
         .spawn()
         .unwrap();
     let mut up = Up(up);
+    // `up` speaks mutual TLS between its processes; its state directory holds a certificate
+    // for the harness side, which this test dials the workers with.
+    let tls_dir = state.join("tls");
+    let client_tls = TlsFiles {
+        cert_file: Some(tls_dir.join("client.crt")),
+        key_file: Some(tls_dir.join("client.key")),
+        ca_file: Some(tls_dir.join("ca.crt")),
+    };
     // Everything `up` prints, as it prints it.
     let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {
@@ -273,7 +281,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
             && shown["state"] == "live"
             && shown["span"][1].as_u64() > shown["span"][0].as_u64()
             && under_replicated(&doc).is_empty()
-            && spans_loaded(&doc, &TlsFiles::default()) == 4
+            && spans_loaded(&doc, &client_tls) == 4
         {
             break doc;
         }
@@ -388,7 +396,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
 fn up_without_anything_to_serve_says_what_to_pass() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(support::bin_dir().join("neuroshard"))
-        .args(["up", "--checkpoint"])
+        .args(["up", "--http-port", "0", "--checkpoint"])
         .arg(dir.path().join("missing"))
         .output()
         .unwrap();
@@ -397,5 +405,48 @@ fn up_without_anything_to_serve_says_what_to_pass() {
     assert!(
         err.contains("holds no trained checkpoint") && err.contains("--data"),
         "{err}"
+    );
+}
+
+/// A short key and a taken port are said before anything starts (no training, no process),
+/// naming the flag; the key itself is never printed.
+#[test]
+fn up_checks_the_key_and_the_port_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = Command::new(support::bin_dir().join("neuroshard"))
+            .arg("up")
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--data")
+            .arg(dir.path().join("no-data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!printed.contains("training"), "it started work: {printed}");
+        printed
+    };
+    let err = up(&["--api-key", "tiny-key", "--http-port", "0"]);
+    assert!(err.contains("--api-key is 8 characters"), "{err}");
+    assert!(!err.contains("tiny-key"), "the key was printed: {err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = up(&["--http-port", &port]);
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("--http-port"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("state").join("logs").exists(),
+        "a process was started"
     );
 }

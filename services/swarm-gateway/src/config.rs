@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "NEUROSHARD_GATEWAY";
 
 /// Shortest API key accepted: a key short enough to guess is no key.
-pub const MIN_KEY_LEN: usize = 16;
+pub const MIN_KEY_LEN: usize = neuroshard_common::MIN_API_KEY_LEN;
 
 /// Keys that example configurations have shipped: public, so never accepted.
 /// `deploy/swarm-gateway.example.toml` carries the first; the second was an earlier example's.

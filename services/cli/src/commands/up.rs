@@ -45,20 +45,23 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    let checkpoint = resolve_checkpoint(&args)?;
     let bin_dir = std::env::current_exe()?
         .parent()
         .map(PathBuf::from)
         .context("locating the neuroshard binary's directory")?;
-    let api_key = match args.api_key {
-        Some(key) => key,
+    let api_key = match &args.api_key {
+        Some(key) => key.clone(),
         None => random_key(),
     };
-    let mut options = SwarmOptions::new(checkpoint.clone(), args.state_dir.clone(), bin_dir);
+    let mut options = SwarmOptions::new(PathBuf::new(), args.state_dir.clone(), bin_dir);
     options.workers = args.workers;
     options.http_port = args.http_port;
     options.api_key = api_key.clone();
     options.plaintext = args.insecure_plaintext;
+    // Before any training or process: what the user can fix with a flag, said now.
+    options.preflight()?;
+    let checkpoint = resolve_checkpoint(&args)?;
+    options.checkpoint = checkpoint.clone();
     if args.insecure_plaintext {
         eprintln!(
             "warning: --insecure-plaintext: gRPC between the swarm's processes is unencrypted and unauthenticated; any local user can call the registry and the workers"

@@ -29,3 +29,7 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model_config::ModelConfig;
+
+/// Shortest API key the gateway accepts (a key short enough to guess is no key); the local
+/// swarm checks it before it starts anything.
+pub const MIN_API_KEY_LEN: usize = 16;

@@ -102,6 +102,31 @@ impl SwarmOptions {
         }
     }
 
+    /// What can be checked before anything starts (PostgreSQL, training, any process), each
+    /// failure naming the flag that changes it: the worker count, the API key's length (never
+    /// the key itself), and whether the HTTP port is free.
+    pub fn preflight(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(LocalError("--workers must be at least 1".into()));
+        }
+        let key_len = self.api_key.chars().count();
+        if key_len < neuroshard_common::MIN_API_KEY_LEN {
+            return Err(LocalError(format!(
+                "--api-key is {key_len} characters long; the gateway needs at least {} (or leave --api-key out for a random one)",
+                neuroshard_common::MIN_API_KEY_LEN
+            )));
+        }
+        if self.http_port != 0
+            && let Err(e) = std::net::TcpListener::bind(("127.0.0.1", self.http_port))
+        {
+            return Err(LocalError(format!(
+                "port {} on 127.0.0.1 cannot be used for the gateway ({e}); choose another with --http-port",
+                self.http_port
+            )));
+        }
+        Ok(())
+    }
+
     fn launcher(&self) -> Launcher {
         Launcher {
             bin_dir: self.bin_dir.clone(),
@@ -221,9 +246,7 @@ impl LocalSwarm {
                 tokenizer.display()
             )));
         }
-        if options.workers == 0 {
-            return Err(LocalError("--workers must be at least 1".into()));
-        }
+        options.preflight()?;
         let launcher = options.launcher();
         let logs = options.state_dir.join("logs");
         std::fs::create_dir_all(&logs)
@@ -688,4 +711,42 @@ fn spawn_worker(
         process,
         name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SwarmOptions {
+        let mut options = SwarmOptions::new("ckpt".into(), "state".into(), "bin".into());
+        options.api_key = "sk-a-long-enough-secret".into();
+        options.http_port = 0;
+        options
+    }
+
+    #[test]
+    fn preflight_names_the_flag_and_never_the_key() {
+        assert!(options().preflight().is_ok());
+
+        let mut short = options();
+        short.api_key = "short-secret".into();
+        let err = short.preflight().unwrap_err().0;
+        assert!(err.contains("--api-key is 12 characters"), "{err}");
+        assert!(err.contains("at least 16"), "{err}");
+        assert!(
+            !err.contains("short-secret"),
+            "the key reached the message: {err}"
+        );
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut busy = options();
+        busy.http_port = taken.local_addr().unwrap().port();
+        let err = busy.preflight().unwrap_err().0;
+        assert!(err.contains(&format!("port {}", busy.http_port)), "{err}");
+        assert!(err.contains("--http-port"), "{err}");
+
+        let mut none = options();
+        none.workers = 0;
+        assert!(none.preflight().unwrap_err().0.contains("--workers"));
+    }
 }
