@@ -6,9 +6,14 @@
 //! - decode steps (one new position of a session): every step waiting, up to
 //!   `max_decode_batch` sessions, runs as one batched pass over the weights
 //!   ([`Shard::forward_rows`]), each row at its own session's position;
-//! - longer passes (prefills, replays, multi-position forwards): one chunk of
-//!   `prefill_chunk_positions` at a time, round-robin over the waiting requests, so a long
-//!   prompt neither holds up other sessions' decode steps nor a short prompt behind it.
+//! - longer passes (prefills, replays, multi-position forwards): between two decode rounds,
+//!   up to `prefill_chunk_positions` positions in all, each waiting request taking its turn
+//!   (round-robin) with at most what is left of that budget. A long prompt holds up other
+//!   sessions' decode steps by one budget at most, and a burst of short prompts is taken in
+//!   one round rather than one per decode round: when a batched decode round grows with the
+//!   sessions decoding, one prompt per round would leave the last of a burst waiting behind
+//!   every round before it (8 streams together: p99 time to first token 5.0 s against 2.9 s
+//!   without batching, until prompts shared the budget).
 //!
 //! A request whose caller has gone (its deadline passed) is dropped before its next chunk and
 //! its session's cache restored to what it held before; so is one whose pass fails.
@@ -295,29 +300,37 @@ impl Scheduler {
             .collect())
     }
 
-    /// Runs the next chunk of the longest-waiting long pass; it goes to the back of the queue
-    /// if it has more.
+    /// Runs long passes for up to `prefill_chunk_positions` positions in all: each waiting
+    /// pass at most once, longest-waiting first, with what is left of the budget; a pass with
+    /// more to do goes to the back of the queue.
     fn chunk_round(&mut self) {
-        let Some(mut pass) = self.chunked.pop_front() else {
-            return;
-        };
-        let finished = self.chunk(&mut pass);
-        match finished {
-            Ok(false) if !pass.job.reply.is_closed() => self.chunked.push_back(pass),
-            Ok(false) => self.restore(&pass),
-            Ok(true) => {
-                let result = self.finish(&pass);
-                let _ = pass.job.reply.send(result);
-            }
-            Err(e) => {
-                self.restore(&pass);
-                let _ = pass.job.reply.send(Err(e));
+        let mut budget = self.options.prefill_chunk_positions;
+        let mut turns = self.chunked.len();
+        while budget > 0 && turns > 0 {
+            let Some(mut pass) = self.chunked.pop_front() else {
+                return;
+            };
+            turns -= 1;
+            let before = pass.done;
+            let finished = self.chunk(&mut pass, budget);
+            budget -= pass.done - before;
+            match finished {
+                Ok(false) if !pass.job.reply.is_closed() => self.chunked.push_back(pass),
+                Ok(false) => self.restore(&pass),
+                Ok(true) => {
+                    let result = self.finish(&pass);
+                    let _ = pass.job.reply.send(result);
+                }
+                Err(e) => {
+                    self.restore(&pass);
+                    let _ = pass.job.reply.send(Err(e));
+                }
             }
         }
     }
 
-    /// Runs one chunk of `pass`; whether it is complete.
-    fn chunk(&self, pass: &mut Chunked) -> Result<bool> {
+    /// Runs one chunk of `pass`, of at most `limit` positions; whether it is complete.
+    fn chunk(&self, pass: &mut Chunked, limit: i64) -> Result<bool> {
         let mut cache = pass.job.session.cache()?;
         if cache.len() != pass.job.position + pass.done {
             // Only the first chunk can meet a stale position; a later mismatch means another
@@ -325,7 +338,7 @@ impl Scheduler {
             return Err(moved(pass.job.position + pass.done, cache.len()));
         }
         let total = pass.job.input.size()[1];
-        let len = self.options.prefill_chunk_positions.min(total - pass.done);
+        let len = limit.min(total - pass.done);
         let piece = pass.job.input.narrow(1, pass.done, len);
         let started = Instant::now();
         pass.touched = true;
