@@ -54,18 +54,7 @@ fn complete(port: u16, prompt: &str) -> String {
 
 /// The detail view of the status document.
 fn status(port: u16) -> Value {
-    let auth = auth();
-    let r = http_request(
-        port,
-        "GET",
-        "/api/v1/status",
-        &[("Authorization", &auth)],
-        "",
-        TIMEOUT,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
+    support::detail_status(port, KEY)
 }
 
 /// Streams one completion; sends its request id on `started` with the first event; returns

@@ -16,10 +16,10 @@ use neuroshard_local::{Launcher, LocalRegistry, PgServer, RegistryProcess, Regis
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, Capacity, Device, GetAssignmentRequest, HeartbeatRequest, NodeState,
-    RegisterRequest, RoutesRequest, WatchRequest,
+    GetAssignmentRequest, HeartbeatRequest, NodeState, RegisterRequest, RoutesRequest, WatchRequest,
 };
 use prost::Message;
+use support::registry::{assignment, holders};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -74,19 +74,11 @@ async fn start() -> Swarm {
 }
 
 fn envelope(key: &NodeKey, name: &str, nonce: u64, message: &impl Message) -> SignedEnvelope {
-    sign(key, NET, name, nonce, now_ms(), message.encode_to_vec()).unwrap()
+    support::registry::envelope(key, NET, name, nonce, message)
 }
 
 fn register_request(endpoint: &str) -> RegisterRequest {
-    RegisterRequest {
-        endpoint: endpoint.into(),
-        capacity: Some(Capacity {
-            usable_memory_bytes: NODE_MEMORY,
-            device: Device::Cpu as i32,
-            tokens_per_second: 1000.0,
-        }),
-        payout_address: String::new(),
-    }
+    support::registry::register_request(endpoint, NODE_MEMORY, 1000.0)
 }
 
 async fn register(client: &mut LayerRegistryClient<Channel>, key: &NodeKey, nonce: u64) {
@@ -110,27 +102,6 @@ async fn register_with(
 /// The status of a call that must fail.
 fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
     result.unwrap_err()
-}
-
-async fn assignment(client: &mut LayerRegistryClient<Channel>) -> AssignmentSnapshot {
-    client
-        .get_assignment(GetAssignmentRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-fn holders(snapshot: &AssignmentSnapshot) -> Vec<u32> {
-    let layers = snapshot.architecture.as_ref().unwrap().num_layers;
-    (0..layers)
-        .map(|l| {
-            snapshot
-                .nodes
-                .iter()
-                .filter(|n| n.span.is_some_and(|s| s.start <= l && l < s.end))
-                .count() as u32
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

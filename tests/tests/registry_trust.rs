@@ -6,19 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::identity::NodeKey;
-use neuroshard_common::signing::{now_ms, sign};
-use neuroshard_local::{Launcher, LocalRegistry, RegistryToml};
+use neuroshard_local::{LocalRegistry, RegistryToml};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, Capacity, DeregisterRequest, Device, GetAssignmentRequest,
-    HeartbeatRequest, NodeObservation, NodeState, ObservationsRequest, RegisterRequest,
-    RoutesRequest,
+    AssignmentSnapshot, DeregisterRequest, HeartbeatRequest, NodeObservation, NodeState,
+    ObservationsRequest, RoutesRequest,
 };
 use neuroshard_proto::worker::v1::shard_worker_server::{ShardWorker, ShardWorkerServer};
 use neuroshard_proto::worker::v1::{
@@ -27,6 +27,7 @@ use neuroshard_proto::worker::v1::{
     ReplayStreamRequest, ReplayStreamResponse,
 };
 use prost::Message;
+use support::registry::{assignment, holders, register_request};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -58,26 +59,15 @@ fn patient() -> RegistryToml {
     config().liveness(1000, 60_000, 120_000)
 }
 
-/// Starts services from the target directory (only the registry's binary is needed), with
-/// configs and logs under `dir/state`.
-fn launcher(dir: &std::path::Path) -> Launcher {
-    let bin_dir = neuroshard_tests::workspace_binary("layer-registry")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    Launcher::new(bin_dir, state)
-}
-
 async fn start(config: RegistryToml) -> Swarm {
     let dir = tempfile::tempdir().unwrap();
-    let local =
-        LocalRegistry::start(&launcher(dir.path()), config, Duration::from_secs(20)).unwrap();
-    let client = LayerRegistryClient::connect(local.registry.url.clone())
-        .await
-        .unwrap();
+    let local = LocalRegistry::start(
+        &support::launcher(dir.path()),
+        config,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let client = support::registry_client(&local.registry.url).await;
     Swarm {
         client,
         _registry: local,
@@ -86,19 +76,7 @@ async fn start(config: RegistryToml) -> Swarm {
 }
 
 fn envelope(key: &NodeKey, name: &str, nonce: u64, message: &impl Message) -> SignedEnvelope {
-    sign(key, NET, name, nonce, now_ms(), message.encode_to_vec()).unwrap()
-}
-
-fn register_request(endpoint: &str, memory: u64, tokens_per_second: f64) -> RegisterRequest {
-    RegisterRequest {
-        endpoint: endpoint.into(),
-        capacity: Some(Capacity {
-            usable_memory_bytes: memory,
-            device: Device::Cpu as i32,
-            tokens_per_second,
-        }),
-        payout_address: String::new(),
-    }
+    support::registry::envelope(key, NET, name, nonce, message)
 }
 
 fn register_envelope(key: &NodeKey, nonce: u64) -> SignedEnvelope {
@@ -130,27 +108,6 @@ async fn heartbeat(client: &mut LayerRegistryClient<Channel>, key: &NodeKey, non
 /// The status of a call that must fail.
 fn refused<T: std::fmt::Debug>(result: Result<Response<T>, Status>) -> Status {
     result.unwrap_err()
-}
-
-async fn assignment(client: &mut LayerRegistryClient<Channel>) -> AssignmentSnapshot {
-    client
-        .get_assignment(GetAssignmentRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-fn holders(snapshot: &AssignmentSnapshot) -> Vec<u32> {
-    let layers = snapshot.architecture.as_ref().unwrap().num_layers;
-    (0..layers)
-        .map(|l| {
-            snapshot
-                .nodes
-                .iter()
-                .filter(|n| n.span.is_some_and(|s| s.start <= l && l < s.end))
-                .count() as u32
-        })
-        .collect()
 }
 
 type Span = Option<(u32, u32)>;

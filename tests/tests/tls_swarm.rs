@@ -126,23 +126,14 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
     assert!(swarm.registry_url.starts_with("https://"));
 
     // Every node the registry publishes is reached over https.
-    let status = http_request(
-        port,
-        "GET",
-        "/api/v1/status",
-        &[("Authorization", &format!("Bearer {KEY}"))],
-        "",
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let doc = support::detail_status(port, KEY);
     let endpoints: Vec<String> = doc["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| n["endpoint"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(endpoints.len(), 4, "{}", status.body);
+    assert_eq!(endpoints.len(), 4, "{doc}");
     assert!(
         endpoints.iter().all(|e| e.starts_with("https://")),
         "{endpoints:?}"
@@ -205,16 +196,7 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
     })
     .await
     .unwrap();
-    let status = http_request(
-        port,
-        "GET",
-        "/api/v1/status",
-        &[("Authorization", &format!("Bearer {KEY}"))],
-        "",
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let doc = support::detail_status(port, KEY);
     let restarted = &swarm.workers[0];
     let shown = doc["nodes"]
         .as_array()

@@ -237,19 +237,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
     }
     let auth = format!("Bearer {KEY}");
     let timeout = Duration::from_secs(30);
-    let status = || {
-        let r = http_request(
-            port,
-            "GET",
-            "/api/v1/status",
-            &[("Authorization", &auth)],
-            "",
-            timeout,
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        json(&r.body)
-    };
+    let status = || support::detail_status(port, KEY);
     let before = status();
     assert!(under_replicated(&before).is_empty(), "{before}");
     // The victim: a holder of layer 0.
@@ -414,7 +402,6 @@ fn up_without_anything_to_serve_says_what_to_pass() {
 fn up_checks_the_key_and_the_port_before_starting_anything() {
     let dir = tempfile::tempdir().unwrap();
     let up = |args: &[&str]| {
-        let started = std::time::Instant::now();
         let out = Command::new(support::bin_dir().join("neuroshard"))
             .arg("up")
             .args(args)
@@ -425,7 +412,6 @@ fn up_checks_the_key_and_the_port_before_starting_anything() {
             .output()
             .unwrap();
         assert!(!out.status.success());
-        assert!(started.elapsed() < Duration::from_secs(10));
         let printed = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

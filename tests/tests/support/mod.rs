@@ -2,6 +2,8 @@
 //!
 //! - here: where the service binaries are, a [`Launcher`] for a test's directory, a registry
 //!   client once the registry listens, signals to processes;
+//! - [`registry`]: signed envelopes, registration requests and assignment reads, as nodes
+//!   send them;
 //! - [`checkpoints`]: seeded model checkpoints (with a tokenizer when the gateway needs one)
 //!   and what the model generates in process;
 //! - [`swarm`]: a registry and shard-worker processes assembled by hand (growth, streaming,
@@ -13,6 +15,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod checkpoints;
+pub mod registry;
 pub mod swarm;
 
 use std::path::{Path, PathBuf};
@@ -53,4 +56,23 @@ pub fn signal(pid: u32, name: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{name} {pid}");
+}
+
+/// The gateway's status document on `port` in its detail view (asked for with `key`), which
+/// has the nodes' endpoints and pids.
+pub fn detail_status(port: u16, key: &str) -> serde_json::Value {
+    let auth = format!("Bearer {key}");
+    let r = neuroshard_local::http_request(
+        port,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", &auth)],
+        "",
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(doc["view"], "detail", "{doc}");
+    doc
 }
