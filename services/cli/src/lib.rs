@@ -123,3 +123,23 @@ pub struct RuntimeArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
+
+impl RuntimeArgs {
+    /// The whole model of `checkpoint` (whose config is `config`) on the chosen device and
+    /// dtype, and that device.
+    pub fn load_full_model(
+        &self,
+        checkpoint: &std::path::Path,
+        config: &neuroshard_model::ModelConfig,
+    ) -> anyhow::Result<(neuroshard_model::Shard, neuroshard_model::tch::Device)> {
+        let device = neuroshard_model::device::parse_device(&self.device)?;
+        let kind = neuroshard_model::device::parse_dtype(&self.dtype)?;
+        let model = neuroshard_model::checkpoint::load_shard(
+            checkpoint,
+            neuroshard_model::ShardSpec::full(config.num_layers),
+            device,
+            kind,
+        )?;
+        Ok((model, device))
+    }
+}

@@ -170,14 +170,7 @@ fn decode(args: DecodeArgs) -> anyhow::Result<()> {
             config.max_seq_len
         );
     }
-    let device = parse_device(&args.runtime.device)?;
-    let kind = parse_dtype(&args.runtime.dtype)?;
-    let model = checkpoint::load_shard(
-        &args.checkpoint,
-        ShardSpec::full(config.num_layers),
-        device,
-        kind,
-    )?;
+    let (model, device) = args.runtime.load_full_model(&args.checkpoint, &config)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..args.prompt_len)
         .map(|_| rng.random_range(0..config.vocab_size as u32))

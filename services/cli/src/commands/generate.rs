@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use neuroshard_model::ShardSpec;
 use neuroshard_model::checkpoint::{self, TOKENIZER_FILE};
-use neuroshard_model::device::{parse_device, parse_dtype};
 use neuroshard_model::generate::{GenerateOptions, generate};
 use neuroshard_model::sampling::SamplingParams;
 use neuroshard_model::tokenizer::TextTokenizer;
@@ -41,14 +39,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = TextTokenizer::from_file(&tokenizer_path)
         .with_context(|| format!("generate needs {}", tokenizer_path.display()))?;
     let config = checkpoint::read_config(&args.checkpoint)?;
-    let device = parse_device(&args.runtime.device)?;
-    let kind = parse_dtype(&args.runtime.dtype)?;
-    let model = checkpoint::load_shard(
-        &args.checkpoint,
-        ShardSpec::full(config.num_layers),
-        device,
-        kind,
-    )?;
+    let (model, _) = args.runtime.load_full_model(&args.checkpoint, &config)?;
     let prompt = tokenizer.encode(&args.prompt)?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
