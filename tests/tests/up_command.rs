@@ -56,14 +56,12 @@ impl Drop for Up {
     }
 }
 
-#[test]
-fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
-    let port = free_port().unwrap();
-    let up = Command::new(support::bin_dir().join("neuroshard"))
+/// `neuroshard up --workers 4` serving `ckpt` on `port` with [`KEY`], its state in `state`,
+/// stdout piped for the test to read.
+fn start_up(ckpt: &std::path::Path, port: u16, state: &std::path::Path) -> Up {
+    let child = Command::new(support::bin_dir().join("neuroshard"))
         .args(["up", "--workers", "4", "--checkpoint"])
-        .arg(&ckpt)
+        .arg(ckpt)
         .args([
             "--http-port",
             &port.to_string(),
@@ -71,12 +69,20 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
             KEY,
             "--state-dir",
         ])
-        .arg(dir.path().join("state"))
+        .arg(state)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut up = Up(up);
+    Up(child)
+}
+
+#[test]
+fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
+    let port = free_port().unwrap();
+    let mut up = start_up(&ckpt, port, &dir.path().join("state"));
     let mut lines = BufReader::new(up.0.stdout.take().unwrap()).lines();
     let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -190,22 +196,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
     let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
     let port = free_port().unwrap();
     let state = dir.path().join("state");
-    let up = Command::new(support::bin_dir().join("neuroshard"))
-        .args(["up", "--workers", "4", "--checkpoint"])
-        .arg(&ckpt)
-        .args([
-            "--http-port",
-            &port.to_string(),
-            "--api-key",
-            KEY,
-            "--state-dir",
-        ])
-        .arg(&state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut up = Up(up);
+    let mut up = start_up(&ckpt, port, &state);
     // `up` speaks mutual TLS between its processes; its state directory holds a certificate
     // for the harness side, which this test dials the workers with.
     let tls_dir = state.join("tls");

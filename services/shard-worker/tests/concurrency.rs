@@ -11,7 +11,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::growth::ArchitectureState;
-use neuroshard_common::identity::NodeKey;
 use neuroshard_common::tensor::{Limits, decode_f32};
 use neuroshard_proto::worker::v1::{ForwardRequest, ForwardResponse};
 use neuroshard_shard_worker::WorkerConfig;
@@ -70,11 +69,7 @@ fn long_prefill(url: String, salt: i64) -> tokio::task::JoinHandle<(ForwardRespo
 async fn control_calls_and_heartbeats_are_answered_during_a_long_prefill() {
     neuroshard_model::tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("worker.key");
-    let node_id = NodeKey::load_or_create(&key_file)
-        .unwrap()
-        .node_id()
-        .to_string();
+    let (key_file, node_id) = support::worker_key(dir.path());
     let registry = FakeRegistry::new(
         &node_id,
         Some(ArchitectureState::genesis(support::config())),

@@ -11,7 +11,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use neuroshard_common::growth::ArchitectureState;
-use neuroshard_common::identity::NodeKey;
 use neuroshard_proto::registry::v1::Device;
 use neuroshard_shard_worker::WorkerConfig;
 use neuroshard_shard_worker::capacity::{Memory, free_memory};
@@ -21,11 +20,7 @@ use support::{FakeRegistry, SEED};
 async fn throughput_is_measured_again_on_a_new_architectures_layers() {
     neuroshard_model::tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("worker.key");
-    let node_id = NodeKey::load_or_create(&key_file)
-        .unwrap()
-        .node_id()
-        .to_string();
+    let (key_file, node_id) = support::worker_key(dir.path());
     // No architecture yet: the worker measures on the default model's layers.
     let registry = FakeRegistry::new(&node_id, None);
     let url = registry.clone().serve().await;

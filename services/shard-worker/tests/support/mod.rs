@@ -244,3 +244,13 @@ impl LayerRegistry for FakeRegistry {
         Err(Status::unimplemented("not in this test"))
     }
 }
+
+/// A worker key file in `dir` (created) and its node id.
+pub fn worker_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let key_file = dir.join("worker.key");
+    let node_id = neuroshard_common::identity::NodeKey::load_or_create(&key_file)
+        .unwrap()
+        .node_id()
+        .to_string();
+    (key_file, node_id)
+}

@@ -13,6 +13,7 @@ use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{NodeObservation, ObservationsRequest};
 use prost::Message;
+use tonic::transport::Channel;
 
 use super::state::EngineState;
 use super::stats::Observation;
@@ -60,6 +61,8 @@ pub fn request(observations: &[Observation]) -> ObservationsRequest {
 /// Reports every `interval` until the engine is dropped (the task is aborted with it).
 pub(super) async fn report_loop(engine: Arc<EngineState>, observer: ObserverConfig) {
     let nonces = NonceSource::new();
+    // One connection to the registry, made when first needed and again after a failure.
+    let mut registry: Option<LayerRegistryClient<Channel>> = None;
     let mut ticker = tokio::time::interval(observer.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -71,12 +74,16 @@ pub(super) async fn report_loop(engine: Arc<EngineState>, observer: ObserverConf
         if observations.is_empty() {
             continue;
         }
-        match report(&engine, &observer, &nonces, &observations).await {
+        match report(&engine, &mut registry, &observer, &nonces, &observations).await {
             Ok(()) => {
                 tracing::debug!(nodes = observations.len(), "observations reported");
                 last_error = None;
             }
             Err(e) => {
+                // A refusal came over a working connection; anything else may be the link.
+                if e.kind != ErrorKind::PermissionDenied {
+                    registry = None;
+                }
                 if last_error.as_deref() != Some(e.message.as_str()) {
                     tracing::warn!(
                         observer = %observer.key.node_id(),
@@ -92,6 +99,7 @@ pub(super) async fn report_loop(engine: Arc<EngineState>, observer: ObserverConf
 
 async fn report(
     engine: &EngineState,
+    registry: &mut Option<LayerRegistryClient<Channel>>,
     observer: &ObserverConfig,
     nonces: &NonceSource,
     observations: &[Observation],
@@ -104,16 +112,19 @@ async fn report(
         now_ms(),
         request(observations).encode_to_vec(),
     )?;
-    let channel = engine.config.tls.connect(&engine.config.registry).await?;
-    LayerRegistryClient::new(channel)
-        .report_observations(envelope)
-        .await
-        .map_err(|s| {
-            let kind = match s.code() {
-                tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
-                _ => ErrorKind::Unavailable,
-            };
-            Error::new(kind, s.message().to_string())
-        })?;
+    let client = match registry {
+        Some(client) => client,
+        None => {
+            let channel = engine.config.tls.connect(&engine.config.registry).await?;
+            registry.insert(LayerRegistryClient::new(channel))
+        }
+    };
+    client.report_observations(envelope).await.map_err(|s| {
+        let kind = match s.code() {
+            tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Unavailable,
+        };
+        Error::new(kind, s.message().to_string())
+    })?;
     Ok(())
 }
