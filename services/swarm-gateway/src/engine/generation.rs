@@ -279,7 +279,11 @@ impl Generation {
             let detail = if missing.is_empty() {
                 "no usable holder".to_string()
             } else {
-                format!("no live holder for layers {missing:?}")
+                let spans: Vec<String> = missing
+                    .iter()
+                    .map(|(start, end)| format!("[{start}, {end})"))
+                    .collect();
+                format!("no live holder for layers {}", spans.join(", "))
             };
             Error::new(
                 ErrorKind::Unavailable,

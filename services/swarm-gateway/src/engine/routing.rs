@@ -106,15 +106,29 @@ pub fn best_chain(
     Some(chain)
 }
 
-/// Layers `[from, to)` that no usable node covers, for the "no route" message.
-pub fn uncovered(nodes: &[NodeView], from: u32, to: u32, exclude: &HashSet<String>) -> Vec<u32> {
-    (from..to)
-        .filter(|&l| {
-            !nodes
-                .iter()
-                .any(|n| n.routable() && !exclude.contains(&n.id) && n.start <= l && l < n.end)
-        })
-        .collect()
+/// The spans of `[from, to)` that no usable node covers, as half-open `(start, end)` runs,
+/// for the "no route" message: `[(2, 4)]`, not `[2, 3]`, so the message names the same span
+/// whether the request looked before or after the holder died.
+pub fn uncovered(
+    nodes: &[NodeView],
+    from: u32,
+    to: u32,
+    exclude: &HashSet<String>,
+) -> Vec<(u32, u32)> {
+    let mut spans: Vec<(u32, u32)> = Vec::new();
+    for layer in from..to {
+        let covered = nodes
+            .iter()
+            .any(|n| n.routable() && !exclude.contains(&n.id) && n.start <= layer && layer < n.end);
+        if covered {
+            continue;
+        }
+        match spans.last_mut() {
+            Some((_, end)) if *end == layer => *end = layer + 1,
+            _ => spans.push((layer, layer + 1)),
+        }
+    }
+    spans
 }
 
 #[cfg(test)]
@@ -171,7 +185,15 @@ mod tests {
         assert_eq!(best_chain(&nodes, &loads, 0, 4, &exclude, || 1.0), None);
         assert_eq!(
             uncovered(&nodes, 0, 4, &HashSet::from(["c".into()])),
-            [2, 3]
+            [(2, 4)]
+        );
+        let gappy = vec![
+            node("a", 1, 2, NodeState::Live),
+            node("b", 3, 4, NodeState::Live),
+        ];
+        assert_eq!(
+            uncovered(&gappy, 0, 5, &HashSet::new()),
+            [(0, 1), (2, 3), (4, 5)]
         );
     }
 
