@@ -26,6 +26,7 @@ fn tls() -> TlsFiles {
         cert_file: Some("tls.crt".into()),
         key_file: Some("tls.key".into()),
         ca_file: Some("ca.crt".into()),
+        insecure_plaintext: false,
     }
 }
 
@@ -113,7 +114,7 @@ fn every_gateway_key_is_one_the_gateway_takes() {
         8081,
         "neurollm",
         Path::new("tokenizer.json"),
-        "http://127.0.0.1:7401",
+        "https://127.0.0.1:7401",
     )
     .unwrap()
     .api_key("sk-test-0123456789abcdef", "local")
@@ -130,7 +131,7 @@ fn every_gateway_key_is_one_the_gateway_takes() {
     assert_eq!(config.listen, ([127, 0, 0, 1], 8081).into());
     assert_eq!(config.model, "neurollm");
     assert_eq!(config.tokenizer, Path::new("tokenizer.json"));
-    assert_eq!(config.registry, "http://127.0.0.1:7401");
+    assert_eq!(config.registry, "https://127.0.0.1:7401");
     assert_eq!(config.api_keys.len(), 1);
     assert_eq!(config.api_keys[0].key, "sk-test-0123456789abcdef");
     assert_eq!(config.api_keys[0].account, "local");

@@ -27,7 +27,10 @@ async fn registry_exports_traces_and_serves_metrics() {
     ];
     let LocalRegistry { registry, pg: _pg } = LocalRegistry::start(
         &launcher,
-        RegistryToml::new("neuroshard-local").metrics_port(metrics_port),
+        RegistryToml::new("neuroshard-local")
+            .tls(&neuroshard_runtime::tls::TlsFiles::insecure_plaintext())
+            .unwrap()
+            .metrics_port(metrics_port),
         Duration::from_secs(20),
     )
     .unwrap();

@@ -40,6 +40,8 @@ fn config() -> RegistryToml {
     // These nodes are keys without workers behind them: no reachability probe (the probe has
     // its own tests in registry_trust.rs).
     RegistryToml::new(NET)
+        .tls(&neuroshard_runtime::tls::TlsFiles::insecure_plaintext())
+        .unwrap()
         .endpoint_probe_timeout_ms(0)
         .liveness(200, 600, 1200)
         .watch_poll_ms(50)
@@ -318,51 +320,42 @@ async fn bad_messages_are_refused_and_change_nothing() {
     );
 }
 
+/// The registry's default: mutual TLS. A client with a certificate under the swarm's CA gets
+/// in; plaintext, TLS without a client certificate, a certificate from another CA, and a
+/// registry config with no [tls] at all get nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_links_verify_the_server_and_refuse_plaintext() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+async fn tls_links_are_mutual_and_refuse_plaintext_and_strangers() {
+    use neuroshard_local::LocalPki;
+    use neuroshard_runtime::tls::TlsFiles;
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let cert_file = write("tls.crt", server.pem());
-    let key_file = write("tls.key", server_key.serialize_pem());
-    let ca_file = write("ca.crt", ca.pem());
+    let pki = LocalPki::issue(&dir.path().join("tls"), &["registry", "client"]).unwrap();
+    let elsewhere = LocalPki::issue(&dir.path().join("other"), &["client"]).unwrap();
+    let launcher = support::launcher(dir.path());
 
-    let serving = neuroshard_runtime::tls::TlsFiles {
-        cert_file: Some(cert_file),
-        key_file: Some(key_file),
-        ca_file: None,
-    };
+    // Leaving [tls] out does not give a plaintext registry: it refuses to start.
+    let refused = LocalRegistry::start(
+        &launcher,
+        RegistryToml::new(NET).endpoint_probe_timeout_ms(0),
+        Duration::from_secs(20),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("tls.insecure_plaintext"), "{refused}");
+
     let local = LocalRegistry::start(
-        &support::launcher(dir.path()),
+        &launcher,
         RegistryToml::new(NET)
             .endpoint_probe_timeout_ms(0)
-            .tls(&serving)
+            .tls(&pki.files("registry"))
             .unwrap(),
         Duration::from_secs(20),
     )
     .unwrap();
     let port = local.registry.port;
-    let tls = neuroshard_runtime::tls::TlsFiles {
-        ca_file: Some(ca_file),
-        ..Default::default()
-    };
     let url = format!("https://localhost:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let channel = loop {
-        if let Ok(channel) = tls.connect(&url).await {
+        if let Ok(channel) = pki.files("client").connect(&url).await {
             break channel;
         }
         assert!(Instant::now() < deadline, "TLS registry did not come up");
@@ -373,35 +366,36 @@ async fn tls_links_verify_the_server_and_refuse_plaintext() {
     register(&mut client, &key, 1).await;
     assert_eq!(assignment(&mut client).await.nodes.len(), 1);
 
-    // A plaintext client gets nowhere; neither does TLS without the CA.
+    // Every stranger is refused by the time it asks for something.
+    let refuses = |tls: TlsFiles| {
+        let url = url.clone();
+        async move {
+            match tls.connect(&url).await {
+                Err(_) => true,
+                Ok(channel) => LayerRegistryClient::new(channel)
+                    .get_assignment(GetAssignmentRequest {})
+                    .await
+                    .is_err(),
+            }
+        }
+    };
     if let Ok(mut plain) = LayerRegistryClient::connect(format!("http://127.0.0.1:{port}")).await {
         assert!(plain.get_assignment(GetAssignmentRequest {}).await.is_err());
     }
-    let err = neuroshard_runtime::tls::TlsFiles::default()
+    let err = TlsFiles::insecure_plaintext()
         .connect(&url)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("tls.ca_file"), "{err}");
-    let other_ca_key = KeyPair::generate().unwrap();
-    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let other_ca = write(
-        "other.crt",
-        other_params.self_signed(&other_ca_key).unwrap().pem(),
-    );
-    let wrong = neuroshard_runtime::tls::TlsFiles {
-        ca_file: Some(other_ca),
-        ..Default::default()
+    let anonymous = TlsFiles {
+        ca_file: pki.files("client").ca_file,
+        ..TlsFiles::default()
     };
-    match wrong.connect(&url).await {
-        Err(_) => {}
-        Ok(channel) => assert!(
-            LayerRegistryClient::new(channel)
-                .get_assignment(GetAssignmentRequest {})
-                .await
-                .is_err()
-        ),
-    }
+    assert!(refuses(anonymous).await, "a client without a certificate");
+    assert!(
+        refuses(elsewhere.files("client")).await,
+        "a client certificate from another CA"
+    );
     drop(local);
 }
 

@@ -48,6 +48,8 @@ struct Swarm {
 /// poll, and no endpoint probe (nodes here have no worker behind them unless a test says so).
 fn config() -> RegistryToml {
     RegistryToml::new(NET)
+        .tls(&neuroshard_runtime::tls::TlsFiles::insecure_plaintext())
+        .unwrap()
         .liveness(200, 600, 1200)
         .watch_poll_ms(50)
         .endpoint_probe_timeout_ms(0)

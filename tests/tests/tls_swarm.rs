@@ -63,6 +63,7 @@ fn pki(dir: &Path) -> Pki {
             cert_file: Some(other_cert),
             key_file: Some(other_key),
             ca_file: Some(ca_file.clone()),
+            insecure_plaintext: false,
         },
         ca_file,
         cert_file,
@@ -115,6 +116,7 @@ async fn the_swarm_runs_over_mutual_tls_and_refuses_plaintext_and_strangers() {
         cert_file: Some(pki.cert_file.clone()),
         key_file: Some(pki.key_file.clone()),
         ca_file: Some(pki.ca_file.clone()),
+        insecure_plaintext: false,
     };
     options.tls = Some(swarm_tls.clone());
     let mut swarm = tokio::task::spawn_blocking(move || {

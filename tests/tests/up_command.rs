@@ -204,6 +204,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
         cert_file: Some(tls_dir.join("client.crt")),
         key_file: Some(tls_dir.join("client.key")),
         ca_file: Some(tls_dir.join("ca.crt")),
+        insecure_plaintext: false,
     };
     // Everything `up` prints, as it prints it.
     let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

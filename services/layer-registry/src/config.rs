@@ -173,7 +173,8 @@ impl RegistryConfig {
                 )));
             }
         }
-        Ok(())
+        // Last, so a config's own mistakes are named before the missing certificates.
+        self.tls.validate()
     }
 
     /// The node ids `allowed_nodes` names (public keys turned into their node ids), or
@@ -378,7 +379,24 @@ mod tests {
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_REGISTRY", Vec::new())
                 .unwrap();
         config.validate().unwrap();
-        assert_eq!(config, RegistryConfig::default());
+        // The example is the defaults with the cluster's certificate paths filled in.
+        assert_eq!(
+            config,
+            RegistryConfig {
+                tls: neuroshard_runtime::tls::TlsFiles {
+                    cert_file: Some("/etc/neuroshard/tls/tls.crt".into()),
+                    key_file: Some("/etc/neuroshard/tls/tls.key".into()),
+                    ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
+                    insecure_plaintext: false,
+                },
+                ..RegistryConfig::default()
+            }
+        );
+        let err = RegistryConfig::default()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.insecure_plaintext = true"), "{err}");
     }
 
     #[test]
@@ -405,6 +423,10 @@ mod tests {
                 (
                     "NEUROSHARD_REGISTRY_ARCHITECTURE__DEPTH_CURVE_SCALE".to_string(),
                     "20".to_string(),
+                ),
+                (
+                    "NEUROSHARD_REGISTRY_TLS__INSECURE_PLAINTEXT".to_string(),
+                    "true".to_string(),
                 ),
             ],
         )
@@ -455,6 +477,7 @@ mod tests {
             ("OBSERVERS", &format!("[\"{}\"]", "cd".repeat(20))),
             ("DATABASE_TLS__SSLMODE", "verify-full"),
             ("DATABASE_TLS__ROOT_CERT_FILE", "/etc/pg/root.crt"),
+            ("TLS__INSECURE_PLAINTEXT", "true"),
         ])
         .unwrap();
         config.validate().unwrap();

@@ -98,14 +98,9 @@ pub async fn run(
 /// watches it; registrations stay signed, but nothing is encrypted.
 fn warn_about_plaintext(config: &RegistryConfig) {
     use config::SslMode;
-    let tls = &config.tls;
-    if tls.cert_file.is_none() {
+    if config.tls.insecure_plaintext {
         tracing::warn!(
-            "gRPC is plaintext: reads (GetAssignment, Routes, Watch) and writes are unauthenticated transport; set [tls] cert_file, key_file and ca_file for mutual TLS"
-        );
-    } else if tls.ca_file.is_none() {
-        tracing::warn!(
-            "gRPC TLS without ca_file: clients are not authenticated, so reads (GetAssignment, Routes, Watch) are open to anyone who reaches the port; set [tls] ca_file for mutual TLS"
+            "gRPC is plaintext (tls.insecure_plaintext = true): reads (GetAssignment, Routes, Watch) are open to anyone who reaches the port and nothing is encrypted; set [tls] cert_file, key_file and ca_file for mutual TLS"
         );
     }
     if config.database_tls.sslmode != SslMode::VerifyFull {

@@ -57,7 +57,7 @@ impl Default for WorkerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
             advertise: None,
-            registry: "http://127.0.0.1:7400".into(),
+            registry: "https://127.0.0.1:7400".into(),
             network_id: "neuroshard-local".into(),
             key_file: PathBuf::from("worker.key"),
             checkpoint: None,
@@ -115,6 +115,12 @@ impl WorkerConfig {
                 "prefill_chunk_positions must be at least 1",
             ));
         }
+        // Last, so a config's own mistakes are named before the missing certificates.
+        self.tls.validate()?;
+        self.tls.check_scheme("registry", &self.registry)?;
+        if let Some(advertise) = &self.advertise {
+            self.tls.check_scheme("advertise", advertise)?;
+        }
         Ok(())
     }
 
@@ -145,7 +151,13 @@ mod tests {
 
     #[test]
     fn chunks_must_fit_in_a_message() {
-        WorkerConfig::default().validate().unwrap();
+        WorkerConfig {
+            registry: "http://127.0.0.1:7400".into(),
+            tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
+            ..WorkerConfig::default()
+        }
+        .validate()
+        .unwrap();
         let config = WorkerConfig {
             max_message_bytes: 1 << 20,
             ..WorkerConfig::default()
@@ -190,7 +202,50 @@ mod tests {
             .join("../../deploy/shard-worker.example.toml");
         let config: WorkerConfig =
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_WORKER", Vec::new()).unwrap();
-        assert_eq!(config, WorkerConfig::default());
+        // The example is the defaults with the cluster's certificate paths filled in.
+        let mutual = neuroshard_runtime::tls::TlsFiles {
+            cert_file: Some("/etc/neuroshard/tls/tls.crt".into()),
+            key_file: Some("/etc/neuroshard/tls/tls.key".into()),
+            ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
+            insecure_plaintext: false,
+        };
+        assert_eq!(
+            config,
+            WorkerConfig {
+                tls: mutual.clone(),
+                ..WorkerConfig::default()
+            }
+        );
         config.validate().unwrap();
+        let err = WorkerConfig::default().validate().unwrap_err().to_string();
+        assert!(err.contains("tls.insecure_plaintext = true"), "{err}");
+    }
+
+    #[test]
+    fn urls_speak_what_the_tls_mode_does() {
+        let plaintext = WorkerConfig {
+            tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
+            ..WorkerConfig::default()
+        };
+        let err = plaintext.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry (https://127.0.0.1:7400) must start with http://"),
+            "{err}"
+        );
+        let mutual = WorkerConfig {
+            tls: neuroshard_runtime::tls::TlsFiles {
+                cert_file: Some("tls.crt".into()),
+                key_file: Some("tls.key".into()),
+                ca_file: Some("ca.crt".into()),
+                insecure_plaintext: false,
+            },
+            advertise: Some("http://10.0.0.5:7500".into()),
+            ..WorkerConfig::default()
+        };
+        let err = mutual.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("advertise (http://10.0.0.5:7500) must start with https://"),
+            "{err}"
+        );
     }
 }

@@ -65,13 +65,9 @@ pub async fn run(
         capacity::free_memory(memory),
     )?;
     let server_tls = config.tls.server()?;
-    if config.tls.cert_file.is_none() {
+    if config.tls.insecure_plaintext {
         tracing::warn!(
-            "gRPC is plaintext: anyone who reaches this port can run compute and open sessions; set [tls] cert_file, key_file and ca_file for mutual TLS"
-        );
-    } else if config.tls.ca_file.is_none() {
-        tracing::warn!(
-            "gRPC TLS without ca_file: callers are not authenticated, so anyone who reaches this port can run compute; set [tls] ca_file for mutual TLS"
+            "gRPC is plaintext (tls.insecure_plaintext = true): anyone who reaches this port can run compute and open sessions; set [tls] cert_file, key_file and ca_file for mutual TLS"
         );
     }
     let scheme = if server_tls.is_some() {

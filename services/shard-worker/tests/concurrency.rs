@@ -84,6 +84,7 @@ async fn control_calls_and_heartbeats_are_answered_during_a_long_prefill() {
         device: "cpu".into(),
         heartbeat_interval_ms: 100,
         prefill_chunk_positions: OPTIONS.prefill_chunk_positions as u32,
+        tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
         ..WorkerConfig::default()
     };
     tokio::spawn(neuroshard_shard_worker::run(

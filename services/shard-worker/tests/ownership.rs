@@ -49,6 +49,7 @@ fn pki(dir: &Path, names: &[&str]) -> Vec<TlsFiles> {
                 cert_file: Some(write(format!("{name}.crt"), leaf.pem())),
                 key_file: Some(write(format!("{name}.key"), key.serialize_pem())),
                 ca_file: Some(ca_file.clone()),
+                insecure_plaintext: false,
             }
         })
         .collect()

@@ -31,6 +31,7 @@ async fn throughput_is_measured_again_on_a_new_architectures_layers() {
         init_seed: SEED,
         device: "cpu".into(),
         heartbeat_interval_ms: 100,
+        tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
         ..WorkerConfig::default()
     };
     tokio::spawn(neuroshard_shard_worker::run(

@@ -172,7 +172,7 @@ impl Default for GatewayConfig {
             replay: ReplayBudget::default(),
             observer: ObserverSettings::default(),
             per_hop_deadline_ms: 200,
-            registry: "http://127.0.0.1:7400".into(),
+            registry: "https://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
             work_deadline_margin: 3.0,
             max_work_deadline_ms: 120_000,
@@ -343,7 +343,9 @@ impl GatewayConfig {
                 "registry must name the layer registry's endpoint".into()
             ));
         }
-        Ok(())
+        // Last, so a config's own mistakes are named before the missing certificates.
+        self.tls.validate()?;
+        self.tls.check_scheme("registry", &self.registry)
     }
 
     fn accounts_of(&self, key: &str) -> Vec<&str> {
@@ -382,6 +384,8 @@ mod tests {
                 key: "sk-test-0123456789abcdef".into(),
                 account: "alice".into(),
             }],
+            registry: "http://127.0.0.1:7400".into(),
+            tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
             ..GatewayConfig::default()
         }
     }

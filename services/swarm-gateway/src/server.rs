@@ -32,10 +32,10 @@ pub async fn run(
     let eos = TextTokenizer::from_file(&config.tokenizer)
         .map_err(|e| Error::invalid_argument(format!("tokenizer: {e}")))?
         .eos_id();
-    if config.registry.starts_with("http://") {
+    if config.tls.insecure_plaintext {
         tracing::warn!(
             registry = %config.registry,
-            "gRPC to the registry and workers is plaintext: prompts and hidden states cross the network unencrypted; use https:// endpoints with [tls] for mutual TLS"
+            "gRPC to the registry and workers is plaintext (tls.insecure_plaintext = true): prompts and hidden states cross the network unencrypted; set [tls] cert_file, key_file and ca_file and use https:// for mutual TLS"
         );
     }
     let mut engine_config = EngineConfig::from_gateway(&config, Some(eos));

@@ -15,6 +15,7 @@ use neuroshard_proto::registry::v1::{
 };
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_proto::worker::v1::{ForwardRequest, InfoRequest};
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::{ClientOptions, WorkerClient};
 use tonic::transport::Channel;
 
@@ -37,7 +38,12 @@ impl Swarm {
     pub async fn start(adjust: impl FnOnce(RegistryToml) -> RegistryToml) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let launcher = super::launcher(dir.path());
-        let config = adjust(RegistryToml::new(NET).liveness(200, 800, 1500));
+        let config = adjust(
+            RegistryToml::new(NET)
+                .tls(&TlsFiles::insecure_plaintext())
+                .unwrap()
+                .liveness(200, 800, 1500),
+        );
         let local = LocalRegistry::start(&launcher, config, Duration::from_secs(20)).unwrap();
         let registry_url = local.registry.url.clone();
         Self {
@@ -57,6 +63,8 @@ impl Swarm {
         let port = free_port().unwrap();
         let key_file = self.dir.path().join(format!("w{i}.key"));
         let config = WorkerToml::new(port, &self.registry_url, NET, &key_file)
+            .unwrap()
+            .tls(&TlsFiles::insecure_plaintext())
             .unwrap()
             .heartbeat_ms(200);
         let process = self

@@ -267,17 +267,19 @@ mod tests {
         assert_eq!(plain.table()["listen"].as_str(), Some("127.0.0.1:7"));
         assert_eq!(plain.table()["dead_after_ms"].as_integer(), Some(3));
         assert!(!plain.serves_tls());
-        let client_only = TlsFiles {
-            ca_file: Some("ca.crt".into()),
-            ..TlsFiles::default()
-        };
-        assert!(!plain.clone().tls(&client_only).unwrap().serves_tls());
-        let serving = TlsFiles {
+        let plaintext = plain.clone().tls(&TlsFiles::insecure_plaintext()).unwrap();
+        assert!(!plaintext.serves_tls());
+        assert_eq!(
+            plaintext.table()["tls"]["insecure_plaintext"].as_bool(),
+            Some(true)
+        );
+        let mutual = TlsFiles {
             cert_file: Some("tls.crt".into()),
             key_file: Some("tls.key".into()),
-            ca_file: None,
+            ca_file: Some("ca.crt".into()),
+            insecure_plaintext: false,
         };
-        assert!(plain.tls(&serving).unwrap().serves_tls());
+        assert!(plain.tls(&mutual).unwrap().serves_tls());
         let gateway = GatewayToml::new(1, "m", Path::new("t.json"), "http://r")
             .unwrap()
             .api_key("k", "a");

@@ -68,6 +68,7 @@ impl LocalPki {
             cert_file: Some(self.dir.join(format!("{name}.crt"))),
             key_file: Some(self.dir.join(format!("{name}.key"))),
             ca_file: Some(self.ca_file.clone()),
+            insecure_plaintext: false,
         }
     }
 }

@@ -213,14 +213,14 @@ impl Transport {
         match self {
             Self::Given(tls) => tls.clone(),
             Self::Issued(pki) => pki.files(name),
-            Self::Plaintext => TlsFiles::default(),
+            Self::Plaintext => TlsFiles::insecure_plaintext(),
         }
     }
 
     fn scheme(&self) -> &'static str {
         match self {
             Self::Plaintext => "http",
-            Self::Given(tls) if tls.cert_file.is_none() => "http",
+            Self::Given(tls) if tls.insecure_plaintext => "http",
             _ => "https",
         }
     }

@@ -1,8 +1,12 @@
 //! TLS for gRPC links (rustls): certificates and keys from PEM files. A server with
 //! `cert_file` + `key_file` serves TLS; with `ca_file` too, it requires client certificates
 //! signed by that CA (mutual TLS). A client with `ca_file` verifies the server against it and,
-//! with `cert_file` + `key_file`, presents its own certificate. Clusters turn this on through
-//! the chart; without files, links are plaintext (the local swarm on loopback).
+//! with `cert_file` + `key_file`, presents its own certificate.
+//!
+//! Mutual TLS is the default: a service refuses to start without all three files unless
+//! `insecure_plaintext = true` says, by name, that its gRPC may run unencrypted and
+//! unauthenticated (and then it warns at start). Nobody ends up on plaintext by leaving a
+//! section out.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,8 @@ pub struct TlsFiles {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    /// Run gRPC without TLS. Off by default; with it on, no file may be set.
+    pub insecure_plaintext: bool,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -27,6 +33,59 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 impl TlsFiles {
+    /// Plaintext, asked for by name (tests and `--insecure-plaintext` swarms on loopback).
+    pub fn insecure_plaintext() -> Self {
+        Self {
+            insecure_plaintext: true,
+            ..Self::default()
+        }
+    }
+
+    /// Mutual TLS with all three files, or plaintext asked for by name: nothing in between.
+    /// Checks presence only; the files are read when the service starts serving.
+    pub fn validate(&self) -> Result<()> {
+        let set: Vec<&str> = [
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+            ("ca_file", &self.ca_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, file)| file.as_ref().map(|_| name))
+        .collect();
+        if self.insecure_plaintext {
+            if !set.is_empty() {
+                return Err(Error::invalid_argument(format!(
+                    "tls.insecure_plaintext = true and tls.{} set: choose mutual TLS or plaintext",
+                    set.join(", tls.")
+                )));
+            }
+            return Ok(());
+        }
+        if set.len() < 3 {
+            return Err(Error::invalid_argument(
+                "tls: gRPC is mutual TLS by default, which needs tls.cert_file, tls.key_file and tls.ca_file; set them, or set tls.insecure_plaintext = true to run unencrypted and unauthenticated",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `url` (the config field `field`) speaks what this config does: `https://` under mutual
+    /// TLS, `http://` with `insecure_plaintext`.
+    pub fn check_scheme(&self, field: &str, url: &str) -> Result<()> {
+        let scheme = if self.insecure_plaintext {
+            "http://"
+        } else {
+            "https://"
+        };
+        if url.starts_with(scheme) {
+            return Ok(());
+        }
+        Err(Error::invalid_argument(format!(
+            "{field} ({url}) must start with {scheme} when tls.insecure_plaintext is {}",
+            self.insecure_plaintext
+        )))
+    }
+
     fn identity(&self) -> Result<Option<Identity>> {
         match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => Ok(Some(Identity::from_pem(
@@ -127,7 +186,7 @@ mod tests {
                 .to_string()
                 .contains("cannot serve")
         );
-        assert!(TlsFiles::default().server().unwrap().is_none());
+        assert!(TlsFiles::insecure_plaintext().server().unwrap().is_none());
         let missing = TlsFiles {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..TlsFiles::default()
@@ -138,6 +197,36 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("tls.ca_file: /nonexistent/ca.pem")
+        );
+    }
+
+    #[test]
+    fn mutual_tls_unless_plaintext_is_asked_for_by_name() {
+        let err = TlsFiles::default().validate().unwrap_err().to_string();
+        assert!(err.contains("tls.insecure_plaintext = true"), "{err}");
+        let server_only = TlsFiles {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            ..TlsFiles::default()
+        };
+        assert!(
+            server_only.validate().is_err(),
+            "TLS without client certificates"
+        );
+        let mutual = TlsFiles {
+            ca_file: Some("ca.pem".into()),
+            ..server_only
+        };
+        mutual.validate().unwrap();
+        TlsFiles::insecure_plaintext().validate().unwrap();
+        let both = TlsFiles {
+            insecure_plaintext: true,
+            ..mutual
+        };
+        let err = both.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("tls.cert_file, tls.key_file, tls.ca_file set"),
+            "{err}"
         );
     }
 }

@@ -196,6 +196,8 @@ pub fn config() -> GatewayConfig {
             key: KEY.into(),
             account: ACCOUNT.into(),
         }],
+        registry: "http://127.0.0.1:7400".into(),
+        tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
         ..GatewayConfig::default()
     }
 }
