@@ -11,131 +11,16 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use neuroshard_local::{LocalSwarm, SwarmOptions, http_request, open_request};
-use serde_json::{Value, json};
+use neuroshard_local::{LocalSwarm, SwarmOptions};
+use support::completions::{complete, live_spans, request, route, stream};
 
 const KEY: &str = "sk-test-0123456789abcdef";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const TOKENS: usize = 160;
 const PROMPTS: [&str; 4] = ["the king", "fair lady", "speak thou", "noble lord"];
-
-fn auth() -> String {
-    format!("Bearer {KEY}")
-}
-
-fn body(prompt: &str, stream: bool) -> String {
-    json!({"model": "neurollm", "prompt": prompt, "max_tokens": TOKENS,
-           "temperature": 0, "stream": stream})
-    .to_string()
-}
-
-fn complete(port: u16, prompt: &str) -> String {
-    let auth = auth();
-    let r = http_request(
-        port,
-        "POST",
-        "/v1/completions",
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &auth),
-        ],
-        &body(prompt, false),
-        TIMEOUT,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    let doc: Value = serde_json::from_str(&r.body).unwrap();
-    doc["choices"][0]["text"].as_str().unwrap().to_string()
-}
-
-/// The detail view of the status document.
-fn status(port: u16) -> Value {
-    support::detail_status(port, KEY)
-}
-
-/// Streams one completion; sends its request id on `started` with the first event; returns
-/// the text.
-fn stream(port: u16, prompt: &str, started: mpsc::Sender<String>) -> String {
-    let auth = auth();
-    let socket = open_request(
-        port,
-        "POST",
-        "/v1/completions",
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &auth),
-        ],
-        &body(prompt, true),
-        TIMEOUT,
-    )
-    .unwrap();
-    let mut reader = BufReader::new(socket);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-    let mut text = String::new();
-    let mut announced = false;
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "no [DONE]: {text:?}"
-        );
-        let Some(data) = line.trim().strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            return text;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap();
-        assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
-        if !announced {
-            let _ = started.send(chunk["id"].as_str().unwrap().to_string());
-            announced = true;
-        }
-        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
-    }
-}
-
-/// Node id → `[start, end)` of every live node holding layers.
-fn live_spans(doc: &Value) -> BTreeMap<String, (u64, u64)> {
-    doc["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["state"] == "live")
-        .map(|n| {
-            let span = (
-                n["span"][0].as_u64().unwrap(),
-                n["span"][1].as_u64().unwrap(),
-            );
-            (n["id"].as_str().unwrap().to_string(), span)
-        })
-        .filter(|(_, (start, end))| end > start)
-        .collect()
-}
-
-fn request<'a>(doc: &'a Value, id: &str) -> &'a Value {
-    doc["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap_or_else(|| panic!("request {id} not in the status"))
-}
-
-fn route(request: &Value) -> Vec<String> {
-    request["route"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
@@ -154,8 +39,11 @@ fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
     let mut swarm =
         LocalSwarm::start(&options, Duration::from_secs(180), |s| println!("{s}")).unwrap();
     let port = swarm.gateway_port;
-    let expected: Vec<String> = PROMPTS.iter().map(|p| complete(port, p)).collect();
-    let before = live_spans(&status(port));
+    let expected: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| complete(port, KEY, p, TOKENS))
+        .collect();
+    let before = live_spans(&support::detail_status(port, KEY));
     assert_eq!(before.len(), 6, "{before:?}");
 
     // Four streams; once each has produced its first event, pick the victim.
@@ -165,13 +53,13 @@ fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
         .map(|prompt| {
             let prompt = prompt.to_string();
             let started = started_tx.clone();
-            std::thread::spawn(move || stream(port, &prompt, started))
+            std::thread::spawn(move || stream(port, KEY, &prompt, TOKENS, started))
         })
         .collect();
     let ids: Vec<String> = (0..PROMPTS.len())
         .map(|_| started_rx.recv_timeout(TIMEOUT).unwrap())
         .collect();
-    let doc = status(port);
+    let doc = support::detail_status(port, KEY);
     let routes: BTreeMap<&str, Vec<String>> = ids
         .iter()
         .map(|id| (id.as_str(), route(request(&doc, id))))
@@ -200,7 +88,7 @@ fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
     for (handle, want) in streams.into_iter().zip(&expected) {
         assert_eq!(&handle.join().unwrap(), want, "a stream's text changed");
     }
-    let doc = status(port);
+    let doc = support::detail_status(port, KEY);
     for id in &unaffected {
         let r = request(&doc, id);
         assert_eq!(
@@ -212,7 +100,7 @@ fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
     // The registry declares the victim dead and places the joiner; nobody else moves.
     let deadline = Instant::now() + TIMEOUT;
     let after = loop {
-        let spans = live_spans(&status(port));
+        let spans = live_spans(&support::detail_status(port, KEY));
         if !spans.contains_key(&victim) && spans.contains_key(&joiner) {
             break spans;
         }

@@ -1,18 +1,23 @@
 //! `neuroshard up` as a user runs it: the exact flags, the banner with the API and dashboard
 //! URLs and a curl, a request with the given key, then Ctrl-C (SIGINT) stops every process it
 //! started and the command exits 0. kill -9 of a worker: `up` restarts it, says so, and every
-//! layer has two live holders again, unattended. Also: nothing to serve is a clear error.
+//! layer has two live holders again, unattended. kill -9 of a holder of each span in turn
+//! while streams run through it: every stream ends with its undisturbed text. Also: nothing
+//! to serve is a clear error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use neuroshard_local::{free_port, http_get, http_request, spans_loaded};
 use neuroshard_runtime::tls::TlsFiles;
+use support::completions::{complete, live_spans, request, route, stream};
 
 const KEY: &str = "sk-up-test-0123456789abcd";
 
@@ -57,8 +62,10 @@ impl Drop for Up {
 }
 
 /// `neuroshard up --workers 4` serving `ckpt` on `port` with [`KEY`], its state in `state`,
-/// stdout piped for the test to read.
-fn start_up(ckpt: &std::path::Path, port: u16, state: &std::path::Path) -> Up {
+/// and `extra` flags; stdout piped for the test to read, stderr kept in `up.stderr` beside
+/// `state`.
+fn start_up(ckpt: &std::path::Path, port: u16, state: &std::path::Path, extra: &[&str]) -> Up {
+    let stderr = std::fs::File::create(state.with_file_name("up.stderr")).unwrap();
     let child = Command::new(support::bin_dir().join("neuroshard"))
         .args(["up", "--workers", "4", "--checkpoint"])
         .arg(ckpt)
@@ -70,19 +77,103 @@ fn start_up(ckpt: &std::path::Path, port: u16, state: &std::path::Path) -> Up {
             "--state-dir",
         ])
         .arg(state)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Up(child)
 }
 
+/// Everything `up` prints, as it prints it, read by a thread of its own.
+struct Printed {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Printed {
+    fn follow(up: &mut Up) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = up.0.stdout.take().unwrap();
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        Self { lines, reader }
+    }
+
+    fn has(&self, text: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 120 s) for the banner that says the swarm serves.
+    fn wait_for_banner(&self, up: &mut Up) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.has("Ctrl-C stops everything") {
+            assert!(
+                Instant::now() < deadline && up.0.try_wait().unwrap().is_none(),
+                "no banner: {:?}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Everything printed, once `up` has exited.
+    fn finish(self) -> Vec<String> {
+        let Self { lines, reader } = self;
+        reader.join().unwrap();
+        lines.lock().unwrap().clone()
+    }
+}
+
+/// `up` speaks mutual TLS between its processes; its state directory holds a certificate for
+/// the harness side, which a test dials the workers with.
+fn client_tls(state: &std::path::Path) -> TlsFiles {
+    let tls_dir = state.join("tls");
+    TlsFiles {
+        cert_file: Some(tls_dir.join("client.crt")),
+        key_file: Some(tls_dir.join("client.key")),
+        ca_file: Some(tls_dir.join("ca.crt")),
+        insecure_plaintext: false,
+    }
+}
+
+/// Node `id` in the status document.
+fn node(doc: &serde_json::Value, id: &str) -> serde_json::Value {
+    doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not in {doc}"))
+}
+
+/// Whether the four workers' swarm is whole: every layer held by two live nodes, and every
+/// worker's span loaded.
+fn whole(doc: &serde_json::Value, tls: &TlsFiles) -> bool {
+    under_replicated(doc).is_empty() && spans_loaded(doc, tls) == 4
+}
+
 #[test]
-fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
+fn up_serves_in_plaintext_when_asked_with_the_given_key_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
     let port = free_port().unwrap();
-    let mut up = start_up(&ckpt, port, &dir.path().join("state"));
+    // The opt-out from mutual TLS: it still serves, and says what it gave up, on the banner
+    // and as a warning.
+    let state = dir.path().join("state");
+    let mut up = start_up(&ckpt, port, &state, &["--insecure-plaintext"]);
     let mut lines = BufReader::new(up.0.stdout.take().unwrap()).lines();
     let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -101,6 +192,7 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
         format!("Dashboard:  {base}/"),
         format!("API key:    {KEY}"),
         format!("curl -sN {base}/v1/completions"),
+        "gRPC:       plaintext (--insecure-plaintext)".to_string(),
     ] {
         assert!(
             banner.contains(&expected),
@@ -153,6 +245,8 @@ fn up_serves_with_the_given_key_and_ctrl_c_stops_everything() {
         assert!(!alive, "process {pid} outlived neuroshard up");
     }
     assert!(http_get(port, "/healthz", Duration::from_secs(1)).is_err());
+    let warned = std::fs::read_to_string(state.with_file_name("up.stderr")).unwrap();
+    assert!(warned.contains("warning: --insecure-plaintext"), "{warned}");
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -196,37 +290,11 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
     let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
     let port = free_port().unwrap();
     let state = dir.path().join("state");
-    let mut up = start_up(&ckpt, port, &state);
-    // `up` speaks mutual TLS between its processes; its state directory holds a certificate
-    // for the harness side, which this test dials the workers with.
-    let tls_dir = state.join("tls");
-    let client_tls = TlsFiles {
-        cert_file: Some(tls_dir.join("client.crt")),
-        key_file: Some(tls_dir.join("client.key")),
-        ca_file: Some(tls_dir.join("ca.crt")),
-        insecure_plaintext: false,
-    };
-    // Everything `up` prints, as it prints it.
-    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let printed = printed.clone();
-        let stdout = up.0.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                printed.lock().unwrap().push(line);
-            }
-        })
-    };
-    let has = |text: &str| printed.lock().unwrap().iter().any(|l| l.contains(text));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !has("Ctrl-C stops everything") {
-        assert!(
-            Instant::now() < deadline && up.0.try_wait().unwrap().is_none(),
-            "no banner: {:?}",
-            printed.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut up = start_up(&ckpt, port, &state, &[]);
+    let client_tls = client_tls(&state);
+    let printed = Printed::follow(&mut up);
+    let has = |text: &str| printed.has(text);
+    printed.wait_for_banner(&mut up);
     let auth = format!("Bearer {KEY}");
     let timeout = Duration::from_secs(30);
     let status = || support::detail_status(port, KEY);
@@ -237,15 +305,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
         .as_str()
         .unwrap()
         .to_string();
-    let node = |doc: &serde_json::Value| {
-        doc["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == victim.as_str())
-            .cloned()
-            .unwrap_or_else(|| panic!("{victim} not in {doc}"))
-    };
+    let node = |doc: &serde_json::Value| node(doc, &victim);
     let old_pid = node(&before)["pid"].as_u64().unwrap() as u32;
     assert!(children(up.0.id()).contains(&old_pid));
     let killed = Instant::now();
@@ -260,15 +320,14 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
         if new_pid.is_some_and(|p| p != old_pid)
             && shown["state"] == "live"
             && shown["span"][1].as_u64() > shown["span"][0].as_u64()
-            && under_replicated(&doc).is_empty()
-            && spans_loaded(&doc, &client_tls) == 4
+            && whole(&doc, &client_tls)
         {
             break doc;
         }
         assert!(
             killed.elapsed() < Duration::from_secs(60),
             "not whole again 60 s after kill -9 of {victim}: {doc}\n{:?}",
-            printed.lock().unwrap()
+            printed.lines()
         );
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -284,7 +343,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
     assert!(
         has("(exit: signal 9), restart 1"),
         "no restart line: {:?}",
-        printed.lock().unwrap()
+        printed.lines()
     );
     let table: serde_json::Value =
         json(&std::fs::read_to_string(state.join("processes.json")).unwrap());
@@ -339,7 +398,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
             assert!(
                 killed.elapsed() < Duration::from_secs(60),
                 "{service} not back 60 s after kill -9: {:?}",
-                printed.lock().unwrap()
+                printed.lines()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -351,8 +410,7 @@ fn up_restarts_a_killed_worker_until_every_layer_has_two_live_holders() {
     let started = children(up.0.id());
     support::signal(up.0.id(), "INT");
     let exit = up.0.wait().unwrap();
-    reader.join().unwrap();
-    let printed = printed.lock().unwrap().clone();
+    let printed = printed.finish();
     assert!(exit.success(), "exit {exit}: {printed:?}");
     let stopping = printed
         .iter()
@@ -427,4 +485,111 @@ fn up_checks_the_key_and_the_port_before_starting_anything() {
         !dir.path().join("state").join("logs").exists(),
         "a process was started"
     );
+}
+
+/// Four greedy prompts, long enough that a kill lands while they stream.
+const PROMPTS: [&str; 4] = ["the king", "fair lady", "speak thou", "noble lord"];
+const TOKENS: usize = 160;
+
+/// `neuroshard up --workers 4` (every layer held twice), four streamed generations at a time:
+/// kill -9 the holder of each span in turn that carries the most of the streams, while they
+/// run. Every stream ends with the text an undisturbed run gives (at least one failed over, so
+/// the kill did land mid-stream), and `up` makes the swarm whole again (two live holders per
+/// layer, every span loaded) before the next span's turn.
+#[test]
+fn up_streams_survive_kill_9_of_a_holder_of_each_span_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 9);
+    let port = free_port().unwrap();
+    let state = dir.path().join("state");
+    let mut up = start_up(&ckpt, port, &state, &[]);
+    let printed = Printed::follow(&mut up);
+    printed.wait_for_banner(&mut up);
+    let tls = client_tls(&state);
+    let status = || support::detail_status(port, KEY);
+    let wait_until_whole = |why: &str, condition: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let doc = status();
+            if whole(&doc, &tls) && condition(&doc) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not whole within 60 s {why}: {doc}\n{:?}",
+                printed.lines()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait_until_whole("at start", &|_| true);
+    let expected: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| complete(port, KEY, p, TOKENS))
+        .collect();
+    let spans: BTreeSet<(u64, u64)> = live_spans(&status()).into_values().collect();
+    assert!(
+        spans.len() >= 2,
+        "the model is not cut by layers: {spans:?}"
+    );
+
+    for span in spans {
+        let (started_tx, started_rx) = mpsc::channel();
+        let streams: Vec<_> = PROMPTS
+            .iter()
+            .map(|prompt| {
+                let prompt = prompt.to_string();
+                let started = started_tx.clone();
+                std::thread::spawn(move || stream(port, KEY, &prompt, TOKENS, started))
+            })
+            .collect();
+        let ids: Vec<String> = (0..PROMPTS.len())
+            .map(|_| started_rx.recv_timeout(Duration::from_secs(60)).unwrap())
+            .collect();
+        let doc = status();
+        // Every route tiles the model, so each stream passes one holder of this span.
+        let mut carried: BTreeMap<String, usize> = live_spans(&doc)
+            .into_iter()
+            .filter(|(_, s)| *s == span)
+            .map(|(id, _)| (id, 0))
+            .collect();
+        for id in &ids {
+            for hop in route(request(&doc, id)) {
+                if let Some(count) = carried.get_mut(&hop) {
+                    *count += 1;
+                }
+            }
+        }
+        let (victim, through) = carried
+            .into_iter()
+            .max_by_key(|(_, count)| *count)
+            .unwrap_or_else(|| panic!("no live holder of {span:?}: {doc}"));
+        assert!(through > 0, "no stream passes a holder of {span:?}: {doc}");
+        let old_pid = node(&doc, &victim)["pid"].as_u64().unwrap() as u32;
+        support::signal(old_pid, "KILL");
+
+        for (handle, want) in streams.into_iter().zip(&expected) {
+            assert_eq!(
+                &handle.join().unwrap(),
+                want,
+                "a stream's text changed when {victim} (holding {span:?}) was killed"
+            );
+        }
+        let doc = status();
+        let failovers: u64 = ids
+            .iter()
+            .map(|id| request(&doc, id)["failovers"].as_u64().unwrap())
+            .sum();
+        assert!(
+            failovers >= 1,
+            "no stream failed over: the kill of {victim} came after they ended"
+        );
+        wait_until_whole(&format!("after kill -9 of {victim}"), &|doc| {
+            node(doc, &victim)["pid"]
+                .as_u64()
+                .is_some_and(|pid| pid as u32 != old_pid)
+        });
+    }
+    drop(up);
+    printed.finish();
 }

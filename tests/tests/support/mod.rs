@@ -6,6 +6,8 @@
 //!   send them;
 //! - [`checkpoints`]: seeded model checkpoints (with a tokenizer when the gateway needs one)
 //!   and what the model generates in process;
+//! - [`completions`]: greedy completions through the gateway, whole or streamed, and the
+//!   routes the status document shows;
 //! - [`swarm`]: a registry and shard-worker processes assembled by hand (growth, streaming,
 //!   failover of single hops), and the checks made on them.
 //!
@@ -15,6 +17,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod checkpoints;
+pub mod completions;
 pub mod registry;
 pub mod swarm;
 

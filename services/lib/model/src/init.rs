@@ -58,7 +58,8 @@ pub fn zero_residual_outputs(shard: &Shard, layer: i64) -> Result<()> {
     Ok(())
 }
 
-fn is_norm(name: &str) -> bool {
+/// Whether `name` is a norm gain (initialised to ones, never weight-decayed).
+pub fn is_norm(name: &str) -> bool {
     name.ends_with("layernorm.weight") || name == "model.norm.weight"
 }
 

@@ -12,8 +12,11 @@
 //!   counts, growth targets),
 //!   [`growth`] (function-preserving depth growth);
 //! - text: [`tokenizer`] (byte-level BPE, from `neuroshard-text`), [`data`] (genesis dataset, deterministic batches);
-//! - running: [`training`] + [`schedule`], [`generate`] + [`sampling`] (from `neuroshard-text`), [`device`].
+//! - running: [`training`] + [`schedule`] + [`adamw`] (AdamW with moments the caller owns,
+//!   global clipping), [`stage`] (one pipeline stage's forward/backward/step on its span),
+//!   [`generate`] + [`sampling`] (from `neuroshard-text`), [`device`].
 
+pub mod adamw;
 pub mod attention;
 pub mod block;
 pub mod checkpoint;
@@ -30,6 +33,7 @@ pub mod rope;
 pub mod safetensors_io;
 pub mod schedule;
 pub mod shard;
+pub mod stage;
 pub mod training;
 
 pub use config::ModelConfig;

@@ -2,7 +2,8 @@
 
 use tch::{Kind, Tensor, nn};
 
-/// Optimizer parameter group of the norm gains, which get no weight decay.
+/// Optimizer parameter group of the norm gains, which get no weight decay in libtorch's
+/// optimizers (NeuroShard's own [`crate::adamw`] goes by [`crate::init::is_norm`]).
 pub const NO_DECAY_GROUP: usize = 1;
 
 /// `y = weight * (x / sqrt(mean(x², last dim) + eps))`, statistics taken in f32 so bf16

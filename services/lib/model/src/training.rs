@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+use tch::{Device, Kind, Tensor};
 
+use crate::adamw::{AdamW, AdamWConfig, clip_coefficient};
 use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::data::batches::{BatchSampler, eval_windows, unigram_entropy};
 use crate::data::manifest::{Split, TokenShards};
 use crate::error::{ModelError, Result};
-use crate::norm::NO_DECAY_GROUP;
 use crate::schedule::LrSchedule;
 use crate::shard::{Shard, ShardSpec};
 use crate::tokenizer::TextTokenizer;
@@ -35,6 +35,15 @@ pub struct TrainOptions {
     pub eval_windows: usize,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Each batch runs as this many equal micro-batches whose gradients add up to the
+    /// batch's (gradient accumulation: the same step in less memory, and the order a
+    /// pipeline of stages computes it in).
+    #[serde(default = "one")]
+    pub micro_batches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainOptions {
@@ -54,6 +63,7 @@ impl Default for TrainOptions {
             eval_windows: 64,
             checkpoint_every: 200,
             seed: 0,
+            micro_batches: 1,
         }
     }
 }
@@ -71,7 +81,23 @@ impl TrainOptions {
                 self.lr
             )));
         }
+        if self.micro_batches == 0 || self.batch_size % self.micro_batches != 0 {
+            return Err(ModelError::Training(format!(
+                "micro_batches ({}) must divide batch_size ({})",
+                self.micro_batches, self.batch_size
+            )));
+        }
         Ok(())
+    }
+
+    /// The optimizer's hyper-parameters (the learning rate follows [`Self::schedule`]).
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: 1e-8,
+            weight_decay: self.weight_decay,
+        }
     }
 
     pub fn schedule(&self) -> LrSchedule {
@@ -88,7 +114,8 @@ impl TrainOptions {
 #[derive(Debug)]
 pub struct Trainer {
     model: Shard,
-    optimizer: nn::Optimizer,
+    optimizer: AdamW,
+    micro_batches: usize,
     schedule: LrSchedule,
     grad_clip: f64,
     step: u64,
@@ -97,19 +124,11 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model: Shard, options: &TrainOptions) -> Result<Self> {
         options.validate()?;
-        let mut optimizer = nn::AdamW {
-            beta1: options.beta1,
-            beta2: options.beta2,
-            wd: options.weight_decay,
-            eps: 1e-8,
-            amsgrad: false,
-        }
-        .build(model.var_store(), options.lr)?;
-        // Norm gains are not decayed toward zero; matrices and embeddings are.
-        optimizer.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
+        let optimizer = AdamW::new(model.var_store(), options.adamw());
         Ok(Self {
             model,
             optimizer,
+            micro_batches: options.micro_batches,
             schedule: options.schedule(),
             grad_clip: options.grad_clip,
             step: 0,
@@ -128,22 +147,40 @@ impl Trainer {
         self.step
     }
 
+    /// The optimizer, whose moments a test compares with a pipeline's.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
     /// One optimizer step on tokens [batch, seq + 1]; returns (loss in nats, learning rate).
     pub fn step(&mut self, tokens: &Tensor) -> Result<(f64, f64)> {
         let lr = self.schedule.at(self.step);
-        self.optimizer.set_lr(lr);
-        let loss = self.model.loss(tokens)?;
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(ModelError::Training(format!(
-                "loss became {value} at step {}",
-                self.step
+        let rows = tokens.size().first().copied().unwrap_or(0);
+        let parts = self.micro_batches as i64;
+        if rows == 0 || rows % parts != 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "tokens: {rows} rows do not split into {parts} equal micro-batches"
             )));
         }
         self.optimizer.zero_grad();
-        loss.backward();
-        self.optimizer.clip_grad_norm(self.grad_clip);
-        self.optimizer.step();
+        // Each micro-batch's mean loss / parts: the gradients add up to the batch mean's.
+        let mut value = 0.0;
+        for part in tokens.split(rows / parts, 0) {
+            let loss = self.model.loss(&part)?;
+            let part_value = loss.double_value(&[]);
+            if !part_value.is_finite() {
+                self.optimizer.zero_grad();
+                return Err(ModelError::Training(format!(
+                    "loss became {part_value} at step {}",
+                    self.step
+                )));
+            }
+            (loss / parts as f64).backward();
+            value += part_value / parts as f64;
+        }
+        let clip = clip_coefficient(self.optimizer.squared_grad_norm(), self.grad_clip);
+        self.optimizer.scale_grads(clip);
+        self.optimizer.step(lr)?;
         self.step += 1;
         Ok((value, lr))
     }
