@@ -81,7 +81,7 @@ impl TrainOptions {
                 self.lr
             )));
         }
-        if self.micro_batches == 0 || self.batch_size % self.micro_batches != 0 {
+        if self.micro_batches == 0 || !self.batch_size.is_multiple_of(self.micro_batches) {
             return Err(ModelError::Training(format!(
                 "micro_batches ({}) must divide batch_size ({})",
                 self.micro_batches, self.batch_size
