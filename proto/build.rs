@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "neuroshard/common/v1/common.proto",
         "neuroshard/registry/v1/registry.proto",
         "neuroshard/worker/v1/worker.proto",
+        "neuroshard/trainer/v1/trainer.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

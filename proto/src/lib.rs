@@ -19,6 +19,12 @@ pub mod registry {
     }
 }
 
+pub mod trainer {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.trainer.v1.rs"));
+    }
+}
+
 pub mod worker {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/neuroshard.worker.v1.rs"));

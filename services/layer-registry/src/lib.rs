@@ -84,7 +84,7 @@ pub async fn run(
     let result = neuroshard_runtime::grpc::serve(
         listener,
         config.tls.server()?,
-        LayerRegistryServer::new(service),
+        neuroshard_runtime::grpc::GrpcServices::new(LayerRegistryServer::new(service)),
         shutdown,
     )
     .await;

@@ -13,6 +13,8 @@
 //!   a session, and the rule that makes session ids unguessable;
 //! - [`node`]: measurement, registration, heartbeats, loading spans; [`capacity`]: the memory
 //!   a node offers;
+//! - [`training`]: the StageTrainer gRPC service, this node as a stage of a training
+//!   pipeline on its span (a training copy beside the served weights);
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
 
 pub mod caller;
@@ -24,6 +26,7 @@ pub mod node;
 pub mod service;
 pub mod sessions;
 pub mod state;
+pub mod training;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use neuroshard_common::{Error, ErrorKind, ModelConfig};
 use neuroshard_model::device::{parse_device, parse_dtype};
 use neuroshard_model::tch::Device;
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_proto::trainer::v1::stage_trainer_server::StageTrainerServer;
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
 use neuroshard_runtime::telemetry::names;
 
@@ -108,6 +112,11 @@ pub async fn run(
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
+    let trainer =
+        StageTrainerServer::new(training::TrainerService::new(state.clone(), plan.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+    let services = neuroshard_runtime::grpc::GrpcServices::new(service).with(trainer);
     let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         tokio::select! {
@@ -116,7 +125,7 @@ pub async fn run(
         }
     };
     let server = tokio::spawn(async move {
-        neuroshard_runtime::grpc::serve(listener, server_tls, service, stop).await
+        neuroshard_runtime::grpc::serve(listener, server_tls, services, stop).await
     });
     let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
         Ok(follower) => follower,

@@ -305,16 +305,19 @@ pub async fn apply(
             let plan = plan.clone();
             let layers = arch.config.num_layers;
             let arch_version = arch.version;
-            let shard =
+            let arch = Arc::new(arch);
+            let shard = {
+                let arch = arch.clone();
                 tokio::task::spawn_blocking(move || load_span(&arch, s.start, s.end, &plan))
                     .await
-                    .map_err(|e| Error::internal(format!("loading task failed: {e}")))??;
+                    .map_err(|e| Error::internal(format!("loading task failed: {e}")))??
+            };
             tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, layers, arch_version, version = snapshot.version, "span loaded");
             Some(Loaded::start(
                 shard,
                 state.new_sessions(),
                 snapshot.version,
-                arch_version,
+                arch,
                 state.compute,
             )?)
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::tensor::Limits;
 use neuroshard_common::{ModelConfig, Result};
 use neuroshard_model::tch::Kind;
@@ -27,6 +28,8 @@ pub struct Loaded {
     pub assignment_version: AtomicU64,
     /// The architecture version the span belongs to.
     pub architecture_version: u64,
+    /// The architecture the span was loaded from (training loads θ_start from it again).
+    pub architecture: Arc<ArchitectureState>,
     pub compute: ComputeQueue,
 }
 
@@ -36,7 +39,7 @@ impl Loaded {
         shard: Shard,
         sessions: Sessions,
         assignment_version: u64,
-        architecture_version: u64,
+        architecture: Arc<ArchitectureState>,
         options: ComputeOptions,
     ) -> Result<Self> {
         let (spec, config, kind) = (shard.spec(), shard.config().clone(), shard.kind());
@@ -46,7 +49,8 @@ impl Loaded {
             kind,
             sessions,
             assignment_version: AtomicU64::new(assignment_version),
-            architecture_version,
+            architecture_version: architecture.version,
+            architecture,
             compute: ComputeQueue::start(shard, options)?,
         })
     }

@@ -29,8 +29,8 @@ impl RegistryProcess {
         let port = free_port()?;
         let scheme = if config.serves_tls() { "https" } else { "http" };
         let config = config.listen(port).database_url(database_url);
-        let process = launcher.spawn(REGISTRY_BINARY, name, config.table(), &[])?;
-        launcher.wait_for_port(port, deadline, name)?;
+        let mut process = launcher.spawn(REGISTRY_BINARY, name, config.table(), &[])?;
+        launcher.wait_for_port(&mut process, port, deadline, name)?;
         Ok(Self {
             port,
             url: format!("{scheme}://127.0.0.1:{port}"),

@@ -114,11 +114,25 @@ impl Launcher {
         ChildGuard::spawn(command)
     }
 
-    /// Waits until something accepts connections on loopback `port`, the process started as
-    /// `name` (named in the error with its log).
-    pub fn wait_for_port(&self, port: u16, deadline: Instant, name: &str) -> Result<()> {
+    /// Waits until `process`, started as `name`, accepts connections on loopback `port`. If
+    /// it exits first, fails at once with the cause from its log (a config it refused, a
+    /// taken port) rather than at the deadline.
+    pub fn wait_for_port(
+        &self,
+        process: &mut crate::ChildGuard,
+        port: u16,
+        deadline: Instant,
+        name: &str,
+    ) -> Result<()> {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                return Err(exited_during_start_up(
+                    self,
+                    name,
+                    &crate::backoff::describe(&status),
+                ));
+            }
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
@@ -220,8 +234,31 @@ mod tests {
         assert!(missing.0.contains("is missing"), "{missing}");
         let t = Instant::now() + Duration::from_millis(300);
         let port = crate::free_port().unwrap();
-        let err = launcher.wait_for_port(port, t, "svc").unwrap_err();
-        assert!(err.0.contains("svc.log"), "{err}");
+        let mut sleeper = crate::ChildGuard::spawn({
+            let mut c = std::process::Command::new("sleep");
+            c.arg("5");
+            c
+        })
+        .unwrap();
+        let err = launcher
+            .wait_for_port(&mut sleeper, port, t, "svc")
+            .unwrap_err();
+        assert!(
+            err.0.contains("did not start listening") && err.0.contains("svc.log"),
+            "{err}"
+        );
+        // A process that exits is reported at once, with how it exited.
+        let mut quitter = launcher.spawn("echo", "svc", &table, &[]).unwrap();
+        let started = Instant::now();
+        let far = started + Duration::from_secs(30);
+        let err = launcher
+            .wait_for_port(&mut quitter, port, far, "svc")
+            .unwrap_err();
+        assert!(
+            err.0.contains("svc exited during start-up (code 0)"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

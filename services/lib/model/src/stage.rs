@@ -212,7 +212,7 @@ impl StageTrainer {
     pub fn step(&mut self, lr: f64, clip_coefficient: f64) -> Result<()> {
         if !self.pending.is_empty() {
             let waiting: Vec<&u64> = self.pending.keys().collect();
-            return Err(ModelError::Training(format!(
+            return Err(ModelError::InvalidInput(format!(
                 "micro-batches {waiting:?} still wait for their backward"
             )));
         }

@@ -10,6 +10,7 @@ use std::future::Future;
 use neuroshard_common::{Error, ErrorKind};
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
@@ -22,33 +23,72 @@ pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves: the gRPC health service reports
-/// it SERVING, reflection describes every NeuroShard proto, `tls` (when given) secures the
+/// The gRPC services one process serves on its port (a worker serves inference and training
+/// side by side), each reported SERVING by the health service.
+#[derive(Debug)]
+pub struct GrpcServices {
+    routes: Routes,
+    names: Vec<&'static str>,
+}
+
+impl GrpcServices {
+    pub fn new<S>(service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        Self {
+            routes: Routes::new(service),
+            names: vec![S::NAME],
+        }
+    }
+
+    /// One more service on the same port.
+    pub fn with<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self
+    }
+}
+
+/// Serves `services` on `listener` until `shutdown` resolves: the gRPC health service reports
+/// each SERVING, reflection describes every NeuroShard proto, `tls` (when given) secures the
 /// link, and each call is traced and counted.
-pub async fn serve<S>(
+pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
-    service: S,
+    services: GrpcServices,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error>
-where
-    S: tower::Service<http::Request<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
+) -> Result<(), Error> {
+    let names = services.names.join(", ");
     let transport = |e: tonic::transport::Error| {
         Error::new(
             ErrorKind::Unavailable,
-            format!("gRPC server ({}): {e}", S::NAME),
+            format!("gRPC server ({names}): {e}"),
         )
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<S>().await;
+    for name in &services.names {
+        health_reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -60,9 +100,12 @@ where
     server
         .trace_fn(propagation::server_span)
         .layer(GrpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
+        .add_routes(
+            services
+                .routes
+                .add_service(health_service)
+                .add_service(reflection),
+        )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(transport)

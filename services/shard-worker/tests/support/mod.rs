@@ -19,10 +19,14 @@ use neuroshard_proto::registry::v1::{
     HeartbeatResponse, NodeAssignment, NodeState, ObservationsResponse, RegisterRequest,
     RegisterResponse, RoutesRequest, RoutesResponse, WatchRequest,
 };
+use neuroshard_proto::trainer::v1::stage_trainer_server::StageTrainerServer;
 use neuroshard_proto::worker::v1::shard_worker_server::ShardWorkerServer;
+use neuroshard_runtime::grpc::GrpcServices;
 use neuroshard_shard_worker::compute::ComputeOptions;
+use neuroshard_shard_worker::node::LoadPlan;
 use neuroshard_shard_worker::service::WorkerService;
 use neuroshard_shard_worker::state::{Loaded, WorkerState};
+use neuroshard_shard_worker::training::TrainerService;
 use prost::Message;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
@@ -93,8 +97,19 @@ pub fn tokens(n: usize, salt: i64) -> Vec<i64> {
         .collect()
 }
 
-/// A worker state holding `shard`, with `options` for its compute thread.
+/// A worker state holding `shard` (of a genesis architecture of its shape), with `options`
+/// for its compute thread.
 pub fn state(shard: Shard, options: ComputeOptions) -> Arc<WorkerState> {
+    let architecture = ArchitectureState::genesis(shard.config().clone());
+    state_with(shard, architecture, options)
+}
+
+/// A worker state holding `shard`, loaded from `architecture`.
+pub fn state_with(
+    shard: Shard,
+    architecture: ArchitectureState,
+    options: ComputeOptions,
+) -> Arc<WorkerState> {
     let state = Arc::new(WorkerState::new(
         "test".into(),
         Duration::from_secs(600),
@@ -105,7 +120,14 @@ pub fn state(shard: Shard, options: ComputeOptions) -> Arc<WorkerState> {
         options,
     ));
     state.set_loaded(Some(
-        Loaded::start(shard, state.new_sessions(), 1, 1, options).unwrap(),
+        Loaded::start(
+            shard,
+            state.new_sessions(),
+            1,
+            Arc::new(architecture),
+            options,
+        )
+        .unwrap(),
     ));
     state
 }
@@ -122,7 +144,31 @@ pub async fn serve(state: Arc<WorkerState>, tls: Option<ServerTlsConfig>) -> Str
     tokio::spawn(neuroshard_runtime::grpc::serve(
         listener,
         tls,
-        service,
+        GrpcServices::new(service),
+        std::future::pending(),
+    ));
+    url
+}
+
+/// Serves `state` with the trainer beside the inference service, spans loaded from `seed`
+/// (as a worker without a checkpoint does), plaintext; returns its URL.
+pub async fn serve_training(state: Arc<WorkerState>, seed: u64) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let plan = LoadPlan {
+        checkpoint: None,
+        init_seed: seed,
+        device: Device::Cpu,
+        kind: Kind::Float,
+    };
+    let services = GrpcServices::new(ShardWorkerServer::new(WorkerService {
+        state: state.clone(),
+    }))
+    .with(StageTrainerServer::new(TrainerService::new(state, plan)));
+    tokio::spawn(neuroshard_runtime::grpc::serve(
+        listener,
+        None,
+        services,
         std::future::pending(),
     ));
     url
