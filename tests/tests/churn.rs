@@ -11,11 +11,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use neuroshard_local::{LocalSwarm, SwarmOptions};
-use support::completions::{complete, live_spans, request, route, stream};
+use support::completions::{complete, live_spans, request, route, start_streams};
 
 const KEY: &str = "sk-test-0123456789abcdef";
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,18 +46,7 @@ fn a_death_and_a_join_during_streams_disturb_only_the_dead_nodes_streams() {
     assert_eq!(before.len(), 6, "{before:?}");
 
     // Four streams; once each has produced its first event, pick the victim.
-    let (started_tx, started_rx) = mpsc::channel();
-    let streams: Vec<_> = PROMPTS
-        .iter()
-        .map(|prompt| {
-            let prompt = prompt.to_string();
-            let started = started_tx.clone();
-            std::thread::spawn(move || stream(port, KEY, &prompt, TOKENS, started))
-        })
-        .collect();
-    let ids: Vec<String> = (0..PROMPTS.len())
-        .map(|_| started_rx.recv_timeout(TIMEOUT).unwrap())
-        .collect();
+    let (streams, ids) = start_streams(port, KEY, &PROMPTS, TOKENS);
     let doc = support::detail_status(port, KEY);
     let routes: BTreeMap<&str, Vec<String>> = ids
         .iter()

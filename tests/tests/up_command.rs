@@ -12,12 +12,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use neuroshard_local::{free_port, http_get, http_request, spans_loaded};
 use neuroshard_runtime::tls::TlsFiles;
-use support::completions::{complete, live_spans, request, route, stream};
+use support::completions::{complete, live_spans, request, route, start_streams};
 
 const KEY: &str = "sk-up-test-0123456789abcd";
 
@@ -534,18 +534,7 @@ fn up_streams_survive_kill_9_of_a_holder_of_each_span_in_turn() {
     );
 
     for span in spans {
-        let (started_tx, started_rx) = mpsc::channel();
-        let streams: Vec<_> = PROMPTS
-            .iter()
-            .map(|prompt| {
-                let prompt = prompt.to_string();
-                let started = started_tx.clone();
-                std::thread::spawn(move || stream(port, KEY, &prompt, TOKENS, started))
-            })
-            .collect();
-        let ids: Vec<String> = (0..PROMPTS.len())
-            .map(|_| started_rx.recv_timeout(Duration::from_secs(60)).unwrap())
-            .collect();
+        let (streams, ids) = start_streams(port, KEY, &PROMPTS, TOKENS);
         let doc = status();
         // Every route tiles the model, so each stream passes one holder of this span.
         let mut carried: BTreeMap<String, usize> = live_spans(&doc)

@@ -469,7 +469,7 @@ async fn bad_calls_are_refused_naming_the_problem_and_change_nothing() {
         .unwrap();
     let at0 = middle.at(0);
     let backward = |micro_batch: u64, grad: Option<WireTensor>| TrainBackwardRequest {
-        at: at0.clone(),
+        at: at0,
         micro_batch,
         grad,
     };

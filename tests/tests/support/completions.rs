@@ -90,6 +90,29 @@ pub fn stream(
     }
 }
 
+/// Streams every prompt at once, each on a thread of its own; returns the threads (each
+/// ends with its text) and the request ids, once every stream has produced its first event.
+pub fn start_streams(
+    port: u16,
+    key: &str,
+    prompts: &[&str],
+    tokens: usize,
+) -> (Vec<std::thread::JoinHandle<String>>, Vec<String>) {
+    let (started_tx, started_rx) = mpsc::channel();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|prompt| {
+            let (prompt, key) = (prompt.to_string(), key.to_string());
+            let started = started_tx.clone();
+            std::thread::spawn(move || stream(port, &key, &prompt, tokens, started))
+        })
+        .collect();
+    let ids = (0..prompts.len())
+        .map(|_| started_rx.recv_timeout(TIMEOUT).unwrap())
+        .collect();
+    (streams, ids)
+}
+
 /// Node id → `[start, end)` of every live node holding layers, from the status document.
 pub fn live_spans(doc: &Value) -> BTreeMap<String, (u64, u64)> {
     doc["nodes"]

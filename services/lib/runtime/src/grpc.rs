@@ -32,6 +32,7 @@ pub struct GrpcServices {
 }
 
 impl GrpcServices {
+    /// `service` alone; [`GrpcServices::with`] adds more.
     pub fn new<S>(service: S) -> Self
     where
         S: tower::Service<http::Request<Body>, Error = Infallible>
@@ -44,9 +45,10 @@ impl GrpcServices {
         S::Future: Send + 'static,
     {
         Self {
-            routes: Routes::new(service),
-            names: vec![S::NAME],
+            routes: Routes::default(),
+            names: Vec::new(),
         }
+        .with(service)
     }
 
     /// One more service on the same port.
