@@ -15,6 +15,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use neuroshard_common::growth::ArchitectureState;
+use neuroshard_common::pipeline_schedule::{Op, Schedule, stage_ops};
 use neuroshard_common::tensor::{ChunkAssembler, Limits, decode_f32};
 use neuroshard_model::adamw::clip_coefficient;
 use neuroshard_model::tch::{Device, Kind, Tensor};
@@ -156,57 +157,116 @@ fn tensor(w: &WireTensor) -> Tensor {
     neuroshard_shard_worker::convert::from_wire(w, "t", &Limits::default()).unwrap()
 }
 
-/// One step through the stages as a Driver runs it; returns the mean loss and the clip
+/// One step through the stages as a Driver runs it: each stage's operations in `schedule`
+/// order ([`stage_ops`]), an operation run once its input exists (the micro-batch's hidden
+/// state from the stage before, its gradient from the stage after); then squared norms summed
+/// into one clip coefficient and every stage stepped. Returns the mean loss and the
 /// coefficient.
-async fn pipelined_step(stages: &mut [Stage], step: u64, lr: f64) -> (f64, f64) {
+async fn pipelined_step(
+    stages: &mut [Stage],
+    schedule: Schedule,
+    step: u64,
+    lr: f64,
+) -> (f64, f64) {
     let tokens = batch(step);
     let rows = tokens.size()[0] / MICRO_BATCHES;
-    let last = stages.len() - 1;
+    let n = stages.len();
+    let last = n - 1;
+    let ids = |t: Tensor| Vec::<i64>::try_from(&t.flatten(0, -1)).unwrap();
+    let window = |mb: u32| tokens.narrow(0, i64::from(mb) * rows, rows);
+    let ops: Vec<Vec<Op>> = (0..n)
+        .map(|s| stage_ops(schedule, n as u32, s as u32, MICRO_BATCHES as u32))
+        .collect();
+    let mut next = vec![0usize; n];
+    // What each stage waits for, by micro-batch: hidden states from before, gradients from
+    // after (the last stage's backward starts from its loss).
+    let mut hidden_in: Vec<BTreeMap<u32, WireTensor>> = vec![BTreeMap::new(); n];
+    let mut grad_in: Vec<BTreeMap<u32, Option<WireTensor>>> = vec![BTreeMap::new(); n];
     let mut loss = 0.0;
-    for mb in 0..MICRO_BATCHES {
-        let window = tokens.narrow(0, mb * rows, rows);
-        let ids = |t: Tensor| Vec::<i64>::try_from(&t.flatten(0, -1)).unwrap();
-        let inputs = ids(window.narrow(1, 0, 16));
-        let targets = ids(window.narrow(1, 1, 16));
-        let mut hidden: Option<WireTensor> = None;
-        for (i, stage) in stages.iter_mut().enumerate() {
-            let request = TrainForwardRequest {
-                at: stage.at(step),
-                micro_batch: mb as u64,
-                tokens: if i == 0 { inputs.clone() } else { Vec::new() },
-                token_rows: rows as u32,
-                hidden: hidden.take(),
-                targets: if i == last {
-                    targets.clone()
-                } else {
-                    Vec::new()
-                },
-                loss_scale: 1.0 / MICRO_BATCHES as f64,
+    let mut in_flight_peak = vec![0usize; n];
+    let mut in_flight = vec![0usize; n];
+    while (0..n).any(|s| next[s] < ops[s].len()) {
+        let mut progressed = false;
+        for s in 0..n {
+            let Some(&op) = ops[s].get(next[s]) else {
+                continue;
             };
-            let response = stage.client.forward(request).await.unwrap().into_inner();
-            hidden = response.hidden;
-            if i == last {
-                loss += response.loss / MICRO_BATCHES as f64;
+            match op {
+                Op::Forward(mb) => {
+                    let hidden = if s == 0 {
+                        None
+                    } else {
+                        match hidden_in[s].remove(&mb) {
+                            Some(h) => Some(h),
+                            None => continue,
+                        }
+                    };
+                    let request = TrainForwardRequest {
+                        at: stages[s].at(step),
+                        micro_batch: u64::from(mb),
+                        tokens: if s == 0 {
+                            ids(window(mb).narrow(1, 0, 16))
+                        } else {
+                            Vec::new()
+                        },
+                        token_rows: rows as u32,
+                        hidden,
+                        targets: if s == last {
+                            ids(window(mb).narrow(1, 1, 16))
+                        } else {
+                            Vec::new()
+                        },
+                        loss_scale: 1.0 / MICRO_BATCHES as f64,
+                    };
+                    let response = stages[s]
+                        .client
+                        .forward(request)
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if s == last {
+                        loss += response.loss / MICRO_BATCHES as f64;
+                        grad_in[s].insert(mb, None);
+                    } else {
+                        hidden_in[s + 1].insert(mb, response.hidden.unwrap());
+                    }
+                    in_flight[s] += 1;
+                    in_flight_peak[s] = in_flight_peak[s].max(in_flight[s]);
+                }
+                Op::Backward(mb) => {
+                    let Some(grad) = grad_in[s].remove(&mb) else {
+                        continue;
+                    };
+                    let request = TrainBackwardRequest {
+                        at: stages[s].at(step),
+                        micro_batch: u64::from(mb),
+                        grad,
+                    };
+                    let input_grad = stages[s]
+                        .client
+                        .backward(request)
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .input_grad;
+                    if s == 0 {
+                        assert!(input_grad.is_none(), "the first stage has no hidden input");
+                    } else {
+                        grad_in[s - 1].insert(mb, Some(input_grad.unwrap()));
+                    }
+                    in_flight[s] -= 1;
+                }
             }
+            next[s] += 1;
+            progressed = true;
         }
+        assert!(progressed, "{schedule:?} deadlocked");
     }
-    for mb in 0..MICRO_BATCHES {
-        let mut grad: Option<WireTensor> = None;
-        for stage in stages.iter_mut().rev() {
-            let request = TrainBackwardRequest {
-                at: stage.at(step),
-                micro_batch: mb as u64,
-                grad: grad.take(),
-            };
-            grad = stage
-                .client
-                .backward(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .input_grad;
+    if schedule == Schedule::OneForwardOneBackward {
+        // 1F1B: stage s holds at most n − s micro-batches' activations.
+        for (s, peak) in in_flight_peak.iter().enumerate() {
+            assert!(*peak <= n - s, "stage {s} held {peak}");
         }
-        assert!(grad.is_none(), "the first stage returns no input gradient");
     }
     let mut total = 0.0;
     for stage in stages.iter_mut() {
@@ -244,7 +304,7 @@ fn max_diff(a: &[f32], b: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
-async fn assert_pipeline_equals_single_process(cuts: &[(u32, u32)]) {
+async fn assert_pipeline_equals_single_process(cuts: &[(u32, u32)], schedule: Schedule) {
     let options = options();
     let config = config();
     let mut full = Shard::new(
@@ -276,11 +336,11 @@ async fn assert_pipeline_equals_single_process(cuts: &[(u32, u32)]) {
             .unwrap();
         stages.push(s);
     }
-    let schedule = options.schedule();
+    let lr = options.schedule();
     let mut clipped = false;
     for step in 0..STEPS {
         let (single_loss, _) = single.step(&batch(step)).unwrap();
-        let (loss, clip) = pipelined_step(&mut stages, step, schedule.at(step)).await;
+        let (loss, clip) = pipelined_step(&mut stages, schedule, step, lr.at(step)).await;
         clipped |= clip < 1.0;
         assert!(
             (single_loss - loss).abs() < 1e-5,
@@ -351,13 +411,17 @@ async fn assert_pipeline_equals_single_process(cuts: &[(u32, u32)]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_stages_over_grpc_train_like_one_process() {
-    assert_pipeline_equals_single_process(&[(0, 2), (2, 3)]).await;
+async fn two_stages_over_grpc_in_gpipe_order_train_like_one_process() {
+    assert_pipeline_equals_single_process(&[(0, 2), (2, 3)], Schedule::GPipe).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_stages_over_grpc_train_like_one_process() {
-    assert_pipeline_equals_single_process(&[(0, 1), (1, 2), (2, 3)]).await;
+async fn three_stages_over_grpc_in_1f1b_order_train_like_one_process() {
+    assert_pipeline_equals_single_process(
+        &[(0, 1), (1, 2), (2, 3)],
+        Schedule::OneForwardOneBackward,
+    )
+    .await;
 }
 
 /// Each refusal names its cause, and none changes the stage's weights.

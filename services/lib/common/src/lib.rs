@@ -7,6 +7,8 @@
 //!   a checkpoint directory's file names and its shape read from `config.json`; [`growth`]: the
 //!   published architecture's history, when it grows, and how layer indices map across growth;
 //! - [`role`]: a node's role in a pipeline, from its span, and its names on the wire;
+//!   [`pipeline_schedule`]: the order of a training step's micro-batches on each stage
+//!   (GPipe, 1F1B) and its simulated bubble;
 //! - [`error`]: one error taxonomy, mapped to gRPC codes and HTTP statuses in one place (the
 //!   `grpc` feature adds `From<Error> for tonic::Status`, for services only);
 //! - [`identity`]: secp256k1 node keys in 0600 files, node ids;
@@ -23,6 +25,7 @@ pub mod fs;
 pub mod growth;
 pub mod identity;
 pub mod model_config;
+pub mod pipeline_schedule;
 pub mod role;
 pub mod signing;
 pub mod tensor;
