@@ -84,7 +84,7 @@ pub async fn run(
     let result = neuroshard_runtime::grpc::serve(
         listener,
         config.tls.server()?,
-        neuroshard_runtime::grpc::GrpcServices::new(LayerRegistryServer::new(service)),
+        neuroshard_runtime::grpc::GrpcServices::default().with(LayerRegistryServer::new(service)),
         shutdown,
     )
     .await;

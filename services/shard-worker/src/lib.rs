@@ -116,7 +116,9 @@ pub async fn run(
         StageTrainerServer::new(training::TrainerService::new(state.clone(), plan.clone()))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
-    let services = neuroshard_runtime::grpc::GrpcServices::new(service).with(trainer);
+    let services = neuroshard_runtime::grpc::GrpcServices::default()
+        .with(service)
+        .with(trainer);
     let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         tokio::select! {

@@ -288,7 +288,7 @@ pub async fn apply(
         (Some(l), Some((start, end))) => {
             l.spec.start == start
                 && l.spec.end == end
-                && Some(l.architecture_version) == arch_version
+                && Some(l.architecture.version) == arch_version
         }
         (None, None) => true,
         _ => false,

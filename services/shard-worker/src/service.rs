@@ -326,7 +326,7 @@ impl ShardWorker for WorkerService {
                     }),
                     role,
                     l.sessions.len() as u32,
-                    l.architecture_version,
+                    l.architecture.version,
                 )
             }
             None => (None, Role::Unspecified, 0, 0),

@@ -26,9 +26,8 @@ pub struct Loaded {
     pub kind: Kind,
     pub sessions: Sessions,
     pub assignment_version: AtomicU64,
-    /// The architecture version the span belongs to.
-    pub architecture_version: u64,
-    /// The architecture the span was loaded from (training loads θ_start from it again).
+    /// The architecture the span was loaded from (its version says which layers a span
+    /// index means; training loads θ_start from it again).
     pub architecture: Arc<ArchitectureState>,
     pub compute: ComputeQueue,
 }
@@ -49,7 +48,6 @@ impl Loaded {
             kind,
             sessions,
             assignment_version: AtomicU64::new(assignment_version),
-            architecture_version: architecture.version,
             architecture,
             compute: ComputeQueue::start(shard, options)?,
         })

@@ -71,13 +71,13 @@ fn show((start, end): (u32, u32)) -> String {
 }
 
 impl RoundState {
-    /// The round a call made by `caller` at `at` (or, for round-level calls, at `span` and
-    /// `round` with `step` None) may act on.
+    /// The round a call made by `caller` for `span` may act on: in round `round` (any, when
+    /// None) and at inner step `step` (round-level calls give None).
     fn round_for(
         &mut self,
         caller: Caller,
         span: (u32, u32),
-        round: u64,
+        round: Option<u64>,
         step: Option<u64>,
         loaded: Option<&Loaded>,
     ) -> Result<&mut Round> {
@@ -96,7 +96,7 @@ impl RoundState {
         let serving = loaded.map(|l| {
             (
                 (l.spec.start as u32, l.spec.end as u32),
-                l.architecture_version,
+                l.architecture.version,
             )
         });
         if serving != Some((current.span, current.architecture_version)) {
@@ -114,7 +114,9 @@ impl RoundState {
                 show(current.span)
             )));
         }
-        if round != current.round {
+        if let Some(round) = round
+            && round != current.round
+        {
             return Err(Error::failed_precondition(format!(
                 "round: {round} named, this node is in round {}",
                 current.round
@@ -123,13 +125,14 @@ impl RoundState {
         if let Some(step) = step {
             if current.ended {
                 return Err(Error::failed_precondition(format!(
-                    "round {round} has ended on this node"
+                    "round {} has ended on this node",
+                    current.round
                 )));
             }
             if step != current.step {
                 return Err(Error::failed_precondition(format!(
-                    "step: {step} named, round {round} is at step {}",
-                    current.step
+                    "step: {step} named, round {} is at step {}",
+                    current.round, current.step
                 )));
             }
         }
@@ -145,7 +148,13 @@ impl RoundState {
         loaded: Option<&Loaded>,
     ) -> Result<&mut Round> {
         let at = at.ok_or_else(|| Error::invalid_argument("at: missing"))?;
-        self.round_for(caller, span_of(at.span)?, at.round, Some(at.step), loaded)
+        self.round_for(
+            caller,
+            span_of(at.span)?,
+            Some(at.round),
+            Some(at.step),
+            loaded,
+        )
     }
 }
 
@@ -362,15 +371,9 @@ impl TrainerService {
         let tensors = with_rounds(&self.rounds, move |rounds| {
             if set == TensorSet::Global {
                 let shard = load_span(&arch, span.0, span.1, &plan)?;
-                return Ok(sorted(shard.var_store().variables()));
+                return Ok(by_name(shard.var_store().variables()));
             }
-            let round = rounds.round_for(
-                caller,
-                span,
-                rounds_round(rounds)?,
-                None,
-                Some(loaded.as_ref()),
-            )?;
+            let round = rounds.round_for(caller, span, None, None, Some(loaded.as_ref()))?;
             let optimizer = round.trainer.optimizer();
             Ok(match set {
                 TensorSet::AdamM => optimizer
@@ -383,7 +386,12 @@ impl TrainerService {
                     .iter()
                     .map(|(k, m)| (k.clone(), m.v.copy()))
                     .collect(),
-                _ => sorted(round.trainer.shard().var_store().variables()),
+                // Copies: the stream is sent after the round is let go, and a Step may
+                // change the weights in place meanwhile.
+                _ => by_name(round.trainer.shard().var_store().variables())
+                    .into_iter()
+                    .map(|(k, v)| (k, v.copy()))
+                    .collect(),
             })
         })
         .await?;
@@ -401,8 +409,13 @@ impl TrainerService {
         let plan = self.plan.clone();
         let chunk_bytes = self.state.stream_chunk_bytes;
         let deltas = with_rounds(&self.rounds, move |rounds| {
-            let round =
-                rounds.round_for(caller, span, request.round, None, Some(loaded.as_ref()))?;
+            let round = rounds.round_for(
+                caller,
+                span,
+                Some(request.round),
+                None,
+                Some(loaded.as_ref()),
+            )?;
             if !round.ended {
                 return Err(Error::failed_precondition(format!(
                     "round {}: the pseudo-gradient is read after EndRound",
@@ -414,7 +427,7 @@ impl TrainerService {
                 .variables();
             let end = round.trainer.shard().var_store().variables();
             let _guard = neuroshard_model::tch::no_grad_guard();
-            sorted(end)
+            by_name(end)
                 .into_iter()
                 .map(|(name, theta_end)| {
                     let theta_start = start
@@ -431,18 +444,10 @@ impl TrainerService {
     }
 }
 
-fn rounds_round(rounds: &RoundState) -> Result<u64> {
-    rounds.round.as_ref().map(|r| r.round).ok_or_else(|| {
-        Error::failed_precondition("no round started on this node: call StartRound first")
-    })
-}
-
-fn sorted(vars: std::collections::HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+/// Variables in name order, detached from autograd (sharing their storage).
+fn by_name(vars: std::collections::HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
     let ordered: BTreeMap<String, Tensor> = vars.into_iter().collect();
-    ordered
-        .into_iter()
-        .map(|(k, v)| (k, v.detach().copy()))
-        .collect()
+    ordered.into_iter().map(|(k, v)| (k, v.detach())).collect()
 }
 
 /// Copies `from`'s weights (θ_start) into the trainer's shard.
@@ -558,7 +563,7 @@ impl StageTrainerRpc for TrainerService {
         let loaded = self.state.loaded();
         let steps = with_rounds(&self.rounds, move |rounds| {
             let span = span_of(request.span)?;
-            let round = rounds.round_for(caller, span, request.round, None, loaded.as_deref())?;
+            let round = rounds.round_for(caller, span, Some(request.round), None, loaded.as_deref())?;
             round.trainer.abandon_step();
             round.ended = true;
             tracing::info!(round = round.round, pipeline = %round.pipeline_id, steps = round.step, "training round ended");

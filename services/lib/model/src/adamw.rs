@@ -100,37 +100,6 @@ impl AdamW {
         self.steps = 0;
     }
 
-    /// Replaces the moments (e.g. read back from a save) and the step count. Every parameter
-    /// must get moments of its own shape.
-    pub fn restore(&mut self, moments: BTreeMap<String, Moments>, steps: u64) -> Result<()> {
-        for (name, param) in &self.params {
-            let Some(found) = moments.get(name) else {
-                return Err(ModelError::Training(format!("moments: none for {name}")));
-            };
-            for (which, t) in [("m", &found.m), ("v", &found.v)] {
-                if t.size() != param.size() {
-                    return Err(ModelError::Training(format!(
-                        "moments: {name}.{which} has shape {:?}, the parameter {:?}",
-                        t.size(),
-                        param.size()
-                    )));
-                }
-            }
-        }
-        if moments.len() != self.params.len() {
-            let extra: Vec<&String> = moments
-                .keys()
-                .filter(|k| !self.params.contains_key(*k))
-                .collect();
-            return Err(ModelError::Training(format!(
-                "moments: {extra:?} are not parameters here"
-            )));
-        }
-        self.moments = moments;
-        self.steps = steps;
-        Ok(())
-    }
-
     /// Sum of the squared L2 norms of the gradients here (0 for parameters without one).
     pub fn squared_grad_norm(&self) -> f64 {
         tch::no_grad(|| {

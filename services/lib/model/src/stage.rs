@@ -61,10 +61,6 @@ impl StageTrainer {
         &self.optimizer
     }
 
-    pub fn optimizer_mut(&mut self) -> &mut AdamW {
-        &mut self.optimizer
-    }
-
     /// Micro-batches forwarded and not yet backwarded.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

@@ -24,33 +24,15 @@ pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
 }
 
 /// The gRPC services one process serves on its port (a worker serves inference and training
-/// side by side), each reported SERVING by the health service.
-#[derive(Debug)]
+/// side by side), each reported SERVING by the health service:
+/// `GrpcServices::default().with(a).with(b)`.
+#[derive(Debug, Default)]
 pub struct GrpcServices {
     routes: Routes,
     names: Vec<&'static str>,
 }
 
 impl GrpcServices {
-    /// `service` alone; [`GrpcServices::with`] adds more.
-    pub fn new<S>(service: S) -> Self
-    where
-        S: tower::Service<http::Request<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
-        Self {
-            routes: Routes::default(),
-            names: Vec::new(),
-        }
-        .with(service)
-    }
-
     /// One more service on the same port.
     pub fn with<S>(mut self, service: S) -> Self
     where

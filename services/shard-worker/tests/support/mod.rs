@@ -144,7 +144,7 @@ pub async fn serve(state: Arc<WorkerState>, tls: Option<ServerTlsConfig>) -> Str
     tokio::spawn(neuroshard_runtime::grpc::serve(
         listener,
         tls,
-        GrpcServices::new(service),
+        GrpcServices::default().with(service),
         std::future::pending(),
     ));
     url
@@ -161,10 +161,11 @@ pub async fn serve_training(state: Arc<WorkerState>, seed: u64) -> String {
         device: Device::Cpu,
         kind: Kind::Float,
     };
-    let services = GrpcServices::new(ShardWorkerServer::new(WorkerService {
-        state: state.clone(),
-    }))
-    .with(StageTrainerServer::new(TrainerService::new(state, plan)));
+    let services = GrpcServices::default()
+        .with(ShardWorkerServer::new(WorkerService {
+            state: state.clone(),
+        }))
+        .with(StageTrainerServer::new(TrainerService::new(state, plan)));
     tokio::spawn(neuroshard_runtime::grpc::serve(
         listener,
         None,
