@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// Driving the pipelines this node is the first stage of.
+    pub training: crate::driver::TrainingConfig,
 }
 
 impl Default for WorkerConfig {
@@ -76,6 +78,7 @@ impl Default for WorkerConfig {
             stream_chunk_bytes: 1 << 20,
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            training: crate::driver::TrainingConfig::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ impl WorkerConfig {
                 "prefill_chunk_positions must be at least 1",
             ));
         }
+        self.training.validate()?;
         // Last, so a config's own mistakes are named before the missing certificates.
         self.tls.validate()?;
         self.tls.check_scheme("registry", &self.registry)?;

@@ -15,6 +15,8 @@
 //!   a node offers;
 //! - [`training`]: the StageTrainer gRPC service, this node as a stage of a training
 //!   pipeline on its span (a training copy beside the served weights);
+//! - [`driver`]: the Driver, run when `[training] enabled`: this node, as a pipeline's first
+//!   stage, runs the pipeline's rounds over the other stages' StageTrainer services;
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
 
 pub mod caller;
@@ -22,6 +24,7 @@ pub mod capacity;
 pub mod compute;
 pub mod config;
 pub mod convert;
+pub mod driver;
 pub mod node;
 pub mod service;
 pub mod sessions;
@@ -112,10 +115,12 @@ pub async fn run(
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
-    let trainer =
-        StageTrainerServer::new(training::TrainerService::new(state.clone(), plan.clone()))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
+    let progress = Arc::new(driver::progress::DriverProgress::default());
+    let mut trainer_service = training::TrainerService::new(state.clone(), plan.clone());
+    trainer_service.progress = progress.clone();
+    let trainer = StageTrainerServer::new(trainer_service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
     let services = neuroshard_runtime::grpc::GrpcServices::default()
         .with(service)
         .with(trainer);
@@ -129,6 +134,7 @@ pub async fn run(
     let server = tokio::spawn(async move {
         neuroshard_runtime::grpc::serve(listener, server_tls, services, stop).await
     });
+    let node_id = key.node_id().to_string();
     let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
         Ok(follower) => follower,
         Err(e) => {
@@ -138,11 +144,34 @@ pub async fn run(
             return Err(e);
         }
     };
+    let driver = if config.training.enabled {
+        let registry = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
+        tracing::info!(
+            inner_steps = config.training.inner_steps,
+            "driving the pipelines this node starts"
+        );
+        Some(tokio::spawn(
+            driver::Driver {
+                node_id,
+                registry,
+                tls: config.tls.clone(),
+                config: config.training.clone(),
+                max_message_bytes: config.max_message_bytes,
+                progress,
+            }
+            .run(),
+        ))
+    } else {
+        None
+    };
     let result = server
         .await
         .map_err(|e| Error::internal(format!("gRPC server task: {e}")))
         .and_then(|served| served);
     follower.abort();
+    if let Some(driver) = driver {
+        driver.abort();
+    }
     tracing::info!("shard-worker stopped");
     result
 }

@@ -28,9 +28,10 @@ use neuroshard_proto::common::v1::LayerSpan;
 use neuroshard_proto::trainer::v1::stage_trainer_server::StageTrainer as StageTrainerRpc;
 use neuroshard_proto::trainer::v1::{
     AbandonStepRequest, AbandonStepResponse, EndRoundRequest, EndRoundResponse, GradNormRequest,
-    GradNormResponse, NamedTensorChunk, PseudoGradientRequest, ReadTensorsRequest,
-    StartRoundRequest, StartRoundResponse, StepRef, StepRequest, StepResponse, TensorSet,
-    TrainBackwardRequest, TrainBackwardResponse, TrainForwardRequest, TrainForwardResponse,
+    GradNormResponse, NamedTensorChunk, ProgressRequest, ProgressResponse, PseudoGradientRequest,
+    ReadTensorsRequest, StartRoundRequest, StartRoundResponse, StepRef, StepRequest, StepResponse,
+    TensorSet, TrainBackwardRequest, TrainBackwardResponse, TrainForwardRequest,
+    TrainForwardResponse,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -164,6 +165,8 @@ pub struct TrainerService {
     pub state: Arc<WorkerState>,
     pub plan: LoadPlan,
     pub rounds: Arc<Mutex<RoundState>>,
+    /// What this node's Driver reports (empty unless it drives a pipeline).
+    pub progress: Arc<crate::driver::progress::DriverProgress>,
 }
 
 /// Runs `work` on the round state on a blocking thread (tensor work never runs on the async
@@ -217,6 +220,7 @@ impl TrainerService {
             state,
             plan,
             rounds: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -581,6 +585,13 @@ impl StageTrainerRpc for TrainerService {
         Ok(Response::new(
             TrainerService::pseudo_gradient(self, request.into_inner(), caller).await?,
         ))
+    }
+
+    async fn progress(
+        &self,
+        _request: Request<ProgressRequest>,
+    ) -> std::result::Result<Response<ProgressResponse>, Status> {
+        Ok(Response::new(self.progress.snapshot()))
     }
 
     async fn read_tensors(

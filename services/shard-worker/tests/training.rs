@@ -1,5 +1,5 @@
 //! The `StageTrainer` service over real gRPC: a model cut into 2 and into 3 stages, each served
-//! by a worker state of its own in this process, driven as a pipeline's Driver drives it
+//! by a worker state of its own in this process, driven by the Driver's `PipelineRun`
 //! (micro-batches forward stage to stage, gradients back, squared norms summed into one clip
 //! coefficient, every stage stepped). Five steps give the weights and AdamW moments of the
 //! single-process trainer on the same batches; the pseudo-gradient is θ_start − θ_end. Also:
@@ -13,21 +13,23 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use neuroshard_common::growth::ArchitectureState;
-use neuroshard_common::pipeline_schedule::{Op, Schedule, stage_ops};
+use neuroshard_common::pipeline_schedule::Schedule;
 use neuroshard_common::tensor::{ChunkAssembler, Limits, decode_f32};
-use neuroshard_model::adamw::clip_coefficient;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer};
 use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient;
 use neuroshard_proto::trainer::v1::{
-    EndRoundRequest, GradNormRequest, PseudoGradientRequest, ReadTensorsRequest, StartRoundRequest,
-    StepRef, StepRequest, TensorSet, TrainBackwardRequest, TrainForwardRequest,
+    EndRoundRequest, PseudoGradientRequest, ReadTensorsRequest, StartRoundRequest, StepRef,
+    StepRequest, TensorSet, TrainBackwardRequest, TrainForwardRequest,
 };
+use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_shard_worker::compute::ComputeOptions;
+use neuroshard_shard_worker::driver::pipeline::{PipelineRun, StageAddress, StepPlan};
 use tonic::transport::Channel;
 
 const SEED: u64 = 5;
@@ -77,6 +79,7 @@ fn span(start: u32, end: u32) -> Option<LayerSpan> {
 /// loads it), serving ShardWorker and StageTrainer on a loopback port.
 struct Stage {
     span: (u32, u32),
+    url: String,
     client: StageTrainerClient<Channel>,
 }
 
@@ -94,7 +97,8 @@ async fn stage(start: u32, end: u32) -> Stage {
     let url = support::serve_training(state, SEED).await;
     Stage {
         span: (start, end),
-        client: StageTrainerClient::connect(url).await.unwrap(),
+        client: StageTrainerClient::connect(url.clone()).await.unwrap(),
+        url,
     }
 }
 
@@ -157,142 +161,33 @@ fn tensor(w: &WireTensor) -> Tensor {
     neuroshard_shard_worker::convert::from_wire(w, "t", &Limits::default()).unwrap()
 }
 
-/// One step through the stages as a Driver runs it: each stage's operations in `schedule`
-/// order ([`stage_ops`]), an operation run once its input exists (the micro-batch's hidden
-/// state from the stage before, its gradient from the stage after); then squared norms summed
-/// into one clip coefficient and every stage stepped. Returns the mean loss and the
-/// coefficient.
-async fn pipelined_step(
-    stages: &mut [Stage],
-    schedule: Schedule,
-    step: u64,
-    lr: f64,
-) -> (f64, f64) {
-    let tokens = batch(step);
-    let rows = tokens.size()[0] / MICRO_BATCHES;
-    let n = stages.len();
-    let last = n - 1;
-    let ids = |t: Tensor| Vec::<i64>::try_from(&t.flatten(0, -1)).unwrap();
-    let window = |mb: u32| tokens.narrow(0, i64::from(mb) * rows, rows);
-    let ops: Vec<Vec<Op>> = (0..n)
-        .map(|s| stage_ops(schedule, n as u32, s as u32, MICRO_BATCHES as u32))
+/// The Driver's pipeline over the stages (plaintext loopback), in `schedule` order.
+async fn pipeline(stages: &[Stage]) -> PipelineRun {
+    let addresses = stages
+        .iter()
+        .map(|s| StageAddress {
+            node_id: format!("stage-{}", s.span.0),
+            endpoint: s.url.clone(),
+            span: s.span,
+        })
         .collect();
-    let mut next = vec![0usize; n];
-    // What each stage waits for, by micro-batch: hidden states from before, gradients from
-    // after (the last stage's backward starts from its loss).
-    let mut hidden_in: Vec<BTreeMap<u32, WireTensor>> = vec![BTreeMap::new(); n];
-    let mut grad_in: Vec<BTreeMap<u32, Option<WireTensor>>> = vec![BTreeMap::new(); n];
-    let mut loss = 0.0;
-    let mut in_flight_peak = vec![0usize; n];
-    let mut in_flight = vec![0usize; n];
-    while (0..n).any(|s| next[s] < ops[s].len()) {
-        let mut progressed = false;
-        for s in 0..n {
-            let Some(&op) = ops[s].get(next[s]) else {
-                continue;
-            };
-            match op {
-                Op::Forward(mb) => {
-                    let hidden = if s == 0 {
-                        None
-                    } else {
-                        match hidden_in[s].remove(&mb) {
-                            Some(h) => Some(h),
-                            None => continue,
-                        }
-                    };
-                    let request = TrainForwardRequest {
-                        at: stages[s].at(step),
-                        micro_batch: u64::from(mb),
-                        tokens: if s == 0 {
-                            ids(window(mb).narrow(1, 0, 16))
-                        } else {
-                            Vec::new()
-                        },
-                        token_rows: rows as u32,
-                        hidden,
-                        targets: if s == last {
-                            ids(window(mb).narrow(1, 1, 16))
-                        } else {
-                            Vec::new()
-                        },
-                        loss_scale: 1.0 / MICRO_BATCHES as f64,
-                    };
-                    let response = stages[s]
-                        .client
-                        .forward(request)
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    if s == last {
-                        loss += response.loss / MICRO_BATCHES as f64;
-                        grad_in[s].insert(mb, None);
-                    } else {
-                        hidden_in[s + 1].insert(mb, response.hidden.unwrap());
-                    }
-                    in_flight[s] += 1;
-                    in_flight_peak[s] = in_flight_peak[s].max(in_flight[s]);
-                }
-                Op::Backward(mb) => {
-                    let Some(grad) = grad_in[s].remove(&mb) else {
-                        continue;
-                    };
-                    let request = TrainBackwardRequest {
-                        at: stages[s].at(step),
-                        micro_batch: u64::from(mb),
-                        grad,
-                    };
-                    let input_grad = stages[s]
-                        .client
-                        .backward(request)
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .input_grad;
-                    if s == 0 {
-                        assert!(input_grad.is_none(), "the first stage has no hidden input");
-                    } else {
-                        grad_in[s - 1].insert(mb, Some(input_grad.unwrap()));
-                    }
-                    in_flight[s] -= 1;
-                }
-            }
-            next[s] += 1;
-            progressed = true;
-        }
-        assert!(progressed, "{schedule:?} deadlocked");
+    PipelineRun::connect(
+        addresses,
+        &TlsFiles::insecure_plaintext(),
+        64 << 20,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+fn plan(schedule: Schedule) -> StepPlan {
+    StepPlan {
+        schedule,
+        micro_batches: MICRO_BATCHES as u32,
+        grad_clip: options().grad_clip,
+        deadline: Duration::from_secs(60),
     }
-    if schedule == Schedule::OneForwardOneBackward {
-        // 1F1B: stage s holds at most n − s micro-batches' activations.
-        for (s, peak) in in_flight_peak.iter().enumerate() {
-            assert!(*peak <= n - s, "stage {s} held {peak}");
-        }
-    }
-    let mut total = 0.0;
-    for stage in stages.iter_mut() {
-        let at = stage.at(step);
-        total += stage
-            .client
-            .grad_norm(GradNormRequest { at })
-            .await
-            .unwrap()
-            .into_inner()
-            .squared_norm;
-    }
-    let clip = clip_coefficient(total, options().grad_clip);
-    for stage in stages.iter_mut() {
-        let at = stage.at(step);
-        stage
-            .client
-            .step(StepRequest {
-                at,
-                lr,
-                clip_coefficient: clip,
-            })
-            .await
-            .unwrap();
-    }
-    (loss, clip)
 }
 
 fn max_diff(a: &[f32], b: &Tensor) -> f64 {
@@ -324,23 +219,26 @@ async fn assert_pipeline_equals_single_process(cuts: &[(u32, u32)], schedule: Sc
     let mut single = Trainer::new(full, &options).unwrap();
     let mut stages = Vec::new();
     for &(start, end) in cuts {
-        let mut s = stage(start, end).await;
-        s.client
-            .start_round(StartRoundRequest {
-                span: span(start, end),
-                round: ROUND,
-                pipeline_id: "p0".into(),
-                reset_optimizer: true,
-            })
-            .await
-            .unwrap();
-        stages.push(s);
+        stages.push(stage(start, end).await);
     }
+    let mut run = pipeline(&stages).await;
+    let steps_before = run
+        .start_round(ROUND, "p0", true, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(steps_before, 0);
     let lr = options.schedule();
     let mut clipped = false;
     for step in 0..STEPS {
         let (single_loss, _) = single.step(&batch(step)).unwrap();
-        let (loss, clip) = pipelined_step(&mut stages, schedule, step, lr.at(step)).await;
+        let ids = Vec::<i64>::try_from(&batch(step).flatten(0, -1)).unwrap();
+        let report = run
+            .step(step, &ids, 8, lr.at(step), &plan(schedule))
+            .await
+            .unwrap();
+        let (loss, clip) = (report.loss, report.clip_coefficient);
+        assert_eq!(report.tokens, 8 * 16);
+        assert_eq!(report.busy.len(), cuts.len());
         clipped |= clip < 1.0;
         assert!(
             (single_loss - loss).abs() < 1e-5,

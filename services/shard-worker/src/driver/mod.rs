@@ -1,0 +1,326 @@
+//! The Driver: a pipeline's first stage (the node holding the embedding) runs its training.
+//! It follows the registry's pipelines, and for the one that starts with this node it runs
+//! rounds: start every stage from the round's global weights, H inner steps on the data its
+//! replica index selects, end the round (each stage then holds Δ = θ_start − θ_end for the
+//! aggregator). A step that fails or passes its deadline ends the round early and is
+//! reported (log and [`progress`]); so does a change of the pipeline's nodes or spans. The
+//! next round starts when the pipeline is whole and live again.
+//!
+//! - [`config`]: the `[training]` settings; [`data`]: a round's verified shards and batches;
+//! - [`pipeline`]: one pipeline's stages over gRPC (a step's schedule, global clipping,
+//!   deadlines); [`progress`]: what the `Progress` RPC reports;
+//! - this file: the loop, and [`driven_pipeline`], which pipeline a node drives (pure).
+
+pub mod config;
+pub mod data;
+pub mod pipeline;
+pub mod progress;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use neuroshard_common::growth::ArchitectureState;
+use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
+use neuroshard_proto::registry::v1::{AssignmentSnapshot, GetAssignmentRequest, NodeState};
+use neuroshard_runtime::tls::TlsFiles;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub use config::TrainingConfig;
+use data::RoundData;
+use pipeline::{PipelineRun, StageAddress, StepPlan};
+use progress::{DriverProgress, FAILED, RUNNING, WAITING};
+
+/// The pipeline `node_id` drives in `snapshot`: the one it is the first stage of. Returns its
+/// index (the replica its data is drawn for) and its stages in layer order.
+pub fn driven_pipeline(
+    snapshot: &AssignmentSnapshot,
+    node_id: &str,
+) -> Option<(u64, Vec<StageAddress>)> {
+    let (replica, pipeline) = snapshot
+        .pipelines
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.node_ids.first().map(String::as_str) == Some(node_id))?;
+    let stages = pipeline
+        .node_ids
+        .iter()
+        .map(|id| {
+            let node = snapshot.nodes.iter().find(|n| &n.node_id == id)?;
+            let span = node.span?;
+            Some(StageAddress {
+                node_id: id.clone(),
+                endpoint: node.endpoint.clone(),
+                span: (span.start, span.end),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((replica as u64, stages))
+}
+
+/// Stages of `stages` that `snapshot` does not show live.
+pub fn not_live(snapshot: &AssignmentSnapshot, stages: &[StageAddress]) -> Vec<String> {
+    stages
+        .iter()
+        .filter(|s| {
+            !snapshot
+                .nodes
+                .iter()
+                .any(|n| n.node_id == s.node_id && n.state == NodeState::Live as i32)
+        })
+        .map(|s| s.node_id.clone())
+        .collect()
+}
+
+/// A Driver for this node.
+#[derive(Debug)]
+pub struct Driver {
+    pub node_id: String,
+    pub registry: LayerRegistryClient<Channel>,
+    pub tls: TlsFiles,
+    pub config: TrainingConfig,
+    pub max_message_bytes: usize,
+    pub progress: Arc<DriverProgress>,
+}
+
+/// How often the Driver reads the registry's assignment.
+const ASSIGNMENT_POLL: Duration = Duration::from_millis(500);
+
+impl Driver {
+    /// Runs rounds until the task is dropped.
+    pub async fn run(self) {
+        let (tx, mut assignments) = watch::channel::<Option<Arc<AssignmentSnapshot>>>(None);
+        let mut registry = self.registry.clone();
+        let poller = tokio::spawn(async move {
+            loop {
+                match registry.get_assignment(GetAssignmentRequest {}).await {
+                    Ok(snapshot) => {
+                        let _ = tx.send(Some(Arc::new(snapshot.into_inner())));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e.message(), "driver: reading the assignment")
+                    }
+                }
+                tokio::time::sleep(ASSIGNMENT_POLL).await;
+            }
+        });
+        let mut round = 0u64;
+        let mut total_steps = 0u64;
+        let retry = Duration::from_millis(self.config.retry_ms.max(100));
+        loop {
+            let snapshot = assignments.borrow_and_update().clone();
+            let outcome = match snapshot {
+                Some(snapshot) => {
+                    self.round(&snapshot, &mut assignments, &mut round, &mut total_steps)
+                        .await
+                }
+                None => Outcome::Wait,
+            };
+            if outcome != Outcome::Done {
+                // A failed or impossible round: wait for the swarm to change (a restart, a
+                // reassignment) before trying again.
+                tokio::time::sleep(retry).await;
+            }
+            if poller.is_finished() {
+                tracing::error!("driver: the assignment poller stopped");
+                return;
+            }
+        }
+    }
+
+    /// One round of the pipeline this node drives in `snapshot`, if any.
+    async fn round(
+        &self,
+        snapshot: &AssignmentSnapshot,
+        assignments: &mut watch::Receiver<Option<Arc<AssignmentSnapshot>>>,
+        round: &mut u64,
+        total_steps: &mut u64,
+    ) -> Outcome {
+        let Some((replica, stages)) = driven_pipeline(snapshot, &self.node_id) else {
+            self.progress.retain(&[]);
+            return Outcome::Wait;
+        };
+        let id = format!("p{replica}");
+        self.progress.retain(std::slice::from_ref(&id));
+        self.progress.update(&id, |p| {
+            p.node_ids = stages.iter().map(|s| s.node_id.clone()).collect();
+        });
+        let fail = |message: String| {
+            tracing::warn!(pipeline = %id, error = %message, "driver: round ended early");
+            self.progress.update(&id, |p| {
+                p.state = FAILED.into();
+                p.error = message;
+            });
+            Outcome::Failed
+        };
+        let absent = not_live(snapshot, &stages);
+        if !absent.is_empty() {
+            self.progress.update(&id, |p| p.state = WAITING.into());
+            return Outcome::Wait;
+        }
+        let Some(vocab_size) = snapshot
+            .architecture
+            .as_ref()
+            .and_then(|a| ArchitectureState::from_proto(a).ok())
+            .map(|a| a.config.vocab_size)
+        else {
+            return Outcome::Wait;
+        };
+        let Some(dir) = self.config.data_dir.clone() else {
+            return fail("training.data_dir is not set".into());
+        };
+        *round += 1;
+        let this_round = *round;
+        let config = self.config.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            RoundData::load(
+                &dir,
+                this_round,
+                replica,
+                config.shards_per_round,
+                config.seq_len,
+                config.batch_size,
+                vocab_size,
+            )
+        })
+        .await;
+        let data = match data {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => return fail(format!("round {this_round}: data: {e}")),
+            Err(e) => return fail(format!("round {this_round}: data task: {e}")),
+        };
+        let deadline = Duration::from_millis(self.config.step_deadline_ms);
+        let run =
+            match PipelineRun::connect(stages.clone(), &self.tls, self.max_message_bytes, deadline)
+                .await
+            {
+                Ok(run) => run,
+                Err(f) => return fail(format!("round {this_round}: {f}")),
+            };
+        let mut run = run;
+        let optimizer_steps = match run.start_round(this_round, &id, false, deadline).await {
+            Ok(steps) => steps,
+            Err(f) => {
+                run.abandon(0, deadline.min(Duration::from_secs(2))).await;
+                return fail(format!("round {this_round}: {f}"));
+            }
+        };
+        tracing::info!(pipeline = %id, round = this_round, replica, shards = ?data.shard_ids, stages = stages.len(), "driver: round started");
+        self.progress.update(&id, |p| {
+            p.round = this_round;
+            p.step = 0;
+            p.state = RUNNING.into();
+            p.error.clear();
+        });
+        let plan = StepPlan {
+            schedule: match self.config.schedule() {
+                Ok(s) => s,
+                Err(e) => return fail(e.to_string()),
+            },
+            micro_batches: self.config.micro_batches,
+            grad_clip: self.config.grad_clip,
+            deadline,
+        };
+        let lr = self.config.lr_schedule();
+        for step in 0..self.config.inner_steps {
+            // The pipeline's nodes or spans changed (a death, a reassignment, growth): the
+            // round is over for it.
+            let now = assignments.borrow_and_update().clone();
+            if let Some(now) = now
+                && driven_pipeline(&now, &self.node_id).map(|(_, s)| s) != Some(stages.clone())
+            {
+                run.abandon(step, Duration::from_secs(2)).await;
+                return fail(format!(
+                    "round {this_round}: the pipeline changed at step {step}; the round ended early"
+                ));
+            }
+            let batch = data.batch(step);
+            match run
+                .step(
+                    step,
+                    &batch,
+                    data.rows(),
+                    lr.at(optimizer_steps + step),
+                    &plan,
+                )
+                .await
+            {
+                Ok(report) => {
+                    *total_steps += 1;
+                    self.progress
+                        .stepped(&id, step + 1, report.loss, report.tokens, *total_steps);
+                    tracing::debug!(pipeline = %id, round = this_round, step, loss = report.loss, clip = report.clip_coefficient, ms = report.wall.as_millis() as u64, "driver: step");
+                }
+                Err(f) => {
+                    run.abandon(step, Duration::from_secs(2)).await;
+                    return fail(format!("round {this_round}, step {step}: {f}"));
+                }
+            }
+        }
+        if let Err(f) = run.end_round(deadline).await {
+            return fail(format!("round {this_round}: {f}"));
+        }
+        tracing::info!(pipeline = %id, round = this_round, steps = self.config.inner_steps, "driver: round ended");
+        Outcome::Done
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Wait,
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuroshard_proto::common::v1::LayerSpan;
+    use neuroshard_proto::registry::v1::{NodeAssignment, Pipeline};
+
+    fn node(id: &str, start: u32, end: u32, state: NodeState) -> NodeAssignment {
+        NodeAssignment {
+            node_id: id.into(),
+            endpoint: format!("https://{id}:7500"),
+            state: state as i32,
+            span: Some(LayerSpan { start, end }),
+            ..NodeAssignment::default()
+        }
+    }
+
+    #[test]
+    fn a_node_drives_the_pipeline_it_starts_and_its_index_is_the_replica() {
+        let snapshot = AssignmentSnapshot {
+            nodes: vec![
+                node("a", 0, 2, NodeState::Live),
+                node("b", 2, 4, NodeState::Live),
+                node("c", 0, 2, NodeState::Live),
+                node("d", 2, 4, NodeState::Suspect),
+            ],
+            pipelines: vec![
+                Pipeline {
+                    node_ids: vec!["a".into(), "b".into()],
+                },
+                Pipeline {
+                    node_ids: vec!["c".into(), "d".into()],
+                },
+            ],
+            ..AssignmentSnapshot::default()
+        };
+        let (replica, stages) = driven_pipeline(&snapshot, "c").unwrap();
+        assert_eq!(replica, 1);
+        assert_eq!(
+            stages
+                .iter()
+                .map(|s| (s.node_id.as_str(), s.span))
+                .collect::<Vec<_>>(),
+            vec![("c", (0, 2)), ("d", (2, 4))]
+        );
+        assert_eq!(stages[1].endpoint, "https://d:7500");
+        assert_eq!(not_live(&snapshot, &stages), vec!["d".to_string()]);
+        assert!(not_live(&snapshot, &driven_pipeline(&snapshot, "a").unwrap().1).is_empty());
+        // A later stage drives nothing.
+        assert!(driven_pipeline(&snapshot, "b").is_none());
+        assert!(driven_pipeline(&snapshot, "z").is_none());
+    }
+}
