@@ -185,6 +185,14 @@ fn dashboard_draws_the_example_status() {
         ("throughput", &doc["throughput"]["history"]),
         ("loss", &doc["training"]["losses"]),
         ("held-out", &doc["training"]["held_out"]),
+        (
+            "pipeline-p0",
+            &doc["training"]["pipelines"][0]["losses"],
+        ),
+        (
+            "pipeline-p1",
+            &doc["training"]["pipelines"][1]["losses"],
+        ),
     ] {
         let (_, d) = drawn
             .iter()
@@ -192,6 +200,12 @@ fn dashboard_draws_the_example_status() {
             .unwrap_or_else(|| panic!("no series {name}: {drawn:?}"));
         assert_eq!(d.matches('L').count() + 1, points.as_array().unwrap().len());
     }
+    // The swarm's pipelines are named with their latest loss and the round served.
+    let detail = element_text(&dom, "training-detail").unwrap();
+    assert!(
+        detail.starts_with("2 pipelines · p0 ") && detail.ends_with("serving round 11"),
+        "{detail}"
+    );
 
     // One cell per (node, layer) the node holds; dead nodes keep their span's cells.
     let layers = doc["layers"].as_array().unwrap();

@@ -96,6 +96,15 @@ pub struct ModelShapeArgs {
 }
 
 impl ModelShapeArgs {
+    /// The flags' defaults (the default model's shape).
+    pub fn defaults() -> anyhow::Result<Self> {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = Self::augment_args(clap::Command::new("shape"));
+        Ok(Self::from_arg_matches(
+            &command.try_get_matches_from(["shape"])?,
+        )?)
+    }
+
     /// The model these flags describe, with the given vocabulary and context length.
     pub fn config(&self, vocab_size: i64, max_seq_len: i64) -> neuroshard_model::ModelConfig {
         neuroshard_model::ModelConfig {

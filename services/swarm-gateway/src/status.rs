@@ -46,6 +46,11 @@ impl SwarmStatus {
         for request in &mut self.requests {
             request.error = None;
         }
+        if let Some(training) = &mut self.training {
+            for pipeline in &mut training.pipelines {
+                pipeline.error = None;
+            }
+        }
         self
     }
 }
@@ -129,13 +134,66 @@ pub struct ThroughputStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrainingStatus {
-    /// `running` while a run reports, `finished` for the run that produced the served weights.
+    /// `running` while the swarm's pipelines train, `waiting` while they wait for a whole
+    /// pipeline, `finished` for the run that produced the served weights.
     pub state: String,
+    /// The newest round any pipeline is in (the served checkpoint's run: 0).
     pub round: u64,
-    /// `[step, loss]` training-loss points, oldest first.
+    /// `[step, loss]` training-loss points of the served checkpoint's run, oldest first.
     pub losses: Vec<[f64; 2]>,
     /// `[step, loss]` held-out loss points, oldest first.
     pub held_out: Vec<[f64; 2]>,
+    /// The swarm's training pipelines, as their Drivers report them.
+    pub pipelines: Vec<PipelineStatus>,
+    /// The round whose global weights the workers serve (0: the checkpoint or seed they
+    /// started from); answers change only when it does.
+    pub served_round: u64,
+}
+
+/// One training pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PipelineStatus {
+    pub id: String,
+    /// Its stages' node ids, in layer order.
+    pub nodes: Vec<String>,
+    pub round: u64,
+    /// Inner steps done in the round.
+    pub step: u64,
+    /// Mean training loss of its latest step; null before the first.
+    pub loss: Option<f64>,
+    /// Training tokens it has processed.
+    pub tokens: u64,
+    /// `running`, `waiting` or `failed`.
+    pub state: String,
+    /// Why its last round ended early (names the stage); null in the summary view.
+    pub error: Option<String>,
+    /// `[step, loss]` of its recent steps (steps counted since its Driver started), oldest
+    /// first.
+    pub losses: Vec<[f64; 2]>,
+}
+
+impl TrainingStatus {
+    /// The document's training part: the served checkpoint's `report` (if any) with the
+    /// pipelines that train now (if any).
+    pub fn combine(
+        report: Option<TrainingStatus>,
+        pipelines: Vec<PipelineStatus>,
+        served_round: u64,
+    ) -> Option<Self> {
+        if pipelines.is_empty() {
+            return report;
+        }
+        let mut status = report.unwrap_or_default();
+        status.state = if pipelines.iter().any(|p| p.state == "running") {
+            "running".into()
+        } else {
+            "waiting".into()
+        };
+        status.round = pipelines.iter().map(|p| p.round).max().unwrap_or(0);
+        status.pipelines = pipelines;
+        status.served_round = served_round;
+        Some(status)
+    }
 }
 
 /// The part of a checkpoint's `training.json` the status document shows.
@@ -165,6 +223,7 @@ impl TrainingStatus {
             round: 0,
             losses: points(report.train_history),
             held_out: points(report.validation_history),
+            ..Self::default()
         })
     }
 }
@@ -216,6 +275,46 @@ mod tests {
         assert_eq!(json["requests"][0]["route"][0], "n1");
         assert_eq!(json["requests"][0]["failovers"], 2);
         assert_eq!(json["requests"][0]["state"], "failed");
+    }
+
+    #[test]
+    fn pipelines_that_train_make_the_state_running_and_the_summary_drops_their_errors() {
+        let report = TrainingStatus::from_report(r#"{"train_history": [[10, 5.5]]}"#).unwrap();
+        assert_eq!(
+            TrainingStatus::combine(Some(report.clone()), Vec::new(), 0),
+            Some(report.clone())
+        );
+        let failed = PipelineStatus {
+            id: "p0".into(),
+            round: 3,
+            state: "failed".into(),
+            error: Some("stage 1 (node abc, layers [2, 4)) did not answer".into()),
+            ..PipelineStatus::default()
+        };
+        let running = PipelineStatus {
+            id: "p1".into(),
+            round: 4,
+            step: 7,
+            loss: Some(5.25),
+            state: "running".into(),
+            ..PipelineStatus::default()
+        };
+        let combined =
+            TrainingStatus::combine(Some(report), vec![failed.clone(), running], 0).unwrap();
+        assert_eq!(combined.state, "running");
+        assert_eq!(combined.round, 4);
+        assert_eq!(combined.losses, vec![[10.0, 5.5]]);
+        let waiting = TrainingStatus::combine(None, vec![failed], 0).unwrap();
+        assert_eq!(waiting.state, "waiting");
+        let summary = SwarmStatus {
+            training: Some(combined),
+            ..SwarmStatus::default()
+        }
+        .public_summary();
+        let json = serde_json::to_value(&summary).unwrap();
+        assert!(json["training"]["pipelines"][0]["error"].is_null());
+        assert_eq!(json["training"]["pipelines"][1]["loss"], 5.25);
+        assert_eq!(json["training"]["pipelines"][1]["step"], 7);
     }
 
     #[test]

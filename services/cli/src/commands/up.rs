@@ -2,6 +2,11 @@
 //! none, then starts PostgreSQL, the registry, the shard workers and the gateway as separate
 //! processes, prints where to reach them, restarts any that crashes (printing each exit and
 //! restart), and stops everything on Ctrl-C or SIGTERM.
+//!
+//! With `--train`, the swarm's pipelines train while the gateway serves: the first stage of
+//! each pipeline drives it over the data of `--data`. A checkpoint directory without weights
+//! then gets the model's config and the dataset's tokenizer, and the workers start from the
+//! seeded initialisation instead of a single-process run first.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +16,7 @@ use clap::Args;
 use neuroshard_model::checkpoint;
 use rand::Rng;
 
-use neuroshard_local::{LocalSwarm, SwarmOptions};
+use neuroshard_local::{LocalSwarm, SwarmOptions, SwarmTraining, has_weights};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -42,6 +47,14 @@ pub struct UpArgs {
     /// machine can then call the registry and the workers. For debugging with plaintext tools.
     #[arg(long = "insecure-plaintext")]
     pub insecure_plaintext: bool,
+    /// Train in the swarm while it serves: every pipeline (two with 4 workers) trains on
+    /// --data, its first stage driving it. Without trained weights in the checkpoint
+    /// directory, training starts from the seeded initialisation.
+    #[arg(long)]
+    pub train: bool,
+    /// Inner steps per round of the swarm's pipelines (with --train).
+    #[arg(long = "inner-steps", default_value_t = 50, requires = "train")]
+    pub inner_steps: u64,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -60,7 +73,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     options.plaintext = args.insecure_plaintext;
     // Before any training or process: what the user can fix with a flag, said now.
     options.preflight()?;
-    let checkpoint = resolve_checkpoint(&args)?;
+    let checkpoint = if args.train {
+        let data = args
+            .data
+            .clone()
+            .context("--train needs --data DIR (a dataset from `neuroshard data build`)")?;
+        if args.inner_steps == 0 {
+            bail!("--inner-steps must be at least 1");
+        }
+        let checkpoint = seeded_checkpoint(&args, &data)?;
+        // Absolute: the workers run from the state directory's logs, not from here.
+        let data = std::fs::canonicalize(&data)
+            .with_context(|| format!("--data {}", data.display()))?;
+        options.training = Some(SwarmTraining::local(data, args.inner_steps));
+        checkpoint
+    } else {
+        resolve_checkpoint(&args)?
+    };
     options.checkpoint = checkpoint.clone();
     if args.insecure_plaintext {
         eprintln!(
@@ -76,7 +105,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     swarm.on_event(|event| println!("    {event}"));
     let base = format!("http://127.0.0.1:{}", swarm.gateway_port);
     println!();
-    println!("NeuroShard is serving {}", checkpoint.display());
+    if has_weights(&checkpoint) {
+        println!("NeuroShard is serving {}", checkpoint.display());
+    } else {
+        println!(
+            "NeuroShard is serving the seeded model of {}",
+            checkpoint.display()
+        );
+    }
+    if let Some(training) = &options.training {
+        println!(
+            "  Training:   every pipeline, {} inner steps per round, on {} (loss per pipeline on the dashboard; training.pipelines in /api/v1/status)",
+            training.inner_steps,
+            training.data_dir.display()
+        );
+    }
     println!("  API:        {base}/v1   (OpenAI-compatible; model \"neurollm\")");
     println!("  Dashboard:  {base}/");
     println!("  API key:    {api_key}");
@@ -157,6 +200,40 @@ fn resolve_checkpoint(args: &UpArgs) -> anyhow::Result<PathBuf> {
     let cli = crate::Cli::try_parse_from_train(data, &target, args.train_steps)?;
     crate::run(cli)?;
     Ok(target)
+}
+
+/// The checkpoint directory `up --train` serves and trains: `--checkpoint` (default
+/// `<data>/../checkpoint`). When it holds no weights, it gets the default model's
+/// `config.json` for the dataset's vocabulary and the dataset's tokenizer, and the workers
+/// initialise the model from the seed.
+fn seeded_checkpoint(args: &UpArgs, data: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let dir = match &args.checkpoint {
+        Some(dir) => dir.clone(),
+        None => data
+            .parent()
+            .map(|p| p.join("checkpoint"))
+            .unwrap_or_else(|| PathBuf::from("checkpoint")),
+    };
+    let manifest = neuroshard_model::data::Manifest::read(data)
+        .with_context(|| format!("--data {}", data.display()))?;
+    if has_weights(&dir) {
+        return Ok(dir);
+    }
+    let config = crate::ModelShapeArgs::defaults()?.config(i64::from(manifest.vocab_size), 256);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let eos = i64::from(manifest.eos_token_id);
+    checkpoint::write_json(
+        &dir.join(checkpoint::CONFIG_FILE),
+        &config.to_hf_json("float32", eos, eos),
+    )?;
+    let tokenizer = data.join(checkpoint::TOKENIZER_FILE);
+    std::fs::copy(&tokenizer, dir.join(checkpoint::TOKENIZER_FILE))
+        .with_context(|| format!("copying the dataset's tokenizer {}", tokenizer.display()))?;
+    println!(
+        "==> no weights in {}: the swarm starts from the seeded initialisation",
+        dir.display()
+    );
+    Ok(dir)
 }
 
 /// 32 random alphanumeric characters after an `sk-local-` prefix.

@@ -176,6 +176,12 @@ impl WorkerToml {
         self.set("init_seed", seed as i64)
     }
 
+    /// The `[training]` section: drive the pipelines this worker starts (see the worker's
+    /// `TrainingConfig` for the keys).
+    pub fn training(self, training: toml::Table) -> Self {
+        self.set("training", toml::Value::Table(training))
+    }
+
     /// Memory it offers for layers (which decides the span the registry gives it).
     pub fn usable_memory_bytes(self, bytes: u64) -> Self {
         self.set(

@@ -38,7 +38,7 @@ pub use pki::LocalPki;
 pub use registry::{LocalRegistry, RegistryProcess};
 pub use service::{GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private};
 pub use supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
-pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions, spans_loaded};
+pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions, SwarmTraining, has_weights, spans_loaded};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use neuroshard_common::architecture::{
     TRAINING_BYTES_PER_PARAM, embedding_parameters, head_parameters, layer_parameters,
 };
 use neuroshard_common::checkpoint_files::{
-    TOKENIZER_FILE, TRAINING_REPORT_FILE, read_model_config,
+    TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, TRAINING_REPORT_FILE, read_model_config,
 };
 use neuroshard_common::identity::NodeKey;
 use neuroshard_runtime::tls::TlsFiles;
@@ -79,6 +79,62 @@ pub struct SwarmOptions {
     pub plaintext: bool,
     /// How a failed process is restarted once the swarm is up; `None`: it stays down.
     pub restart: Option<RestartPolicy>,
+    /// Train while serving: every worker gets this `[training]` section (the first stage of
+    /// each pipeline drives it). `None`: the swarm only serves.
+    pub training: Option<SwarmTraining>,
+}
+
+/// The swarm's training pipelines: what their Drivers train on and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmTraining {
+    /// Dataset directory from `neuroshard data build`.
+    pub data_dir: PathBuf,
+    pub inner_steps: u64,
+    pub batch_size: u64,
+    pub micro_batches: u64,
+    pub seq_len: u64,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub step_deadline_ms: u64,
+    pub retry_ms: u64,
+}
+
+impl SwarmTraining {
+    /// Settings for one machine: short rounds, small batches, a deadline that tells a hung
+    /// stage from a slow one on shared cores.
+    pub fn local(data_dir: PathBuf, inner_steps: u64) -> Self {
+        Self {
+            data_dir,
+            inner_steps,
+            batch_size: 8,
+            micro_batches: 4,
+            seq_len: 64,
+            lr: 1e-3,
+            warmup_steps: 20,
+            step_deadline_ms: 15_000,
+            retry_ms: 1_000,
+        }
+    }
+
+    /// The worker's `[training]` table.
+    pub fn table(&self) -> Result<toml::Table> {
+        let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+        let data_dir = self.data_dir.to_str().ok_or_else(|| {
+            LocalError(format!("{} is not valid UTF-8", self.data_dir.display()))
+        })?;
+        let mut table = toml::Table::new();
+        table.insert("enabled".into(), true.into());
+        table.insert("data_dir".into(), data_dir.into());
+        table.insert("inner_steps".into(), int(self.inner_steps));
+        table.insert("batch_size".into(), int(self.batch_size));
+        table.insert("micro_batches".into(), int(self.micro_batches));
+        table.insert("seq_len".into(), int(self.seq_len));
+        table.insert("lr".into(), self.lr.into());
+        table.insert("warmup_steps".into(), int(self.warmup_steps));
+        table.insert("step_deadline_ms".into(), int(self.step_deadline_ms));
+        table.insert("retry_ms".into(), int(self.retry_ms));
+        Ok(table)
+    }
 }
 
 impl SwarmOptions {
@@ -99,6 +155,7 @@ impl SwarmOptions {
             tls: None,
             plaintext: false,
             restart: Some(RestartPolicy::default()),
+            training: None,
         }
     }
 
@@ -670,6 +727,11 @@ fn worker_name(index: usize) -> String {
 
 /// Starts worker `index` under `supervisor`, with its key (created the first time) and a free
 /// port; returns once it is spawned (not yet listening).
+/// Whether `dir` holds a model's weights (not only its config and tokenizer).
+pub fn has_weights(dir: &Path) -> bool {
+    dir.join(WEIGHTS_FILE).exists() || dir.join(WEIGHTS_INDEX_FILE).exists()
+}
+
 fn spawn_worker(
     plan: &WorkerPlan,
     options: &SwarmOptions,
@@ -684,12 +746,19 @@ fn spawn_worker(
         .to_string();
     let port = free_port()?;
     let scheme = plan.transport.scheme();
-    let config = WorkerToml::new(port, &plan.registry_url, NETWORK, &key_file)?
+    let mut config = WorkerToml::new(port, &plan.registry_url, NETWORK, &key_file)?
         .advertise(&format!("{scheme}://127.0.0.1:{port}"))
         .tls(&plan.transport.files(&name))?
-        .checkpoint(&options.checkpoint)?
         .usable_memory_bytes(plan.memory)
         .heartbeat_ms(options.heartbeat_ms);
+    // A checkpoint without weights (config and tokenizer only) starts from the seed every
+    // worker agrees on.
+    if has_weights(&options.checkpoint) {
+        config = config.checkpoint(&options.checkpoint)?;
+    }
+    if let Some(training) = &options.training {
+        config = config.training(training.table()?);
+    }
     // libtorch limited to the configured threads: the workers share one machine.
     let env = vec![(
         "OMP_NUM_THREADS".to_string(),

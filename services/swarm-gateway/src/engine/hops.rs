@@ -124,7 +124,11 @@ impl HopClient {
         }
     }
 
-    async fn channel(&self, endpoint: &str, deadline: Duration) -> Result<Channel, HopError> {
+    pub(super) async fn channel(
+        &self,
+        endpoint: &str,
+        deadline: Duration,
+    ) -> Result<Channel, HopError> {
         if let Some(channel) = self.cached(endpoint) {
             return Ok(channel);
         }

@@ -12,7 +12,8 @@
 //! - [`hops`]: gRPC calls to workers with deadlines and trace context;
 //! - [`replay`]: the hidden states kept for replay, within memory budgets (pure);
 //! - [`observer`]: signed reports of measured node throughput to the registry;
-//! - [`generation`]: one request's prefill/decode loop with failover.
+//! - [`generation`]: one request's prefill/decode loop with failover;
+//! - [`training`]: the training pipelines' progress, polled from their Drivers.
 
 pub mod config;
 pub mod deadlines;
@@ -24,6 +25,7 @@ pub mod routing;
 pub mod state;
 pub mod stats;
 pub mod tracker;
+pub mod training;
 pub mod view;
 
 pub use config::EngineConfig;
@@ -53,6 +55,7 @@ pub struct SwarmEngine {
     state: Arc<EngineState>,
     watcher: tokio::task::JoinHandle<()>,
     reporter: Option<tokio::task::JoinHandle<()>>,
+    training: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SwarmEngine {
@@ -61,6 +64,7 @@ impl Drop for SwarmEngine {
         if let Some(reporter) = &self.reporter {
             reporter.abort();
         }
+        self.training.abort();
     }
 }
 
@@ -79,6 +83,7 @@ impl SwarmEngine {
             tracker: Mutex::new(Tracker::default()),
             view: RwLock::new(Arc::new(SwarmView::default())),
             training: Mutex::new(None),
+            progress: Mutex::default(),
             view_changed: tokio::sync::Notify::new(),
             created,
             config,
@@ -92,10 +97,12 @@ impl SwarmEngine {
                     engine.config.observer.clone().map(|observer| {
                         tokio::spawn(observer::report_loop(engine.clone(), observer))
                     });
+                let training = tokio::spawn(training::poll_loop(engine.clone()));
                 Ok(Self {
                     state: engine,
                     watcher,
                     reporter,
+                    training,
                 })
             }
             _ => {
@@ -247,12 +254,21 @@ impl Generator for SwarmEngine {
             },
             requests: tracker.requests(),
             throughput: tracker.throughput(now),
-            training: self
-                .state
-                .training
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            training: {
+                let report = self
+                    .state
+                    .training
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let progress = self
+                    .state
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                TrainingStatus::combine(report, progress.pipelines, progress.served_round)
+            },
         }
     }
 }

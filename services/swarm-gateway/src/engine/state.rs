@@ -24,6 +24,8 @@ pub(crate) struct EngineState {
     /// Hidden states all generations keep for replay, against the gateway's budget.
     pub(super) replay_memory: Arc<ReplayMemory>,
     pub(super) training: Mutex<Option<TrainingStatus>>,
+    /// What the swarm's Drivers reported last (see [`super::training`]).
+    pub(super) progress: Mutex<super::training::TrainingProgress>,
     /// Woken on every new assignment, for requests waiting for a route.
     pub(super) view_changed: tokio::sync::Notify,
     /// Unix seconds when the engine started, the model card's `created`.
