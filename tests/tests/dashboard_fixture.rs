@@ -185,14 +185,8 @@ fn dashboard_draws_the_example_status() {
         ("throughput", &doc["throughput"]["history"]),
         ("loss", &doc["training"]["losses"]),
         ("held-out", &doc["training"]["held_out"]),
-        (
-            "pipeline-p0",
-            &doc["training"]["pipelines"][0]["losses"],
-        ),
-        (
-            "pipeline-p1",
-            &doc["training"]["pipelines"][1]["losses"],
-        ),
+        ("pipeline-p0", &doc["training"]["pipelines"][0]["losses"]),
+        ("pipeline-p1", &doc["training"]["pipelines"][1]["losses"]),
     ] {
         let (_, d) = drawn
             .iter()

@@ -249,6 +249,85 @@ fn up_serves_in_plaintext_when_asked_with_the_given_key_and_ctrl_c_stops_everyth
     assert!(warned.contains("warning: --insecure-plaintext"), "{warned}");
 }
 
+/// `up --train` with a dataset and a checkpoint directory without weights: the swarm starts
+/// from the seeded initialisation, both pipelines train while the gateway answers, the status
+/// document shows them, and Ctrl-C stops everything.
+#[test]
+fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::checkpoints::corpus_dataset(dir.path(), 300);
+    let ckpt = dir.path().join("ckpt");
+    let port = free_port().unwrap();
+    let state = dir.path().join("state");
+    let data_arg = data.to_str().unwrap();
+    let mut up = start_up(
+        &ckpt,
+        port,
+        &state,
+        &["--train", "--data", data_arg, "--inner-steps", "4"],
+    );
+    let printed = Printed::follow(&mut up);
+    printed.wait_for_banner(&mut up);
+    assert!(printed.has("the swarm starts from the seeded initialisation"));
+    assert!(printed.has("Training:   every pipeline, 4 inner steps per round"));
+    assert!(ckpt.join("config.json").exists() && ckpt.join("tokenizer.json").exists());
+    assert!(!ckpt.join("model.safetensors").exists());
+
+    // Both pipelines train: each reports steps, tokens and a finite loss, and between them
+    // they hold every layer twice over; rounds of 4 steps come and go.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let doc = loop {
+        let doc = support::detail_status(port, KEY);
+        let pipelines = doc["training"]["pipelines"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let trained = pipelines.len() == 2
+            && pipelines.iter().all(|p| {
+                p["round"].as_u64() >= Some(2) && p["loss"].as_f64().is_some_and(f64::is_finite)
+            });
+        if trained && doc["training"]["state"] == "running" {
+            break doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipelines did not train: {}",
+            doc["training"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let training = &doc["training"];
+    assert_eq!(training["served_round"], 0, "{training}");
+    let mut stages = Vec::new();
+    for p in training["pipelines"].as_array().unwrap() {
+        assert!(p["tokens"].as_u64().unwrap() > 0, "{p}");
+        assert!(!p["losses"].as_array().unwrap().is_empty(), "{p}");
+        stages.extend(p["nodes"].as_array().unwrap().iter().cloned());
+    }
+    stages.sort_by_key(|n| n.to_string());
+    stages.dedup();
+    assert_eq!(
+        stages.len(),
+        4,
+        "two disjoint pipelines of the four workers: {training}"
+    );
+    // The gateway answers while they train.
+    complete(port, KEY, "the king", 6);
+
+    let sent = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = up.0.wait().unwrap();
+    let lines = printed.finish();
+    assert!(status.success(), "exit {status}: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("nothing left running")),
+        "{lines:?}"
+    );
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }

@@ -26,6 +26,26 @@ pub fn corpus() -> Vec<String> {
         .collect()
 }
 
+/// A genesis dataset of [`corpus`] in `dir/data` (tokenizer of `vocab` ids, shards of 1,000
+/// tokens), as `neuroshard data build` makes one.
+pub fn corpus_dataset(dir: &Path, vocab: usize) -> PathBuf {
+    let text = dir.join("corpus.txt");
+    std::fs::write(&text, corpus().join("\n")).unwrap();
+    let out = dir.join("data");
+    neuroshard_model::data::build_dataset(
+        &[text],
+        &out,
+        &neuroshard_model::data::BuildOptions {
+            name: "test-corpus".into(),
+            vocab_size: vocab,
+            shard_tokens: 1_000,
+            ..neuroshard_model::data::BuildOptions::default()
+        },
+    )
+    .unwrap();
+    out
+}
+
 /// The small model shape with `vocab` tokens, initialised from `seed`, saved with a tokenizer
 /// in `dir/checkpoint`. Returns the directory, the in-process model and the tokenizer.
 pub fn seeded_checkpoint(dir: &Path, vocab: i64, seed: u64) -> (PathBuf, Shard, TextTokenizer) {

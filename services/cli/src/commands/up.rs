@@ -83,8 +83,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         let checkpoint = seeded_checkpoint(&args, &data)?;
         // Absolute: the workers run from the state directory's logs, not from here.
-        let data = std::fs::canonicalize(&data)
-            .with_context(|| format!("--data {}", data.display()))?;
+        let data =
+            std::fs::canonicalize(&data).with_context(|| format!("--data {}", data.display()))?;
         options.training = Some(SwarmTraining::local(data, args.inner_steps));
         checkpoint
     } else {

@@ -21,7 +21,7 @@ use neuroshard_common::architecture::{
     TRAINING_BYTES_PER_PARAM, embedding_parameters, head_parameters, layer_parameters,
 };
 use neuroshard_common::checkpoint_files::{
-    TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, TRAINING_REPORT_FILE, read_model_config,
+    TOKENIZER_FILE, TRAINING_REPORT_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, read_model_config,
 };
 use neuroshard_common::identity::NodeKey;
 use neuroshard_runtime::tls::TlsFiles;
@@ -119,9 +119,10 @@ impl SwarmTraining {
     /// The worker's `[training]` table.
     pub fn table(&self) -> Result<toml::Table> {
         let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
-        let data_dir = self.data_dir.to_str().ok_or_else(|| {
-            LocalError(format!("{} is not valid UTF-8", self.data_dir.display()))
-        })?;
+        let data_dir = self
+            .data_dir
+            .to_str()
+            .ok_or_else(|| LocalError(format!("{} is not valid UTF-8", self.data_dir.display())))?;
         let mut table = toml::Table::new();
         table.insert("enabled".into(), true.into());
         table.insert("data_dir".into(), data_dir.into());

@@ -83,6 +83,9 @@ pub struct Driver {
     pub progress: Arc<DriverProgress>,
 }
 
+/// How long ending a failed round waits for each stage (a hung one never answers).
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often the Driver reads the registry's assignment.
 const ASSIGNMENT_POLL: Duration = Duration::from_millis(500);
 
@@ -201,8 +204,10 @@ impl Driver {
         let optimizer_steps = match run.start_round(this_round, &id, false, deadline).await {
             Ok(steps) => steps,
             Err(f) => {
-                run.abandon(0, deadline.min(Duration::from_secs(2))).await;
-                return fail(format!("round {this_round}: {f}"));
+                // Reported first: ending the round waits on stages that may not answer.
+                let outcome = fail(format!("round {this_round}: {f}"));
+                run.abandon(0, ABANDON_TIMEOUT).await;
+                return outcome;
             }
         };
         tracing::info!(pipeline = %id, round = this_round, replica, shards = ?data.shard_ids, stages = stages.len(), "driver: round started");
@@ -229,10 +234,11 @@ impl Driver {
             if let Some(now) = now
                 && driven_pipeline(&now, &self.node_id).map(|(_, s)| s) != Some(stages.clone())
             {
-                run.abandon(step, Duration::from_secs(2)).await;
-                return fail(format!(
+                let outcome = fail(format!(
                     "round {this_round}: the pipeline changed at step {step}; the round ended early"
                 ));
+                run.abandon(step, ABANDON_TIMEOUT).await;
+                return outcome;
             }
             let batch = data.batch(step);
             match run
@@ -252,8 +258,9 @@ impl Driver {
                     tracing::debug!(pipeline = %id, round = this_round, step, loss = report.loss, clip = report.clip_coefficient, ms = report.wall.as_millis() as u64, "driver: step");
                 }
                 Err(f) => {
-                    run.abandon(step, Duration::from_secs(2)).await;
-                    return fail(format!("round {this_round}, step {step}: {f}"));
+                    let outcome = fail(format!("round {this_round}, step {step}: {f}"));
+                    run.abandon(step, ABANDON_TIMEOUT).await;
+                    return outcome;
                 }
             }
         }

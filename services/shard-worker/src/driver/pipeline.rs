@@ -247,22 +247,26 @@ impl PipelineRun {
     /// Drops step `step`'s micro-batches on every stage that answers within `timeout`, and
     /// ends the round on them: after a failed step the pipeline's round is over.
     pub async fn abandon(&self, step: u64, timeout: Duration) {
+        // All stages at once: a hung one costs `timeout` once, not once per stage after it.
+        let mut calls = tokio::task::JoinSet::new();
         for (index, stage) in self.stages.iter().enumerate() {
             let mut client = stage.client.clone();
             let at = self.at(index, step);
-            let abandon = async {
-                client.abandon_step(AbandonStepRequest { at }).await?;
-                client
-                    .end_round(EndRoundRequest {
-                        span: layer_span(stage.address.span),
-                        round: self.round,
-                    })
-                    .await
+            let end = EndRoundRequest {
+                span: layer_span(stage.address.span),
+                round: self.round,
             };
-            if let Ok(Err(status)) = tokio::time::timeout(timeout, abandon).await {
-                tracing::debug!(stage = index, error = %status.message(), "ending the round on a stage");
-            }
+            calls.spawn(async move {
+                let abandon = async {
+                    client.abandon_step(AbandonStepRequest { at }).await?;
+                    client.end_round(end).await
+                };
+                if let Ok(Err(status)) = tokio::time::timeout(timeout, abandon).await {
+                    tracing::debug!(stage = index, error = %status.message(), "ending the round on a stage");
+                }
+            });
         }
+        while calls.join_next().await.is_some() {}
     }
 
     fn at(&self, index: usize, step: u64) -> Option<StepRef> {
