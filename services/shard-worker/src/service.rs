@@ -108,7 +108,7 @@ fn input_tensor(
 }
 
 impl WorkerState {
-    fn stream_limits(&self) -> StreamLimits {
+    pub(crate) fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
             tensor: self.limits,
             max_chunks: self.max_stream_chunks,
@@ -201,10 +201,10 @@ pub struct WorkerService {
     pub state: Arc<WorkerState>,
 }
 
-type PartStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+pub(crate) type PartStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 
 /// The response stream for `response`: header, then its tensor in chunks.
-fn chunked_response<M: StreamMessage + Send + 'static>(
+pub(crate) fn chunked_response<M: StreamMessage + Send + 'static>(
     response: M::Header,
     chunk_bytes: usize,
 ) -> Response<PartStream<M>> {

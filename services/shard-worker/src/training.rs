@@ -30,16 +30,19 @@ use neuroshard_proto::trainer::v1::{
     AbandonStepRequest, AbandonStepResponse, EndRoundRequest, EndRoundResponse, GradNormRequest,
     GradNormResponse, NamedTensorChunk, ProgressRequest, ProgressResponse, PseudoGradientRequest,
     ReadTensorsRequest, StartRoundRequest, StartRoundResponse, StepRef, StepRequest, StepResponse,
-    TensorSet, TrainBackwardRequest, TrainBackwardResponse, TrainForwardRequest,
-    TrainForwardResponse,
+    TensorSet, TrainBackwardRequest, TrainBackwardResponse, TrainBackwardStreamRequest,
+    TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
+    TrainForwardStreamRequest, TrainForwardStreamResponse,
 };
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::caller::Caller;
 use crate::convert::{from_wire, to_wire};
 use crate::node::{LoadPlan, load_span};
+use crate::service::{PartStream, chunked_response};
 use crate::state::{Loaded, WorkerState};
+use crate::stream::receive;
 
 /// One round of training on this node.
 #[derive(Debug)]
@@ -473,6 +476,30 @@ fn copy_weights(trainer: &StageTrainer, from: &neuroshard_model::Shard) -> Resul
 impl StageTrainerRpc for TrainerService {
     type PseudoGradientStream = ChunkStream;
     type ReadTensorsStream = ChunkStream;
+    type ForwardStreamStream = PartStream<TrainForwardStreamResponse>;
+    type BackwardStreamStream = PartStream<TrainBackwardStreamResponse>;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<TrainForwardStreamRequest>>,
+    ) -> std::result::Result<Response<Self::ForwardStreamStream>, Status> {
+        let caller = Caller::of(&request);
+        let mut stream = request.into_inner();
+        let request = receive(&mut stream, self.state.stream_limits(), |_| Ok(())).await?;
+        let response = TrainerService::forward(self, request, caller).await?;
+        Ok(chunked_response(response, self.state.stream_chunk_bytes))
+    }
+
+    async fn backward_stream(
+        &self,
+        request: Request<Streaming<TrainBackwardStreamRequest>>,
+    ) -> std::result::Result<Response<Self::BackwardStreamStream>, Status> {
+        let caller = Caller::of(&request);
+        let mut stream = request.into_inner();
+        let request = receive(&mut stream, self.state.stream_limits(), |_| Ok(())).await?;
+        let response = TrainerService::backward(self, request, caller).await?;
+        Ok(chunked_response(response, self.state.stream_chunk_bytes))
+    }
 
     async fn start_round(
         &self,

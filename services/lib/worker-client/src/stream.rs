@@ -1,4 +1,4 @@
-//! Streamed Forward and Replay on the wire: a message whose tensor is large travels as a header
+//! Streamed Forward and Replay (and the training stages' Forward and Backward) on the wire: a message whose tensor is large travels as a header
 //! (the message with its tensor's dtype and shape but no data) followed by the tensor's bytes
 //! in [`TensorChunk`]s, using the chunk codec of `neuroshard_common::tensor`. This module splits
 //! messages into such streams and reassembles them with limits (total bytes, chunk count,
@@ -7,6 +7,12 @@
 use neuroshard_common::tensor::{ChunkAssembler, DEFAULT_MAX_CHUNKS, Limits, chunk};
 use neuroshard_common::{Error, Result};
 use neuroshard_proto::common::v1::{Tensor as WireTensor, TensorChunk};
+use neuroshard_proto::trainer::v1::{
+    TrainBackwardRequest, TrainBackwardResponse, TrainBackwardStreamRequest,
+    TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
+    TrainForwardStreamRequest, TrainForwardStreamResponse, train_backward_stream_request,
+    train_backward_stream_response, train_forward_stream_request, train_forward_stream_response,
+};
 use neuroshard_proto::worker::v1::{
     ForwardRequest, ForwardResponse, ForwardStreamRequest, ForwardStreamResponse, ReplayRequest,
     ReplayResponse, ReplayStreamRequest, ReplayStreamResponse, forward_stream_request,
@@ -90,6 +96,36 @@ streamed!(
     output,
     ReplayStreamResponse,
     replay_stream_response
+);
+
+// Training: a pipeline stage's micro-batch activations and gradients.
+streamed!(
+    TrainForwardRequest,
+    "hidden",
+    hidden,
+    TrainForwardStreamRequest,
+    train_forward_stream_request
+);
+streamed!(
+    TrainForwardResponse,
+    "hidden",
+    hidden,
+    TrainForwardStreamResponse,
+    train_forward_stream_response
+);
+streamed!(
+    TrainBackwardRequest,
+    "grad",
+    grad,
+    TrainBackwardStreamRequest,
+    train_backward_stream_request
+);
+streamed!(
+    TrainBackwardResponse,
+    "input_grad",
+    input_grad,
+    TrainBackwardStreamResponse,
+    train_backward_stream_response
 );
 
 /// Limits on one reassembled stream.

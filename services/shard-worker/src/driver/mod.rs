@@ -161,11 +161,11 @@ impl Driver {
             self.progress.update(&id, |p| p.state = WAITING.into());
             return Outcome::Wait;
         }
-        let Some(vocab_size) = snapshot
+        let Some((vocab_size, hidden_size)) = snapshot
             .architecture
             .as_ref()
             .and_then(|a| ArchitectureState::from_proto(a).ok())
-            .map(|a| a.config.vocab_size)
+            .map(|a| (a.config.vocab_size, a.config.hidden_size))
         else {
             return Outcome::Wait;
         };
@@ -225,6 +225,7 @@ impl Driver {
             micro_batches: self.config.micro_batches,
             grad_clip: self.config.grad_clip,
             deadline,
+            hidden_size: usize::try_from(hidden_size).unwrap_or(usize::MAX),
         };
         let lr = self.config.lr_schedule();
         for step in 0..self.config.inner_steps {

@@ -14,13 +14,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use neuroshard_common::pipeline_schedule::{Op, Schedule, stage_ops};
+use neuroshard_common::tensor::Limits;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient;
 use neuroshard_proto::trainer::v1::{
     AbandonStepRequest, EndRoundRequest, GradNormRequest, StartRoundRequest, StepRef, StepRequest,
-    TrainBackwardRequest, TrainForwardRequest,
+    TrainBackwardRequest, TrainBackwardResponse, TrainBackwardStreamRequest,
+    TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
+    TrainForwardStreamRequest, TrainForwardStreamResponse,
 };
 use neuroshard_runtime::tls::TlsFiles;
+use neuroshard_worker_client::stream::{StreamLimits, receive, split};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tonic::transport::Channel;
 
@@ -69,6 +73,18 @@ pub struct StepPlan {
     pub micro_batches: u32,
     pub grad_clip: f64,
     pub deadline: Duration,
+    /// The model's width: a micro-batch's activations are `[rows, seq, hidden]`.
+    pub hidden_size: usize,
+}
+
+/// Room a message needs beyond its tensor's bytes (the other fields, framing).
+const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// How Forward and Backward travel when a micro-batch's tensors do not fit in one message.
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    chunk_bytes: usize,
+    limits: StreamLimits,
 }
 
 struct Stage {
@@ -80,6 +96,7 @@ struct Stage {
 pub struct PipelineRun {
     stages: Vec<Stage>,
     round: u64,
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for PipelineRun {
@@ -141,7 +158,11 @@ impl PipelineRun {
                 message: "a pipeline needs at least one stage".into(),
             });
         }
-        Ok(Self { stages, round: 0 })
+        Ok(Self {
+            stages,
+            round: 0,
+            max_message_bytes,
+        })
     }
 
     pub fn addresses(&self) -> Vec<StageAddress> {
@@ -302,6 +323,20 @@ impl PipelineRun {
         }
         let seq_len = window - 1;
         let rows_per = rows / m;
+        // Activations and gradients of a micro-batch, at most f32: streamed in chunks when
+        // they would not fit in one message.
+        let activation_bytes = rows_per * seq_len * plan.hidden_size * 4;
+        let streams =
+            (activation_bytes + MESSAGE_OVERHEAD_BYTES > self.max_message_bytes).then(|| Streams {
+                chunk_bytes: (self.max_message_bytes / 2).max(1),
+                limits: StreamLimits {
+                    tensor: Limits {
+                        max_bytes: activation_bytes.max(1) * 2,
+                        ..Limits::default()
+                    },
+                    max_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
+                },
+            });
         // [rows_per, seq_len] inputs and targets of each micro-batch.
         let micro: Vec<(Vec<i64>, Vec<i64>)> = (0..m)
             .map(|mb| {
@@ -337,6 +372,7 @@ impl PipelineRun {
                 micro: micro.clone(),
                 rows_per: rows_per as u32,
                 micro_batches: m,
+                streams,
                 hidden_in: if s > 0 { forward_rx[s].take() } else { None },
                 grad_in: if s + 1 < n {
                     backward_rx[s].take()
@@ -505,6 +541,7 @@ struct StageTask {
     micro: Arc<Vec<(Vec<i64>, Vec<i64>)>>,
     rows_per: u32,
     micro_batches: usize,
+    streams: Option<Streams>,
     hidden_in: Option<UnboundedReceiver<WireTensor>>,
     grad_in: Option<UnboundedReceiver<WireTensor>>,
     hidden_out: Option<UnboundedSender<WireTensor>>,
@@ -546,16 +583,14 @@ impl StageTask {
                     let call = format!("Forward of micro-batch {mb}");
                     self.set_doing(Some(call.clone()));
                     let started = Instant::now();
-                    let response = self.client.forward(request).await;
+                    let response = forward(&mut self.client, request, self.streams).await;
                     busy += started.elapsed();
                     self.set_doing(None);
-                    let response = response
-                        .map_err(|status| StageError::Call {
-                            index: self.index,
-                            call,
-                            status,
-                        })?
-                        .into_inner();
+                    let response = response.map_err(|status| StageError::Call {
+                        index: self.index,
+                        call,
+                        status,
+                    })?;
                     if self.last {
                         loss += response.loss;
                     } else if let Some(out) = &self.hidden_out {
@@ -581,16 +616,14 @@ impl StageTask {
                     let call = format!("Backward of micro-batch {mb}");
                     self.set_doing(Some(call.clone()));
                     let started = Instant::now();
-                    let response = self.client.backward(request).await;
+                    let response = backward(&mut self.client, request, self.streams).await;
                     busy += started.elapsed();
                     self.set_doing(None);
-                    let response = response
-                        .map_err(|status| StageError::Call {
-                            index: self.index,
-                            call,
-                            status,
-                        })?
-                        .into_inner();
+                    let response = response.map_err(|status| StageError::Call {
+                        index: self.index,
+                        call,
+                        status,
+                    })?;
                     if let (Some(out), Some(grad)) = (&self.grad_out, response.input_grad) {
                         let _ = out.send(grad);
                     }
@@ -603,4 +636,38 @@ impl StageTask {
             busy,
         })
     }
+}
+
+/// Forward, unary or streamed.
+async fn forward(
+    client: &mut StageTrainerClient<Channel>,
+    request: TrainForwardRequest,
+    streams: Option<Streams>,
+) -> Result<TrainForwardResponse, tonic::Status> {
+    let Some(streams) = streams else {
+        return Ok(client.forward(request).await?.into_inner());
+    };
+    let parts = split::<TrainForwardStreamRequest>(request, streams.chunk_bytes);
+    let mut responses = client
+        .forward_stream(tokio_stream::iter(parts))
+        .await?
+        .into_inner();
+    receive::<TrainForwardStreamResponse>(&mut responses, streams.limits, |_| Ok(())).await
+}
+
+/// Backward, unary or streamed.
+async fn backward(
+    client: &mut StageTrainerClient<Channel>,
+    request: TrainBackwardRequest,
+    streams: Option<Streams>,
+) -> Result<TrainBackwardResponse, tonic::Status> {
+    let Some(streams) = streams else {
+        return Ok(client.backward(request).await?.into_inner());
+    };
+    let parts = split::<TrainBackwardStreamRequest>(request, streams.chunk_bytes);
+    let mut responses = client
+        .backward_stream(tokio_stream::iter(parts))
+        .await?
+        .into_inner();
+    receive::<TrainBackwardStreamResponse>(&mut responses, streams.limits, |_| Ok(())).await
 }
