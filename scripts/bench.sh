@@ -16,5 +16,7 @@ echo "==> layer assignment for 100 / 1,000 / 10,000 simulated nodes"
 scripts/cargo.sh test --release -p neuroshard-layer-registry -- --ignored --nocapture bench_assignment_scaling
 echo "==> one gRPC hop vs its layer compute; large hops unary vs chunked"
 scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture --test-threads 1
+echo "==> pipelined training: a 2-stage pipeline of worker processes vs one process; the bubble"
+scripts/cargo.sh test --release -p neuroshard-tests --test training_bench -- --ignored --nocapture
 echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
 scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1

@@ -82,7 +82,12 @@ fn every_worker_key_is_one_the_worker_takes() {
         .init_seed(5)
         .usable_memory_bytes(60_000_000)
         .heartbeat_ms(200)
-        .message_limits(64 << 10, 16 << 10, 1 << 20, 64);
+        .message_limits(64 << 10, 16 << 10, 1 << 20, 64)
+        .training(
+            neuroshard_local::SwarmTraining::local("/data/genesis".into(), 7)
+                .table()
+                .unwrap(),
+        );
     let config: WorkerConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(
@@ -103,6 +108,19 @@ fn every_worker_key_is_one_the_worker_takes() {
             max_tensor_bytes: 1 << 20,
             max_stream_chunks: 64,
             tls: tls(),
+            training: neuroshard_shard_worker::driver::TrainingConfig {
+                enabled: true,
+                data_dir: Some("/data/genesis".into()),
+                inner_steps: 7,
+                batch_size: 8,
+                micro_batches: 4,
+                seq_len: 64,
+                lr: 1e-3,
+                warmup_steps: 20,
+                step_deadline_ms: 15_000,
+                retry_ms: 1_000,
+                ..Default::default()
+            },
             ..WorkerConfig::default()
         }
     );

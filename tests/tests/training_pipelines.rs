@@ -38,7 +38,7 @@ use neuroshard_shard_worker::driver::driven_pipeline;
 use neuroshard_shard_worker::driver::pipeline::{PipelineRun, StageAddress, StepPlan};
 use neuroshard_worker_client::named::collect_named;
 use support::checkpoints::{corpus_dataset, seeded_model};
-use support::swarm::{Swarm, max_diff};
+use support::swarm::{Swarm, max_diff, memory_for_layers};
 
 const SEED: u64 = 5;
 const STEPS: u64 = 5;
@@ -56,21 +56,6 @@ fn config(vocab: i64) -> ModelConfig {
         max_seq_len: 32,
         ..ModelConfig::small(vocab)
     }
-}
-
-/// Parameters of one block and of the embedding (the head is as large), for memory offers.
-fn layer_and_ends(config: &ModelConfig) -> (u64, u64) {
-    let h = config.hidden_size as u64;
-    let kv = h / config.num_heads as u64 * config.num_kv_heads as u64;
-    let layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size as u64 + 2 * h;
-    (layer, config.vocab_size as u64 * h + h)
-}
-
-/// Memory (20 bytes per parameter, as the registry counts for training) for `layers` layers
-/// plus the embedding or head and half a layer: room for that span, never for a bigger one.
-fn memory_for(config: &ModelConfig, layers: u64) -> u64 {
-    let (layer, ends) = layer_and_ends(config);
-    (layers * layer + ends + layer / 2) * 20
 }
 
 /// Step `step`'s batch: [8, 17] token ids, fixed.
@@ -152,7 +137,7 @@ async fn assert_processes_train_like_one_process(
         .into_iter()
         .map(|(k, v)| (k, v.detach().copy()))
         .collect();
-    let memory = memory_for(&config, (3 / stages) as u64 + u64::from(3 % stages != 0));
+    let memory = memory_for_layers(&config, (3 / stages) as u64 + u64::from(3 % stages != 0));
     for _ in 0..workers {
         swarm.add_worker(|w| {
             let w = w.checkpoint(&ckpt).unwrap().usable_memory_bytes(memory);
@@ -348,7 +333,7 @@ async fn a_killed_or_stopped_stage_is_reported_within_the_step_deadline_and_the_
     ] {
         training.insert(key.into(), value);
     }
-    let memory = memory_for(&config, 1);
+    let memory = memory_for_layers(&config, 1);
     for _ in 0..6 {
         let training = training.clone();
         swarm.add_worker(|w| w.usable_memory_bytes(memory).training(training));

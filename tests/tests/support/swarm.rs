@@ -140,6 +140,18 @@ async fn all_loaded(s: &AssignmentSnapshot) -> bool {
     true
 }
 
+/// Memory for a worker offering room for `layers` layers of `config` plus its embedding or
+/// head and half a layer (counted as the registry counts for training): enough for such a
+/// span, never for a bigger one, so the registry cuts the model into spans of `layers`.
+pub fn memory_for_layers(config: &neuroshard_common::ModelConfig, layers: u64) -> u64 {
+    use neuroshard_common::architecture::{
+        TRAINING_BYTES_PER_PARAM, embedding_parameters, head_parameters, layer_parameters,
+    };
+    let layer = layer_parameters(config) as u64;
+    let ends = embedding_parameters(config).max(head_parameters(config)) as u64;
+    (layers * layer + ends + layer / 2) * TRAINING_BYTES_PER_PARAM
+}
+
 /// Fewest holders of any layer (0 without an architecture).
 pub fn min_holders(s: &AssignmentSnapshot) -> u32 {
     let layers = s.architecture.as_ref().map_or(0, |a| a.num_layers);

@@ -181,7 +181,8 @@ impl PipelineRun {
         }
     }
 
-    /// Runs `call` on every stage in turn, each within `timeout`.
+    /// Runs `call` on every stage at once, each within `timeout`; the answers in stage
+    /// order, or the failure of the first stage (in pipeline order) that failed.
     async fn on_every_stage<T, F, Fut>(
         &self,
         name: &str,
@@ -189,27 +190,48 @@ impl PipelineRun {
         call: F,
     ) -> Result<Vec<T>, StageFailure>
     where
+        T: Send + 'static,
         F: Fn(StageTrainerClient<Channel>, &StageAddress) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
+            + Send
+            + 'static,
     {
-        let mut out = Vec::with_capacity(self.stages.len());
+        let mut calls = tokio::task::JoinSet::new();
         for (index, stage) in self.stages.iter().enumerate() {
-            match tokio::time::timeout(timeout, call(stage.client.clone(), &stage.address)).await {
-                Ok(Ok(response)) => out.push(response.into_inner()),
-                Ok(Err(status)) => return Err(self.failure(index, name, &status)),
-                Err(_) => {
-                    return Err(StageFailure {
-                        stage: Some(index),
-                        message: format!(
-                            "{} did not answer {name} within {} ms",
-                            describe(index, &stage.address),
-                            timeout.as_millis()
-                        ),
-                    });
-                }
-            }
+            let answer = call(stage.client.clone(), &stage.address);
+            calls.spawn(async move { (index, tokio::time::timeout(timeout, answer).await) });
         }
-        Ok(out)
+        let mut answers: Vec<Option<Result<T, StageFailure>>> =
+            (0..self.stages.len()).map(|_| None).collect();
+        while let Some(joined) = calls.join_next().await {
+            let (index, answer) = joined.map_err(|e| StageFailure {
+                stage: None,
+                message: format!("{name}: a call task failed: {e}"),
+            })?;
+            answers[index] = Some(match answer {
+                Ok(Ok(response)) => Ok(response.into_inner()),
+                Ok(Err(status)) => Err(self.failure(index, name, &status)),
+                Err(_) => Err(StageFailure {
+                    stage: Some(index),
+                    message: format!(
+                        "{} did not answer {name} within {} ms",
+                        describe(index, &self.stages[index].address),
+                        timeout.as_millis()
+                    ),
+                }),
+            });
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(StageFailure {
+                        stage: None,
+                        message: format!("{name}: a stage's call went missing"),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Starts `round` on every stage from the round's global weights; returns the optimizer
