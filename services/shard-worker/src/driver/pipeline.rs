@@ -477,6 +477,21 @@ impl PipelineRun {
             return Err(failure);
         }
 
+        // A stage that hangs in GradNorm or Step is named against the step's deadline too.
+        let past_deadline = |failure: StageFailure| {
+            if tokio::time::Instant::now() >= deadline {
+                StageFailure {
+                    message: format!(
+                        "step {step} passed its deadline of {} ms: {}",
+                        plan.deadline.as_millis(),
+                        failure.message
+                    ),
+                    ..failure
+                }
+            } else {
+                failure
+            }
+        };
         // Global clipping: one coefficient from every stage's squared norm.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let norms = self
@@ -490,7 +505,8 @@ impl PipelineRun {
                 };
                 async move { client.grad_norm(request).await }
             })
-            .await?;
+            .await
+            .map_err(past_deadline)?;
         let total: f64 = norms.iter().map(|r| r.squared_norm).sum();
         if !total.is_finite() {
             return Err(StageFailure {
@@ -512,7 +528,8 @@ impl PipelineRun {
             };
             async move { client.step(request).await }
         })
-        .await?;
+        .await
+        .map_err(past_deadline)?;
         Ok(StepReport {
             loss: loss / m as f64,
             clip_coefficient,
