@@ -145,7 +145,6 @@ pub async fn run(
         }
     };
     let driver = if config.training.enabled {
-        let registry = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
         tracing::info!(
             inner_steps = config.training.inner_steps,
             "driving the pipelines this node starts"
@@ -153,7 +152,7 @@ pub async fn run(
         Some(tokio::spawn(
             driver::Driver {
                 node_id,
-                registry,
+                registry: config.registry.clone(),
                 tls: config.tls.clone(),
                 config: config.training.clone(),
                 max_message_bytes: config.max_message_bytes,

@@ -203,9 +203,11 @@ fn resolve_checkpoint(args: &UpArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// The checkpoint directory `up --train` serves and trains: `--checkpoint` (default
-/// `<data>/../checkpoint`). When it holds no weights, it gets the default model's
-/// `config.json` for the dataset's vocabulary and the dataset's tokenizer, and the workers
-/// initialise the model from the seed.
+/// `<data>/../checkpoint`). When it holds no weights, the workers initialise the model from
+/// the seed, and it gets what the swarm needs beside weights, never replacing a file already
+/// there: the default model's `config.json` for the dataset's vocabulary, and the dataset's
+/// tokenizer. A config whose vocabulary is smaller than the dataset's, or a tokenizer other
+/// than the one the dataset was cut with, is refused.
 fn seeded_checkpoint(args: &UpArgs, data: &std::path::Path) -> anyhow::Result<PathBuf> {
     let dir = match &args.checkpoint {
         Some(dir) => dir.clone(),
@@ -219,16 +221,41 @@ fn seeded_checkpoint(args: &UpArgs, data: &std::path::Path) -> anyhow::Result<Pa
     if has_weights(&dir) {
         return Ok(dir);
     }
-    let config = crate::ModelShapeArgs::defaults()?.config(i64::from(manifest.vocab_size), 256);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let eos = i64::from(manifest.eos_token_id);
-    checkpoint::write_json(
-        &dir.join(checkpoint::CONFIG_FILE),
-        &config.to_hf_json("float32", eos, eos),
-    )?;
-    let tokenizer = data.join(checkpoint::TOKENIZER_FILE);
-    std::fs::copy(&tokenizer, dir.join(checkpoint::TOKENIZER_FILE))
-        .with_context(|| format!("copying the dataset's tokenizer {}", tokenizer.display()))?;
+    let config_file = dir.join(checkpoint::CONFIG_FILE);
+    if config_file.exists() {
+        let config = checkpoint::read_config(&dir)?;
+        if config.vocab_size < i64::from(manifest.vocab_size) {
+            bail!(
+                "{} has a vocabulary of {}, the dataset {} one of {}",
+                config_file.display(),
+                config.vocab_size,
+                data.display(),
+                manifest.vocab_size
+            );
+        }
+    } else {
+        let config = crate::ModelShapeArgs::defaults()?.config(i64::from(manifest.vocab_size), 256);
+        let eos = i64::from(manifest.eos_token_id);
+        checkpoint::write_json(&config_file, &config.to_hf_json("float32", eos, eos))?;
+    }
+    let tokenizer_file = dir.join(checkpoint::TOKENIZER_FILE);
+    if tokenizer_file.exists() {
+        let sha =
+            neuroshard_model::tokenizer::TextTokenizer::from_file(&tokenizer_file)?.sha256()?;
+        if sha != manifest.tokenizer_sha256 {
+            bail!(
+                "{} is not the tokenizer the dataset {} was cut with (sha256 {sha}, the manifest pins {})",
+                tokenizer_file.display(),
+                data.display(),
+                manifest.tokenizer_sha256
+            );
+        }
+    } else {
+        let tokenizer = data.join(checkpoint::TOKENIZER_FILE);
+        std::fs::copy(&tokenizer, &tokenizer_file)
+            .with_context(|| format!("copying the dataset's tokenizer {}", tokenizer.display()))?;
+    }
     println!(
         "==> no weights in {}: the swarm starts from the seeded initialisation",
         dir.display()

@@ -726,13 +726,13 @@ fn worker_name(index: usize) -> String {
     format!("worker-{index}")
 }
 
-/// Starts worker `index` under `supervisor`, with its key (created the first time) and a free
-/// port; returns once it is spawned (not yet listening).
 /// Whether `dir` holds a model's weights (not only its config and tokenizer).
 pub fn has_weights(dir: &Path) -> bool {
     dir.join(WEIGHTS_FILE).exists() || dir.join(WEIGHTS_INDEX_FILE).exists()
 }
 
+/// Starts worker `index` under `supervisor`, with its key (created the first time) and a free
+/// port; returns once it is spawned (not yet listening).
 fn spawn_worker(
     plan: &WorkerPlan,
     options: &SwarmOptions,

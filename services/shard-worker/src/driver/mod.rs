@@ -24,7 +24,6 @@ use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{AssignmentSnapshot, GetAssignmentRequest, NodeState};
 use neuroshard_runtime::tls::TlsFiles;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 pub use config::TrainingConfig;
 use data::RoundData;
@@ -76,7 +75,8 @@ pub fn not_live(snapshot: &AssignmentSnapshot, stages: &[StageAddress]) -> Vec<S
 #[derive(Debug)]
 pub struct Driver {
     pub node_id: String,
-    pub registry: LayerRegistryClient<Channel>,
+    /// The registry's URL, dialled with `tls` (and again until it answers).
+    pub registry: String,
     pub tls: TlsFiles,
     pub config: TrainingConfig,
     pub max_message_bytes: usize,
@@ -92,13 +92,25 @@ const ASSIGNMENT_POLL: Duration = Duration::from_millis(500);
 impl Driver {
     /// Runs rounds until the task is dropped.
     pub async fn run(self) {
+        let retry = Duration::from_millis(self.config.retry_ms.max(100));
+        let mut registry = loop {
+            match self.tls.connect(&self.registry).await {
+                Ok(channel) => break LayerRegistryClient::new(channel),
+                Err(e) => {
+                    tracing::warn!(error = %e, "driver: connecting to the registry");
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        };
         let (tx, mut assignments) = watch::channel::<Option<Arc<AssignmentSnapshot>>>(None);
-        let mut registry = self.registry.clone();
         let poller = tokio::spawn(async move {
             loop {
                 match registry.get_assignment(GetAssignmentRequest {}).await {
                     Ok(snapshot) => {
-                        let _ = tx.send(Some(Arc::new(snapshot.into_inner())));
+                        // The Driver is gone (its task ended or was aborted): so is this.
+                        if tx.send(Some(Arc::new(snapshot.into_inner()))).is_err() {
+                            return;
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(error = %e.message(), "driver: reading the assignment")
@@ -109,7 +121,6 @@ impl Driver {
         });
         let mut round = 0u64;
         let mut total_steps = 0u64;
-        let retry = Duration::from_millis(self.config.retry_ms.max(100));
         loop {
             let snapshot = assignments.borrow_and_update().clone();
             let outcome = match snapshot {
@@ -206,7 +217,7 @@ impl Driver {
             Err(f) => {
                 // Reported first: ending the round waits on stages that may not answer.
                 let outcome = fail(format!("round {this_round}: {f}"));
-                run.abandon(0, ABANDON_TIMEOUT).await;
+                run.abandon(ABANDON_TIMEOUT).await;
                 return outcome;
             }
         };
@@ -238,7 +249,7 @@ impl Driver {
                 let outcome = fail(format!(
                     "round {this_round}: the pipeline changed at step {step}; the round ended early"
                 ));
-                run.abandon(step, ABANDON_TIMEOUT).await;
+                run.abandon(ABANDON_TIMEOUT).await;
                 return outcome;
             }
             let batch = data.batch(step);
@@ -260,7 +271,7 @@ impl Driver {
                 }
                 Err(f) => {
                     let outcome = fail(format!("round {this_round}, step {step}: {f}"));
-                    run.abandon(step, ABANDON_TIMEOUT).await;
+                    run.abandon(ABANDON_TIMEOUT).await;
                     return outcome;
                 }
             }

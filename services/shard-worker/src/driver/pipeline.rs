@@ -18,7 +18,7 @@ use neuroshard_common::tensor::Limits;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient;
 use neuroshard_proto::trainer::v1::{
-    AbandonStepRequest, EndRoundRequest, GradNormRequest, StartRoundRequest, StepRef, StepRequest,
+    EndRoundRequest, GradNormRequest, StartRoundRequest, StepRef, StepRequest,
     TrainBackwardRequest, TrainBackwardResponse, TrainBackwardStreamRequest,
     TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
     TrainForwardStreamRequest, TrainForwardStreamResponse,
@@ -243,6 +243,8 @@ impl PipelineRun {
         reset_optimizer: bool,
         timeout: Duration,
     ) -> Result<u64, StageFailure> {
+        // Set first: ending the round after a failed start names this round.
+        self.round = round;
         let steps = self
             .on_every_stage("StartRound", timeout, |mut client, address| {
                 let request = StartRoundRequest {
@@ -254,7 +256,6 @@ impl PipelineRun {
                 async move { client.start_round(request).await }
             })
             .await?;
-        self.round = round;
         let first = steps.first().map(|s| s.optimizer_steps).unwrap_or(0);
         if let Some((index, other)) = steps
             .iter()
@@ -287,25 +288,25 @@ impl PipelineRun {
         .map(|_| ())
     }
 
-    /// Drops step `step`'s micro-batches on every stage that answers within `timeout`, and
-    /// ends the round on them: after a failed step the pipeline's round is over.
-    pub async fn abandon(&self, step: u64, timeout: Duration) {
-        // All stages at once: a hung one costs `timeout` once, not once per stage after it.
+    /// Ends the round early on every stage that answers within `timeout`, all at once (a
+    /// hung one costs `timeout` once): each drops its step's micro-batches and gradients and
+    /// keeps its training copy for Δ. After a failure some stages may have stepped and others
+    /// not, so the round is ended, not the step.
+    pub async fn abandon(&self, timeout: Duration) {
         let mut calls = tokio::task::JoinSet::new();
         for (index, stage) in self.stages.iter().enumerate() {
             let mut client = stage.client.clone();
-            let at = self.at(index, step);
             let end = EndRoundRequest {
                 span: layer_span(stage.address.span),
                 round: self.round,
             };
             calls.spawn(async move {
-                let abandon = async {
-                    client.abandon_step(AbandonStepRequest { at }).await?;
-                    client.end_round(end).await
-                };
-                if let Ok(Err(status)) = tokio::time::timeout(timeout, abandon).await {
-                    tracing::debug!(stage = index, error = %status.message(), "ending the round on a stage");
+                match tokio::time::timeout(timeout, client.end_round(end)).await {
+                    Ok(Err(status)) => {
+                        tracing::debug!(stage = index, error = %status.message(), "ending the round on a stage")
+                    }
+                    Err(_) => tracing::debug!(stage = index, "ending the round: no answer"),
+                    Ok(Ok(_)) => {}
                 }
             });
         }
@@ -348,17 +349,18 @@ impl PipelineRun {
         // Activations and gradients of a micro-batch, at most f32: streamed in chunks when
         // they would not fit in one message.
         let activation_bytes = rows_per * seq_len * plan.hidden_size * 4;
-        let streams =
-            (activation_bytes + MESSAGE_OVERHEAD_BYTES > self.max_message_bytes).then(|| Streams {
-                chunk_bytes: (self.max_message_bytes / 2).max(1),
-                limits: StreamLimits {
-                    tensor: Limits {
-                        max_bytes: activation_bytes.max(1) * 2,
-                        ..Limits::default()
-                    },
-                    max_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
+        // Token ids and targets ride in the same message, up to 10 bytes each as varints.
+        let message_bytes = activation_bytes + 2 * 10 * rows_per * seq_len + MESSAGE_OVERHEAD_BYTES;
+        let streams = (message_bytes > self.max_message_bytes).then(|| Streams {
+            chunk_bytes: (self.max_message_bytes / 2).max(1),
+            limits: StreamLimits {
+                tensor: Limits {
+                    max_bytes: activation_bytes.max(1) * 2,
+                    ..Limits::default()
                 },
-            });
+                max_chunks: neuroshard_common::tensor::DEFAULT_MAX_CHUNKS,
+            },
+        });
         // [rows_per, seq_len] inputs and targets of each micro-batch.
         let micro: Vec<(Vec<i64>, Vec<i64>)> = (0..m)
             .map(|mb| {
@@ -413,6 +415,7 @@ impl PipelineRun {
         let mut loss = 0.0;
         let mut busy = vec![Duration::ZERO; n];
         let mut failure: Option<StageFailure> = None;
+        let mut input_closed = false;
         loop {
             let next = match tokio::time::timeout_at(deadline, tasks.join_next()).await {
                 Ok(Some(joined)) => joined,
@@ -453,7 +456,7 @@ impl PipelineRun {
                 }
                 // A stage whose neighbour failed only lost its input: the neighbour's own
                 // failure is the one to report.
-                Err(StageError::InputClosed) => {}
+                Err(StageError::InputClosed) => input_closed = true,
                 Err(StageError::Call {
                     index,
                     call,
@@ -475,6 +478,13 @@ impl PipelineRun {
         }
         if let Some(failure) = failure {
             return Err(failure);
+        }
+        if input_closed {
+            // Cannot happen while every stage answers in full; never step on a partial pass.
+            return Err(StageFailure {
+                stage: None,
+                message: format!("step {step}: a stage's input ended before its micro-batches did"),
+            });
         }
 
         // A stage that hangs in GradNorm or Step is named against the step's deadline too.
@@ -663,7 +673,12 @@ impl StageTask {
                         call,
                         status,
                     })?;
-                    if let (Some(out), Some(grad)) = (&self.grad_out, response.input_grad) {
+                    if let Some(out) = &self.grad_out {
+                        let grad = response.input_grad.ok_or_else(|| StageError::Call {
+                            index: self.index,
+                            call: format!("Backward of micro-batch {mb}"),
+                            status: tonic::Status::internal("the answer has no input gradient"),
+                        })?;
                         let _ = out.send(grad);
                     }
                 }

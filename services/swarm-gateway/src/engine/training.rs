@@ -43,40 +43,50 @@ pub fn pipeline_status(p: PipelineProgress) -> PipelineStatus {
     }
 }
 
-/// Polls until the task is dropped.
+/// Polls until the task is dropped; every Driver at once, so a hung one delays nothing.
 pub(super) async fn poll_loop(engine: Arc<EngineState>) {
     loop {
         let view = engine.view();
-        let drivers: Vec<String> = view
+        let mut asks = tokio::task::JoinSet::new();
+        for node in view
             .nodes
             .iter()
             .filter(|n| n.start == 0 && n.end > 0 && n.state == NodeState::Live)
-            .map(|n| n.endpoint.clone())
-            .collect();
-        let mut progress = TrainingProgress::default();
-        for endpoint in drivers {
-            let answer = tokio::time::timeout(DEADLINE, async {
-                let channel = engine
-                    .hops
-                    .channel(&endpoint, DEADLINE)
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
-                StageTrainerClient::new(channel)
-                    .progress(ProgressRequest {})
-                    .await
-                    .map_err(|s| s.message().to_string())
-            })
-            .await;
-            match answer {
-                Ok(Ok(response)) => {
-                    let response = response.into_inner();
-                    progress.served_round = progress.served_round.max(response.served_round);
-                    progress
-                        .pipelines
-                        .extend(response.pipelines.into_iter().map(pipeline_status));
+        {
+            let (engine, endpoint) = (engine.clone(), node.endpoint.clone());
+            asks.spawn(async move {
+                let answer = tokio::time::timeout(DEADLINE, async {
+                    let channel = engine
+                        .hops
+                        .channel(&endpoint, DEADLINE)
+                        .await
+                        .map_err(|e| format!("{e:?}"))?;
+                    StageTrainerClient::new(channel)
+                        .progress(ProgressRequest {})
+                        .await
+                        .map_err(|s| s.message().to_string())
+                })
+                .await;
+                match answer {
+                    Ok(Ok(response)) => Some(response.into_inner()),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%endpoint, error = %e, "training progress");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%endpoint, "training progress: no answer in time");
+                        None
+                    }
                 }
-                Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "training progress"),
-                Err(_) => tracing::debug!(%endpoint, "training progress: no answer in time"),
+            });
+        }
+        let mut progress = TrainingProgress::default();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(Some(response)) = joined {
+                progress.served_round = progress.served_round.max(response.served_round);
+                progress
+                    .pipelines
+                    .extend(response.pipelines.into_iter().map(pipeline_status));
             }
         }
         progress.pipelines.sort_by(|a, b| a.id.cmp(&b.id));
