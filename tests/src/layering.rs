@@ -38,7 +38,11 @@ pub const TRANSPORT: &[&str] = &[
 pub const LIBTORCH: &[&str] = &["tch", "torch-sys"];
 
 /// Workspace crates that must compile without any [`TRANSPORT`] crate.
-pub const PURE: &[&str] = &["neuroshard-common", "neuroshard-text"];
+pub const PURE: &[&str] = &[
+    "neuroshard-common",
+    "neuroshard-text",
+    "neuroshard-aggregation",
+];
 
 /// The only crates that may link libtorch: the model and what needs tensors (plus the tests).
 pub const MAY_LINK_LIBTORCH: &[&str] = &[
