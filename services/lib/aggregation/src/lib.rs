@@ -8,8 +8,10 @@
 //!   tolerate that bound;
 //! - [`presteps`]: nearest-neighbour mixing and bucketing, which go before any rule;
 //! - [`outer`]: SGD with Nesterov momentum applied to θ_start;
-//! - [`quant`]: int8 block quantisation of Δ for the wire.
+//! - [`quant`]: int8 block quantisation of Δ for the wire;
+//! - [`attacks`]: what Byzantine contributors send (for the robustness table and tests).
 
+pub mod attacks;
 pub mod outer;
 pub mod presteps;
 pub mod quant;
