@@ -8,14 +8,14 @@
 //!   tolerate that bound;
 //! - [`presteps`]: nearest-neighbour mixing and bucketing, which go before any rule;
 //! - [`outer`]: SGD with Nesterov momentum applied to θ_start;
-//! - [`quant`]: int8 block quantisation of Δ for the wire;
 //! - [`attacks`]: what Byzantine contributors send (for the robustness table and tests);
 //! - [`screening`]: cheap flags on a round's submissions (zero, copy, scaled, outlier).
+//!
+//! Δ travels int8 block-quantised with `neuroshard_common::tensor::quantize_int8`.
 
 pub mod attacks;
 pub mod outer;
 pub mod presteps;
-pub mod quant;
 pub mod rules;
 pub mod screening;
 
