@@ -8,6 +8,7 @@
 //!   tolerate that bound;
 //! - [`presteps`]: nearest-neighbour mixing and bucketing, which go before any rule;
 //! - [`outer`]: SGD with Nesterov momentum applied to θ_start;
+//! - [`round`]: one outer round over named parameters, a rule per layer, then the step;
 //! - [`attacks`]: what Byzantine contributors send (for the robustness table and tests);
 //! - [`screening`]: cheap flags on a round's submissions (zero, copy, scaled, outlier).
 //!
@@ -16,6 +17,7 @@
 pub mod attacks;
 pub mod outer;
 pub mod presteps;
+pub mod round;
 pub mod rules;
 pub mod screening;
 
