@@ -165,7 +165,8 @@ pub struct PipelineStatus {
     pub tokens: u64,
     /// `running`, `waiting` or `failed`.
     pub state: String,
-    /// Why its last round ended early (names the stage); null in the summary view.
+    /// While `state` is `failed`: why its round ended early (names the stage); null otherwise
+    /// and in the summary view.
     pub error: Option<String>,
     /// `[step, loss]` of its recent steps (steps counted since its Driver started), oldest
     /// first.
