@@ -22,6 +22,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod diloco;
 pub mod error;
 pub mod generate;
 pub mod growth;
