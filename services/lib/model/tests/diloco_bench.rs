@@ -1,0 +1,190 @@
+//! Benchmark: DiLoCo (K = 4 replicas, H = 50, mean rule, outer Nesterov lr 0.7 / 0.9) against
+//! synchronous data-parallel training (one step on all K replicas' batches, gradients
+//! all-reduced every step) and against the single-process trainer, on the default corpus with
+//! the small NeuroLLM and the same token budget; the final held-out loss of each, and the
+//! bytes each sends.
+//!
+//! Run: NEUROSHARD_BENCH_DATA=<dataset dir> scripts/cargo.sh test --release -p neuroshard-model --test diloco_bench -- --ignored --nocapture
+//! (`make bench` builds the dataset from the default corpus and passes it.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use neuroshard_aggregation::outer::OuterConfig;
+use neuroshard_aggregation::round::RoundPlan;
+use neuroshard_aggregation::rules::Rule;
+use neuroshard_model::data::batches::eval_windows;
+use neuroshard_model::data::{BatchSampler, Split, TokenShards, shards_for_replica};
+use neuroshard_model::diloco::{DilocoOptions, simulate};
+use neuroshard_model::tch::{Device, Kind, Tensor};
+use neuroshard_model::training::{TrainOptions, Trainer, evaluate};
+use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
+
+const K: usize = 4;
+const H: u64 = 50;
+const BATCH: usize = 8;
+const SEQ: usize = 64;
+const SHARDS_PER_ROUND: usize = 2;
+
+fn model(config: &ModelConfig) -> Shard {
+    let mut m = Shard::new(
+        config,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    init::initialize(&mut m, 11).unwrap();
+    m
+}
+
+/// The tokens replica `k` trains on in `round` (as DiLoCo draws them).
+fn round_tokens(data: &TokenShards, round: u64, k: usize) -> Vec<u32> {
+    let mut tokens = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for id in shards_for_replica(&data.manifest, round, k as u64, SHARDS_PER_ROUND).unwrap() {
+        if seen.insert(id.clone()) {
+            let entry = data.manifest.shards.iter().find(|s| s.id == id).unwrap();
+            tokens.extend(data.load(entry).unwrap());
+        }
+    }
+    tokens
+}
+
+#[test]
+#[ignore = "benchmark: minutes of training"]
+fn bench_diloco_vs_data_parallel_vs_single_process() {
+    neuroshard_model::tch::set_num_threads(2);
+    // Rounds of H steps (the token budget grows with them): NEUROSHARD_BENCH_ROUNDS, default 12.
+    let rounds: u64 = std::env::var("NEUROSHARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    let dir = std::env::var("NEUROSHARD_BENCH_DATA")
+        .expect("NEUROSHARD_BENCH_DATA: a dataset directory from `neuroshard data build`");
+    let data = TokenShards::open(std::path::Path::new(&dir)).unwrap();
+    let config = ModelConfig::small(i64::from(data.manifest.vocab_size));
+    let params: u64 = model(&config)
+        .var_store()
+        .variables()
+        .values()
+        .map(|t| t.numel() as u64)
+        .sum();
+    let windows = eval_windows(&data.load_split(Split::Validation).unwrap(), SEQ, 128);
+    let inner = TrainOptions {
+        batch_size: BATCH,
+        seq_len: SEQ,
+        lr: 2e-3,
+        warmup_steps: 20,
+        ..TrainOptions::default()
+    };
+
+    // DiLoCo.
+    let started = std::time::Instant::now();
+    let options = DilocoOptions {
+        replicas: K,
+        attackers: 0,
+        attack: None,
+        inner_steps: H,
+        rounds,
+        train: inner.clone(),
+        plan: RoundPlan {
+            rule: Rule::Mean,
+            byzantine: 0,
+            mixing: false,
+            bucket: None,
+            seed: 0,
+            outer: OuterConfig::default(),
+        },
+        shards_per_round: SHARDS_PER_ROUND,
+        eval_windows: 128,
+    };
+    let (_, records) = simulate(model(&config), &data, &options).unwrap();
+    let diloco = records.last().unwrap().held_out;
+    let diloco_bytes: u64 = records.iter().map(|r| r.bytes).sum();
+    let diloco_s = started.elapsed().as_secs_f64();
+
+    // Data-parallel: every step takes all K replicas' batches at once (K × BATCH rows), the
+    // same data DiLoCo's replicas see, step for step.
+    let started = std::time::Instant::now();
+    let steps = H * rounds;
+    let mut dp = Trainer::new(
+        model(&config),
+        &TrainOptions {
+            steps,
+            batch_size: K * BATCH,
+            ..inner.clone()
+        },
+    )
+    .unwrap();
+    for round in 1..=rounds {
+        let samplers: Vec<BatchSampler> = (0..K)
+            .map(|k| {
+                BatchSampler::new(
+                    round_tokens(&data, round, k),
+                    &data.manifest,
+                    SEQ,
+                    BATCH,
+                    k as u64,
+                )
+                .unwrap()
+            })
+            .collect();
+        for step in 0..H {
+            let ids: Vec<i64> = samplers.iter().flat_map(|s| s.batch(round, step)).collect();
+            dp.step(&Tensor::from_slice(&ids).view([(K * BATCH) as i64, SEQ as i64 + 1]))
+                .unwrap();
+        }
+    }
+    let data_parallel = dp.evaluate(&windows, BATCH).unwrap();
+    let dp_s = started.elapsed().as_secs_f64();
+
+    // Single process: the same tokens, one replica's batch at a time.
+    let started = std::time::Instant::now();
+    let mut single = Trainer::new(
+        model(&config),
+        &TrainOptions {
+            steps: steps * K as u64,
+            ..inner.clone()
+        },
+    )
+    .unwrap();
+    for round in 1..=rounds {
+        for k in 0..K {
+            let sampler = BatchSampler::new(
+                round_tokens(&data, round, k),
+                &data.manifest,
+                SEQ,
+                BATCH,
+                k as u64,
+            )
+            .unwrap();
+            for step in 0..H {
+                single
+                    .step(
+                        &Tensor::from_slice(&sampler.batch(round, step))
+                            .view([BATCH as i64, SEQ as i64 + 1]),
+                    )
+                    .unwrap();
+            }
+        }
+    }
+    let single_loss = evaluate(single.model(), &windows, BATCH).unwrap();
+    let single_s = started.elapsed().as_secs_f64();
+
+    // Bytes: data-parallel all-reduces f32 gradients every step; a ring all-reduce sends
+    // 2(K − 1)/K of them from each replica. DiLoCo sends each replica's int8 Δ once a round.
+    let ring = steps as f64 * K as f64 * 2.0 * (K as f64 - 1.0) / K as f64 * 4.0 * params as f64;
+    let naive = steps as f64 * K as f64 * 4.0 * params as f64;
+    println!(
+        "{{\"bench\":\"diloco_convergence\",\"model\":\"4x256 vocab {}\",\"parameters\":{params},\"replicas\":{K},\"inner_steps\":{H},\"rounds\":{rounds},\"batch\":{BATCH},\"seq\":{SEQ},\"tokens\":{},\"held_out_diloco\":{diloco:.4},\"held_out_data_parallel\":{data_parallel:.4},\"held_out_single\":{single_loss:.4},\"diloco_vs_data_parallel\":{:.4},\"bytes_diloco_int8\":{diloco_bytes},\"bytes_data_parallel_ring\":{ring:.0},\"bytes_ratio_ring\":{:.1},\"bytes_ratio_gradient_per_step\":{:.1},\"seconds\":[{diloco_s:.0},{dp_s:.0},{single_s:.0}],\"held_out_by_round\":{:?}}}",
+        data.manifest.vocab_size,
+        K as u64 * H * rounds * (BATCH * SEQ) as u64,
+        diloco / data_parallel,
+        ring / diloco_bytes as f64,
+        naive / diloco_bytes as f64,
+        records
+            .iter()
+            .map(|r| (r.held_out * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+    );
+}
