@@ -12,10 +12,8 @@ use neuroshard_aggregation::attacks::Attack;
 use neuroshard_aggregation::outer::OuterConfig;
 use neuroshard_aggregation::round::RoundPlan;
 use neuroshard_aggregation::rules::Rule;
-use neuroshard_model::data::{
-    BatchSampler, BuildOptions, TokenShards, build_dataset, shards_for_replica,
-};
-use neuroshard_model::diloco::{DilocoOptions, named, simulate};
+use neuroshard_model::data::{BatchSampler, BuildOptions, TokenShards, build_dataset};
+use neuroshard_model::diloco::{DilocoOptions, named, replica_tokens, simulate};
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer};
 use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
@@ -114,14 +112,7 @@ fn one_replica_with_a_plain_outer_step_is_the_inner_trainer() {
     };
     let mut single = Trainer::new(model(&config), &train).unwrap();
     for round in 1..=3u64 {
-        let mut tokens = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for id in shards_for_replica(&data.manifest, round, 0, 2).unwrap() {
-            if seen.insert(id.clone()) {
-                let entry = data.manifest.shards.iter().find(|s| s.id == id).unwrap();
-                tokens.extend(data.load(entry).unwrap());
-            }
-        }
+        let tokens = replica_tokens(&data, round, 0, 2).unwrap();
         let sampler = BatchSampler::new(tokens, &data.manifest, 16, 4, 0).unwrap();
         for step in 0..4 {
             let batch = Tensor::from_slice(&sampler.batch(round, step)).view([4, 17]);

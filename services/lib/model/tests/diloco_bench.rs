@@ -13,8 +13,8 @@ use neuroshard_aggregation::outer::OuterConfig;
 use neuroshard_aggregation::round::RoundPlan;
 use neuroshard_aggregation::rules::Rule;
 use neuroshard_model::data::batches::eval_windows;
-use neuroshard_model::data::{BatchSampler, Split, TokenShards, shards_for_replica};
-use neuroshard_model::diloco::{DilocoOptions, simulate};
+use neuroshard_model::data::{BatchSampler, Split, TokenShards};
+use neuroshard_model::diloco::{DilocoOptions, replica_tokens, simulate};
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer, evaluate};
 use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
@@ -39,15 +39,7 @@ fn model(config: &ModelConfig) -> Shard {
 
 /// The tokens replica `k` trains on in `round` (as DiLoCo draws them).
 fn round_tokens(data: &TokenShards, round: u64, k: usize) -> Vec<u32> {
-    let mut tokens = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for id in shards_for_replica(&data.manifest, round, k as u64, SHARDS_PER_ROUND).unwrap() {
-        if seen.insert(id.clone()) {
-            let entry = data.manifest.shards.iter().find(|s| s.id == id).unwrap();
-            tokens.extend(data.load(entry).unwrap());
-        }
-    }
-    tokens
+    replica_tokens(data, round, k as u64, SHARDS_PER_ROUND).unwrap()
 }
 
 #[test]

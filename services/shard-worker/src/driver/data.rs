@@ -7,6 +7,7 @@ use std::path::Path;
 
 use neuroshard_common::{Error, Result};
 use neuroshard_model::data::{BatchSampler, TokenShards, shards_for_replica};
+use neuroshard_model::diloco::replica_tokens;
 
 /// One round's data for one replica.
 #[derive(Debug)]
@@ -39,20 +40,8 @@ impl RoundData {
         }
         let shard_ids =
             shards_for_replica(manifest, round, replica, shards_per_round).map_err(Error::from)?;
-        let mut tokens = Vec::new();
-        // A shard picked twice (fewer shards than asked for) is read once.
-        let mut seen = std::collections::BTreeSet::new();
-        for id in &shard_ids {
-            if !seen.insert(id.as_str()) {
-                continue;
-            }
-            let entry = manifest
-                .shards
-                .iter()
-                .find(|s| &s.id == id)
-                .ok_or_else(|| Error::internal(format!("shard `{id}` left the manifest")))?;
-            tokens.extend(data.load(entry).map_err(Error::from)?);
-        }
+        let tokens =
+            replica_tokens(&data, round, replica, shards_per_round).map_err(Error::from)?;
         let sampler = BatchSampler::new(tokens, manifest, seq_len, batch_size, replica)
             .map_err(Error::from)?;
         Ok(Self {
