@@ -5,6 +5,8 @@
 //! bytes each sends.
 //!
 //! Run: NEUROSHARD_BENCH_DATA=<dataset dir> scripts/cargo.sh test --release -p neuroshard-model --test diloco_bench -- --ignored --nocapture
+//! (NEUROSHARD_BENCH_ROUNDS, NEUROSHARD_BENCH_OUTER="lr,momentum" and
+//! NEUROSHARD_BENCH_DILOCO_ONLY vary it.)
 //! (`make bench` builds the dataset from the default corpus and passes it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,6 +42,23 @@ fn model(config: &ModelConfig) -> Shard {
 /// The tokens replica `k` trains on in `round` (as DiLoCo draws them).
 fn round_tokens(data: &TokenShards, round: u64, k: usize) -> Vec<u32> {
     replica_tokens(data, round, k as u64, SHARDS_PER_ROUND).unwrap()
+}
+
+/// The outer step: NEUROSHARD_BENCH_OUTER="lr,momentum" (Nesterov), default 0.7,0.9.
+fn outer_config() -> OuterConfig {
+    match std::env::var("NEUROSHARD_BENCH_OUTER") {
+        Ok(text) => {
+            let (lr, momentum) = text
+                .split_once(',')
+                .expect("NEUROSHARD_BENCH_OUTER=lr,momentum");
+            OuterConfig {
+                lr: lr.trim().parse().expect("outer lr"),
+                momentum: momentum.trim().parse().expect("outer momentum"),
+                nesterov: true,
+            }
+        }
+        Err(_) => OuterConfig::default(),
+    }
 }
 
 #[test]
@@ -85,7 +104,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
             mixing: false,
             bucket: None,
             seed: 0,
-            outer: OuterConfig::default(),
+            outer: outer_config(),
         },
         shards_per_round: SHARDS_PER_ROUND,
         eval_windows: 128,
@@ -94,6 +113,20 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
     let diloco = records.last().unwrap().held_out;
     let diloco_bytes: u64 = records.iter().map(|r| r.bytes).sum();
     let diloco_s = started.elapsed().as_secs_f64();
+    let outer = outer_config();
+    println!(
+        "{{\"bench\":\"diloco_rounds\",\"outer_lr\":{},\"outer_momentum\":{},\"rounds\":{rounds},\"held_out_by_round\":{:?}}}",
+        outer.lr,
+        outer.momentum,
+        records
+            .iter()
+            .map(|r| (r.held_out * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+    );
+    // NEUROSHARD_BENCH_DILOCO_ONLY: the outer settings' effect, without the baselines.
+    if std::env::var_os("NEUROSHARD_BENCH_DILOCO_ONLY").is_some() {
+        return;
+    }
 
     // Data-parallel: every step takes all K replicas' batches at once (K × BATCH rows), the
     // same data DiLoCo's replicas see, step for step.
