@@ -166,14 +166,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 /// The checkpoint to serve: `--checkpoint` when it holds weights; otherwise train one from
 /// `--data` into it (default `<data>/../checkpoint`).
 fn resolve_checkpoint(args: &UpArgs) -> anyhow::Result<PathBuf> {
-    let has_weights = |dir: &PathBuf| {
-        dir.join(checkpoint::CONFIG_FILE).exists()
-            && (dir.join(checkpoint::WEIGHTS_FILE).exists()
-                || dir.join(checkpoint::WEIGHTS_INDEX_FILE).exists())
+    // Servable as it is: weights, with the config and tokenizer beside them.
+    let complete = |dir: &PathBuf| {
+        has_weights(dir)
+            && dir.join(checkpoint::CONFIG_FILE).exists()
             && dir.join(checkpoint::TOKENIZER_FILE).exists()
     };
     let target = match (&args.checkpoint, &args.data) {
-        (Some(dir), _) if has_weights(dir) => return Ok(dir.clone()),
+        (Some(dir), _) if complete(dir) => return Ok(dir.clone()),
         (Some(dir), Some(_)) => dir.clone(),
         (None, Some(data)) => data
             .parent()
@@ -187,7 +187,7 @@ fn resolve_checkpoint(args: &UpArgs) -> anyhow::Result<PathBuf> {
             "nothing to serve: pass --checkpoint DIR (a trained checkpoint) or --data DIR (a dataset from `neuroshard data build`, trained first)"
         ),
     };
-    if has_weights(&target) {
+    if complete(&target) {
         return Ok(target);
     }
     let data = args.data.as_ref().context("--data is needed to train")?;

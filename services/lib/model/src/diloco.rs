@@ -85,29 +85,30 @@ pub fn load_named(shard: &Shard, weights: &Named) -> Result<()> {
     Ok(())
 }
 
-/// The training tokens replica `replica` trains on in `round`: the shards
-/// `shards_for_replica` picks, each read (and checked against its SHA-256) once, in order.
+/// What replica `replica` trains on in `round`: the ids of the shards `shards_for_replica`
+/// picks, and their tokens (each shard read, and checked against its SHA-256, once, in order).
 pub fn replica_tokens(
     data: &TokenShards,
     round: u64,
     replica: u64,
     shards_per_round: usize,
-) -> Result<Vec<u32>> {
+) -> Result<(Vec<String>, Vec<u32>)> {
     let manifest = &data.manifest;
     let mut tokens = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for id in shards_for_replica(manifest, round, replica, shards_per_round)? {
-        if !seen.insert(id.clone()) {
+    let ids = shards_for_replica(manifest, round, replica, shards_per_round)?;
+    for id in &ids {
+        if !seen.insert(id.as_str()) {
             continue;
         }
         let entry = manifest
             .shards
             .iter()
-            .find(|s| s.id == id)
+            .find(|s| &s.id == id)
             .ok_or_else(|| ModelError::Data(format!("shard `{id}` is not in the manifest")))?;
         tokens.extend(data.load(entry)?);
     }
-    Ok(tokens)
+    Ok((ids, tokens))
 }
 
 fn subtract(a: &Named, b: &Named) -> Named {
@@ -164,7 +165,7 @@ pub fn simulate(
         let mut last_losses = Vec::new();
         for (k, replica) in replicas.iter_mut().enumerate() {
             load_named(replica.model(), &theta)?;
-            let tokens = replica_tokens(data, round, k as u64, options.shards_per_round)?;
+            let (_, tokens) = replica_tokens(data, round, k as u64, options.shards_per_round)?;
             let sampler =
                 BatchSampler::new(tokens, manifest, train.seq_len, train.batch_size, k as u64)?;
             let mut loss = f64::NAN;

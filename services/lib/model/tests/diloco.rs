@@ -112,7 +112,7 @@ fn one_replica_with_a_plain_outer_step_is_the_inner_trainer() {
     };
     let mut single = Trainer::new(model(&config), &train).unwrap();
     for round in 1..=3u64 {
-        let tokens = replica_tokens(&data, round, 0, 2).unwrap();
+        let (_, tokens) = replica_tokens(&data, round, 0, 2).unwrap();
         let sampler = BatchSampler::new(tokens, &data.manifest, 16, 4, 0).unwrap();
         for step in 0..4 {
             let batch = Tensor::from_slice(&sampler.batch(round, step)).view([4, 17]);

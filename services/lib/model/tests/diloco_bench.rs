@@ -41,7 +41,9 @@ fn model(config: &ModelConfig) -> Shard {
 
 /// The tokens replica `k` trains on in `round` (as DiLoCo draws them).
 fn round_tokens(data: &TokenShards, round: u64, k: usize) -> Vec<u32> {
-    replica_tokens(data, round, k as u64, SHARDS_PER_ROUND).unwrap()
+    replica_tokens(data, round, k as u64, SHARDS_PER_ROUND)
+        .unwrap()
+        .1
 }
 
 /// The outer step: NEUROSHARD_BENCH_OUTER="lr,momentum" (Nesterov), default 0.7,0.9.

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use neuroshard_common::{Error, Result};
-use neuroshard_model::data::{BatchSampler, TokenShards, shards_for_replica};
+use neuroshard_model::data::{BatchSampler, TokenShards};
 use neuroshard_model::diloco::replica_tokens;
 
 /// One round's data for one replica.
@@ -38,9 +38,7 @@ impl RoundData {
                 manifest.vocab_size
             )));
         }
-        let shard_ids =
-            shards_for_replica(manifest, round, replica, shards_per_round).map_err(Error::from)?;
-        let tokens =
+        let (shard_ids, tokens) =
             replica_tokens(&data, round, replica, shards_per_round).map_err(Error::from)?;
         let sampler = BatchSampler::new(tokens, manifest, seq_len, batch_size, replica)
             .map_err(Error::from)?;
