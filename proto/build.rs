@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "neuroshard/registry/v1/registry.proto",
         "neuroshard/worker/v1/worker.proto",
         "neuroshard/trainer/v1/trainer.proto",
+        "neuroshard/aggregator/v1/aggregator.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -7,6 +7,12 @@
 
 #![allow(missing_debug_implementations, clippy::derive_partial_eq_without_eq)] // generated code
 
+pub mod aggregator {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.aggregator.v1.rs"));
+    }
+}
+
 pub mod common {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/neuroshard.common.v1.rs"));

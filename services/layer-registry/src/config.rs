@@ -9,6 +9,8 @@ use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PAR
 use neuroshard_common::growth::{ArchitectureMode, AutoPolicy};
 use serde::{Deserialize, Serialize};
 
+pub use neuroshard_postgres::{DatabaseTls, SslMode};
+
 /// Everything the registry needs at start. `Debug` redacts the database URL (it may hold a
 /// password), so logging the config cannot leak it.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -253,66 +255,6 @@ pub enum Admission {
     Open,
     /// Only the keys in `allowed_nodes`.
     AllowList,
-}
-
-/// How the link to PostgreSQL is secured, with libpq's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Plaintext only.
-    Disable,
-    /// TLS when the server offers it, else plaintext; the server is not authenticated.
-    Prefer,
-    /// TLS or no connection; encrypted, but the server is not authenticated.
-    Require,
-    /// TLS with the server's certificate checked against `root_cert_file` and its name
-    /// against the host in `database_url`: the only mode that stops an impostor.
-    VerifyFull,
-}
-
-impl SslMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-/// The `[database_tls]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseTls {
-    pub sslmode: SslMode,
-    /// PEM file of the CA that signed the server's certificate (`verify-full` only).
-    pub root_cert_file: Option<PathBuf>,
-}
-
-impl Default for DatabaseTls {
-    fn default() -> Self {
-        Self {
-            sslmode: SslMode::Prefer,
-            root_cert_file: None,
-        }
-    }
-}
-
-impl DatabaseTls {
-    pub fn validate(&self) -> Result<(), neuroshard_common::Error> {
-        use neuroshard_common::Error;
-        match (self.sslmode, &self.root_cert_file) {
-            (SslMode::VerifyFull, None) => Err(Error::invalid_argument(
-                "database_tls.root_cert_file is required with sslmode = \"verify-full\"",
-            )),
-            (SslMode::VerifyFull, Some(_)) | (_, None) => Ok(()),
-            (mode, Some(_)) => Err(Error::invalid_argument(format!(
-                "database_tls.root_cert_file is only used with sslmode = \"verify-full\" (sslmode is \"{}\", which does not check the server)",
-                mode.name()
-            ))),
-        }
-    }
 }
 
 /// `fixed` or `auto`.

@@ -16,16 +16,15 @@
 //!
 //! I/O and wiring:
 //! - [`store`]: PostgreSQL (migrations, nonces per signer kept forever, observations,
-//!   published architecture and assignment), mapping rows into [`stored`] types; it never
-//!   calls the policy itself but runs the service's closure under its publish lock;
-//!   [`db_tls`]: TLS to PostgreSQL;
+//!   published architecture and assignment; connection and TLS from `neuroshard_postgres`),
+//!   mapping rows into [`stored`] types; it never calls the policy itself but runs the
+//!   service's closure under its publish lock;
 //! - [`probe`]: Register's check that a node answers at its endpoint;
 //! - [`service`]: the gRPC adapter joining store and policy; [`config`]: layered configuration;
 //! - [`run`]: serves until `shutdown` resolves, re-publishing the assignment as liveness changes.
 
 pub mod architecture;
 pub mod config;
-pub mod db_tls;
 pub mod liveness;
 pub mod placement;
 pub mod probe;

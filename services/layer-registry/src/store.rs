@@ -14,7 +14,7 @@ use neuroshard_proto::common::v1::Architecture;
 use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
 
-use crate::config::DatabaseTls;
+use neuroshard_postgres::{DatabaseTls, claim_nonce, db, nonce_i64, replayed};
 use crate::stored::{StoredArchitecture, StoredNode};
 
 /// Ordered migrations, embedded in the binary.
@@ -44,10 +44,6 @@ pub struct Registration<'a> {
     pub payout_address: &'a str,
 }
 
-fn db(e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Unavailable, format!("database: {e}"))
-}
-
 /// What one publish computed from the nodes and the stored architecture.
 #[derive(Debug, Clone)]
 pub struct Publication {
@@ -67,11 +63,6 @@ pub struct Published {
     pub new_architecture: Option<ArchitectureState>,
 }
 
-fn nonce_i64(nonce: u64) -> Result<i64> {
-    i64::try_from(nonce)
-        .map_err(|_| Error::invalid_argument(format!("nonce: {nonce} exceeds 2^63 - 1")))
-}
-
 /// The registry's database.
 #[derive(Clone)]
 pub struct Store {
@@ -87,48 +78,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects (with the TLS `tls` asks for) and applies pending migrations.
     pub async fn connect(database_url: &str, tls: &DatabaseTls) -> Result<Self> {
-        let store = Self {
-            pool: crate::db_tls::pool(database_url, tls)?,
-        };
-        store.migrate().await.map_err(|e| Error {
-            message: format!(
-                "{} (database_tls.sslmode = {})",
-                e.message,
-                tls.sslmode.name()
-            ),
-            ..e
-        })?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let mut client = self.pool.get().await.map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            .await
-            .map_err(db)?;
-        for (version, sql) in MIGRATIONS {
-            let done = tx
-                .query_opt(
-                    "SELECT 1 FROM schema_migrations WHERE version = $1",
-                    &[version],
-                )
-                .await
-                .map_err(db)?;
-            if done.is_none() {
-                tx.batch_execute(sql).await.map_err(db)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1)",
-                    &[version],
-                )
-                .await
-                .map_err(db)?;
-            }
-        }
-        tx.commit().await.map_err(db)
+        Ok(Self {
+            pool: neuroshard_postgres::connect(database_url, tls, MIGRATION_LOCK, MIGRATIONS)
+                .await?,
+        })
     }
 
     /// Inserts or updates a node, claiming the registration's nonce.
@@ -429,24 +382,3 @@ fn stored_architecture(row: Option<tokio_postgres::Row>) -> Result<Option<Stored
 
 /// Claims `nonce` for `signer_id` inside `tx`: refused unless it exceeds every nonce the
 /// signer ever had accepted.
-async fn claim_nonce(tx: &Transaction<'_>, signer_id: &str, nonce: u64) -> Result<()> {
-    let claimed = tx
-        .execute(
-            "INSERT INTO signer_nonces (signer_id, last_nonce) VALUES ($1, $2)
-             ON CONFLICT (signer_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce
-             WHERE signer_nonces.last_nonce < EXCLUDED.last_nonce",
-            &[&signer_id, &nonce_i64(nonce)?],
-        )
-        .await
-        .map_err(db)?;
-    if claimed == 0 {
-        return Err(replayed(nonce));
-    }
-    Ok(())
-}
-
-fn replayed(nonce: u64) -> Error {
-    Error::failed_precondition(format!(
-        "nonce: {nonce} is not greater than the last accepted nonce (replay?)"
-    ))
-}

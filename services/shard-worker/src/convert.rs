@@ -39,6 +39,7 @@ pub fn to_wire(tensor: &Tensor) -> Result<WireTensor> {
     cpu.f_copy_data_u8(&mut data, numel)
         .map_err(|e| Error::internal(e.to_string()))?;
     Ok(WireTensor {
+        block_size: 0,
         dtype: dtype as i32,
         shape: cpu.size(),
         data,

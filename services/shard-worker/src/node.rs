@@ -8,7 +8,7 @@ use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{NonceSource, now_ms, sign};
 use neuroshard_common::{Error, ModelConfig, Result};
-use neuroshard_model::growth::{Origin, build_grown_span};
+use neuroshard_model::growth::span_of_architecture;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{Shard, ShardInput, ShardSpec, checkpoint, init};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
@@ -30,43 +30,14 @@ pub struct LoadPlan {
     pub kind: Kind,
 }
 
-/// Loads layers [start, end) of the published architecture `arch` as `plan` says. Growth
-/// appends layers (see `neuroshard_common::growth`), so the layers the registry added since the
-/// weights were made are identity blocks drawn from the seed, and the function is the one the
-/// weights had. The others come from the checkpoint, which must hold the model at one of the
-/// depths the architecture has had, or from the seed at the genesis depth.
+/// Loads layers [start, end) of the published architecture `arch` as `plan` says (see
+/// `neuroshard_model::growth::span_of_architecture`).
 pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
-    let config = &arch.config;
-    let spec = ShardSpec::span(i64::from(start), i64::from(end), config.num_layers)
-        .map_err(Error::from)?;
-    let (base, origin) = match &plan.checkpoint {
-        Some(dir) => {
-            let stored = checkpoint::read_config(dir).map_err(Error::from)?;
-            let same_shape = stored
-                == ModelConfig {
-                    num_layers: stored.num_layers,
-                    ..config.clone()
-                };
-            if !same_shape || !arch.depths().contains(&stored.num_layers) {
-                return Err(Error::failed_precondition(format!(
-                    "checkpoint {} holds a different architecture than the registry assigns \
-                     ({} layers of width {}; the registry's model has had depths {:?} at width {})",
-                    dir.display(),
-                    stored.num_layers,
-                    stored.hidden_size,
-                    arch.depths(),
-                    config.hidden_size
-                )));
-            }
-            (stored.num_layers, Origin::Checkpoint(dir))
-        }
-        None => (arch.genesis_layers(), Origin::Seed),
-    };
-    build_grown_span(
-        config,
-        spec,
-        base,
-        origin,
+    span_of_architecture(
+        arch,
+        start,
+        end,
+        plan.checkpoint.as_deref(),
         plan.init_seed,
         plan.device,
         plan.kind,

@@ -10,12 +10,14 @@
 //! - [`outer`]: SGD with Nesterov momentum applied to θ_start;
 //! - [`round`]: one outer round over named parameters, a rule per layer, then the step;
 //! - [`attacks`]: what Byzantine contributors send (for the robustness table and tests);
-//! - [`screening`]: cheap flags on a round's submissions (zero, copy, scaled, outlier).
+//! - [`screening`]: cheap flags on a round's submissions (zero, copy, scaled, outlier);
+//! - [`ownership`]: which parameters a span holds and which an aggregator owns.
 //!
 //! Δ travels int8 block-quantised with `neuroshard_common::tensor::quantize_int8`.
 
 pub mod attacks;
 pub mod outer;
+pub mod ownership;
 pub mod presteps;
 pub mod round;
 pub mod rules;

@@ -4,11 +4,12 @@
 //! where the round's training went. Flags are evidence for the
 //! verifier to weigh, not verdicts: the held-out-loss score decides what is paid.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{check, distance2};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScreeningConfig {
     /// A submission whose cosine similarity with an earlier one is at least this is a copy.
     pub copy_cosine: f64,

@@ -25,13 +25,36 @@ impl Default for Limits {
     }
 }
 
-/// Bytes per element of `dtype`.
+/// Bytes per element of `dtype` (none for int8 blocks, whose scales add bytes per block).
 pub fn element_size(dtype: Dtype) -> Option<usize> {
     match dtype {
         Dtype::F32 => Some(4),
         Dtype::Bf16 | Dtype::F16 => Some(2),
         Dtype::I64 => Some(8),
-        Dtype::Unspecified => None,
+        Dtype::Int8Block | Dtype::Unspecified => None,
+    }
+}
+
+/// Bytes `count` elements of `header`'s dtype take on the wire: for int8 blocks, one f32
+/// scale per block then one byte per value. Refuses a block size on a dtype without blocks,
+/// and int8 blocks without one.
+fn data_len(header: &WireTensor, dtype: Dtype, count: usize, field: &str) -> Result<usize> {
+    let overflow = || Error::invalid_argument(format!("{field}.shape: {:?} overflows", header.shape));
+    match (dtype, header.block_size) {
+        (Dtype::Int8Block, 0) => Err(Error::invalid_argument(format!(
+            "{field}.block_size: int8 blocks need a positive block size"
+        ))),
+        (Dtype::Int8Block, block) => count
+            .div_ceil(block as usize)
+            .checked_mul(4)
+            .and_then(|scales| scales.checked_add(count))
+            .ok_or_else(overflow),
+        (_, 0) => count
+            .checked_mul(element_size(dtype).unwrap_or(1))
+            .ok_or_else(overflow),
+        (_, block) => Err(Error::invalid_argument(format!(
+            "{field}.block_size: {block} given for {dtype:?}, which has no blocks"
+        ))),
     }
 }
 
@@ -67,10 +90,7 @@ pub fn numel(shape: &[i64], field: &str, limits: &Limits) -> Result<usize> {
 pub fn check(tensor: &WireTensor, field: &str, limits: &Limits, finite: bool) -> Result<Dtype> {
     let dtype = dtype_of(tensor.dtype, field)?;
     let count = numel(&tensor.shape, field, limits)?;
-    let size = element_size(dtype).unwrap_or(1);
-    let expected = count.checked_mul(size).ok_or_else(|| {
-        Error::invalid_argument(format!("{field}.shape: {:?} overflows", tensor.shape))
-    })?;
+    let expected = data_len(tensor, dtype, count, field)?;
     if expected > limits.max_bytes {
         return Err(Error::new(
             crate::error::ErrorKind::ResourceExhausted,
@@ -88,7 +108,19 @@ pub fn check(tensor: &WireTensor, field: &str, limits: &Limits, finite: bool) ->
             tensor.shape
         )));
     }
-    if finite && let Some(index) = first_non_finite(dtype, &tensor.data) {
+    if dtype == Dtype::Int8Block {
+        // The scales are the only floats; a negative one would flip a block's sign unseen.
+        let scales = count.div_ceil(tensor.block_size as usize);
+        if let Some(i) = tensor.data[..scales * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .position(|s| !s.is_finite() || s < 0.0)
+        {
+            return Err(Error::invalid_argument(format!(
+                "{field}: scale {i} is negative, NaN or infinite"
+            )));
+        }
+    } else if finite && let Some(index) = first_non_finite(dtype, &tensor.data) {
         return Err(Error::invalid_argument(format!(
             "{field}: element {index} is NaN or infinite"
         )));
@@ -107,7 +139,7 @@ fn first_non_finite(dtype: Dtype, data: &[u8]) -> Option<usize> {
         Dtype::F16 => data
             .chunks_exact(2)
             .position(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite()),
-        Dtype::I64 | Dtype::Unspecified => None,
+        Dtype::I64 | Dtype::Int8Block | Dtype::Unspecified => None,
     }
 }
 
@@ -117,6 +149,7 @@ pub fn encode_f32(shape: &[i64], values: &[f32]) -> WireTensor {
         dtype: Dtype::F32 as i32,
         shape: shape.to_vec(),
         data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        block_size: 0,
     }
 }
 
@@ -137,12 +170,69 @@ pub fn decode_f32(tensor: &WireTensor, field: &str, limits: &Limits) -> Result<V
             .chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+        Dtype::Int8Block => {
+            let block = tensor.block_size as usize;
+            let count = numel(&tensor.shape, field, limits)?;
+            let (scales, values) = data.split_at(data.len() - count);
+            let scales: Vec<f32> = scales
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| f32::from(v as i8) * scales[i / block])
+                .collect()
+        }
         Dtype::I64 | Dtype::Unspecified => {
             return Err(Error::invalid_argument(format!(
                 "{field}.dtype: {dtype:?} is not a floating type"
             )));
         }
     })
+}
+
+/// `values` of `shape` int8 block-quantised (see [`quantize_int8`]) as a wire tensor of dtype
+/// `INT8_BLOCK`: the scales, then the values.
+pub fn encode_int8_block(shape: &[i64], values: &[f32], block_size: u32) -> Result<WireTensor> {
+    let q = quantize_int8(shape, values, block_size)?;
+    let mut data = Vec::with_capacity(q.scales.len() * 4 + q.values.len());
+    data.extend(q.scales.iter().flat_map(|s| s.to_le_bytes()));
+    data.extend_from_slice(&q.values);
+    Ok(WireTensor {
+        dtype: Dtype::Int8Block as i32,
+        shape: shape.to_vec(),
+        data,
+        block_size,
+    })
+}
+
+/// SHA-256 over named tensors as sent: what a signed header commits to. Each tensor adds its
+/// name, dtype, block size, shape and data, every variable-length part length-prefixed, so no
+/// two different sequences of tensors hash alike.
+#[derive(Debug, Clone, Default)]
+pub struct Commitment(sha2::Sha256);
+
+impl Commitment {
+    pub fn add(&mut self, name: &str, tensor: &WireTensor) {
+        use sha2::Digest;
+        let h = &mut self.0;
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update(tensor.dtype.to_be_bytes());
+        h.update(tensor.block_size.to_be_bytes());
+        h.update((tensor.shape.len() as u64).to_be_bytes());
+        for d in &tensor.shape {
+            h.update(d.to_be_bytes());
+        }
+        h.update((tensor.data.len() as u64).to_be_bytes());
+        h.update(&tensor.data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.0.finalize().into()
+    }
 }
 
 /// Int8 quantisation with one scale per `block_size` elements: scale = max|x| / 127.
@@ -228,6 +318,7 @@ pub fn chunk(tensor: &WireTensor, chunk_bytes: usize) -> Vec<TensorChunk> {
         dtype: tensor.dtype,
         shape: tensor.shape.clone(),
         data: Vec::new(),
+        block_size: tensor.block_size,
     };
     let mut chunks: Vec<TensorChunk> = tensor
         .data
@@ -306,7 +397,7 @@ impl ChunkAssembler {
         let field = &self.field;
         let dtype = dtype_of(header.dtype, field)?;
         let count = numel(&header.shape, field, &self.limits)?;
-        let bytes = count.saturating_mul(element_size(dtype).unwrap_or(1));
+        let bytes = data_len(header, dtype, count, field)?;
         if bytes > self.limits.max_bytes {
             return Err(Error::new(
                 crate::error::ErrorKind::ResourceExhausted,
@@ -330,7 +421,9 @@ impl ChunkAssembler {
         match (&self.tensor, chunk.header) {
             (None, Some(header)) => {
                 if let Some(announced) = &self.announced
-                    && (announced.dtype != header.dtype || announced.shape != header.shape)
+                    && (announced.dtype != header.dtype
+                        || announced.shape != header.shape
+                        || announced.block_size != header.block_size)
                 {
                     return Err(Error::invalid_argument(format!(
                         "{}: header mismatch: the chunks declare dtype {} shape {:?}, the request announced dtype {} shape {:?}",

@@ -80,6 +80,50 @@ pub fn build_grown_span(
     Ok(shard)
 }
 
+/// Layers [start, end) of the published architecture `arch`, as every node builds them: the
+/// layers the registry added since the weights were made are identity blocks drawn from
+/// `seed`, so the function is the one the weights had; the others come from `checkpoint`,
+/// which must hold the model at one of the depths the architecture has had, or from `seed`
+/// at the genesis depth.
+pub fn span_of_architecture(
+    arch: &neuroshard_common::growth::ArchitectureState,
+    start: u32,
+    end: u32,
+    checkpoint: Option<&Path>,
+    seed: u64,
+    device: Device,
+    kind: Kind,
+) -> Result<Shard> {
+    let config = &arch.config;
+    let spec = ShardSpec::span(i64::from(start), i64::from(end), config.num_layers)?;
+    let (base, origin) = match checkpoint {
+        Some(dir) => {
+            let stored = crate::checkpoint::read_config(dir)?;
+            let same_shape = stored
+                == ModelConfig {
+                    num_layers: stored.num_layers,
+                    ..config.clone()
+                };
+            if !same_shape || !arch.depths().contains(&stored.num_layers) {
+                return Err(ModelError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "holds a different architecture than the registry assigns ({} layers of \
+                         width {}; the registry's model has had depths {:?} at width {})",
+                        stored.num_layers,
+                        stored.hidden_size,
+                        arch.depths(),
+                        config.hidden_size
+                    ),
+                });
+            }
+            (stored.num_layers, Origin::Checkpoint(dir))
+        }
+        None => (arch.genesis_layers(), Origin::Seed),
+    };
+    build_grown_span(config, spec, base, origin, seed, device, kind)
+}
+
 /// A copy of `shard` for a model grown to `new_num_layers`. Existing tensors are copied by
 /// name; a shard holding the head extends its span to the new end, and the new layers are
 /// initialised from `seed` and made identity blocks.

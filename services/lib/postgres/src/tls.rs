@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{DatabaseTls, SslMode};
+use crate::{DatabaseTls, SslMode};
 
 /// Connections the pool keeps at most.
 const POOL_SIZE: usize = 16;
