@@ -93,7 +93,7 @@ async fn bench_two_stage_pipeline_vs_single_process() {
     )
     .await
     .unwrap();
-    run.start_round(1, "bench", true, Duration::from_secs(30))
+    run.start_round(1, "bench", true, None, Duration::from_secs(30))
         .await
         .unwrap();
     let tokens_per_step = (BATCH * SEQ) as f64;

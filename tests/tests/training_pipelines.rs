@@ -162,7 +162,7 @@ async fn assert_processes_train_like_one_process(
     .await
     .unwrap();
     assert_eq!(
-        run.start_round(ROUND, "p0", true, Duration::from_secs(10))
+        run.start_round(ROUND, "p0", true, None, Duration::from_secs(10))
             .await
             .unwrap(),
         0
@@ -220,7 +220,11 @@ async fn assert_processes_train_like_one_process(
             end: stage.span.1,
         });
         let ended = client
-            .end_round(EndRoundRequest { span, round: ROUND })
+            .end_round(EndRoundRequest {
+                span,
+                round: ROUND,
+                ..EndRoundRequest::default()
+            })
             .await
             .unwrap()
             .into_inner();

@@ -2,7 +2,6 @@
 //! See `deploy/layer-registry.example.toml`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use neuroshard_common::ModelConfig;
 use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PARAM};

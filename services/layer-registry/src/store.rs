@@ -7,14 +7,14 @@
 //! the nonce unclaimed. The architecture and the assignment change together under one
 //! advisory lock, so replicas agree on both.
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_proto::common::v1::Architecture;
 use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
 
-use neuroshard_postgres::{DatabaseTls, claim_nonce, db, nonce_i64, replayed};
+use neuroshard_postgres::{DatabaseTls, claim_nonce, db};
 use crate::stored::{StoredArchitecture, StoredNode};
 
 /// Ordered migrations, embedded in the binary.
@@ -379,6 +379,3 @@ fn stored_architecture(row: Option<tokio_postgres::Row>) -> Result<Option<Stored
         growth_pending_for_ms: row.get::<_, Option<i64>>(1).map(|ms| ms.max(0) as u64),
     }))
 }
-
-/// Claims `nonce` for `signer_id` inside `tx`: refused unless it exceeds every nonce the
-/// signer ever had accepted.

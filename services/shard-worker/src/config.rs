@@ -50,6 +50,10 @@ pub struct WorkerConfig {
     pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// URLs of the diloco-aggregators (each owns a range of the layers): this node serves
+    /// their published global weights and sends them its Δ after each round. Empty: the
+    /// node serves its checkpoint or seed and keeps Δ to itself.
+    pub aggregators: Vec<String>,
     /// Driving the pipelines this node is the first stage of.
     pub training: crate::driver::TrainingConfig,
 }
@@ -78,6 +82,7 @@ impl Default for WorkerConfig {
             stream_chunk_bytes: 1 << 20,
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            aggregators: Vec::new(),
             training: crate::driver::TrainingConfig::default(),
         }
     }
@@ -122,6 +127,9 @@ impl WorkerConfig {
         // Last, so a config's own mistakes are named before the missing certificates.
         self.tls.validate()?;
         self.tls.check_scheme("registry", &self.registry)?;
+        for (i, url) in self.aggregators.iter().enumerate() {
+            self.tls.check_scheme(&format!("aggregators[{i}]"), url)?;
+        }
         if let Some(advertise) = &self.advertise {
             self.tls.check_scheme("advertise", advertise)?;
         }

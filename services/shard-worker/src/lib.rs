@@ -25,6 +25,7 @@ pub mod compute;
 pub mod config;
 pub mod convert;
 pub mod driver;
+pub mod global;
 pub mod node;
 pub mod service;
 pub mod sessions;
@@ -59,7 +60,7 @@ pub async fn run(
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
     names::describe(names::worker::TABLE);
-    let key = NodeKey::load_or_create(&config.key_file)?;
+    let key = Arc::new(NodeKey::load_or_create(&config.key_file)?);
     let device = parse_device(&config.device)?;
     let kind = parse_dtype(&config.dtype)?;
     let memory = match device {
@@ -105,7 +106,15 @@ pub async fn run(
         init_seed: config.init_seed,
         device,
         kind,
+        global: Arc::default(),
     };
+    let aggregators = (!config.aggregators.is_empty()).then(|| {
+        Arc::new(neuroshard_worker_client::aggregator::Aggregators::new(
+            config.aggregators.clone(),
+            config.tls.clone(),
+            config.max_message_bytes,
+        ))
+    });
 
     // Serve first: the registry's Register dials this endpoint and asks `Info` who answers
     // there, so the node must answer before it registers. Until a span is loaded, compute
@@ -118,6 +127,14 @@ pub async fn run(
     let progress = Arc::new(driver::progress::DriverProgress::default());
     let mut trainer_service = training::TrainerService::new(state.clone(), plan.clone());
     trainer_service.progress = progress.clone();
+    trainer_service.submitter = aggregators.as_ref().map(|aggregators| {
+        Arc::new(training::Submitter {
+            aggregators: aggregators.clone(),
+            key: key.clone(),
+            network_id: config.network_id.clone(),
+            nonces: neuroshard_common::signing::NonceSource::new(),
+        })
+    });
     let trainer = StageTrainerServer::new(trainer_service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -135,12 +152,23 @@ pub async fn run(
         neuroshard_runtime::grpc::serve(listener, server_tls, services, stop).await
     });
     let node_id = key.node_id().to_string();
+    let weights = aggregators.clone().map(|aggregators| {
+        tokio::spawn(global::follow(
+            state.clone(),
+            plan.clone(),
+            aggregators,
+            Duration::from_millis(500),
+        ))
+    });
     let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
         Ok(follower) => follower,
         Err(e) => {
             // Registration failed: stop serving and say why.
             let _ = abandon.send(());
             let _ = server.await;
+            if let Some(weights) = weights {
+                weights.abort();
+            }
             return Err(e);
         }
     };
@@ -157,6 +185,7 @@ pub async fn run(
                 config: config.training.clone(),
                 max_message_bytes: config.max_message_bytes,
                 progress,
+                aggregators,
             }
             .run(),
         ))
@@ -168,6 +197,9 @@ pub async fn run(
         .map_err(|e| Error::internal(format!("gRPC server task: {e}")))
         .and_then(|served| served);
     follower.abort();
+    if let Some(weights) = weights {
+        weights.abort();
+    }
     if let Some(driver) = driver {
         driver.abort();
     }
@@ -179,7 +211,7 @@ pub async fn run(
 /// assignment from then on (the returned task, heartbeats included).
 async fn join_swarm(
     config: &WorkerConfig,
-    key: NodeKey,
+    key: Arc<NodeKey>,
     state: Arc<state::WorkerState>,
     plan: node::LoadPlan,
     endpoint: String,

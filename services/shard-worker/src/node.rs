@@ -1,7 +1,8 @@
 //! The node's life with the registry: measure, register (signed), heartbeat, and load the span
 //! the registry assigns, reloading when the assignment changes.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use neuroshard_common::growth::ArchitectureState;
@@ -10,7 +11,7 @@ use neuroshard_common::signing::{NonceSource, now_ms, sign};
 use neuroshard_common::{Error, ModelConfig, Result};
 use neuroshard_model::growth::span_of_architecture;
 use neuroshard_model::tch::{Device, Kind, Tensor};
-use neuroshard_model::{Shard, ShardInput, ShardSpec, checkpoint, init};
+use neuroshard_model::{Shard, ShardInput, ShardSpec, init};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
     AssignmentSnapshot, Capacity, Device as ProtoDevice, GetAssignmentRequest, HeartbeatRequest,
@@ -28,12 +29,43 @@ pub struct LoadPlan {
     pub init_seed: u64,
     pub device: Device,
     pub kind: Kind,
+    /// The latest global weights fetched from the aggregators for this node's span.
+    pub global: Arc<RwLock<Option<Arc<GlobalWeights>>>>,
+}
+
+/// A span's global weights as an aggregator published them at the end of `round`.
+#[derive(Debug)]
+pub struct GlobalWeights {
+    pub round: u64,
+    pub span: (u32, u32),
+    pub architecture_version: u64,
+    /// f32 values by name.
+    pub tensors: BTreeMap<String, Vec<f32>>,
+}
+
+impl LoadPlan {
+    pub fn global(&self) -> Option<Arc<GlobalWeights>> {
+        self.global
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_global(&self, weights: GlobalWeights) {
+        *self.global.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(weights));
+    }
 }
 
 /// Loads layers [start, end) of the published architecture `arch` as `plan` says (see
-/// `neuroshard_model::growth::span_of_architecture`).
-pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
-    span_of_architecture(
+/// `neuroshard_model::growth::span_of_architecture`), with the global weights fetched for
+/// exactly this span over them; returns the aggregator round the weights are of (0 without).
+pub fn load_span_at(
+    arch: &ArchitectureState,
+    start: u32,
+    end: u32,
+    plan: &LoadPlan,
+) -> Result<(Shard, u64)> {
+    let shard = span_of_architecture(
         arch,
         start,
         end,
@@ -42,7 +74,38 @@ pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan
         plan.device,
         plan.kind,
     )
-    .map_err(Error::from)
+    .map_err(Error::from)?;
+    let Some(global) = plan
+        .global()
+        .filter(|g| g.span == (start, end) && g.architecture_version == arch.version)
+    else {
+        return Ok((shard, 0));
+    };
+    let _guard = neuroshard_model::tch::no_grad_guard();
+    for (name, mut var) in shard.var_store().variables() {
+        let values = global.tensors.get(&name).ok_or_else(|| {
+            Error::internal(format!("the global weights of round {} have no {name}", global.round))
+        })?;
+        if values.len() as i64 != var.numel() as i64 {
+            return Err(Error::internal(format!(
+                "global {name}: {} values, the span's tensor has {}",
+                values.len(),
+                var.numel()
+            )));
+        }
+        let source = Tensor::from_slice(values)
+            .view(var.size().as_slice())
+            .to_kind(var.kind())
+            .to_device(var.device());
+        var.f_copy_(&source)
+            .map_err(|e| Error::internal(format!("{name}: {e}")))?;
+    }
+    Ok((shard, global.round))
+}
+
+/// [`load_span_at`] without the round.
+pub fn load_span(arch: &ArchitectureState, start: u32, end: u32, plan: &LoadPlan) -> Result<Shard> {
+    load_span_at(arch, start, end, plan).map(|(shard, _)| shard)
 }
 
 /// Tokens per second through one decoder layer of `config` on this device (64-token chunks):
@@ -173,13 +236,13 @@ async fn measure_on(shape: &ModelConfig, plan: &LoadPlan) -> Result<f64> {
 #[derive(Debug)]
 pub struct RegistryLink {
     pub client: LayerRegistryClient<Channel>,
-    pub key: NodeKey,
+    pub key: Arc<NodeKey>,
     pub network_id: String,
     nonces: NonceSource,
 }
 
 impl RegistryLink {
-    pub fn new(client: LayerRegistryClient<Channel>, key: NodeKey, network_id: String) -> Self {
+    pub fn new(client: LayerRegistryClient<Channel>, key: Arc<NodeKey>, network_id: String) -> Self {
         Self {
             client,
             key,
@@ -277,18 +340,19 @@ pub async fn apply(
             let layers = arch.config.num_layers;
             let arch_version = arch.version;
             let arch = Arc::new(arch);
-            let shard = {
+            let (shard, weights_round) = {
                 let arch = arch.clone();
-                tokio::task::spawn_blocking(move || load_span(&arch, s.start, s.end, &plan))
+                tokio::task::spawn_blocking(move || load_span_at(&arch, s.start, s.end, &plan))
                     .await
                     .map_err(|e| Error::internal(format!("loading task failed: {e}")))??
             };
-            tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, layers, arch_version, version = snapshot.version, "span loaded");
+            tracing::info!(node_id = %state.node_id, start = s.start, end = s.end, layers, arch_version, version = snapshot.version, weights_round, "span loaded");
             Some(Loaded::start(
                 shard,
                 state.new_sessions(),
                 snapshot.version,
                 arch,
+                weights_round,
                 state.compute,
             )?)
         }

@@ -29,6 +29,8 @@ pub struct Loaded {
     /// The architecture the span was loaded from (its version says which layers a span
     /// index means; training loads θ_start from it again).
     pub architecture: Arc<ArchitectureState>,
+    /// The aggregator round whose global weights these are (0: the checkpoint or seed).
+    pub weights_round: u64,
     pub compute: ComputeQueue,
 }
 
@@ -39,6 +41,7 @@ impl Loaded {
         sessions: Sessions,
         assignment_version: u64,
         architecture: Arc<ArchitectureState>,
+        weights_round: u64,
         options: ComputeOptions,
     ) -> Result<Self> {
         let (spec, config, kind) = (shard.spec(), shard.config().clone(), shard.kind());
@@ -49,6 +52,7 @@ impl Loaded {
             sessions,
             assignment_version: AtomicU64::new(assignment_version),
             architecture,
+            weights_round,
             compute: ComputeQueue::start(shard, options)?,
         })
     }

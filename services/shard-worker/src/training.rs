@@ -34,12 +34,15 @@ use neuroshard_proto::trainer::v1::{
     TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
     TrainForwardStreamRequest, TrainForwardStreamResponse,
 };
+use neuroshard_common::identity::NodeKey;
+use neuroshard_common::signing::NonceSource;
+use neuroshard_worker_client::aggregator::{Aggregators, DeltaSubmission, NamedDelta};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::caller::Caller;
 use crate::convert::{from_wire, to_wire};
-use crate::node::{LoadPlan, load_span};
+use crate::node::{LoadPlan, load_span, load_span_at};
 use crate::service::{PartStream, chunked_response};
 use crate::state::{Loaded, WorkerState};
 use crate::stream::receive;
@@ -56,6 +59,8 @@ struct Round {
     pipeline_id: String,
     owner: Caller,
     ended: bool,
+    /// The aggregator round of θ_start (0: the checkpoint or seed).
+    weights_round: u64,
     trainer: StageTrainer,
 }
 
@@ -162,6 +167,15 @@ impl RoundState {
     }
 }
 
+/// Sends this node's Δ to the aggregators, signed with its key.
+#[derive(Debug)]
+pub struct Submitter {
+    pub aggregators: Arc<Aggregators>,
+    pub key: Arc<NodeKey>,
+    pub network_id: String,
+    pub nonces: NonceSource,
+}
+
 /// gRPC adapter: the node's state, how its spans are loaded, and the round.
 #[derive(Debug, Clone)]
 pub struct TrainerService {
@@ -170,6 +184,8 @@ pub struct TrainerService {
     pub rounds: Arc<Mutex<RoundState>>,
     /// What this node's Driver reports (empty unless it drives a pipeline).
     pub progress: Arc<crate::driver::progress::DriverProgress>,
+    /// Where EndRound sends Δ when asked to (none: it cannot).
+    pub submitter: Option<Arc<Submitter>>,
 }
 
 /// Runs `work` on the round state on a blocking thread (tensor work never runs on the async
@@ -224,6 +240,7 @@ impl TrainerService {
             plan,
             rounds: Arc::default(),
             progress: Arc::default(),
+            submitter: None,
         }
     }
 
@@ -252,11 +269,27 @@ impl TrainerService {
     ) -> Result<StartRoundResponse> {
         let span = span_of(request.span)?;
         let loaded = self.loaded_span(span)?;
+        let this_round = request.round;
+        let wrong_weights = move |serving: u64, wanted: u64| {
+            Error::failed_precondition(format!(
+                "weights_round: round {this_round} starts from the global weights of round {wanted}; this node serves round {serving}'s (they are loading)"
+            ))
+        };
+        if let Some(wanted) = request.weights_round
+            && loaded.weights_round != wanted
+        {
+            return Err(wrong_weights(loaded.weights_round, wanted));
+        }
         let arch = loaded.architecture.clone();
         let plan = self.plan.clone();
         with_rounds(&self.rounds, move |rounds| {
             // θ_start: the global weights the served copy was loaded from.
-            let shard = load_span(&arch, span.0, span.1, &plan)?;
+            let (shard, weights_round) = load_span_at(&arch, span.0, span.1, &plan)?;
+            if let Some(wanted) = request.weights_round
+                && weights_round != wanted
+            {
+                return Err(wrong_weights(weights_round, wanted));
+            }
             let keep = rounds.round.take().filter(|r| {
                 !request.reset_optimizer
                     && r.span == span
@@ -282,6 +315,7 @@ impl TrainerService {
                 pipeline_id: request.pipeline_id,
                 owner: caller,
                 ended: false,
+                weights_round,
                 trainer,
             });
             Ok(StartRoundResponse { optimizer_steps })
@@ -429,26 +463,41 @@ impl TrainerService {
                     request.round
                 )));
             }
-            let start = load_span(&arch, span.0, span.1, &plan)?
-                .var_store()
-                .variables();
-            let end = round.trainer.shard().var_store().variables();
-            let _guard = neuroshard_model::tch::no_grad_guard();
-            by_name(end)
-                .into_iter()
-                .map(|(name, theta_end)| {
-                    let theta_start = start
-                        .get(&name)
-                        .ok_or_else(|| Error::internal(format!("θ_start has no {name}")))?;
-                    // Δ = θ_start − θ_end, in f32 whatever the weights' dtype.
-                    let delta = theta_start.to_kind(Kind::Float) - theta_end.to_kind(Kind::Float);
-                    Ok((name, delta))
-                })
-                .collect::<Result<Vec<_>>>()
+            pseudo_gradient_of(round, &arch, span, &plan)
         })
         .await?;
         named_stream(deltas, chunk_bytes)
     }
+}
+
+/// Δ = θ_start − θ_end of the round's span, by name, in f32 whatever the weights' dtype.
+/// θ_start is loaded again from its source, which must still be the round's.
+fn pseudo_gradient_of(
+    round: &Round,
+    arch: &neuroshard_common::growth::ArchitectureState,
+    span: (u32, u32),
+    plan: &LoadPlan,
+) -> Result<Vec<(String, Tensor)>> {
+    let (start, weights_round) = load_span_at(arch, span.0, span.1, plan)?;
+    if weights_round != round.weights_round {
+        return Err(Error::failed_precondition(format!(
+            "round {}: θ_start (the global weights of round {}) is gone; this node now holds round {weights_round}'s",
+            round.round, round.weights_round
+        )));
+    }
+    let start = start.var_store().variables();
+    let end = round.trainer.shard().var_store().variables();
+    let _guard = neuroshard_model::tch::no_grad_guard();
+    by_name(end)
+        .into_iter()
+        .map(|(name, theta_end)| {
+            let theta_start = start
+                .get(&name)
+                .ok_or_else(|| Error::internal(format!("θ_start has no {name}")))?;
+            let delta = theta_start.to_kind(Kind::Float) - theta_end.to_kind(Kind::Float);
+            Ok((name, delta))
+        })
+        .collect()
 }
 
 /// Variables in name order, detached from autograd (sharing their storage).
@@ -592,16 +641,75 @@ impl StageTrainerRpc for TrainerService {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let loaded = self.state.loaded();
-        let steps = with_rounds(&self.rounds, move |rounds| {
+        let submitter = match (request.submit, &self.submitter) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s.clone()),
+            (true, None) => {
+                return Err(Error::failed_precondition(
+                    "submit: this node has no aggregators configured",
+                )
+                .into());
+            }
+        };
+        let plan = self.plan.clone();
+        let submit = request.submit;
+        let (steps, delta) = with_rounds(&self.rounds, move |rounds| {
             let span = span_of(request.span)?;
             let round = rounds.round_for(caller, span, Some(request.round), None, loaded.as_deref())?;
             round.trainer.abandon_step();
             round.ended = true;
             tracing::info!(round = round.round, pipeline = %round.pipeline_id, steps = round.step, "training round ended");
-            Ok(round.step)
+            let delta = match (submit, loaded.as_ref()) {
+                (true, Some(loaded)) => {
+                    let tensors = pseudo_gradient_of(round, &loaded.architecture, span, &plan)?;
+                    let named = tensors
+                        .into_iter()
+                        .map(|(name, t)| {
+                            let shape = t.size();
+                            let flat = t.flatten(0, -1);
+                            let values = Vec::<f32>::try_from(&flat)
+                                .map_err(|e| Error::internal(format!("{name}: {e}")))?;
+                            Ok((name, shape, values))
+                        })
+                        .collect::<Result<Vec<NamedDelta>>>()?;
+                    Some((round.round, span, round.pipeline_id.clone(), named))
+                }
+                _ => None,
+            };
+            Ok((round.step, delta))
         })
         .await?;
-        Ok(Response::new(EndRoundResponse { steps }))
+        let mut submitted_bytes = 0;
+        if let (Some(submitter), Some((round, span, pipeline_id, deltas))) = (submitter, delta) {
+            let submission = DeltaSubmission {
+                round,
+                span,
+                pipeline_id: &pipeline_id,
+                tokens: request.tokens,
+                deltas: &deltas,
+            };
+            submitted_bytes = submitter
+                .aggregators
+                .submit(
+                    &submitter.key,
+                    &submitter.network_id,
+                    &submitter.nonces,
+                    &submission,
+                    self.state.stream_chunk_bytes,
+                )
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        e.kind,
+                        format!("round {round} ended; submitting Δ: {}", e.message),
+                    )
+                })?;
+            tracing::info!(round, start = span.0, end = span.1, bytes = submitted_bytes, "Δ submitted");
+        }
+        Ok(Response::new(EndRoundResponse {
+            steps,
+            submitted_bytes,
+        }))
     }
 
     async fn pseudo_gradient(
@@ -618,7 +726,9 @@ impl StageTrainerRpc for TrainerService {
         &self,
         _request: Request<ProgressRequest>,
     ) -> std::result::Result<Response<ProgressResponse>, Status> {
-        Ok(Response::new(self.progress.snapshot()))
+        let mut progress = self.progress.snapshot();
+        progress.served_round = self.state.loaded().map_or(0, |l| l.weights_round);
+        Ok(Response::new(progress))
     }
 
     async fn read_tensors(

@@ -152,6 +152,7 @@ async fn bad_calls_are_refused_naming_the_problem_and_change_nothing() {
             round: ROUND,
             pipeline_id: "p".into(),
             reset_optimizer: false,
+            weights_round: None,
         })
         .await
         .unwrap_err();
@@ -167,6 +168,7 @@ async fn bad_calls_are_refused_naming_the_problem_and_change_nothing() {
             round: ROUND,
             pipeline_id: "p".into(),
             reset_optimizer: false,
+            weights_round: None,
         })
         .await
         .unwrap();

@@ -24,6 +24,9 @@ pub mod rules;
 pub mod screening;
 
 pub use outer::{OuterConfig, OuterState};
+
+/// Block size of the int8 quantisation Δ travels in (one f32 scale per this many values).
+pub const DELTA_BLOCK: u32 = 64;
 pub use rules::{Aggregate, Rule, RuleReport, aggregate};
 
 /// Checks that `vectors` is non-empty, rectangular and finite; returns the dimension.

@@ -530,6 +530,7 @@ mod tests {
             (Dtype::F16, f16::from_f32(1.5).to_le_bytes()),
         ] {
             let t = WireTensor {
+                block_size: 0,
                 dtype: dtype as i32,
                 shape: vec![1],
                 data: bytes.to_vec(),
@@ -549,6 +550,7 @@ mod tests {
                 .contains("hidden.dtype: 42")
         );
         let t = WireTensor {
+            block_size: 0,
             dtype: Dtype::F32 as i32,
             shape: vec![-1, 4],
             data: vec![],
@@ -560,6 +562,7 @@ mod tests {
                 .contains("negative")
         );
         let t = WireTensor {
+            block_size: 0,
             dtype: Dtype::F32 as i32,
             shape: vec![i64::MAX, i64::MAX],
             data: vec![],
@@ -571,6 +574,7 @@ mod tests {
                 .contains("overflows")
         );
         let t = WireTensor {
+            block_size: 0,
             dtype: Dtype::F32 as i32,
             shape: vec![1024, 1024, 1024],
             data: vec![],
@@ -687,6 +691,7 @@ mod tests {
         assert!(err.contains("more than 3 chunks"), "{err}");
 
         let huge = WireTensor {
+            block_size: 0,
             dtype: Dtype::F32 as i32,
             shape: vec![1 << 20, 1 << 10],
             data: Vec::new(),

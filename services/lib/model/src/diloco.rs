@@ -20,8 +20,7 @@ use crate::error::{ModelError, Result};
 use crate::shard::{Shard, ShardSpec};
 use crate::training::{TrainOptions, Trainer, evaluate};
 
-/// Block size of the int8 quantisation Δ travels in (what the byte counts assume).
-pub const DELTA_BLOCK: u32 = 64;
+pub use neuroshard_aggregation::DELTA_BLOCK;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DilocoOptions {

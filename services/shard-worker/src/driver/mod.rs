@@ -81,6 +81,10 @@ pub struct Driver {
     pub config: TrainingConfig,
     pub max_message_bytes: usize,
     pub progress: Arc<DriverProgress>,
+    /// The aggregators whose rounds the Driver follows (round number, H, the weights every
+    /// stage must serve first), and to which the stages submit Δ. Without any, rounds are
+    /// numbered locally and Δ stays on the stages.
+    pub aggregators: Option<Arc<neuroshard_worker_client::aggregator::Aggregators>>,
 }
 
 /// How long ending a failed round waits for each stage (a hung one never answers).
@@ -183,8 +187,29 @@ impl Driver {
         let Some(dir) = self.config.data_dir.clone() else {
             return fail("training.data_dir is not set".into());
         };
-        *round += 1;
-        let this_round = *round;
+        // The round to train: the aggregators' open one, once every stage serves the weights
+        // it starts from; without aggregators, the next local number.
+        let (this_round, inner_steps, weights_round) = match &self.aggregators {
+            Some(aggregators) => match aggregators.round().await {
+                Ok(state) if state.round > *round => {
+                    (state.round, state.inner_steps, Some(state.weights_round))
+                }
+                Ok(_) => {
+                    // This pipeline has done the open round; the others may not have.
+                    self.progress.update(&id, |p| p.state = WAITING.into());
+                    return Outcome::Wait;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "driver: reading the aggregators' round");
+                    self.progress.update(&id, |p| p.state = WAITING.into());
+                    return Outcome::Wait;
+                }
+            },
+            None => {
+                *round += 1;
+                (*round, self.config.inner_steps, None)
+            }
+        };
         let config = self.config.clone();
         let data = tokio::task::spawn_blocking(move || {
             RoundData::load(
@@ -212,7 +237,21 @@ impl Driver {
                 Err(f) => return fail(format!("round {this_round}: {f}")),
             };
         let mut run = run;
-        let optimizer_steps = match run.start_round(this_round, &id, false, deadline).await {
+        if let Some(wanted) = weights_round {
+            match run.served_rounds(deadline).await {
+                Ok(served) if served.iter().all(|&r| r == wanted) => {}
+                Ok(served) => {
+                    tracing::debug!(pipeline = %id, round = this_round, ?served, wanted, "driver: stages are loading the round's weights");
+                    self.progress.update(&id, |p| p.state = WAITING.into());
+                    return Outcome::Wait;
+                }
+                Err(f) => return fail(format!("round {this_round}: {f}")),
+            }
+        }
+        let optimizer_steps = match run
+            .start_round(this_round, &id, false, weights_round, deadline)
+            .await
+        {
             Ok(steps) => steps,
             Err(f) => {
                 // Reported first: ending the round waits on stages that may not answer.
@@ -239,7 +278,8 @@ impl Driver {
             hidden_size: usize::try_from(hidden_size).unwrap_or(usize::MAX),
         };
         let lr = self.config.lr_schedule();
-        for step in 0..self.config.inner_steps {
+        let mut tokens = 0u64;
+        for step in 0..inner_steps {
             // The pipeline's nodes or spans changed (a death, a reassignment, growth): the
             // round is over for it.
             let now = assignments.borrow_and_update().clone();
@@ -265,6 +305,7 @@ impl Driver {
             {
                 Ok(report) => {
                     *total_steps += 1;
+                    tokens += report.tokens;
                     self.progress
                         .stepped(&id, step + 1, report.loss, report.tokens, *total_steps);
                     tracing::debug!(pipeline = %id, round = this_round, step, loss = report.loss, clip = report.clip_coefficient, ms = report.wall.as_millis() as u64, "driver: step");
@@ -276,10 +317,18 @@ impl Driver {
                 }
             }
         }
-        if let Err(f) = run.end_round(deadline).await {
-            return fail(format!("round {this_round}: {f}"));
+        let submit = self.aggregators.is_some();
+        if submit {
+            // Done with this round whatever the submission's fate: the aggregators' round
+            // moves on without a pipeline that failed to submit.
+            *round = this_round;
         }
-        tracing::info!(pipeline = %id, round = this_round, steps = self.config.inner_steps, "driver: round ended");
+        let sent = match run.end_round(deadline, submit, tokens).await {
+            Ok(sent) => sent,
+            Err(f) => return fail(format!("round {this_round}: {f}")),
+        };
+        tracing::info!(pipeline = %id, round = this_round, steps = inner_steps, tokens, submitted_bytes = sent, "driver: round ended");
+        self.progress.update(&id, |p| p.state = WAITING.into());
         Outcome::Done
     }
 }

@@ -18,7 +18,7 @@ use neuroshard_common::tensor::Limits;
 use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient;
 use neuroshard_proto::trainer::v1::{
-    EndRoundRequest, GradNormRequest, StartRoundRequest, StepRef, StepRequest,
+    EndRoundRequest, GradNormRequest, ProgressRequest, StartRoundRequest, StepRef, StepRequest,
     TrainBackwardRequest, TrainBackwardResponse, TrainBackwardStreamRequest,
     TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
     TrainForwardStreamRequest, TrainForwardStreamResponse,
@@ -241,6 +241,7 @@ impl PipelineRun {
         round: u64,
         pipeline_id: &str,
         reset_optimizer: bool,
+        weights_round: Option<u64>,
         timeout: Duration,
     ) -> Result<u64, StageFailure> {
         // Set first: ending the round after a failed start names this round.
@@ -252,6 +253,7 @@ impl PipelineRun {
                     round,
                     pipeline_id: pipeline_id.to_string(),
                     reset_optimizer,
+                    weights_round,
                 };
                 async move { client.start_round(request).await }
             })
@@ -269,23 +271,41 @@ impl PipelineRun {
                 first,
                 "stages' optimizer histories differ; resetting them"
             );
-            return Box::pin(self.start_round(round, pipeline_id, true, timeout)).await;
+            return Box::pin(self.start_round(round, pipeline_id, true, weights_round, timeout))
+                .await;
         }
         Ok(first)
     }
 
-    /// Ends the round on every stage that answers (best effort: used after a failure too).
-    pub async fn end_round(&self, timeout: Duration) -> Result<(), StageFailure> {
+    /// Ends the round on every stage; with `submit`, each stage then sends its Δ to the
+    /// aggregators (claiming `tokens`). Returns the Δ bytes the stages sent.
+    pub async fn end_round(
+        &self,
+        timeout: Duration,
+        submit: bool,
+        tokens: u64,
+    ) -> Result<u64, StageFailure> {
         let round = self.round;
         self.on_every_stage("EndRound", timeout, |mut client, address| {
             let request = EndRoundRequest {
                 span: layer_span(address.span),
                 round,
+                submit,
+                tokens,
             };
             async move { client.end_round(request).await }
         })
         .await
-        .map(|_| ())
+        .map(|ended| ended.iter().map(|e| e.submitted_bytes).sum())
+    }
+
+    /// The round of the global weights each stage serves, in stage order.
+    pub async fn served_rounds(&self, timeout: Duration) -> Result<Vec<u64>, StageFailure> {
+        self.on_every_stage("Progress", timeout, |mut client, _| async move {
+            client.progress(ProgressRequest {}).await
+        })
+        .await
+        .map(|answers| answers.iter().map(|p| p.served_round).collect())
     }
 
     /// Ends the round early on every stage that answers within `timeout`, all at once (a
@@ -299,6 +319,8 @@ impl PipelineRun {
             let end = EndRoundRequest {
                 span: layer_span(stage.address.span),
                 round: self.round,
+                submit: false,
+                tokens: 0,
             };
             calls.spawn(async move {
                 match tokio::time::timeout(timeout, client.end_round(end)).await {

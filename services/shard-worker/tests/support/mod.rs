@@ -125,6 +125,7 @@ pub fn state_with(
             state.new_sessions(),
             1,
             Arc::new(architecture),
+            0,
             options,
         )
         .unwrap(),
@@ -160,6 +161,7 @@ pub async fn serve_training(state: Arc<WorkerState>, seed: u64) -> String {
         init_seed: seed,
         device: Device::Cpu,
         kind: Kind::Float,
+        global: Arc::default(),
     };
     let services = GrpcServices::default()
         .with(ShardWorkerServer::new(WorkerService {
