@@ -17,7 +17,7 @@ use neuroshard_model::tokenizer::TextTokenizer;
 use neuroshard_proto::aggregator::v1::{
     Evidence, Receipt, RoundReport, RoundState, RoundSummary, SubmissionReport,
 };
-use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
+use neuroshard_proto::common::v1::{Architecture, LayerSpan, SignedEnvelope};
 use neuroshard_proto::registry::v1::AssignmentSnapshot;
 use prost::Message;
 use tokio::sync::watch;
@@ -55,6 +55,8 @@ pub struct Aggregator {
     pub settings: Settings,
     pub changes: watch::Sender<RoundState>,
     pub assignments: watch::Receiver<Option<Arc<AssignmentSnapshot>>>,
+    /// The architecture the registry published when the aggregator started.
+    pub architecture: Architecture,
 }
 
 /// A seed per round, from the configured seed (kept within i64 for the database).
@@ -86,6 +88,7 @@ impl Aggregator {
         held_out: Option<HeldOut>,
         tokenizer: Option<TextTokenizer>,
         assignments: watch::Receiver<Option<Arc<AssignmentSnapshot>>>,
+        architecture: Architecture,
     ) -> Result<Arc<Self>> {
         let num_layers = start.model.num_layers();
         let ownership = Ownership::of_range(config.layers_start, config.layers_end, num_layers);
@@ -102,7 +105,7 @@ impl Aggregator {
         };
         let theta = Arc::new(start.model.weights()?);
         let snapshot = assignments.borrow().clone();
-        let mut open = OpenRound::open(
+        let open = OpenRound::open(
             start.open.round,
             start.open.inner_steps,
             start.open.deadline_unix_ms,
@@ -110,7 +113,6 @@ impl Aggregator {
             start.open.num_layers,
             snapshot.as_deref(),
         );
-        open.expected_pipelines = start.open.expected_pipelines;
         let core = Core {
             open,
             published: start.published,
@@ -119,7 +121,7 @@ impl Aggregator {
             reference: start.reference,
         };
         let shapes = start.model.shapes.clone();
-        let aggregator = Arc::new_cyclic(|_| Self {
+        let aggregator = Arc::new(Self {
             changes: watch::Sender::new(RoundState::default()),
             config,
             key,
@@ -133,6 +135,7 @@ impl Aggregator {
             ownership,
             settings,
             assignments,
+            architecture,
         });
         Ok(aggregator)
     }
@@ -157,6 +160,7 @@ impl Aggregator {
             head: o.head,
             expected_pipelines: core.open.expected_pipelines,
             aggregator_id: self.aggregator_id().to_string(),
+            architecture: Some(self.architecture.clone()),
         }
     }
 
@@ -178,8 +182,9 @@ impl Aggregator {
         )
     }
 
-    /// Signs and keeps evidence against `node_id`; the refusal's message is returned as the
-    /// error the caller sees.
+    /// Signs and keeps evidence against `node_id` (for the submission's claimed `round`,
+    /// filed under the round open now, whose report lists it); the refusal's message is
+    /// returned as the error the caller sees. Never called with `core` locked.
     pub async fn refuse(
         &self,
         round: u64,
@@ -199,9 +204,10 @@ impl Aggregator {
             commitment,
         };
         tracing::warn!(node_id, round, kind, reason = %error.message, "submission refused");
+        let filed_under = self.core.lock().await.open.number;
         match self.sign("Evidence", &evidence) {
             Ok(envelope) => {
-                if let Err(e) = self.store.record_evidence(round, node_id, kind, &envelope).await {
+                if let Err(e) = self.store.record_evidence(filed_under, node_id, kind, &envelope).await {
                     tracing::error!(error = %e, "recording evidence failed");
                 }
             }
@@ -421,16 +427,14 @@ impl Aggregator {
 
     fn open_round(&self, stored: &StoredRound) -> OpenRound {
         let snapshot = self.assignments.borrow().clone();
-        let mut open = OpenRound::open(
+        OpenRound::open(
             stored.round,
             stored.inner_steps,
             stored.deadline_unix_ms,
             stored.seed,
             stored.num_layers,
             snapshot.as_deref(),
-        );
-        open.expected_pipelines = stored.expected_pipelines;
-        open
+        )
     }
 
     /// Deletes the weights of rounds older than the last `keep_rounds` (round 0, the start,

@@ -201,7 +201,16 @@ pub async fn run(
     };
     let config = Arc::new(config);
     let tokenizer = tokenizer(&config)?;
-    let aggregator = Aggregator::new(config.clone(), key, store, start, held_out, tokenizer, assignments)?;
+    let aggregator = Aggregator::new(
+        config.clone(),
+        key,
+        store,
+        start,
+        held_out,
+        tokenizer,
+        assignments,
+        arch.to_proto(),
+    )?;
     aggregator.announce().await;
     let ticker = {
         let aggregator = aggregator.clone();

@@ -114,9 +114,18 @@ impl OpenRound {
         round
     }
 
-    /// Records who holds what in `snapshot` (live pipelines only).
+    /// Records who holds what in `snapshot` (live pipelines only), and how many pipelines
+    /// the round waits for: those live now until the first submission; after it, fewer when
+    /// one dies (a pipeline that forms mid-round is not waited for).
     pub fn observe(&mut self, snapshot: &AssignmentSnapshot) {
-        for (node, holding) in live_holdings(snapshot).into_iter().flatten() {
+        let live = live_holdings(snapshot);
+        let count = live.len() as u32;
+        self.expected_pipelines = if self.submissions.is_empty() {
+            count
+        } else {
+            self.expected_pipelines.min(count)
+        };
+        for (node, holding) in live.into_iter().flatten() {
             self.holders.entry(node).or_default().insert(holding);
         }
     }
@@ -272,8 +281,13 @@ mod tests {
     #[test]
     fn a_node_that_died_mid_round_still_held_its_span() {
         let mut round = OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&[])));
+        round.submissions.push(submission("c", (0, 1), "p1", &["x"]));
         round.observe(&snapshot(&["a"]));
         assert!(round.admit("a", 1, (0, 1), "p0", 10).is_ok());
+        // The round no longer waits for the dead node's pipeline, nor for a new one.
+        assert_eq!(round.expected_pipelines, 1);
+        round.observe(&snapshot(&[]));
+        assert_eq!(round.expected_pipelines, 1);
         // A pipeline with a dead stage is not expected.
         assert_eq!(OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&["d"]))).expected_pipelines, 1);
     }

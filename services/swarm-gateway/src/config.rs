@@ -68,6 +68,9 @@ pub struct GatewayConfig {
     /// The `training.json` of the served checkpoint, when there is one: its loss curves are
     /// shown as the finished run that produced these weights.
     pub training_report: Option<PathBuf>,
+    /// The diloco-aggregator (gRPC URL) whose rounds `/api/v1/status` lists as
+    /// `training.rounds` (unset: none).
+    pub aggregator: Option<String>,
     /// A JSON object of node id → process id, kept by the local swarm so the dashboard can
     /// show processes; read again for every status document, so restarted workers show
     /// their new process.
@@ -183,6 +186,7 @@ impl Default for GatewayConfig {
             min_replicas: 2,
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             training_report: None,
+            aggregator: None,
             node_pids_file: None,
         }
     }
@@ -345,6 +349,9 @@ impl GatewayConfig {
         }
         // Last, so a config's own mistakes are named before the missing certificates.
         self.tls.validate()?;
+        if let Some(url) = &self.aggregator {
+            self.tls.check_scheme("aggregator", url)?;
+        }
         self.tls.check_scheme("registry", &self.registry)
     }
 

@@ -148,6 +148,23 @@ pub struct TrainingStatus {
     /// The round whose global weights the workers serve (0: the checkpoint or seed they
     /// started from); answers change only when it does.
     pub served_round: u64,
+    /// The aggregator's closed rounds, newest last.
+    pub rounds: Vec<RoundStatus>,
+}
+
+/// One closed DiLoCo round, as the aggregator reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoundStatus {
+    pub round: u64,
+    /// Held-out loss of the weights it published (null when the aggregator does not score).
+    pub held_out: Option<f64>,
+    /// Bytes of Δ it received.
+    pub bytes: u64,
+    /// The robust rule it combined them with.
+    pub rule: String,
+    /// Submissions accepted and flagged.
+    pub accepted: u32,
+    pub flagged: u32,
 }
 
 /// One training pipeline.
@@ -180,8 +197,9 @@ impl TrainingStatus {
         report: Option<TrainingStatus>,
         pipelines: Vec<PipelineStatus>,
         served_round: u64,
+        rounds: Vec<RoundStatus>,
     ) -> Option<Self> {
-        if pipelines.is_empty() {
+        if pipelines.is_empty() && rounds.is_empty() {
             return report;
         }
         let mut status = report.unwrap_or_default();
@@ -193,6 +211,7 @@ impl TrainingStatus {
         status.round = pipelines.iter().map(|p| p.round).max().unwrap_or(0);
         status.pipelines = pipelines;
         status.served_round = served_round;
+        status.rounds = rounds;
         Some(status)
     }
 }
@@ -282,7 +301,7 @@ mod tests {
     fn pipelines_that_train_make_the_state_running_and_the_summary_drops_their_errors() {
         let report = TrainingStatus::from_report(r#"{"train_history": [[10, 5.5]]}"#).unwrap();
         assert_eq!(
-            TrainingStatus::combine(Some(report.clone()), Vec::new(), 0),
+            TrainingStatus::combine(Some(report.clone()), Vec::new(), 0, Vec::new()),
             Some(report.clone())
         );
         let failed = PipelineStatus {
@@ -301,12 +320,28 @@ mod tests {
             ..PipelineStatus::default()
         };
         let combined =
-            TrainingStatus::combine(Some(report), vec![failed.clone(), running], 0).unwrap();
+            TrainingStatus::combine(Some(report), vec![failed.clone(), running], 0, Vec::new())
+                .unwrap();
         assert_eq!(combined.state, "running");
         assert_eq!(combined.round, 4);
         assert_eq!(combined.losses, vec![[10.0, 5.5]]);
-        let waiting = TrainingStatus::combine(None, vec![failed], 0).unwrap();
+        let waiting = TrainingStatus::combine(None, vec![failed], 0, Vec::new()).unwrap();
         assert_eq!(waiting.state, "waiting");
+        // The aggregator's rounds show even while no pipeline reports.
+        let round = RoundStatus {
+            round: 2,
+            held_out: Some(4.5),
+            bytes: 1_000,
+            rule: "trimmed_mean".into(),
+            accepted: 4,
+            flagged: 0,
+        };
+        let rounds = TrainingStatus::combine(None, Vec::new(), 2, vec![round.clone()]).unwrap();
+        assert_eq!(rounds.rounds, vec![round]);
+        assert_eq!(rounds.served_round, 2);
+        let json = serde_json::to_value(&rounds).unwrap();
+        assert_eq!(json["rounds"][0]["held_out"], 4.5);
+        assert_eq!(json["rounds"][0]["rule"], "trimmed_mean");
         let summary = SwarmStatus {
             training: Some(combined),
             ..SwarmStatus::default()

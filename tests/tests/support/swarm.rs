@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use neuroshard_common::tensor::{Limits, decode_f32};
-use neuroshard_local::{ChildGuard, Launcher, LocalRegistry, RegistryToml, WorkerToml, free_port};
+use neuroshard_local::{
+    AggregatorToml, ChildGuard, Launcher, LocalRegistry, RegistryToml, WorkerToml, free_port,
+};
 use neuroshard_model::tch::Tensor;
 use neuroshard_model::{Shard, ShardInput};
 use neuroshard_proto::common::v1::Tensor as WireTensor;
@@ -27,7 +29,10 @@ pub struct Swarm {
     pub registry_url: String,
     /// (process, listen port)
     pub workers: Vec<(ChildGuard, u16)>,
-    _registry: LocalRegistry,
+    /// diloco-aggregator processes: (process, listen port)
+    pub aggregators: Vec<(ChildGuard, u16)>,
+    aggregator_configs: Vec<toml::Table>,
+    pub local: LocalRegistry,
     launcher: Launcher,
     pub dir: tempfile::TempDir,
 }
@@ -50,7 +55,9 @@ impl Swarm {
             registry: super::registry_client(&registry_url).await,
             registry_url,
             workers: Vec::new(),
-            _registry: local,
+            aggregators: Vec::new(),
+            aggregator_configs: Vec::new(),
+            local,
             launcher,
             dir,
         }
@@ -77,6 +84,71 @@ impl Swarm {
             )
             .unwrap();
         self.workers.push((process, port));
+    }
+
+    /// Starts a diloco-aggregator process (plaintext, its own database, key and state under
+    /// the swarm's directory), its config changed by `adjust`; waits until it listens (it
+    /// listens once the registry has published an architecture). Returns its URL.
+    pub fn add_aggregator(&mut self, adjust: impl FnOnce(AggregatorToml) -> AggregatorToml) -> String {
+        self.add_aggregator_on(free_port().unwrap(), adjust)
+    }
+
+    /// [`Swarm::add_aggregator`] on a port chosen before (workers may have been told it).
+    pub fn add_aggregator_on(
+        &mut self,
+        port: u16,
+        adjust: impl FnOnce(AggregatorToml) -> AggregatorToml,
+    ) -> String {
+        let i = self.aggregators.len();
+        let name = format!("aggregator-{i}");
+        let database = self.local.pg.create_database(&format!("aggregator{i}")).unwrap();
+        let config = AggregatorToml::new(
+            NET,
+            port,
+            &self.registry_url,
+            &database,
+            &self.dir.path().join(format!("{name}.key")),
+            &self.dir.path().join(&name),
+        )
+        .unwrap()
+        .tls(&TlsFiles::insecure_plaintext())
+        .unwrap();
+        let table = adjust(config).table().clone();
+        let mut process = self
+            .launcher
+            .spawn(
+                neuroshard_local::AGGREGATOR_BINARY,
+                &name,
+                &table,
+                &[("OMP_NUM_THREADS", "1")],
+            )
+            .unwrap();
+        self.aggregator_configs.push(table);
+        self.launcher
+            .wait_for_port(&mut process, port, Instant::now() + Duration::from_secs(60), &name)
+            .unwrap();
+        self.aggregators.push((process, port));
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Starts aggregator `i` again with the config it was first started with (same key,
+    /// database and state), after it was killed.
+    pub fn restart_aggregator(&mut self, i: usize) {
+        let name = format!("aggregator-{i}");
+        let port = self.aggregators[i].1;
+        let mut process = self
+            .launcher
+            .respawn(
+                neuroshard_local::AGGREGATOR_BINARY,
+                &name,
+                &self.aggregator_configs[i],
+                &[("OMP_NUM_THREADS", "1")],
+            )
+            .unwrap();
+        self.launcher
+            .wait_for_port(&mut process, port, Instant::now() + Duration::from_secs(60), &name)
+            .unwrap();
+        self.aggregators[i].0 = process;
     }
 
     pub async fn snapshot(&mut self) -> AssignmentSnapshot {

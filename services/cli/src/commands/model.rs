@@ -1,4 +1,4 @@
-//! `neuroshard model init | logits | info | grow | architecture`.
+//! `neuroshard model init | logits | info | grow | export | architecture`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,9 @@ pub enum ModelCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write a Hugging Face checkpoint of the current global model, from the aggregators
+    /// or from a directory.
+    Export(super::export::ExportArgs),
     /// Print the architecture a swarm of this capacity trains, as JSON.
     Architecture {
         /// Total usable memory in decimal gigabytes.
@@ -88,6 +91,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Init(args) => init(args),
         ModelCommand::Logits(args) => logits(args),
+        ModelCommand::Export(args) => super::export::run(args),
         ModelCommand::Info { checkpoint: dir } => {
             let config = checkpoint::read_config(&dir)?;
             let parameters = neuroshard_model::architecture::parameter_count(&config);

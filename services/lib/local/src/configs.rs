@@ -50,6 +50,86 @@ macro_rules! table_type {
 table_type!(RegistryToml, "layer-registry");
 table_type!(WorkerToml, "shard-worker");
 table_type!(GatewayToml, "swarm-gateway");
+table_type!(AggregatorToml, "diloco-aggregator");
+
+impl AggregatorToml {
+    /// An aggregator for `network_id` on `port`, following the registry at `registry`, with
+    /// its database, key and round checkpoints.
+    pub fn new(
+        network_id: &str,
+        port: u16,
+        registry: &str,
+        database_url: &str,
+        key_file: &Path,
+        state_dir: &Path,
+    ) -> Result<Self> {
+        Ok(Self::default()
+            .set("network_id", network_id)
+            .set("listen", listen(port))
+            .set("registry", registry)
+            .set("database_url", database_url)
+            .set("key_file", value("key_file", key_file)?)
+            .set("state_dir", value("state_dir", state_dir)?))
+    }
+
+    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
+        Ok(self.set("tls", value("tls", tls)?))
+    }
+
+    /// Round 0 is this checkpoint (the one every worker loads).
+    pub fn checkpoint(self, dir: &Path) -> Result<Self> {
+        Ok(self.set("checkpoint", value("checkpoint", dir)?))
+    }
+
+    pub fn init_seed(self, seed: u64) -> Self {
+        self.set("init_seed", seed as i64)
+    }
+
+    /// Score submissions and rounds on this dataset's held-out split, in windows of
+    /// `seq_len` tokens.
+    pub fn held_out(self, data_dir: &Path, seq_len: u64, windows: u64) -> Result<Self> {
+        Ok(self
+            .set("data_dir", value("data_dir", data_dir)?)
+            .set("held_out_seq_len", seq_len as i64)
+            .set("held_out_windows", windows as i64))
+    }
+
+    /// H, and how long a round waits for its pipelines.
+    pub fn rounds(self, inner_steps: u64, deadline_ms: u64, quorum: u32) -> Self {
+        self.set("inner_steps", inner_steps as i64)
+            .set("round_deadline_ms", deadline_ms as i64)
+            .set("quorum", i64::from(quorum))
+    }
+
+    /// The robust rule and the Byzantine contributors it should tolerate.
+    pub fn rule(self, rule: &str, byzantine: u32) -> Self {
+        self.set("rule", rule).set("byzantine", i64::from(byzantine))
+    }
+
+    /// The outer step (SGD with Nesterov momentum).
+    pub fn outer(self, lr: f64, momentum: f64) -> Self {
+        let mut outer = toml::Table::new();
+        outer.insert("lr".into(), lr.into());
+        outer.insert("momentum".into(), momentum.into());
+        outer.insert("nesterov".into(), true.into());
+        self.set("outer", outer)
+    }
+
+    /// Published rounds whose checkpoints stay on the volume.
+    pub fn keep_rounds(self, rounds: u64) -> Self {
+        self.set("keep_rounds", rounds as i64)
+    }
+
+    /// Leave flagged submissions in the aggregate (they still get evidence).
+    pub fn keep_flagged(self) -> Self {
+        self.set("exclude_flagged", false)
+    }
+
+    /// Whether it serves TLS (its URL is then `https://`).
+    pub fn serves_tls(&self) -> bool {
+        serves_tls(&self.0)
+    }
+}
 
 impl RegistryToml {
     /// A registry for `network_id`; where it listens and its database are set when it is
@@ -176,6 +256,12 @@ impl WorkerToml {
         self.set("init_seed", seed as i64)
     }
 
+    /// Serve the global weights these aggregators publish, and send them Δ.
+    pub fn aggregators(self, urls: &[&str]) -> Self {
+        let list: Vec<toml::Value> = urls.iter().map(|u| (*u).into()).collect();
+        self.set("aggregators", toml::Value::Array(list))
+    }
+
     /// The `[training]` section: drive the pipelines this worker starts (see the worker's
     /// `TrainingConfig` for the keys).
     pub fn training(self, training: toml::Table) -> Self {
@@ -245,6 +331,11 @@ impl GatewayToml {
     /// The served checkpoint's training report (the dashboard draws its loss curves).
     pub fn training_report(self, path: &Path) -> Result<Self> {
         Ok(self.set("training_report", value("training_report", path)?))
+    }
+
+    /// The aggregator whose rounds `/api/v1/status` reports (`training.rounds`).
+    pub fn aggregator(self, url: &str) -> Self {
+        self.set("aggregator", url)
     }
 
     /// Reports node measurements to the registry, signed with the key in `key_file`.

@@ -33,10 +33,12 @@ pub mod supervisor;
 pub mod swarm;
 
 pub use backoff::RestartPolicy;
-pub use configs::{GatewayToml, RegistryToml, WorkerToml};
+pub use configs::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
 pub use pki::LocalPki;
 pub use registry::{LocalRegistry, RegistryProcess};
-pub use service::{GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private};
+pub use service::{
+    AGGREGATOR_BINARY, GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private,
+};
 pub use supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
 pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions, SwarmTraining, has_weights, spans_loaded};
 
@@ -167,10 +169,22 @@ impl PgServer {
 
     /// libpq connection string for the `postgres` database.
     pub fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
+        self.database_url("postgres")
+    }
+
+    /// libpq connection string for database `name`.
+    pub fn database_url(&self, name: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={name}", self.port)
+    }
+
+    /// Creates database `name` (each service keeps its own migrations); returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        let mut create = pg_command(&postgres_bin("createdb"));
+        create
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .arg(name);
+        run(create, &format!("createdb {name}"))?;
+        Ok(self.database_url(name))
     }
 }
 

@@ -27,10 +27,11 @@ use neuroshard_common::identity::NodeKey;
 use neuroshard_runtime::tls::TlsFiles;
 
 use crate::backoff::RestartPolicy;
-use crate::configs::{GatewayToml, RegistryToml, WorkerToml};
+use crate::configs::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
 use crate::pki::LocalPki;
 use crate::service::{
-    GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, exited_during_start_up,
+    AGGREGATOR_BINARY, GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY,
+    exited_during_start_up,
 };
 use crate::supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
 use crate::{LocalError, PgServer, Result, free_port, http_request};
@@ -97,6 +98,14 @@ pub struct SwarmTraining {
     pub warmup_steps: u64,
     pub step_deadline_ms: u64,
     pub retry_ms: u64,
+    /// The aggregator: how long a round waits for its pipelines, the accepted contributions
+    /// a layer needs, the robust rule and its Byzantine bound, the outer step.
+    pub round_deadline_ms: u64,
+    pub quorum: u32,
+    pub rule: String,
+    pub byzantine: u32,
+    pub outer_lr: f64,
+    pub outer_momentum: f64,
 }
 
 impl SwarmTraining {
@@ -113,6 +122,12 @@ impl SwarmTraining {
             warmup_steps: 20,
             step_deadline_ms: 15_000,
             retry_ms: 1_000,
+            round_deadline_ms: 300_000,
+            quorum: 1,
+            rule: "trimmed_mean".into(),
+            byzantine: 1,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
         }
     }
 
@@ -212,6 +227,9 @@ pub struct LocalSwarm {
     pub workers: Vec<LocalWorker>,
     pub gateway: ProcessHandle,
     pub registry: ProcessHandle,
+    /// The diloco-aggregator, when the swarm trains.
+    pub aggregator: Option<ProcessHandle>,
+    pub aggregator_url: Option<String>,
     /// What a client of the swarm's gRPC links (this harness, a test) dials with: its own
     /// certificate under the run's CA, the given files, or none for plaintext.
     pub client_tls: TlsFiles,
@@ -228,6 +246,7 @@ pub struct LocalSwarm {
 struct WorkerPlan {
     launcher: Launcher,
     registry_url: String,
+    aggregator_url: Option<String>,
     memory: u64,
     /// Workers the run's certificates were issued for (`None`: any number).
     capacity: Option<usize>,
@@ -259,7 +278,7 @@ impl Transport {
         if options.plaintext {
             return Ok(Self::Plaintext);
         }
-        let mut names = vec![REGISTRY_BINARY, GATEWAY_BINARY, CLIENT];
+        let mut names = vec![REGISTRY_BINARY, GATEWAY_BINARY, AGGREGATOR_BINARY, CLIENT];
         names.extend(workers.iter().map(String::as_str));
         Ok(Self::Issued(LocalPki::issue(
             &options.state_dir.join("tls"),
@@ -366,6 +385,48 @@ impl LocalSwarm {
         )?;
         progress(&format!("layer-registry ready at {registry_url}"));
 
+        let (aggregator, aggregator_url) = match &options.training {
+            Some(training) => {
+                let port = free_port()?;
+                let mut config = AggregatorToml::new(
+                    NETWORK,
+                    port,
+                    &registry_url,
+                    &pg.create_database("aggregator")?,
+                    &options.state_dir.join("aggregator.key"),
+                    &options.state_dir.join("aggregator"),
+                )?
+                .tls(&transport.files(AGGREGATOR_BINARY))?
+                .held_out(&training.data_dir, training.seq_len, 16)?
+                .rounds(
+                    training.inner_steps,
+                    training.round_deadline_ms,
+                    training.quorum,
+                )
+                .rule(&training.rule, training.byzantine)
+                .outer(training.outer_lr, training.outer_momentum);
+                if has_weights(&options.checkpoint) {
+                    config = config.checkpoint(&options.checkpoint)?;
+                }
+                let scheme = if config.serves_tls() { "https" } else { "http" };
+                let url = format!("{scheme}://127.0.0.1:{port}");
+                let process = supervisor.add(
+                    AGGREGATOR_BINARY,
+                    spawner(
+                        &launcher,
+                        AGGREGATOR_BINARY,
+                        AGGREGATOR_BINARY,
+                        config.table().clone(),
+                        Vec::new(),
+                    ),
+                )?;
+                wait_listening(&launcher, &process, AGGREGATOR_BINARY, port, deadline)?;
+                progress(&format!("diloco-aggregator ready at {url}"));
+                (Some(process), Some(url))
+            }
+            None => (None, None),
+        };
+
         let stages = if options.workers >= 4 {
             options.workers / 2
         } else {
@@ -382,6 +443,7 @@ impl LocalSwarm {
         let worker_plan = WorkerPlan {
             launcher: launcher.clone(),
             registry_url: registry_url.clone(),
+            aggregator_url: aggregator_url.clone(),
             memory,
             capacity: matches!(transport, Transport::Issued(_)).then_some(worker_names.len()),
             transport,
@@ -429,6 +491,9 @@ impl LocalSwarm {
                 .observer(&gateway_key, NETWORK)?
                 .tls(&transport.files(GATEWAY_BINARY))?
                 .node_pids_file(&pids_file)?;
+        if let Some(url) = &aggregator_url {
+            gateway_config = gateway_config.aggregator(url);
+        }
         let report = options.checkpoint.join(TRAINING_REPORT_FILE);
         if report.exists() {
             gateway_config = gateway_config.training_report(&report)?;
@@ -451,6 +516,8 @@ impl LocalSwarm {
             workers,
             gateway,
             registry,
+            aggregator,
+            aggregator_url,
             supervisor,
             pg,
             options: options.clone(),
@@ -530,6 +597,7 @@ impl LocalSwarm {
         while Instant::now() < deadline {
             if start_up {
                 let processes = std::iter::once((REGISTRY_BINARY, &self.registry))
+                    .chain(self.aggregator.iter().map(|a| (AGGREGATOR_BINARY, a)))
                     .chain(self.workers.iter().map(|w| (w.name.as_str(), &w.process)))
                     .chain(std::iter::once((GATEWAY_BINARY, &self.gateway)));
                 for (name, process) in processes {
@@ -759,6 +827,9 @@ fn spawn_worker(
     }
     if let Some(training) = &options.training {
         config = config.training(training.table()?);
+    }
+    if let Some(url) = &plan.aggregator_url {
+        config = config.aggregators(&[url.as_str()]);
     }
     // libtorch limited to the configured threads: the workers share one machine.
     let env = vec![(

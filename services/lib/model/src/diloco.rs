@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use neuroshard_aggregation::attacks::{self, Attack};
 use neuroshard_aggregation::outer::OuterState;
 use neuroshard_aggregation::round::{Named, RoundPlan, outer_round};
-use neuroshard_common::tensor::quantize_int8;
+use neuroshard_common::tensor::{dequantize_int8, quantize_int8};
 use tch::{Kind, Tensor};
 
 use crate::data::batches::eval_windows;
@@ -39,6 +39,9 @@ pub struct DilocoOptions {
     pub shards_per_round: usize,
     /// Held-out windows scored after each round.
     pub eval_windows: usize,
+    /// Δ goes through int8 block quantisation (`DELTA_BLOCK`) before the outer round, as
+    /// it does on the wire: what the aggregator combines is what nodes can send.
+    pub wire_int8: bool,
 }
 
 /// One round's outcome.
@@ -108,6 +111,17 @@ pub fn replica_tokens(
         tokens.extend(data.load(entry)?);
     }
     Ok((ids, tokens))
+}
+
+/// `values` as the aggregator receives them: int8 blocks of `DELTA_BLOCK`, dequantised.
+pub fn through_int8(values: &[f32]) -> Result<Vec<f32>> {
+    let invalid = |e: neuroshard_common::Error| ModelError::InvalidInput(e.to_string());
+    let q = quantize_int8(&[values.len() as i64], values, DELTA_BLOCK).map_err(invalid)?;
+    dequantize_int8(&q, "delta", &neuroshard_common::tensor::Limits {
+        max_bytes: usize::MAX,
+        ..Default::default()
+    })
+    .map_err(invalid)
 }
 
 fn subtract(a: &Named, b: &Named) -> Named {
@@ -197,6 +211,13 @@ pub fn simulate(
                 }
             }
             deltas.extend(crafted);
+        }
+        if options.wire_int8 {
+            for delta in &mut deltas {
+                for values in delta.values_mut() {
+                    *values = through_int8(values)?;
+                }
+            }
         }
         let bytes = deltas
             .iter()

@@ -78,6 +78,7 @@ fn options(replicas: usize, plan: RoundPlan) -> DilocoOptions {
         plan,
         shards_per_round: 2,
         eval_windows: 8,
+        wire_int8: false,
     }
 }
 

@@ -110,6 +110,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         },
         shards_per_round: SHARDS_PER_ROUND,
         eval_windows: 128,
+        wire_int8: true,
     };
     let (_, records) = simulate(model(&config), &data, &options).unwrap();
     let diloco = records.last().unwrap().held_out;

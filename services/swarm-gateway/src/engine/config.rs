@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub node_pids_file: Option<std::path::PathBuf>,
     /// Signed throughput reports to the registry, when this gateway has a key.
     pub observer: Option<super::observer::ObserverConfig>,
+    /// The diloco-aggregator whose rounds the status document lists.
+    pub aggregator: Option<String>,
 }
 
 impl EngineConfig {
@@ -84,6 +86,7 @@ impl EngineConfig {
             connect_timeout: Duration::from_secs(30),
             node_pids_file: None,
             observer: None,
+            aggregator: None,
         }
     }
 
@@ -102,6 +105,7 @@ impl EngineConfig {
             backoff: Duration::from_millis(config.backoff_ms),
             max_backoff: Duration::from_millis(config.max_backoff_ms),
             node_pids_file: config.node_pids_file.clone(),
+            aggregator: config.aggregator.clone(),
             replay_bytes_per_generation: config.replay.max_bytes_per_generation,
             replay_bytes_total: config.replay.max_bytes_total,
             ..Self::new(&config.registry, &config.model)

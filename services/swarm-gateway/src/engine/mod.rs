@@ -267,7 +267,12 @@ impl Generator for SwarmEngine {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                TrainingStatus::combine(report, progress.pipelines, progress.served_round)
+                TrainingStatus::combine(
+                    report,
+                    progress.pipelines,
+                    progress.served_round,
+                    progress.rounds,
+                )
             },
         }
     }

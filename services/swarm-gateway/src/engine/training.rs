@@ -1,7 +1,8 @@
 //! The swarm's training progress for the status document: every second, each live node that
 //! starts a pipeline (holds layer 0) is asked what its Driver reports (`Progress` on its
 //! StageTrainer service), and the answers replace the last ones. A node that does not answer
-//! within the poll's deadline drops out until it does.
+//! within the poll's deadline drops out until it does. The aggregator, when configured, is
+//! asked for its latest closed rounds at the same pace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +12,64 @@ use neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient;
 use neuroshard_proto::trainer::v1::{PipelineProgress, ProgressRequest};
 
 use super::state::EngineState;
-use crate::status::PipelineStatus;
+use crate::status::{PipelineStatus, RoundStatus};
+use neuroshard_proto::aggregator::v1::ListRoundsRequest;
+use neuroshard_proto::aggregator::v1::aggregator_client::AggregatorClient;
 
 const POLL: Duration = Duration::from_secs(1);
 const DEADLINE: Duration = Duration::from_millis(800);
 
-/// What the Drivers reported last: pipelines by id, and the newest round any node serves.
+/// What the Drivers reported last: pipelines by id, and the newest round any node serves;
+/// and the aggregator's closed rounds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrainingProgress {
     pub pipelines: Vec<PipelineStatus>,
     pub served_round: u64,
+    pub rounds: Vec<RoundStatus>,
+}
+
+/// Rounds the status document lists.
+const ROUNDS_SHOWN: u32 = 50;
+
+/// The aggregator's latest closed rounds, oldest first (empty when it does not answer).
+async fn aggregator_rounds(engine: &EngineState, endpoint: &str) -> Vec<RoundStatus> {
+    let answer = tokio::time::timeout(DEADLINE, async {
+        let channel = engine
+            .hops
+            .channel(endpoint, DEADLINE)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        AggregatorClient::new(channel)
+            .list_rounds(ListRoundsRequest {
+                limit: ROUNDS_SHOWN,
+            })
+            .await
+            .map_err(|s| s.message().to_string())
+    })
+    .await;
+    match answer {
+        Ok(Ok(response)) => response
+            .into_inner()
+            .rounds
+            .into_iter()
+            .map(|r| RoundStatus {
+                round: r.round,
+                held_out: r.held_out.is_finite().then_some(r.held_out),
+                bytes: r.bytes,
+                rule: r.rule,
+                accepted: r.accepted,
+                flagged: r.flagged,
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::debug!(%endpoint, error = %e, "aggregator rounds");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::debug!(%endpoint, "aggregator rounds: no answer in time");
+            Vec::new()
+        }
+    }
 }
 
 /// A Driver's report as the status document shows it.
@@ -81,6 +130,9 @@ pub(super) async fn poll_loop(engine: Arc<EngineState>) {
             });
         }
         let mut progress = TrainingProgress::default();
+        if let Some(endpoint) = &engine.config.aggregator {
+            progress.rounds = aggregator_rounds(&engine, endpoint).await;
+        }
         while let Some(joined) = asks.join_next().await {
             if let Ok(Some(response)) = joined {
                 progress.served_round = progress.served_round.max(response.served_round);
