@@ -9,7 +9,8 @@ use std::path::Path;
 
 use neuroshard_common::ModelConfig;
 use neuroshard_layer_registry::RegistryConfig;
-use neuroshard_local::{GatewayToml, RegistryToml, WorkerToml};
+use neuroshard_diloco_aggregator::AggregatorConfig;
+use neuroshard_local::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_shard_worker::WorkerConfig;
 use neuroshard_swarm_gateway::GatewayConfig;
@@ -87,7 +88,8 @@ fn every_worker_key_is_one_the_worker_takes() {
             neuroshard_local::SwarmTraining::local("/data/genesis".into(), 7)
                 .table()
                 .unwrap(),
-        );
+        )
+        .aggregators(&["https://127.0.0.1:7601"]);
     let config: WorkerConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(
@@ -108,6 +110,7 @@ fn every_worker_key_is_one_the_worker_takes() {
             max_tensor_bytes: 1 << 20,
             max_stream_chunks: 64,
             tls: tls(),
+            aggregators: vec!["https://127.0.0.1:7601".into()],
             training: neuroshard_shard_worker::driver::TrainingConfig {
                 enabled: true,
                 data_dir: Some("/data/genesis".into()),
@@ -143,7 +146,8 @@ fn every_gateway_key_is_one_the_gateway_takes() {
     .training_report(Path::new("training.json"))
     .unwrap()
     .node_pids_file(Path::new("pids.json"))
-    .unwrap();
+    .unwrap()
+    .aggregator("https://127.0.0.1:7601");
     let config: GatewayConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(config.listen, ([127, 0, 0, 1], 8081).into());
@@ -166,4 +170,47 @@ fn every_gateway_key_is_one_the_gateway_takes() {
         config.node_pids_file.as_deref(),
         Some(Path::new("pids.json"))
     );
+    assert_eq!(config.aggregator.as_deref(), Some("https://127.0.0.1:7601"));
+}
+
+#[test]
+fn every_aggregator_key_is_one_the_aggregator_takes() {
+    let toml = AggregatorToml::new(
+        "net",
+        7601,
+        "https://127.0.0.1:7401",
+        "host=127.0.0.1 port=1 user=postgres dbname=aggregator",
+        Path::new("a.key"),
+        Path::new("state"),
+    )
+    .unwrap()
+    .tls(&tls())
+    .unwrap()
+    .checkpoint(Path::new("ckpt"))
+    .unwrap()
+    .init_seed(3)
+    .held_out(Path::new("/data/genesis"), 64, 16)
+    .unwrap()
+    .rounds(50, 300_000, 2)
+    .rule("median", 1)
+    .outer(0.5, 0.8)
+    .keep_rounds(4)
+    .keep_flagged();
+    let config: AggregatorConfig = read(toml.table());
+    config.validate().unwrap();
+    assert_eq!(config.listen, ([127, 0, 0, 1], 7601).into());
+    assert_eq!(config.network_id, "net");
+    assert_eq!(config.registry, "https://127.0.0.1:7401");
+    assert_eq!(config.key_file, Path::new("a.key"));
+    assert_eq!(config.state_dir, Path::new("state"));
+    assert_eq!(config.checkpoint.as_deref(), Some(Path::new("ckpt")));
+    assert_eq!(config.init_seed, 3);
+    assert_eq!(config.data_dir.as_deref(), Some(Path::new("/data/genesis")));
+    assert_eq!((config.held_out_seq_len, config.held_out_windows), (64, 16));
+    assert_eq!((config.inner_steps, config.round_deadline_ms, config.quorum), (50, 300_000, 2));
+    assert_eq!((config.rule.as_str(), config.byzantine), ("median", 1));
+    assert_eq!((config.outer.lr, config.outer.momentum), (0.5, 0.8));
+    assert_eq!(config.keep_rounds, 4);
+    assert!(!config.exclude_flagged);
+    assert_eq!(config.tls, tls());
 }

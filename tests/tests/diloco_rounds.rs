@@ -540,3 +540,157 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
     let (diff, name) = max_abs_diff(&published, &expected);
     assert!(diff <= 1e-6, "{name} differs by {diff}");
 }
+
+/// What the trainer service on worker port `port` reports (its Driver's pipelines, the round
+/// it serves).
+async fn worker_progress(port: u16) -> Option<neuroshard_proto::trainer::v1::ProgressResponse> {
+    let ask = async {
+        let mut client = neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient::connect(
+            format!("http://127.0.0.1:{port}"),
+        )
+        .await
+        .ok()?;
+        client
+            .progress(neuroshard_proto::trainer::v1::ProgressRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+}
+
+async fn published_round(url: &str) -> u64 {
+    client(url)
+        .await
+        .list_rounds(ListRoundsRequest { limit: 1 })
+        .await
+        .unwrap()
+        .into_inner()
+        .published_round
+}
+
+/// Waits until `check` holds, polling every 100 ms, or fails naming `what`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = neuroshard_local::free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let (mut swarm, _config, ckpt, data) = two_pipelines(dir.path(), Some(&url)).await;
+    {
+        let (ckpt, data) = (ckpt.clone(), data.clone());
+        swarm.add_aggregator_on(port, move |a| {
+            a.checkpoint(&ckpt)
+                .unwrap()
+                .held_out(&data, SEQ, 4)
+                .unwrap()
+                .rounds(40, 120_000, 1)
+                .keep_rounds(100)
+        });
+    }
+    published(&url, 1, Duration::from_secs(300)).await;
+    let snapshot = swarm.snapshot().await;
+    let nodes = holders(&swarm, &snapshot);
+    let ports: Vec<u16> = swarm.workers.iter().map(|w| w.1).collect();
+    // The second stage of pipeline p1, and its Driver (the first stage).
+    let victim = (0..nodes.len())
+        .find(|&i| nodes[i].pipeline == "p1" && nodes[i].span.0 > 0)
+        .unwrap();
+    let driver = (0..nodes.len())
+        .find(|&i| nodes[i].pipeline == "p1" && nodes[i].span.0 == 0)
+        .unwrap();
+
+    // kill -9 a stage mid-round: the round completes with the other pipeline.
+    let round = published_round(&url).await + 1;
+    eventually("p1 to be mid-round", Duration::from_secs(120), || async {
+        worker_progress(ports[driver]).await.is_some_and(|p| {
+            p.pipelines.iter().any(|q| q.round == round && q.step >= 5 && q.state == "running")
+        })
+    })
+    .await;
+    swarm.workers[victim].0.kill();
+    let killed_at = Instant::now();
+    published(&url, round, Duration::from_secs(120)).await;
+    eprintln!("round {round} closed {:?} after a stage of p1 was killed", killed_at.elapsed());
+    let closed = report(&url, round).await;
+    assert!(
+        closed.submissions.iter().all(|s| s.pipeline_id == "p0" && s.accepted),
+        "{closed:?}"
+    );
+    assert_eq!(closed.submissions.len(), 2, "{closed:?}");
+
+    // The node comes back and serves the global weights before it trains again.
+    swarm.restart_worker(victim);
+    let rejoined_at = Instant::now();
+    eventually("the restarted node to serve the latest weights", Duration::from_secs(120), || async {
+        let latest = published_round(&url).await;
+        worker_progress(ports[victim]).await.is_some_and(|p| p.served_round + 1 >= latest && p.served_round > 0)
+    })
+    .await;
+    eprintln!("the restarted node served the global weights {:?} after it started", rejoined_at.elapsed());
+    let rejoined = published_round(&url).await;
+    published(&url, rejoined + 1, Duration::from_secs(180)).await;
+    let next = report(&url, rejoined + 1).await;
+    assert!(next.submissions.iter().any(|s| s.pipeline_id == "p1"), "p1 did not train again: {next:?}");
+
+    // kill -9 the aggregator mid-round: it comes back in the round after, from the weights
+    // it had published.
+    let before = published_round(&url).await;
+    eventually("a round in progress", Duration::from_secs(120), || async {
+        worker_progress(ports[driver]).await.is_some_and(|p| {
+            p.pipelines.iter().any(|q| q.round == before + 1 && q.step >= 5)
+        })
+    })
+    .await;
+    let kept = swarm
+        .dir
+        .path()
+        .join("aggregator-0")
+        .join("rounds")
+        .join(format!("{before:08}"));
+    let weights_before = named(
+        &checkpoint::load_shard(
+            &kept,
+            ShardSpec::full(2),
+            neuroshard_model::tch::Device::Cpu,
+            neuroshard_model::tch::Kind::Float,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    swarm.aggregators[0].0.kill();
+    swarm.restart_aggregator(0);
+    let state = client(&url).await.get_round(GetRoundRequest {}).await.unwrap().into_inner();
+    assert_eq!(state.round, before + 2, "the round in progress is closed without change: {state:?}");
+    assert_eq!(state.weights_round, before + 1);
+    let lost = report(&url, before + 1).await;
+    assert!(lost.notes.values().any(|n| n.contains("restarted")), "{lost:?}");
+    // The weights it serves are those it had published.
+    let served = neuroshard_worker_client::aggregator::Aggregators::new(
+        vec![url.clone()],
+        neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
+        1 << 30,
+    )
+    .fetch(0, (0, 2), neuroshard_common::tensor::Limits::default())
+    .await
+    .unwrap();
+    for (name, values) in &weights_before {
+        let got = neuroshard_common::tensor::decode_f32(&served[name], name, &Default::default()).unwrap();
+        assert_eq!(&got, values, "{name}");
+    }
+    // And the rounds go on, with both pipelines.
+    published(&url, before + 2, Duration::from_secs(180)).await;
+    let resumed = report(&url, before + 2).await;
+    assert_eq!(resumed.submissions.len(), 4, "{resumed:?}");
+}

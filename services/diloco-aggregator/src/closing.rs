@@ -250,8 +250,8 @@ mod tests {
     #[test]
     fn work_that_raises_the_held_out_loss_is_flagged_and_left_out() {
         let subs = [
-            submission("a", &[(A, &[0.1, 0.1])]),
-            submission("b", &[(A, &[0.2, 0.2])]),
+            submission("a", &[(A, &[0.1, 0.05])]),
+            submission("b", &[(A, &[0.05, 0.12])]),
         ];
         let scores = [
             Some(Score { with: 3.0, without: 3.5 }),
@@ -269,7 +269,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(closed.accepted, vec![true, false]);
-        assert!(closed.flags[1][0].starts_with("no_improvement"));
+        assert_eq!(closed.flags[0], Vec::<String>::new());
+        assert!(closed.flags[1].iter().any(|f| f.starts_with("no_improvement")), "{:?}", closed.flags);
         assert!((closed.theta_next[A][0] - 0.9).abs() < 1e-6);
+        assert!((closed.theta_next[A][1] - 0.95).abs() < 1e-6);
     }
 }

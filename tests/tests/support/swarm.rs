@@ -32,6 +32,7 @@ pub struct Swarm {
     /// diloco-aggregator processes: (process, listen port)
     pub aggregators: Vec<(ChildGuard, u16)>,
     aggregator_configs: Vec<toml::Table>,
+    worker_configs: Vec<toml::Table>,
     pub local: LocalRegistry,
     launcher: Launcher,
     pub dir: tempfile::TempDir,
@@ -57,6 +58,7 @@ impl Swarm {
             workers: Vec::new(),
             aggregators: Vec::new(),
             aggregator_configs: Vec::new(),
+            worker_configs: Vec::new(),
             local,
             launcher,
             dir,
@@ -74,16 +76,33 @@ impl Swarm {
             .tls(&TlsFiles::insecure_plaintext())
             .unwrap()
             .heartbeat_ms(200);
+        let table = adjust(config).table().clone();
         let process = self
             .launcher
             .spawn(
                 neuroshard_local::WORKER_BINARY,
                 &format!("worker-{i}"),
-                adjust(config).table(),
+                &table,
                 &[("OMP_NUM_THREADS", "1")],
             )
             .unwrap();
+        self.worker_configs.push(table);
         self.workers.push((process, port));
+    }
+
+    /// Starts worker `i` again as it was first started (same key, port and config), after
+    /// it was killed.
+    pub fn restart_worker(&mut self, i: usize) {
+        let process = self
+            .launcher
+            .respawn(
+                neuroshard_local::WORKER_BINARY,
+                &format!("worker-{i}"),
+                &self.worker_configs[i],
+                &[("OMP_NUM_THREADS", "1")],
+            )
+            .unwrap();
+        self.workers[i].0 = process;
     }
 
     /// Starts a diloco-aggregator process (plaintext, its own database, key and state under
