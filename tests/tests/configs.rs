@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use neuroshard_common::ModelConfig;
-use neuroshard_layer_registry::RegistryConfig;
 use neuroshard_diloco_aggregator::AggregatorConfig;
+use neuroshard_layer_registry::RegistryConfig;
 use neuroshard_local::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_shard_worker::WorkerConfig;
@@ -207,7 +207,10 @@ fn every_aggregator_key_is_one_the_aggregator_takes() {
     assert_eq!(config.init_seed, 3);
     assert_eq!(config.data_dir.as_deref(), Some(Path::new("/data/genesis")));
     assert_eq!((config.held_out_seq_len, config.held_out_windows), (64, 16));
-    assert_eq!((config.inner_steps, config.round_deadline_ms, config.quorum), (50, 300_000, 2));
+    assert_eq!(
+        (config.inner_steps, config.round_deadline_ms, config.quorum),
+        (50, 300_000, 2)
+    );
     assert_eq!((config.rule.as_str(), config.byzantine), ("median", 1));
     assert_eq!((config.outer.lr, config.outer.momentum), (0.5, 0.8));
     assert_eq!(config.keep_rounds, 4);

@@ -116,9 +116,11 @@ async fn two_pipelines(
         });
     }
     swarm
-        .wait_for("two pipelines of two stages", Duration::from_secs(120), |s| {
-            s.pipelines.len() == 2 && s.pipelines.iter().all(|p| p.node_ids.len() == 2)
-        })
+        .wait_for(
+            "two pipelines of two stages",
+            Duration::from_secs(120),
+            |s| s.pipelines.len() == 2 && s.pipelines.iter().all(|p| p.node_ids.len() == 2),
+        )
         .await;
     (swarm, config, ckpt, data)
 }
@@ -198,7 +200,10 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
     }
     let started = Instant::now();
     published(&aggregator_url, ROUNDS, Duration::from_secs(600)).await;
-    eprintln!("{ROUNDS} rounds through processes in {:?}", started.elapsed());
+    eprintln!(
+        "{ROUNDS} rounds through processes in {:?}",
+        started.elapsed()
+    );
 
     let state_dir = swarm.dir.path().join("aggregator-0");
     let round_dir = state_dir.join("rounds").join(format!("{ROUNDS:08}"));
@@ -246,7 +251,10 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
     eprintln!("distributed vs simulated after {ROUNDS} rounds: max abs diff {diff:e} ({name})");
     assert!(diff <= 1e-5, "{name} differs by {diff}");
     let (moved, _) = max_abs_diff(&distributed, &named(&seeded_model(&config, SEED)).unwrap());
-    assert!(moved > 1e-3, "the rounds did not move the weights ({moved})");
+    assert!(
+        moved > 1e-3,
+        "the rounds did not move the weights ({moved})"
+    );
 
     // Every stage's Δ was accepted each round and got a receipt the aggregator signed.
     let aggregator_id = client(&aggregator_url)
@@ -259,7 +267,13 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
     for round in 1..=ROUNDS {
         let report = report(&aggregator_url, round).await;
         assert_eq!(report.submissions.len(), 4, "round {round}: {report:?}");
-        assert!(report.submissions.iter().all(|s| s.accepted && s.flags.is_empty()), "{report:?}");
+        assert!(
+            report
+                .submissions
+                .iter()
+                .all(|s| s.accepted && s.flags.is_empty()),
+            "{report:?}"
+        );
         assert!(report.submissions.iter().all(|s| s.score.is_finite()));
         assert_eq!(report.receipts.len(), 4);
         for envelope in &report.receipts {
@@ -310,7 +324,12 @@ fn holders(swarm: &Swarm, snapshot: &AssignmentSnapshot) -> Vec<Holder> {
 }
 
 /// Small, seeded Δ for every tensor of `span`.
-fn deltas(model: &Named, shapes: &BTreeMap<String, Vec<i64>>, span: (u32, u32), salt: u64) -> Vec<NamedDelta> {
+fn deltas(
+    model: &Named,
+    shapes: &BTreeMap<String, Vec<i64>>,
+    span: (u32, u32),
+    salt: u64,
+) -> Vec<NamedDelta> {
     model
         .iter()
         .filter(|(name, _)| in_span(name, span, 2))
@@ -334,7 +353,11 @@ async fn send(url: &str, messages: Vec<SubmitMessage>) -> Result<(), tonic::Stat
 fn refused(result: Result<(), tonic::Status>, code: tonic::Code, says: &str) {
     let status = result.expect_err("a bad submission was accepted");
     assert_eq!(status.code(), code, "{}", status.message());
-    assert!(status.message().contains(says), "{:?} lacks {says:?}", status.message());
+    assert!(
+        status.message().contains(says),
+        "{:?} lacks {says:?}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +366,12 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
     let (mut swarm, config, ckpt, _) = two_pipelines(dir.path(), None).await;
     let url = {
         let ckpt = ckpt.clone();
-        swarm.add_aggregator(move |a| a.checkpoint(&ckpt).unwrap().rounds(10, 600_000, 1).rule("mean", 0))
+        swarm.add_aggregator(move |a| {
+            a.checkpoint(&ckpt)
+                .unwrap()
+                .rounds(10, 600_000, 1)
+                .rule("mean", 0)
+        })
     };
     let snapshot = swarm.snapshot().await;
     let nodes = holders(&swarm, &snapshot);
@@ -355,32 +383,38 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         .into_iter()
         .map(|(n, t)| (n, t.size()))
         .collect();
-    let state: RoundState = client(&url).await.get_round(GetRoundRequest {}).await.unwrap().into_inner();
+    let state: RoundState = client(&url)
+        .await
+        .get_round(GetRoundRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(state.round, 1);
     let honest: Vec<Vec<NamedDelta>> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| deltas(&theta, &shapes, n.span, i as u64))
         .collect();
-    let messages = |holder: &Holder, nonce: u64, round: u64, span: (u32, u32), delta: &[NamedDelta]| {
-        submission(
-            &holder.key,
-            support::swarm::NET,
-            nonce,
-            &state,
-            &DeltaSubmission {
-                round,
-                span,
-                pipeline_id: &holder.pipeline,
-                tokens: 100,
-                deltas: delta,
-            },
-            4096,
-        )
-        .unwrap()
-        .unwrap()
-        .0
-    };
+    let messages =
+        |holder: &Holder, nonce: u64, round: u64, span: (u32, u32), delta: &[NamedDelta]| {
+            submission(
+                &holder.key,
+                support::swarm::NET,
+                nonce,
+                &state,
+                &DeltaSubmission {
+                    round,
+                    span,
+                    pipeline_id: &holder.pipeline,
+                    tokens: 100,
+                    deltas: delta,
+                },
+                4096,
+            )
+            .unwrap()
+            .unwrap()
+            .0
+        };
     let first = &nodes[0];
     let nonces = neuroshard_common::signing::NonceSource::new();
     let nonce = || nonces.next();
@@ -393,25 +427,34 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         let f32_tensor = neuroshard_common::tensor::encode_f32(&nan[0].1, &nan[0].2);
         let mut commitment = neuroshard_common::tensor::Commitment::default();
         let mut chunks = vec![SubmitMessage {
-            part: Some(Part::Chunk(neuroshard_proto::trainer::v1::NamedTensorChunk {
-                name: nan[0].0.clone(),
-                chunk: Some(neuroshard_common::tensor::chunk(&f32_tensor, usize::MAX).remove(0)),
-            })),
+            part: Some(Part::Chunk(
+                neuroshard_proto::trainer::v1::NamedTensorChunk {
+                    name: nan[0].0.clone(),
+                    chunk: Some(
+                        neuroshard_common::tensor::chunk(&f32_tensor, usize::MAX).remove(0),
+                    ),
+                },
+            )),
         }];
         commitment.add(&nan[0].0, &f32_tensor);
         for (name, shape, values) in &nan[1..] {
             let wire = neuroshard_common::tensor::encode_int8_block(shape, values, 64).unwrap();
             commitment.add(name, &wire);
             chunks.push(SubmitMessage {
-                part: Some(Part::Chunk(neuroshard_proto::trainer::v1::NamedTensorChunk {
-                    name: name.clone(),
-                    chunk: Some(neuroshard_common::tensor::chunk(&wire, usize::MAX).remove(0)),
-                })),
+                part: Some(Part::Chunk(
+                    neuroshard_proto::trainer::v1::NamedTensorChunk {
+                        name: name.clone(),
+                        chunk: Some(neuroshard_common::tensor::chunk(&wire, usize::MAX).remove(0)),
+                    },
+                )),
             });
         }
         let header = neuroshard_proto::aggregator::v1::SubmitHeader {
             round: 1,
-            span: Some(neuroshard_proto::common::v1::LayerSpan { start: first.span.0, end: first.span.1 }),
+            span: Some(neuroshard_proto::common::v1::LayerSpan {
+                start: first.span.0,
+                end: first.span.1,
+            }),
             pipeline_id: first.pipeline.clone(),
             tokens: 100,
             commitment: commitment.finish().to_vec(),
@@ -426,11 +469,17 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
             header.encode_to_vec(),
         )
         .unwrap();
-        std::iter::once(SubmitMessage { part: Some(Part::Header(envelope)) })
-            .chain(chunks)
-            .collect::<Vec<_>>()
+        std::iter::once(SubmitMessage {
+            part: Some(Part::Header(envelope)),
+        })
+        .chain(chunks)
+        .collect::<Vec<_>>()
     };
-    refused(send(&url, with_nan).await, tonic::Code::InvalidArgument, "NaN");
+    refused(
+        send(&url, with_nan).await,
+        tonic::Code::InvalidArgument,
+        "NaN",
+    );
 
     // A wrong shape: the first tensor flattened.
     let mut flat = honest[0].clone();
@@ -448,12 +497,20 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         let last = data.len() - 1;
         data[last] ^= 0x01;
     }
-    refused(send(&url, tampered).await, tonic::Code::InvalidArgument, "commitment");
+    refused(
+        send(&url, tampered).await,
+        tonic::Code::InvalidArgument,
+        "commitment",
+    );
 
     // A span the node did not hold.
     let other = nodes.iter().position(|n| n.span != first.span).unwrap();
     refused(
-        send(&url, messages(first, nonce(), 1, nodes[other].span, &honest[other])).await,
+        send(
+            &url,
+            messages(first, nonce(), 1, nodes[other].span, &honest[other]),
+        )
+        .await,
         tonic::Code::PermissionDenied,
         "did not hold",
     );
@@ -465,7 +522,11 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         pipeline: first.pipeline.clone(),
     };
     refused(
-        send(&url, messages(&stranger, nonce(), 1, first.span, &honest[0])).await,
+        send(
+            &url,
+            messages(&stranger, nonce(), 1, first.span, &honest[0]),
+        )
+        .await,
         tonic::Code::PermissionDenied,
         "held no span",
     );
@@ -486,8 +547,14 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
             send(&url, sent).await.unwrap();
         }
     }
-    refused(send(&url, envelopes[0].clone()).await, tonic::Code::FailedPrecondition, "replay");
-    send(&url, envelopes[nodes.len() - 1].clone()).await.unwrap();
+    refused(
+        send(&url, envelopes[0].clone()).await,
+        tonic::Code::FailedPrecondition,
+        "replay",
+    );
+    send(&url, envelopes[nodes.len() - 1].clone())
+        .await
+        .unwrap();
 
     published(&url, 1, Duration::from_secs(60)).await;
     let report = report(&url, 1).await;
@@ -502,8 +569,19 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
             Evidence::decode(v.payload.as_slice()).unwrap().kind
         })
         .collect();
-    for kind in ["non_finite", "shape", "commitment", "span", "unknown_node", "late", "replay"] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} evidence in {kinds:?}");
+    for kind in [
+        "non_finite",
+        "shape",
+        "commitment",
+        "span",
+        "unknown_node",
+        "late",
+        "replay",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} evidence in {kinds:?}"
+        );
     }
 
     // The round is what the honest Δ make: the mean per layer, then Nesterov from θ_start.
@@ -529,7 +607,12 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         .theta_next;
     let published = named(
         &checkpoint::load_shard(
-            &swarm.dir.path().join("aggregator-0").join("rounds").join(format!("{:08}", 1)),
+            &swarm
+                .dir
+                .path()
+                .join("aggregator-0")
+                .join("rounds")
+                .join(format!("{:08}", 1)),
             ShardSpec::full(config.num_layers),
             neuroshard_model::tch::Device::Cpu,
             neuroshard_model::tch::Kind::Float,
@@ -545,18 +628,22 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
 /// it serves).
 async fn worker_progress(port: u16) -> Option<neuroshard_proto::trainer::v1::ProgressResponse> {
     let ask = async {
-        let mut client = neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient::connect(
-            format!("http://127.0.0.1:{port}"),
-        )
-        .await
-        .ok()?;
+        let mut client =
+            neuroshard_proto::trainer::v1::stage_trainer_client::StageTrainerClient::connect(
+                format!("http://127.0.0.1:{port}"),
+            )
+            .await
+            .ok()?;
         client
             .progress(neuroshard_proto::trainer::v1::ProgressRequest {})
             .await
             .ok()
             .map(|r| r.into_inner())
     };
-    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn published_round(url: &str) -> u64 {
@@ -615,17 +702,25 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
     let round = published_round(&url).await + 1;
     eventually("p1 to be mid-round", Duration::from_secs(120), || async {
         worker_progress(ports[driver]).await.is_some_and(|p| {
-            p.pipelines.iter().any(|q| q.round == round && q.step >= 5 && q.state == "running")
+            p.pipelines
+                .iter()
+                .any(|q| q.round == round && q.step >= 5 && q.state == "running")
         })
     })
     .await;
     swarm.workers[victim].0.kill();
     let killed_at = Instant::now();
     published(&url, round, Duration::from_secs(120)).await;
-    eprintln!("round {round} closed {:?} after a stage of p1 was killed", killed_at.elapsed());
+    eprintln!(
+        "round {round} closed {:?} after a stage of p1 was killed",
+        killed_at.elapsed()
+    );
     let closed = report(&url, round).await;
     assert!(
-        closed.submissions.iter().all(|s| s.pipeline_id == "p0" && s.accepted),
+        closed
+            .submissions
+            .iter()
+            .all(|s| s.pipeline_id == "p0" && s.accepted),
         "{closed:?}"
     );
     assert_eq!(closed.submissions.len(), 2, "{closed:?}");
@@ -633,23 +728,37 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
     // The node comes back and serves the global weights before it trains again.
     swarm.restart_worker(victim);
     let rejoined_at = Instant::now();
-    eventually("the restarted node to serve the latest weights", Duration::from_secs(120), || async {
-        let latest = published_round(&url).await;
-        worker_progress(ports[victim]).await.is_some_and(|p| p.served_round + 1 >= latest && p.served_round > 0)
-    })
+    eventually(
+        "the restarted node to serve the latest weights",
+        Duration::from_secs(120),
+        || async {
+            let latest = published_round(&url).await;
+            worker_progress(ports[victim])
+                .await
+                .is_some_and(|p| p.served_round + 1 >= latest && p.served_round > 0)
+        },
+    )
     .await;
-    eprintln!("the restarted node served the global weights {:?} after it started", rejoined_at.elapsed());
+    eprintln!(
+        "the restarted node served the global weights {:?} after it started",
+        rejoined_at.elapsed()
+    );
     let rejoined = published_round(&url).await;
     published(&url, rejoined + 1, Duration::from_secs(180)).await;
     let next = report(&url, rejoined + 1).await;
-    assert!(next.submissions.iter().any(|s| s.pipeline_id == "p1"), "p1 did not train again: {next:?}");
+    assert!(
+        next.submissions.iter().any(|s| s.pipeline_id == "p1"),
+        "p1 did not train again: {next:?}"
+    );
 
     // kill -9 the aggregator mid-round: it comes back in the round after, from the weights
     // it had published.
     let before = published_round(&url).await;
     eventually("a round in progress", Duration::from_secs(120), || async {
         worker_progress(ports[driver]).await.is_some_and(|p| {
-            p.pipelines.iter().any(|q| q.round == before + 1 && q.step >= 5)
+            p.pipelines
+                .iter()
+                .any(|q| q.round == before + 1 && q.step >= 5)
         })
     })
     .await;
@@ -671,11 +780,23 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
     .unwrap();
     swarm.aggregators[0].0.kill();
     swarm.restart_aggregator(0);
-    let state = client(&url).await.get_round(GetRoundRequest {}).await.unwrap().into_inner();
-    assert_eq!(state.round, before + 2, "the round in progress is closed without change: {state:?}");
+    let state = client(&url)
+        .await
+        .get_round(GetRoundRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state.round,
+        before + 2,
+        "the round in progress is closed without change: {state:?}"
+    );
     assert_eq!(state.weights_round, before + 1);
     let lost = report(&url, before + 1).await;
-    assert!(lost.notes.values().any(|n| n.contains("restarted")), "{lost:?}");
+    assert!(
+        lost.notes.values().any(|n| n.contains("restarted")),
+        "{lost:?}"
+    );
     // The weights it serves are those it had published.
     let served = neuroshard_worker_client::aggregator::Aggregators::new(
         vec![url.clone()],
@@ -686,7 +807,8 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
     .await
     .unwrap();
     for (name, values) in &weights_before {
-        let got = neuroshard_common::tensor::decode_f32(&served[name], name, &Default::default()).unwrap();
+        let got = neuroshard_common::tensor::decode_f32(&served[name], name, &Default::default())
+            .unwrap();
         assert_eq!(&got, values, "{name}");
     }
     // And the rounds go on, with both pipelines.

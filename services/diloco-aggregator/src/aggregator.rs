@@ -207,7 +207,11 @@ impl Aggregator {
         let filed_under = self.core.lock().await.open.number;
         match self.sign("Evidence", &evidence) {
             Ok(envelope) => {
-                if let Err(e) = self.store.record_evidence(filed_under, node_id, kind, &envelope).await {
+                if let Err(e) = self
+                    .store
+                    .record_evidence(filed_under, node_id, kind, &envelope)
+                    .await
+                {
                     tracing::error!(error = %e, "recording evidence failed");
                 }
             }
@@ -274,7 +278,9 @@ impl Aggregator {
                     let without = model.loss(&theta, windows)?;
                     let mut by_pipeline: BTreeMap<&str, Named> = BTreeMap::new();
                     for s in &submissions {
-                        let weights = by_pipeline.entry(&s.pipeline).or_insert_with(|| (*theta).clone());
+                        let weights = by_pipeline
+                            .entry(&s.pipeline)
+                            .or_insert_with(|| (*theta).clone());
                         for (name, delta) in &s.deltas {
                             if let Some(w) = weights.get_mut(name) {
                                 for (w, d) in w.iter_mut().zip(delta) {
@@ -295,7 +301,15 @@ impl Aggregator {
                 }
                 None => (vec![None; submissions.len()], None),
             };
-            let closed = close(&owned, &submissions, &scores, &settings, seed, &mut momentum, &mut reference)?;
+            let closed = close(
+                &owned,
+                &submissions,
+                &scores,
+                &settings,
+                seed,
+                &mut momentum,
+                &mut reference,
+            )?;
             let mut next = (*theta).clone();
             next.extend(closed.theta_next.clone());
             let held_out = match &scoring {
@@ -304,7 +318,9 @@ impl Aggregator {
             };
             model.set_weights(&next)?;
             model.save(&dir, tokenizer.as_ref())?;
-            Ok((closed, scores, start_loss, held_out, next, momentum, reference))
+            Ok((
+                closed, scores, start_loss, held_out, next, momentum, reference,
+            ))
         });
         let (closed, scores, start_loss, held_out, next, momentum, reference) = work
             .await
@@ -349,7 +365,11 @@ impl Aggregator {
                     reason: closed.flags[i].join("; "),
                     commitment: s.commitment.to_vec(),
                 };
-                evidence.push((s.node_id.clone(), "flagged".to_string(), self.sign("Evidence", &found)?));
+                evidence.push((
+                    s.node_id.clone(),
+                    "flagged".to_string(),
+                    self.sign("Evidence", &found)?,
+                ));
             }
         }
         let bytes: u64 = submissions.iter().map(|s| s.bytes).sum();

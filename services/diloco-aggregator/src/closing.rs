@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use neuroshard_aggregation::Rule;
 use neuroshard_aggregation::outer::{OuterConfig, OuterState};
 use neuroshard_aggregation::round::{Named, RoundPlan, group_of, outer_round};
 use neuroshard_aggregation::screening::{Flag, ScreeningConfig, screen};
-use neuroshard_aggregation::Rule;
 use neuroshard_common::Result;
 
 use crate::rounds::Submission;
@@ -84,7 +84,8 @@ pub fn close(
     for name in theta_start.keys() {
         groups.entry(group_of(name)).or_default().push(name);
     }
-    let covers = |s: &Submission, names: &[&String]| names.iter().all(|n| s.deltas.contains_key(*n));
+    let covers =
+        |s: &Submission, names: &[&String]| names.iter().all(|n| s.deltas.contains_key(*n));
     let mut flags: Vec<Vec<String>> = vec![Vec::new(); submissions.len()];
 
     // Screening, group by group, among the submissions that cover the group.
@@ -97,7 +98,12 @@ pub fn close(
         }
         let vectors: Vec<Vec<f32>> = members
             .iter()
-            .map(|&i| names.iter().flat_map(|n| submissions[i].deltas[*n].iter().copied()).collect())
+            .map(|&i| {
+                names
+                    .iter()
+                    .flat_map(|n| submissions[i].deltas[*n].iter().copied())
+                    .collect()
+            })
             .collect();
         let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
         let order: Vec<&Submission> = members.iter().map(|&i| &submissions[i]).collect();
@@ -127,18 +133,29 @@ pub fn close(
     for (group, names) in &groups {
         let contributors: Vec<Named> = (0..submissions.len())
             .filter(|&i| accepted[i] && covers(&submissions[i], names))
-            .map(|i| names.iter().map(|n| ((*n).clone(), submissions[i].deltas[*n].clone())).collect())
+            .map(|i| {
+                names
+                    .iter()
+                    .map(|n| ((*n).clone(), submissions[i].deltas[*n].clone()))
+                    .collect()
+            })
             .collect();
         let n = contributors.len();
         if n < settings.quorum as usize {
             notes.insert(
                 group.clone(),
-                format!("kept θ_start: {n} accepted contribution(s), quorum {}", settings.quorum),
+                format!(
+                    "kept θ_start: {n} accepted contribution(s), quorum {}",
+                    settings.quorum
+                ),
             );
             continue;
         }
         let tolerated = settings.rule.tolerates(n).min(settings.byzantine);
-        let theta: Named = names.iter().map(|n| ((*n).clone(), theta_start[*n].clone())).collect();
+        let theta: Named = names
+            .iter()
+            .map(|n| ((*n).clone(), theta_start[*n].clone()))
+            .collect();
         let centre: Option<Named> = names
             .iter()
             .map(|n| reference.get(*n).map(|r| ((*n).clone(), r.clone())))
@@ -207,7 +224,10 @@ mod tests {
             pipeline: "p0".into(),
             tokens: 8,
             commitment: [0; 32],
-            deltas: pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+            deltas: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
             bytes: 4,
         }
     }
@@ -216,7 +236,11 @@ mod tests {
     const B: &str = "model.layers.1.mlp.up_proj.weight";
 
     fn theta() -> Named {
-        [(A.to_string(), vec![1.0, 1.0]), (B.to_string(), vec![2.0, 2.0])].into()
+        [
+            (A.to_string(), vec![1.0, 1.0]),
+            (B.to_string(), vec![2.0, 2.0]),
+        ]
+        .into()
     }
 
     /// Layer 1 has one contribution and quorum 2: it keeps θ_start, and says so; layer 0
@@ -241,7 +265,10 @@ mod tests {
         assert_eq!(closed.theta_next[B], vec![2.0, 2.0]);
         assert!(closed.notes["layer.1"].contains("quorum 2"));
         let moved = &closed.theta_next[A];
-        assert!((moved[0] - 0.8).abs() < 1e-6 && (moved[1] - 0.7).abs() < 1e-6, "{moved:?}");
+        assert!(
+            (moved[0] - 0.8).abs() < 1e-6 && (moved[1] - 0.7).abs() < 1e-6,
+            "{moved:?}"
+        );
         assert!(closed.notes["layer.0"].contains("tolerates 0 Byzantine of 2"));
         assert!(reference.contains_key(A) && !reference.contains_key(B));
     }
@@ -254,8 +281,14 @@ mod tests {
             submission("b", &[(A, &[0.05, 0.12])]),
         ];
         let scores = [
-            Some(Score { with: 3.0, without: 3.5 }),
-            Some(Score { with: 4.0, without: 3.5 }),
+            Some(Score {
+                with: 3.0,
+                without: 3.5,
+            }),
+            Some(Score {
+                with: 4.0,
+                without: 3.5,
+            }),
         ];
         let (mut momentum, mut reference) = (BTreeMap::new(), Named::new());
         let closed = close(
@@ -270,7 +303,13 @@ mod tests {
         .unwrap();
         assert_eq!(closed.accepted, vec![true, false]);
         assert_eq!(closed.flags[0], Vec::<String>::new());
-        assert!(closed.flags[1].iter().any(|f| f.starts_with("no_improvement")), "{:?}", closed.flags);
+        assert!(
+            closed.flags[1]
+                .iter()
+                .any(|f| f.starts_with("no_improvement")),
+            "{:?}",
+            closed.flags
+        );
         assert!((closed.theta_next[A][0] - 0.9).abs() < 1e-6);
         assert!((closed.theta_next[A][1] - 0.95).abs() < 1e-6);
     }

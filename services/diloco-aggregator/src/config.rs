@@ -166,7 +166,9 @@ impl AggregatorConfig {
             )));
         }
         if self.bucket == Some(0) {
-            return Err(Error::invalid_argument("bucket must be at least 1 when set"));
+            return Err(Error::invalid_argument(
+                "bucket must be at least 1 when set",
+            ));
         }
         if !(self.score_tolerance.is_finite() && self.score_tolerance >= 0.0) {
             return Err(Error::invalid_argument(
@@ -203,7 +205,10 @@ mod tests {
 
     #[test]
     fn the_example_file_loads_and_environment_wins() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/diloco-aggregator.example.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/diloco-aggregator.example.toml"
+        );
         let config = AggregatorConfig::load(
             Some(std::path::Path::new(path)),
             [("NEUROSHARD_AGGREGATOR_QUORUM".to_string(), "3".to_string())],

@@ -98,7 +98,12 @@ async fn architecture(
 /// Where to start: the published round and the open one from the database, or round 0 from
 /// the checkpoint or seed. A round left open by a previous run (killed mid-round) is closed
 /// without change — its submissions are lost with that process — and the next one opens.
-async fn start(config: &AggregatorConfig, store: &Store, arch: &ArchitectureState, aggregator_id: &str) -> Result<Start, Error> {
+async fn start(
+    config: &AggregatorConfig,
+    store: &Store,
+    arch: &ArchitectureState,
+    aggregator_id: &str,
+) -> Result<Start, Error> {
     let num_layers = u32::try_from(arch.config.num_layers)
         .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
     let first_round = |number: u64| store::StoredRound {
@@ -114,21 +119,40 @@ async fn start(config: &AggregatorConfig, store: &Store, arch: &ArchitectureStat
     };
     let Some(published) = store.published().await? else {
         let (arch, checkpoint, seed) = (arch.clone(), config.checkpoint.clone(), config.init_seed);
-        let model = tokio::task::spawn_blocking(move || GlobalModel::initial(&arch, checkpoint.as_deref(), seed))
-            .await
-            .map_err(|e| Error::internal(format!("building round 0: {e}")))??;
+        let model = tokio::task::spawn_blocking(move || {
+            GlobalModel::initial(&arch, checkpoint.as_deref(), seed)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("building round 0: {e}")))??;
         let dir = round_dir(&config.state_dir, 0);
         model.save(&dir, tokenizer(config)?.as_ref())?;
         let open = first_round(1);
         store.genesis(&dir.to_string_lossy(), &open).await?;
-        tracing::info!(aggregator_id, num_layers, "round 0 written from the {}", if config.checkpoint.is_some() { "checkpoint" } else { "seed" });
+        tracing::info!(
+            aggregator_id,
+            num_layers,
+            "round 0 written from the {}",
+            if config.checkpoint.is_some() {
+                "checkpoint"
+            } else {
+                "seed"
+            }
+        );
         let (momentum, reference) = Default::default();
-        return Ok(Start { model, open, published: 0, momentum, reference });
+        return Ok(Start {
+            model,
+            open,
+            published: 0,
+            momentum,
+            reference,
+        });
     };
-    let dir = published
-        .weights_dir
-        .clone()
-        .ok_or_else(|| Error::internal(format!("round {} is closed but names no weights", published.round)))?;
+    let dir = published.weights_dir.clone().ok_or_else(|| {
+        Error::internal(format!(
+            "round {} is closed but names no weights",
+            published.round
+        ))
+    })?;
     let model = {
         let dir = std::path::PathBuf::from(&dir);
         tokio::task::spawn_blocking(move || GlobalModel::load(&dir))
@@ -136,7 +160,10 @@ async fn start(config: &AggregatorConfig, store: &Store, arch: &ArchitectureStat
             .map_err(|e| Error::internal(format!("loading the published weights: {e}")))??
     };
     let mut published_round = published.round;
-    let latest = store.latest().await?.ok_or_else(|| Error::internal("no rounds"))?;
+    let latest = store
+        .latest()
+        .await?
+        .ok_or_else(|| Error::internal("no rounds"))?;
     let open = if latest.open {
         let next = first_round(latest.round + 1);
         let report = RoundReport {
@@ -152,19 +179,37 @@ async fn start(config: &AggregatorConfig, store: &Store, arch: &ArchitectureStat
             ..RoundReport::default()
         };
         store.abandon(latest.round, &dir, &report, &next).await?;
-        tracing::warn!(round = latest.round, "resumed: the round open at the restart closed without change");
+        tracing::warn!(
+            round = latest.round,
+            "resumed: the round open at the restart closed without change"
+        );
         published_round = latest.round;
         next
     } else {
         first_round(latest.round + 1)
     };
     let (momentum, reference) = store.outer_state().await?;
-    tracing::info!(published = published_round, open = open.round, "resumed from the database");
-    Ok(Start { model, open, published: published_round, momentum, reference })
+    tracing::info!(
+        published = published_round,
+        open = open.round,
+        "resumed from the database"
+    );
+    Ok(Start {
+        model,
+        open,
+        published: published_round,
+        momentum,
+        reference,
+    })
 }
 
 fn tokenizer(config: &AggregatorConfig) -> Result<Option<TextTokenizer>, Error> {
-    let Some(path) = config.checkpoint.as_ref().map(|d| d.join("tokenizer.json")).filter(|p| p.exists()) else {
+    let Some(path) = config
+        .checkpoint
+        .as_ref()
+        .map(|d| d.join("tokenizer.json"))
+        .filter(|p| p.exists())
+    else {
         return Ok(None);
     };
     TextTokenizer::from_file(&path)
@@ -181,7 +226,9 @@ pub async fn run(
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
     if config.tls.insecure_plaintext {
-        tracing::warn!("gRPC is plaintext (tls.insecure_plaintext = true): anyone who reaches the port reads the global weights; submissions stay signed");
+        tracing::warn!(
+            "gRPC is plaintext (tls.insecure_plaintext = true): anyone who reaches the port reads the global weights; submissions stay signed"
+        );
     }
     let key = NodeKey::load_or_create(&config.key_file)?;
     let store = Store::connect(&config.database_url, &config.database_tls).await?;
@@ -193,9 +240,16 @@ pub async fn run(
     };
     let start = start(&config, &store, &arch, key.node_id()).await?;
     let held_out = match &config.data_dir {
-        Some(dir) => Some(HeldOut::open(dir, config.held_out_seq_len, config.held_out_windows, arch.config.vocab_size)?),
+        Some(dir) => Some(HeldOut::open(
+            dir,
+            config.held_out_seq_len,
+            config.held_out_windows,
+            arch.config.vocab_size,
+        )?),
         None => {
-            tracing::warn!("data_dir is not set: submissions are screened but not scored on held-out data");
+            tracing::warn!(
+                "data_dir is not set: submissions are screened but not scored on held-out data"
+            );
             None
         }
     };

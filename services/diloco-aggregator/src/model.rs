@@ -18,9 +18,9 @@ use neuroshard_model::tch::{Device, Kind};
 use neuroshard_model::tokenizer::TextTokenizer;
 use neuroshard_model::training::evaluate;
 use neuroshard_model::{Shard, ShardSpec};
+use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
-use rand::SeedableRng;
 
 /// The whole model, one f32 copy.
 #[derive(Debug)]
@@ -35,14 +35,20 @@ impl GlobalModel {
     pub fn initial(arch: &ArchitectureState, checkpoint: Option<&Path>, seed: u64) -> Result<Self> {
         let layers = u32::try_from(arch.config.num_layers)
             .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
-        let shard = span_of_architecture(arch, 0, layers, checkpoint, seed, Device::Cpu, Kind::Float)?;
+        let shard =
+            span_of_architecture(arch, 0, layers, checkpoint, seed, Device::Cpu, Kind::Float)?;
         Ok(Self::of(shard))
     }
 
     /// A published round's checkpoint.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = checkpoint::read_config(dir)?;
-        let shard = checkpoint::load_shard(dir, ShardSpec::full(config.num_layers), Device::Cpu, Kind::Float)?;
+        let shard = checkpoint::load_shard(
+            dir,
+            ShardSpec::full(config.num_layers),
+            Device::Cpu,
+            Kind::Float,
+        )?;
         Ok(Self::of(shard))
     }
 
@@ -121,7 +127,10 @@ impl HeldOut {
         let count = self.per_round.min(self.windows.len());
         let mut picked: Vec<usize> = sample(&mut rng, self.windows.len(), count).into_vec();
         picked.sort_unstable();
-        picked.into_iter().map(|i| self.windows[i].clone()).collect()
+        picked
+            .into_iter()
+            .map(|i| self.windows[i].clone())
+            .collect()
     }
 }
 

@@ -237,7 +237,12 @@ mod tests {
             ..NodeAssignment::default()
         };
         AssignmentSnapshot {
-            nodes: vec![node("a", 0, 1), node("b", 1, 2), node("c", 0, 1), node("d", 1, 2)],
+            nodes: vec![
+                node("a", 0, 1),
+                node("b", 1, 2),
+                node("c", 0, 1),
+                node("d", 1, 2),
+            ],
             pipelines: vec![
                 Pipeline {
                     node_ids: vec!["a".into(), "b".into()],
@@ -270,18 +275,37 @@ mod tests {
         let late = round.admit("a", 2, (0, 1), "p0", 500).unwrap_err();
         assert_eq!(late.kind, "late");
         assert!(late.message.contains("round 2 is closed") && late.message.contains("round 3"));
-        assert_eq!(round.admit("a", 3, (0, 1), "p0", 1_001).unwrap_err().kind, "late");
-        assert_eq!(round.admit("z", 3, (0, 1), "p0", 500).unwrap_err().kind, "unknown_node");
-        assert_eq!(round.admit("a", 3, (1, 2), "p0", 500).unwrap_err().kind, "span");
-        assert_eq!(round.admit("a", 3, (0, 1), "p1", 500).unwrap_err().kind, "span");
-        round.submissions.push(submission("a", (0, 1), "p0", &["x"]));
-        assert_eq!(round.admit("a", 3, (0, 1), "p0", 500).unwrap_err().kind, "duplicate");
+        assert_eq!(
+            round.admit("a", 3, (0, 1), "p0", 1_001).unwrap_err().kind,
+            "late"
+        );
+        assert_eq!(
+            round.admit("z", 3, (0, 1), "p0", 500).unwrap_err().kind,
+            "unknown_node"
+        );
+        assert_eq!(
+            round.admit("a", 3, (1, 2), "p0", 500).unwrap_err().kind,
+            "span"
+        );
+        assert_eq!(
+            round.admit("a", 3, (0, 1), "p1", 500).unwrap_err().kind,
+            "span"
+        );
+        round
+            .submissions
+            .push(submission("a", (0, 1), "p0", &["x"]));
+        assert_eq!(
+            round.admit("a", 3, (0, 1), "p0", 500).unwrap_err().kind,
+            "duplicate"
+        );
     }
 
     #[test]
     fn a_node_that_died_mid_round_still_held_its_span() {
         let mut round = OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&[])));
-        round.submissions.push(submission("c", (0, 1), "p1", &["x"]));
+        round
+            .submissions
+            .push(submission("c", (0, 1), "p1", &["x"]));
         round.observe(&snapshot(&["a"]));
         assert!(round.admit("a", 1, (0, 1), "p0", 10).is_ok());
         // The round no longer waits for the dead node's pipeline, nor for a new one.
@@ -289,18 +313,29 @@ mod tests {
         round.observe(&snapshot(&[]));
         assert_eq!(round.expected_pipelines, 1);
         // A pipeline with a dead stage is not expected.
-        assert_eq!(OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&["d"]))).expected_pipelines, 1);
+        assert_eq!(
+            OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&["d"]))).expected_pipelines,
+            1
+        );
     }
 
     #[test]
     fn the_round_is_complete_when_every_pipeline_covered_every_parameter() {
         let mut round = OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&[])));
         let owned = || ["x".to_string(), "y".to_string()];
-        round.submissions.push(submission("a", (0, 1), "p0", &["x"]));
-        round.submissions.push(submission("b", (1, 2), "p0", &["y"]));
-        round.submissions.push(submission("c", (0, 1), "p1", &["x"]));
+        round
+            .submissions
+            .push(submission("a", (0, 1), "p0", &["x"]));
+        round
+            .submissions
+            .push(submission("b", (1, 2), "p0", &["y"]));
+        round
+            .submissions
+            .push(submission("c", (0, 1), "p1", &["x"]));
         assert!(!round.complete(owned()));
-        round.submissions.push(submission("d", (1, 2), "p1", &["y"]));
+        round
+            .submissions
+            .push(submission("d", (1, 2), "p1", &["y"]));
         assert!(round.complete(owned()));
     }
 }

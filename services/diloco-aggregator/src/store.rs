@@ -49,7 +49,8 @@ pub struct RoundClose<'a> {
 }
 
 fn to_i64(value: u64, field: &str) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::invalid_argument(format!("{field}: {value} exceeds 2^63 - 1")))
+    i64::try_from(value)
+        .map_err(|_| Error::invalid_argument(format!("{field}: {value} exceeds 2^63 - 1")))
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -90,7 +91,8 @@ impl std::fmt::Debug for Store {
 impl Store {
     pub async fn connect(database_url: &str, tls: &DatabaseTls) -> Result<Self> {
         Ok(Self {
-            pool: neuroshard_postgres::connect(database_url, tls, MIGRATION_LOCK, MIGRATIONS).await?,
+            pool: neuroshard_postgres::connect(database_url, tls, MIGRATION_LOCK, MIGRATIONS)
+                .await?,
         })
     }
 
@@ -135,7 +137,13 @@ impl Store {
 
     /// Closes the open round `round` without changing the weights (the aggregator restarted
     /// during it, and its submissions were lost), and opens `next`.
-    pub async fn abandon(&self, round: u64, weights_dir: &str, report: &RoundReport, next: &StoredRound) -> Result<()> {
+    pub async fn abandon(
+        &self,
+        round: u64,
+        weights_dir: &str,
+        report: &RoundReport,
+        next: &StoredRound,
+    ) -> Result<()> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         tx.execute(
@@ -143,7 +151,12 @@ impl Store {
                     accepted = 0, flagged = 0, bytes = 0, report = $4,
                     held_out = (SELECT held_out FROM rounds WHERE round = $1 - 1)
              WHERE round = $1 AND state = 'open'",
-            &[&to_i64(round, "round")?, &weights_dir, &report.rule, &report.encode_to_vec()],
+            &[
+                &to_i64(round, "round")?,
+                &weights_dir,
+                &report.rule,
+                &report.encode_to_vec(),
+            ],
         )
         .await
         .map_err(db)?;
@@ -176,10 +189,16 @@ impl Store {
             .await
             .map_err(db)?;
         if updated != 1 {
-            return Err(Error::failed_precondition(format!("round {round} is not open")));
+            return Err(Error::failed_precondition(format!(
+                "round {round} is not open"
+            )));
         }
         for (name, state) in close.momentum {
-            let reference = close.reference.get(name).map(|r| f32_bytes(r)).unwrap_or_default();
+            let reference = close
+                .reference
+                .get(name)
+                .map(|r| f32_bytes(r))
+                .unwrap_or_default();
             tx.execute(
                 "INSERT INTO outer_state (name, momentum, reference, round) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET momentum = EXCLUDED.momentum,
@@ -225,7 +244,12 @@ impl Store {
             if !r.is_empty() {
                 reference.insert(name.clone(), f32_values(&r));
             }
-            momentum.insert(name, OuterState { momentum: f32_values(&m) });
+            momentum.insert(
+                name,
+                OuterState {
+                    momentum: f32_values(&m),
+                },
+            );
         }
         Ok((momentum, reference))
     }
@@ -239,12 +263,23 @@ impl Store {
     }
 
     /// Keeps signed evidence of a refused submission.
-    pub async fn record_evidence(&self, round: u64, node_id: &str, kind: &str, envelope: &SignedEnvelope) -> Result<()> {
+    pub async fn record_evidence(
+        &self,
+        round: u64,
+        node_id: &str,
+        kind: &str,
+        envelope: &SignedEnvelope,
+    ) -> Result<()> {
         let client = self.pool.get().await.map_err(db)?;
         client
             .execute(
                 "INSERT INTO evidence (round, node_id, kind, envelope) VALUES ($1, $2, $3, $4)",
-                &[&to_i64(round, "round")?, &node_id, &kind, &envelope.encode_to_vec()],
+                &[
+                    &to_i64(round, "round")?,
+                    &node_id,
+                    &kind,
+                    &envelope.encode_to_vec(),
+                ],
             )
             .await
             .map_err(db)?;
@@ -276,20 +311,30 @@ impl Store {
         let mut report = match bytes {
             Some(b) => RoundReport::decode(b.as_slice())
                 .map_err(|e| Error::internal(format!("stored report of round {number}: {e}")))?,
-            None => RoundReport { round: number as u64, ..RoundReport::default() },
+            None => RoundReport {
+                round: number as u64,
+                ..RoundReport::default()
+            },
         };
         let decode = |b: Vec<u8>| {
-            SignedEnvelope::decode(b.as_slice()).map_err(|e| Error::internal(format!("stored envelope: {e}")))
+            SignedEnvelope::decode(b.as_slice())
+                .map_err(|e| Error::internal(format!("stored envelope: {e}")))
         };
         for row in client
-            .query("SELECT envelope FROM receipts WHERE round = $1 ORDER BY node_id, span_start", &[&number])
+            .query(
+                "SELECT envelope FROM receipts WHERE round = $1 ORDER BY node_id, span_start",
+                &[&number],
+            )
             .await
             .map_err(db)?
         {
             report.receipts.push(decode(row.get("envelope"))?);
         }
         for row in client
-            .query("SELECT envelope FROM evidence WHERE round = $1 ORDER BY id", &[&number])
+            .query(
+                "SELECT envelope FROM evidence WHERE round = $1 ORDER BY id",
+                &[&number],
+            )
             .await
             .map_err(db)?
         {
@@ -338,7 +383,10 @@ impl Store {
     }
 }
 
-async fn insert_open(tx: &neuroshard_postgres::deadpool_postgres::Transaction<'_>, next: &StoredRound) -> Result<()> {
+async fn insert_open(
+    tx: &neuroshard_postgres::deadpool_postgres::Transaction<'_>,
+    next: &StoredRound,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO rounds (round, state, deadline_unix_ms, inner_steps, seed, num_layers, expected_pipelines)
          VALUES ($1, 'open', $2, $3, $4, $5, $6)",

@@ -14,8 +14,8 @@ use neuroshard_proto::common::v1::Architecture;
 use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
 
-use neuroshard_postgres::{DatabaseTls, claim_nonce, db};
 use crate::stored::{StoredArchitecture, StoredNode};
+use neuroshard_postgres::{DatabaseTls, claim_nonce, db};
 
 /// Ordered migrations, embedded in the binary.
 const MIGRATIONS: &[(i32, &str)] = &[

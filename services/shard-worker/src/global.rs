@@ -64,7 +64,12 @@ pub async fn catch_up(
             weights_round,
             state.compute,
         )?));
-        tracing::info!(round = wanted, start = span.0, end = span.1, "serving the global weights of a new round");
+        tracing::info!(
+            round = wanted,
+            start = span.0,
+            end = span.1,
+            "serving the global weights of a new round"
+        );
     }
     Ok(Some(wanted))
 }

@@ -84,7 +84,10 @@ pub fn load_span_at(
     let _guard = neuroshard_model::tch::no_grad_guard();
     for (name, mut var) in shard.var_store().variables() {
         let values = global.tensors.get(&name).ok_or_else(|| {
-            Error::internal(format!("the global weights of round {} have no {name}", global.round))
+            Error::internal(format!(
+                "the global weights of round {} have no {name}",
+                global.round
+            ))
         })?;
         if values.len() as i64 != var.numel() as i64 {
             return Err(Error::internal(format!(
@@ -242,7 +245,11 @@ pub struct RegistryLink {
 }
 
 impl RegistryLink {
-    pub fn new(client: LayerRegistryClient<Channel>, key: Arc<NodeKey>, network_id: String) -> Self {
+    pub fn new(
+        client: LayerRegistryClient<Channel>,
+        key: Arc<NodeKey>,
+        network_id: String,
+    ) -> Self {
         Self {
             client,
             key,

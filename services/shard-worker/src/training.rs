@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use neuroshard_common::identity::NodeKey;
+use neuroshard_common::signing::NonceSource;
 use neuroshard_common::tensor::chunk;
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_model::ShardInput;
@@ -34,8 +36,6 @@ use neuroshard_proto::trainer::v1::{
     TrainBackwardStreamResponse, TrainForwardRequest, TrainForwardResponse,
     TrainForwardStreamRequest, TrainForwardStreamResponse,
 };
-use neuroshard_common::identity::NodeKey;
-use neuroshard_common::signing::NonceSource;
 use neuroshard_worker_client::aggregator::{Aggregators, DeltaSubmission, NamedDelta};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -704,7 +704,13 @@ impl StageTrainerRpc for TrainerService {
                         format!("round {round} ended; submitting Δ: {}", e.message),
                     )
                 })?;
-            tracing::info!(round, start = span.0, end = span.1, bytes = submitted_bytes, "Δ submitted");
+            tracing::info!(
+                round,
+                start = span.0,
+                end = span.1,
+                bytes = submitted_bytes,
+                "Δ submitted"
+            );
         }
         Ok(Response::new(EndRoundResponse {
             steps,

@@ -108,7 +108,10 @@ impl Swarm {
     /// Starts a diloco-aggregator process (plaintext, its own database, key and state under
     /// the swarm's directory), its config changed by `adjust`; waits until it listens (it
     /// listens once the registry has published an architecture). Returns its URL.
-    pub fn add_aggregator(&mut self, adjust: impl FnOnce(AggregatorToml) -> AggregatorToml) -> String {
+    pub fn add_aggregator(
+        &mut self,
+        adjust: impl FnOnce(AggregatorToml) -> AggregatorToml,
+    ) -> String {
         self.add_aggregator_on(free_port().unwrap(), adjust)
     }
 
@@ -120,7 +123,11 @@ impl Swarm {
     ) -> String {
         let i = self.aggregators.len();
         let name = format!("aggregator-{i}");
-        let database = self.local.pg.create_database(&format!("aggregator{i}")).unwrap();
+        let database = self
+            .local
+            .pg
+            .create_database(&format!("aggregator{i}"))
+            .unwrap();
         let config = AggregatorToml::new(
             NET,
             port,
@@ -144,7 +151,12 @@ impl Swarm {
             .unwrap();
         self.aggregator_configs.push(table);
         self.launcher
-            .wait_for_port(&mut process, port, Instant::now() + Duration::from_secs(60), &name)
+            .wait_for_port(
+                &mut process,
+                port,
+                Instant::now() + Duration::from_secs(60),
+                &name,
+            )
             .unwrap();
         self.aggregators.push((process, port));
         format!("http://127.0.0.1:{port}")
@@ -165,7 +177,12 @@ impl Swarm {
             )
             .unwrap();
         self.launcher
-            .wait_for_port(&mut process, port, Instant::now() + Duration::from_secs(60), &name)
+            .wait_for_port(
+                &mut process,
+                port,
+                Instant::now() + Duration::from_secs(60),
+                &name,
+            )
             .unwrap();
         self.aggregators[i].0 = process;
     }

@@ -60,7 +60,12 @@ fn checkpoint_dir(from: &Path) -> anyhow::Result<PathBuf> {
 fn from_dir(dir: &Path) -> anyhow::Result<(Shard, Option<PathBuf>)> {
     let dir = checkpoint_dir(dir)?;
     let config = checkpoint::read_config(&dir)?;
-    let shard = checkpoint::load_shard(&dir, ShardSpec::full(config.num_layers), Device::Cpu, Kind::Float)?;
+    let shard = checkpoint::load_shard(
+        &dir,
+        ShardSpec::full(config.num_layers),
+        Device::Cpu,
+        Kind::Float,
+    )?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
     Ok((shard, tokenizer))
 }
@@ -78,7 +83,9 @@ fn from_aggregators(args: &ExportArgs) -> anyhow::Result<Shard> {
             insecure_plaintext: false,
         },
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let aggregators = Aggregators::new(endpoints, tls, 1 << 30);
         let round = aggregators.round().await?;
@@ -92,17 +99,32 @@ fn from_aggregators(args: &ExportArgs) -> anyhow::Result<Shard> {
             max_bytes: 1 << 34,
             ..Limits::default()
         };
-        let tensors = aggregators.fetch(round.weights_round, (0, layers), limits).await?;
-        eprintln!("exporting round {} ({} tensors)", round.weights_round, tensors.len());
-        let shard = Shard::new(&arch.config, ShardSpec::full(arch.config.num_layers), Device::Cpu, Kind::Float)?;
+        let tensors = aggregators
+            .fetch(round.weights_round, (0, layers), limits)
+            .await?;
+        eprintln!(
+            "exporting round {} ({} tensors)",
+            round.weights_round,
+            tensors.len()
+        );
+        let shard = Shard::new(
+            &arch.config,
+            ShardSpec::full(arch.config.num_layers),
+            Device::Cpu,
+            Kind::Float,
+        )?;
         let _guard = neuroshard_model::tch::no_grad_guard();
         for (name, mut var) in shard.var_store().variables() {
-            let wire = tensors
-                .get(&name)
-                .with_context(|| format!("the aggregators sent no {name}: do they own the whole model between them?"))?;
+            let wire = tensors.get(&name).with_context(|| {
+                format!("the aggregators sent no {name}: do they own the whole model between them?")
+            })?;
             let values = decode_f32(wire, &name, &limits)?;
             if values.len() as i64 != var.numel() as i64 {
-                bail!("{name}: {} values, the model's tensor has {}", values.len(), var.numel());
+                bail!(
+                    "{name}: {} values, the model's tensor has {}",
+                    values.len(),
+                    var.numel()
+                );
             }
             var.f_copy_(&Tensor::from_slice(&values).view(var.size().as_slice()))?;
         }

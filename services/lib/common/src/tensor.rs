@@ -39,7 +39,8 @@ pub fn element_size(dtype: Dtype) -> Option<usize> {
 /// scale per block then one byte per value. Refuses a block size on a dtype without blocks,
 /// and int8 blocks without one.
 fn data_len(header: &WireTensor, dtype: Dtype, count: usize, field: &str) -> Result<usize> {
-    let overflow = || Error::invalid_argument(format!("{field}.shape: {:?} overflows", header.shape));
+    let overflow =
+        || Error::invalid_argument(format!("{field}.shape: {:?} overflows", header.shape));
     match (dtype, header.block_size) {
         (Dtype::Int8Block, 0) => Err(Error::invalid_argument(format!(
             "{field}.block_size: int8 blocks need a positive block size"

@@ -103,7 +103,8 @@ impl AggregatorToml {
 
     /// The robust rule and the Byzantine contributors it should tolerate.
     pub fn rule(self, rule: &str, byzantine: u32) -> Self {
-        self.set("rule", rule).set("byzantine", i64::from(byzantine))
+        self.set("rule", rule)
+            .set("byzantine", i64::from(byzantine))
     }
 
     /// The outer step (SGD with Nesterov momentum).

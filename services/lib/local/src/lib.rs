@@ -174,14 +174,24 @@ impl PgServer {
 
     /// libpq connection string for database `name`.
     pub fn database_url(&self, name: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={name}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={name}",
+            self.port
+        )
     }
 
     /// Creates database `name` (each service keeps its own migrations); returns its URL.
     pub fn create_database(&self, name: &str) -> Result<String> {
         let mut create = pg_command(&postgres_bin("createdb"));
         create
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .arg(name);
         run(create, &format!("createdb {name}"))?;
         Ok(self.database_url(name))

@@ -117,10 +117,14 @@ pub fn replica_tokens(
 pub fn through_int8(values: &[f32]) -> Result<Vec<f32>> {
     let invalid = |e: neuroshard_common::Error| ModelError::InvalidInput(e.to_string());
     let q = quantize_int8(&[values.len() as i64], values, DELTA_BLOCK).map_err(invalid)?;
-    dequantize_int8(&q, "delta", &neuroshard_common::tensor::Limits {
-        max_bytes: usize::MAX,
-        ..Default::default()
-    })
+    dequantize_int8(
+        &q,
+        "delta",
+        &neuroshard_common::tensor::Limits {
+            max_bytes: usize::MAX,
+            ..Default::default()
+        },
+    )
     .map_err(invalid)
 }
 

@@ -121,7 +121,11 @@ pub async fn connect(
 ) -> Result<Pool> {
     let pool = pool(database_url, tls)?;
     migrate(&pool, lock, migrations).await.map_err(|e| Error {
-        message: format!("{} (database_tls.sslmode = {})", e.message, tls.sslmode.name()),
+        message: format!(
+            "{} (database_tls.sslmode = {})",
+            e.message,
+            tls.sslmode.name()
+        ),
         ..e
     })?;
     Ok(pool)

@@ -120,7 +120,10 @@ fn status(endpoint: &str, what: &str, s: &tonic::Status) -> Error {
         tonic::Code::Unauthenticated => ErrorKind::Unauthenticated,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, format!("aggregator {endpoint}: {what}: {}", s.message()))
+    Error::new(
+        kind,
+        format!("aggregator {endpoint}: {what}: {}", s.message()),
+    )
 }
 
 /// The aggregators a node works with.
