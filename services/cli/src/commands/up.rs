@@ -119,6 +119,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             training.inner_steps,
             training.data_dir.display()
         );
+        if let Some(url) = &swarm.aggregator_url {
+            println!(
+                "  Aggregator: {url} ({} per layer; rounds, held-out loss and flags in training.rounds; `neuroshard model export --from {}/aggregator --out DIR` writes the global model)",
+                training.rule,
+                args.state_dir.display()
+            );
+        }
     }
     println!("  API:        {base}/v1   (OpenAI-compatible; model \"neurollm\")");
     println!("  Dashboard:  {base}/");
