@@ -26,5 +26,8 @@ if ! target/release/neuroshard data verify "$bench_data" >/dev/null 2>&1; then
 fi
 NEUROSHARD_BENCH_DATA="$bench_data" scripts/cargo.sh test --release -p neuroshard-model --test diloco_bench \
   -- --ignored --nocapture
+echo "==> the Byzantine table: 8 replicas, 2 attacking, every rule with and without mixing"
+NEUROSHARD_BENCH_DATA="$bench_data" scripts/cargo.sh test --release -p neuroshard-model --test byzantine_bench \
+  -- --ignored --nocapture
 echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
 scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1

@@ -201,6 +201,26 @@ fn dashboard_draws_the_example_status() {
         "{detail}"
     );
 
+    // The aggregator's rounds, newest first, the one with flagged work marked.
+    let rows: Vec<&str> = start_tags(&dom, "tr")
+        .into_iter()
+        .filter(|t| attribute(t, "class").is_some_and(|c| c.starts_with("round")))
+        .collect();
+    let rounds = doc["training"]["rounds"].as_array().unwrap();
+    assert_eq!(rows.len(), rounds.len());
+    assert_eq!(
+        attribute(rows[0], "class").as_deref(),
+        Some("round flagged")
+    );
+    let table = &dom[dom.find("id=\"round-rows\"").unwrap()..];
+    let table = &table[..table.find("</tbody>").unwrap()];
+    let (newest, oldest) = (
+        table.find(">4.838<").unwrap(),
+        table.find(">4.912<").unwrap(),
+    );
+    assert!(newest < oldest, "newest first: {table}");
+    assert!(table.contains(">trimmed_mean<"), "{table}");
+
     // One cell per (node, layer) the node holds; dead nodes keep their span's cells.
     let layers = doc["layers"].as_array().unwrap();
     let expected_cells: usize = doc["nodes"]

@@ -302,7 +302,10 @@ fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
     assert!(training["served_round"].as_u64() >= Some(1), "{training}");
     let round = &training["rounds"][0];
     assert_eq!(round["round"], 1, "{training}");
-    assert!(round["held_out"].as_f64().is_some_and(f64::is_finite), "{round}");
+    assert!(
+        round["held_out"].as_f64().is_some_and(f64::is_finite),
+        "{round}"
+    );
     assert_eq!(round["rule"], "trimmed_mean");
     assert_eq!(round["accepted"], 4, "{round}");
     assert!(round["bytes"].as_u64() > Some(0));

@@ -19,6 +19,7 @@ use neuroshard_proto::aggregator::v1::{
 };
 use neuroshard_proto::common::v1::{Architecture, LayerSpan, SignedEnvelope};
 use neuroshard_proto::registry::v1::AssignmentSnapshot;
+use neuroshard_runtime::telemetry::names::aggregator as names;
 use prost::Message;
 use tokio::sync::watch;
 
@@ -204,6 +205,7 @@ impl Aggregator {
             commitment,
         };
         tracing::warn!(node_id, round, kind, reason = %error.message, "submission refused");
+        metrics::counter!(names::SUBMISSIONS, "outcome" => kind.to_string()).increment(1);
         let filed_under = self.core.lock().await.open.number;
         match self.sign("Evidence", &evidence) {
             Ok(envelope) => {
@@ -249,6 +251,7 @@ impl Aggregator {
     }
 
     async fn close_round(&self, core: &mut Core) -> Result<()> {
+        let started = std::time::Instant::now();
         let round = core.open.number;
         let submissions = core.open.submissions.clone();
         let theta = core.theta.clone();
@@ -425,6 +428,11 @@ impl Aggregator {
         core.reference = reference;
         core.open = self.open_round(&next_round);
         self.prune(round);
+        metrics::gauge!(names::ROUND).set(core.open.number as f64);
+        if report.held_out.is_finite() {
+            metrics::gauge!(names::HELD_OUT_LOSS).set(report.held_out);
+        }
+        metrics::histogram!(names::CLOSE_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -225,6 +225,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    neuroshard_runtime::telemetry::names::describe(
+        neuroshard_runtime::telemetry::names::aggregator::TABLE,
+    );
     if config.tls.insecure_plaintext {
         tracing::warn!(
             "gRPC is plaintext (tls.insecure_plaintext = true): anyone who reaches the port reads the global weights; submissions stay signed"

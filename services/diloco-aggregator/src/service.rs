@@ -25,6 +25,7 @@ use neuroshard_proto::aggregator::v1::{
 };
 use neuroshard_proto::common::v1::{Dtype, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::NamedTensorChunk;
+use neuroshard_runtime::telemetry::names::aggregator as names;
 use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -372,6 +373,8 @@ impl AggregatorService {
             return Err(refuse(r.kind, Error::failed_precondition(r.message)).await);
         }
         core.open.submissions.push(submission);
+        metrics::counter!(names::SUBMISSIONS, "outcome" => "accepted").increment(1);
+        metrics::counter!(names::DELTA_BYTES).increment(bytes);
         tracing::info!(
             node_id,
             round = header.round,

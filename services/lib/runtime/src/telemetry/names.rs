@@ -98,6 +98,44 @@ pub mod worker {
     ];
 }
 
+/// The diloco-aggregator.
+pub mod aggregator {
+    use super::{Kind, Metric};
+
+    /// The round open now.
+    pub const ROUND: &str = "aggregator_round";
+    /// Submissions: label `outcome` (`accepted` into the round, or the evidence kind).
+    pub const SUBMISSIONS: &str = "aggregator_submissions_total";
+    pub const DELTA_BYTES: &str = "aggregator_delta_bytes_total";
+    /// Held-out loss of the latest published weights.
+    pub const HELD_OUT_LOSS: &str = "aggregator_held_out_loss";
+    pub const CLOSE_SECONDS: &str = "aggregator_round_close_seconds";
+
+    pub const TABLE: &[Metric] = &[
+        (ROUND, Kind::Gauge, "The round open now"),
+        (
+            SUBMISSIONS,
+            Kind::Counter,
+            "Δ submissions, accepted or by the kind of evidence refusing them",
+        ),
+        (
+            DELTA_BYTES,
+            Kind::Counter,
+            "Bytes of Δ received in accepted submissions",
+        ),
+        (
+            HELD_OUT_LOSS,
+            Kind::Gauge,
+            "Held-out loss of the latest published global weights",
+        ),
+        (
+            CLOSE_SECONDS,
+            Kind::Histogram,
+            "Time to close a round: scores, the robust rule, the outer step, the checkpoint",
+        ),
+    ];
+}
+
 /// The swarm gateway.
 pub mod gateway {
     use super::{Kind, Metric};
@@ -186,7 +224,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_say_what_they_are() {
-        let tables = [grpc::TABLE, registry::TABLE, worker::TABLE, gateway::TABLE];
+        let tables = [
+            grpc::TABLE,
+            registry::TABLE,
+            worker::TABLE,
+            aggregator::TABLE,
+            gateway::TABLE,
+        ];
         let mut seen = std::collections::BTreeSet::new();
         for &(name, kind, help) in tables.iter().copied().flatten() {
             assert!(seen.insert(name), "{name} is listed twice");
