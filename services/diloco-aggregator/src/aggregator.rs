@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use neuroshard_aggregation::outer::OuterState;
 use neuroshard_aggregation::ownership::Ownership;
 use neuroshard_aggregation::round::Named;
+use neuroshard_common::growth::ArchitectureState;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{NonceSource, now_ms, sign};
 use neuroshard_common::{Error, Result};
@@ -17,7 +18,7 @@ use neuroshard_model::tokenizer::TextTokenizer;
 use neuroshard_proto::aggregator::v1::{
     Evidence, Receipt, RoundReport, RoundState, RoundSummary, SubmissionReport,
 };
-use neuroshard_proto::common::v1::{Architecture, LayerSpan, SignedEnvelope};
+use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
 use neuroshard_proto::registry::v1::AssignmentSnapshot;
 use neuroshard_runtime::telemetry::names::aggregator as names;
 use prost::Message;
@@ -38,6 +39,22 @@ pub struct Core {
     pub theta: Arc<Named>,
     pub momentum: BTreeMap<String, OuterState>,
     pub reference: Named,
+    /// The model's shape now (it grows when the registry's architecture does): parameter
+    /// shapes by name, what this aggregator owns of it, and the architecture.
+    pub shapes: BTreeMap<String, Vec<i64>>,
+    pub ownership: Ownership,
+    pub architecture: ArchitectureState,
+}
+
+impl Core {
+    /// Names of the parameters this aggregator owns.
+    pub fn owned_names(&self) -> Vec<String> {
+        self.shapes
+            .keys()
+            .filter(|n| self.ownership.owns(n))
+            .cloned()
+            .collect()
+    }
 }
 
 /// One aggregator.
@@ -49,15 +66,11 @@ pub struct Aggregator {
     pub store: Store,
     pub core: tokio::sync::Mutex<Core>,
     model: Arc<Mutex<GlobalModel>>,
-    pub shapes: BTreeMap<String, Vec<i64>>,
     held_out: Option<HeldOut>,
     tokenizer: Option<TextTokenizer>,
-    pub ownership: Ownership,
     pub settings: Settings,
     pub changes: watch::Sender<RoundState>,
     pub assignments: watch::Receiver<Option<Arc<AssignmentSnapshot>>>,
-    /// The architecture the registry published when the aggregator started.
-    pub architecture: Architecture,
 }
 
 /// A seed per round, from the configured seed (kept within i64 for the database).
@@ -89,7 +102,7 @@ impl Aggregator {
         held_out: Option<HeldOut>,
         tokenizer: Option<TextTokenizer>,
         assignments: watch::Receiver<Option<Arc<AssignmentSnapshot>>>,
-        architecture: Architecture,
+        architecture: ArchitectureState,
     ) -> Result<Arc<Self>> {
         let num_layers = start.model.num_layers();
         let ownership = Ownership::of_range(config.layers_start, config.layers_end, num_layers);
@@ -120,8 +133,10 @@ impl Aggregator {
             theta,
             momentum: start.momentum,
             reference: start.reference,
+            shapes: start.model.shapes.clone(),
+            ownership,
+            architecture,
         };
-        let shapes = start.model.shapes.clone();
         let aggregator = Arc::new(Self {
             changes: watch::Sender::new(RoundState::default()),
             config,
@@ -130,13 +145,10 @@ impl Aggregator {
             store,
             core: tokio::sync::Mutex::new(core),
             model: Arc::new(Mutex::new(start.model)),
-            shapes,
             held_out,
             tokenizer,
-            ownership,
             settings,
             assignments,
-            architecture,
         });
         Ok(aggregator)
     }
@@ -147,7 +159,7 @@ impl Aggregator {
 
     /// The round state clients see.
     pub fn state_of(&self, core: &Core) -> RoundState {
-        let o = &self.ownership;
+        let o = &core.ownership;
         RoundState {
             round: core.open.number,
             inner_steps: core.open.inner_steps,
@@ -161,7 +173,7 @@ impl Aggregator {
             head: o.head,
             expected_pipelines: core.open.expected_pipelines,
             aggregator_id: self.aggregator_id().to_string(),
-            architecture: Some(self.architecture.clone()),
+            architecture: Some(core.architecture.to_proto()),
         }
     }
 
@@ -222,48 +234,49 @@ impl Aggregator {
         error
     }
 
-    /// Records who holds what now, and closes the round when it is complete or its deadline
-    /// passed. Returns whether a round closed.
+    /// Records who holds what now, and closes the round when it is complete, its deadline
+    /// passed, or the registry grew the model (the next round starts at the new depth).
+    /// Returns whether a round closed.
     pub async fn tick(&self) -> Result<bool> {
         let mut core = self.core.lock().await;
-        if let Some(snapshot) = self.assignments.borrow().clone() {
-            core.open.observe(&snapshot);
+        let snapshot = self.assignments.borrow().clone();
+        if let Some(snapshot) = &snapshot {
+            core.open.observe(snapshot);
         }
-        let owned = self.owned_names();
+        let grown = snapshot
+            .as_ref()
+            .and_then(|s| s.architecture.as_ref())
+            .map(ArchitectureState::from_proto)
+            .transpose()?
+            .filter(|a| a.config.num_layers > core.architecture.config.num_layers);
         let due = now_ms() > core.open.deadline_ms;
-        if !due && !core.open.complete(owned) {
+        if grown.is_none() && !due && !core.open.complete(core.owned_names()) {
             return Ok(false);
         }
-        self.close_round(&mut core).await?;
+        self.close_round(&mut core, grown).await?;
         let state = self.state_of(&core);
         drop(core);
         self.changes.send_replace(state);
         Ok(true)
     }
 
-    /// Names of the parameters this aggregator owns.
-    pub fn owned_names(&self) -> Vec<String> {
-        self.shapes
-            .keys()
-            .filter(|n| self.ownership.owns(n))
-            .cloned()
-            .collect()
-    }
-
-    async fn close_round(&self, core: &mut Core) -> Result<()> {
+    /// Closes the open round and opens the next; with `grown`, the published weights are
+    /// those of the grown architecture: the trained tensors, and the new layers as every node
+    /// builds them (identity blocks from the seed).
+    async fn close_round(&self, core: &mut Core, grown: Option<ArchitectureState>) -> Result<()> {
         let started = std::time::Instant::now();
         let round = core.open.number;
         let submissions = core.open.submissions.clone();
         let theta = core.theta.clone();
         let owned: Named = theta
             .iter()
-            .filter(|(n, _)| self.ownership.owns(n))
+            .filter(|(n, _)| core.ownership.owns(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         let scoring = self
             .held_out
             .as_ref()
-            .filter(|_| self.ownership.is_whole(core.open.num_layers))
+            .filter(|_| core.ownership.is_whole(core.open.num_layers))
             .map(|h| h.for_round(core.open.seed));
         let model = self.model.clone();
         let settings = self.settings;
@@ -273,9 +286,11 @@ impl Aggregator {
         let dir = round_dir(&self.config.state_dir, round);
         let tokenizer = self.tokenizer.clone();
         let (submissions_for_work, dir_for_work) = (submissions.clone(), dir.clone());
+        let (checkpoint, init_seed) = (self.config.checkpoint.clone(), self.config.init_seed);
+        let grown_for_work = grown.clone();
         let work = tokio::task::spawn_blocking(move || -> Result<_> {
             let (submissions, dir) = (submissions_for_work, dir_for_work);
-            let model = model.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
             let (scores, start_loss) = match &scoring {
                 Some(windows) => {
                     let without = model.loss(&theta, windows)?;
@@ -315,6 +330,12 @@ impl Aggregator {
             )?;
             let mut next = (*theta).clone();
             next.extend(closed.theta_next.clone());
+            if let Some(arch) = &grown_for_work {
+                let bigger = GlobalModel::initial(arch, checkpoint.as_deref(), init_seed)?;
+                bigger.overlay(&next)?;
+                next = bigger.weights()?;
+                *model = bigger;
+            }
             let held_out = match &scoring {
                 Some(windows) => Some(model.loss(&next, windows)?),
                 None => None,
@@ -399,7 +420,24 @@ impl Aggregator {
             accepted,
             flagged: submissions.len() as u32 - accepted,
         };
-        let next_round = self.next_round(round + 1, core.open.num_layers);
+        if let Some(arch) = grown {
+            let model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+            core.shapes = model.shapes.clone();
+            drop(model);
+            let layers = u32::try_from(arch.config.num_layers)
+                .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
+            core.ownership =
+                Ownership::of_range(self.config.layers_start, self.config.layers_end, layers);
+            tracing::info!(
+                round,
+                layers,
+                "the model grew: the next round starts at the new depth"
+            );
+            core.architecture = arch;
+        }
+        let layers = u32::try_from(core.architecture.config.num_layers)
+            .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
+        let next_round = self.next_round(round + 1, layers);
         let weights_dir = dir.to_string_lossy().into_owned();
         self.store
             .close(&RoundClose {

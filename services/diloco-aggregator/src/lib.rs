@@ -266,7 +266,7 @@ pub async fn run(
         held_out,
         tokenizer,
         assignments,
-        arch.to_proto(),
+        arch,
     )?;
     aggregator.announce().await;
     let ticker = {

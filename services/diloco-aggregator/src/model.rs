@@ -70,6 +70,18 @@ impl GlobalModel {
         Ok(named(&self.shard)?)
     }
 
+    /// Copies the tensors of `weights` this model has (same sizes); the others keep theirs.
+    pub fn overlay(&self, weights: &Named) -> Result<()> {
+        let present: Named = self
+            .shapes
+            .keys()
+            .filter_map(|n| weights.get(n).map(|v| (n.clone(), v.clone())))
+            .collect();
+        let mut all = self.weights()?;
+        all.extend(present);
+        self.set_weights(&all)
+    }
+
     pub fn set_weights(&self, weights: &Named) -> Result<()> {
         Ok(load_named(&self.shard, weights)?)
     }
@@ -137,4 +149,57 @@ impl HeldOut {
 /// The directory of round `round`'s weights under `state_dir`.
 pub fn round_dir(state_dir: &Path, round: u64) -> PathBuf {
     state_dir.join("rounds").join(format!("{round:08}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuroshard_common::ModelConfig;
+
+    /// A grown model keeps the trained tensors and adds identity layers: the same loss.
+    #[test]
+    fn growth_keeps_the_trained_function() {
+        let config = ModelConfig {
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            intermediate_size: 64,
+            max_seq_len: 32,
+            ..ModelConfig::small(64)
+        };
+        let genesis = ArchitectureState::genesis(config);
+        let small = GlobalModel::initial(&genesis, None, 3).unwrap();
+        // "Trained": every tensor moved off its initialisation.
+        let trained: Named = small
+            .weights()
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    n,
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| x + (i % 7) as f32 * 1e-3)
+                        .collect(),
+                )
+            })
+            .collect();
+        let windows: Vec<Vec<i64>> = (0..4)
+            .map(|w| (0..17).map(|i| (i * 5 + w * 3) % 64).collect())
+            .collect();
+        let before = small.loss(&trained, &windows).unwrap();
+
+        let grown = genesis.grown_to(4).unwrap();
+        let bigger = GlobalModel::initial(&grown, None, 3).unwrap();
+        bigger.overlay(&trained).unwrap();
+        assert_eq!(bigger.num_layers(), 4);
+        let weights = bigger.weights().unwrap();
+        assert_eq!(
+            weights["model.layers.1.mlp.up_proj.weight"],
+            trained["model.layers.1.mlp.up_proj.weight"]
+        );
+        let after = bigger.loss(&weights, &windows).unwrap();
+        assert!((before - after).abs() < 1e-5, "{before} vs {after}");
+    }
 }

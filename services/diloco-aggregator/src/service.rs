@@ -283,11 +283,13 @@ impl AggregatorService {
             )
             .await);
         }
-        let num_layers = agg.core.lock().await.open.num_layers;
-        let expected: BTreeSet<&String> = agg
-            .shapes
+        let (num_layers, shapes, ownership) = {
+            let core = agg.core.lock().await;
+            (core.open.num_layers, core.shapes.clone(), core.ownership)
+        };
+        let expected: BTreeSet<&String> = shapes
             .keys()
-            .filter(|n| agg.ownership.owns(n) && in_span(n, span, num_layers))
+            .filter(|n| ownership.owns(n) && in_span(n, span, num_layers))
             .collect();
         if expected.is_empty() {
             return Err(refuse(
@@ -321,7 +323,7 @@ impl AggregatorService {
         let limits = self.limits();
         let mut deltas = BTreeMap::new();
         for (name, tensor) in &tensors {
-            let shape = &agg.shapes[name];
+            let shape = &shapes[name];
             if &tensor.shape != shape {
                 return Err(refuse(
                     "shape",
@@ -395,9 +397,15 @@ impl AggregatorService {
         request: GlobalWeightsRequest,
     ) -> Result<BoxStream<NamedTensorChunk>> {
         let agg = &self.aggregator;
-        let (published, theta, num_layers) = {
+        let (published, theta, num_layers, shapes, ownership) = {
             let core = agg.core.lock().await;
-            (core.published, core.theta.clone(), core.open.num_layers)
+            (
+                core.published,
+                core.theta.clone(),
+                core.open.num_layers,
+                core.shapes.clone(),
+                core.ownership,
+            )
         };
         if request.round != 0 && request.round != published {
             return Err(Error::new(
@@ -419,10 +427,10 @@ impl AggregatorService {
         let chunk_bytes = agg.config.stream_chunk_bytes;
         let mut messages = Vec::new();
         for (name, values) in theta.iter() {
-            if !agg.ownership.owns(name) || !in_span(name, (span.start, span.end), num_layers) {
+            if !ownership.owns(name) || !in_span(name, (span.start, span.end), num_layers) {
                 continue;
             }
-            let wire = encode_f32(&agg.shapes[name], values);
+            let wire = encode_f32(&shapes[name], values);
             for (i, piece) in chunk(&wire, chunk_bytes).into_iter().enumerate() {
                 messages.push(Ok(NamedTensorChunk {
                     name: if i == 0 { name.clone() } else { String::new() },
