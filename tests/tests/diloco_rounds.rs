@@ -153,6 +153,25 @@ async fn published(url: &str, round: u64, limit: Duration) {
     }
 }
 
+/// The checkpoint aggregator 0 wrote for round `round`, by name.
+fn published_weights(swarm: &Swarm, round: u64) -> Named {
+    let dir = swarm
+        .dir
+        .path()
+        .join("aggregator-0")
+        .join("rounds")
+        .join(format!("{round:08}"));
+    let config = checkpoint::read_config(&dir).unwrap();
+    let shard = checkpoint::load_shard(
+        &dir,
+        ShardSpec::full(config.num_layers),
+        neuroshard_model::tch::Device::Cpu,
+        neuroshard_model::tch::Kind::Float,
+    )
+    .unwrap();
+    named(&shard).unwrap()
+}
+
 async fn report(url: &str, round: u64) -> RoundReport {
     client(url)
         .await
@@ -205,18 +224,7 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
         started.elapsed()
     );
 
-    let state_dir = swarm.dir.path().join("aggregator-0");
-    let round_dir = state_dir.join("rounds").join(format!("{ROUNDS:08}"));
-    let distributed = named(
-        &checkpoint::load_shard(
-            &round_dir,
-            ShardSpec::full(config.num_layers),
-            neuroshard_model::tch::Device::Cpu,
-            neuroshard_model::tch::Kind::Float,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let distributed = published_weights(&swarm, ROUNDS);
 
     let options = DilocoOptions {
         replicas: 2,
@@ -605,21 +613,7 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
     let expected = outer_round(&theta, &contributions, &plan, None, &mut momentum)
         .unwrap()
         .theta_next;
-    let published = named(
-        &checkpoint::load_shard(
-            &swarm
-                .dir
-                .path()
-                .join("aggregator-0")
-                .join("rounds")
-                .join(format!("{:08}", 1)),
-            ShardSpec::full(config.num_layers),
-            neuroshard_model::tch::Device::Cpu,
-            neuroshard_model::tch::Kind::Float,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let published = published_weights(&swarm, 1);
     let (diff, name) = max_abs_diff(&published, &expected);
     assert!(diff <= 1e-6, "{name} differs by {diff}");
 }
@@ -762,22 +756,7 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
         })
     })
     .await;
-    let kept = swarm
-        .dir
-        .path()
-        .join("aggregator-0")
-        .join("rounds")
-        .join(format!("{before:08}"));
-    let weights_before = named(
-        &checkpoint::load_shard(
-            &kept,
-            ShardSpec::full(2),
-            neuroshard_model::tch::Device::Cpu,
-            neuroshard_model::tch::Kind::Float,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let weights_before = published_weights(&swarm, before);
     swarm.aggregators[0].0.kill();
     swarm.restart_aggregator(0);
     let state = client(&url)

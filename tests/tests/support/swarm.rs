@@ -139,43 +139,31 @@ impl Swarm {
         .unwrap()
         .tls(&TlsFiles::insecure_plaintext())
         .unwrap();
-        let table = adjust(config).table().clone();
-        let mut process = self
-            .launcher
-            .spawn(
-                neuroshard_local::AGGREGATOR_BINARY,
-                &name,
-                &table,
-                &[("OMP_NUM_THREADS", "1")],
-            )
-            .unwrap();
-        self.aggregator_configs.push(table);
-        self.launcher
-            .wait_for_port(
-                &mut process,
-                port,
-                Instant::now() + Duration::from_secs(60),
-                &name,
-            )
-            .unwrap();
-        self.aggregators.push((process, port));
+        self.aggregator_configs.push(adjust(config).table().clone());
+        self.aggregators
+            .push((self.start_aggregator(i, port, false), port));
         format!("http://127.0.0.1:{port}")
     }
 
     /// Starts aggregator `i` again with the config it was first started with (same key,
     /// database and state), after it was killed.
     pub fn restart_aggregator(&mut self, i: usize) {
-        let name = format!("aggregator-{i}");
         let port = self.aggregators[i].1;
-        let mut process = self
-            .launcher
-            .respawn(
-                neuroshard_local::AGGREGATOR_BINARY,
-                &name,
-                &self.aggregator_configs[i],
-                &[("OMP_NUM_THREADS", "1")],
-            )
-            .unwrap();
+        self.aggregators[i].0 = self.start_aggregator(i, port, true);
+    }
+
+    /// Starts aggregator `i` from its config (afresh, or keeping its log) and waits until it
+    /// listens on `port`.
+    fn start_aggregator(&self, i: usize, port: u16, again: bool) -> ChildGuard {
+        let name = format!("aggregator-{i}");
+        let (table, env) = (&self.aggregator_configs[i], &[("OMP_NUM_THREADS", "1")]);
+        let binary = neuroshard_local::AGGREGATOR_BINARY;
+        let mut process = if again {
+            self.launcher.respawn(binary, &name, table, env)
+        } else {
+            self.launcher.spawn(binary, &name, table, env)
+        }
+        .unwrap();
         self.launcher
             .wait_for_port(
                 &mut process,
@@ -184,7 +172,7 @@ impl Swarm {
                 &name,
             )
             .unwrap();
-        self.aggregators[i].0 = process;
+        process
     }
 
     pub async fn snapshot(&mut self) -> AssignmentSnapshot {

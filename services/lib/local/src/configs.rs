@@ -43,6 +43,16 @@ macro_rules! table_type {
                 self.0.insert(key.into(), value.into());
                 self
             }
+
+            /// The `[tls]` section: serve with `cert_file` + `key_file`, trust `ca_file`.
+            pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
+                Ok(self.set("tls", value("tls", tls)?))
+            }
+
+            /// Whether it serves TLS (its URL is then `https://`).
+            pub fn serves_tls(&self) -> bool {
+                serves_tls(&self.0)
+            }
         }
     };
 }
@@ -70,10 +80,6 @@ impl AggregatorToml {
             .set("database_url", database_url)
             .set("key_file", value("key_file", key_file)?)
             .set("state_dir", value("state_dir", state_dir)?))
-    }
-
-    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
-        Ok(self.set("tls", value("tls", tls)?))
     }
 
     /// Round 0 is this checkpoint (the one every worker loads).
@@ -124,11 +130,6 @@ impl AggregatorToml {
     /// Leave flagged submissions in the aggregate (they still get evidence).
     pub fn keep_flagged(self) -> Self {
         self.set("exclude_flagged", false)
-    }
-
-    /// Whether it serves TLS (its URL is then `https://`).
-    pub fn serves_tls(&self) -> bool {
-        serves_tls(&self.0)
     }
 }
 
@@ -184,18 +185,9 @@ impl RegistryToml {
         self.set("architecture", architecture)
     }
 
-    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
-        Ok(self.set("tls", value("tls", tls)?))
-    }
-
     /// Serve Prometheus `/metrics` on this loopback port.
     pub fn metrics_port(self, port: u16) -> Self {
         self.set("metrics_listen", listen(port))
-    }
-
-    /// Whether it serves TLS (its URL is then `https://`).
-    pub fn serves_tls(&self) -> bool {
-        serves_tls(&self.0)
     }
 
     /// Register's check that a node answers `Info` at its endpoint, within `ms` (0: no check,
@@ -242,10 +234,6 @@ impl WorkerToml {
     /// The URL the registry publishes for it.
     pub fn advertise(self, url: &str) -> Self {
         self.set("advertise", url)
-    }
-
-    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
-        Ok(self.set("tls", value("tls", tls)?))
     }
 
     /// Load the assigned span from this checkpoint (without one: initialise it from the seed).
@@ -323,10 +311,6 @@ impl GatewayToml {
     /// First back-off of a failing node.
     pub fn backoff_ms(self, ms: u64) -> Self {
         self.set("backoff_ms", ms as i64)
-    }
-
-    pub fn tls(self, tls: &TlsFiles) -> Result<Self> {
-        Ok(self.set("tls", value("tls", tls)?))
     }
 
     /// The served checkpoint's training report (the dashboard draws its loss curves).
