@@ -155,15 +155,21 @@ async fn published(url: &str, round: u64, limit: Duration) {
 
 /// The checkpoint aggregator 0 wrote for round `round`, by name.
 fn published_weights(swarm: &Swarm, round: u64) -> Named {
-    let dir = swarm
-        .dir
-        .path()
-        .join("aggregator-0")
-        .join("rounds")
-        .join(format!("{round:08}"));
-    let config = checkpoint::read_config(&dir).unwrap();
+    weights_in(
+        &swarm
+            .dir
+            .path()
+            .join("aggregator-0")
+            .join("rounds")
+            .join(format!("{round:08}")),
+    )
+}
+
+/// The whole-model checkpoint in `dir`, by name.
+fn weights_in(dir: &Path) -> Named {
+    let config = checkpoint::read_config(dir).unwrap();
     let shard = checkpoint::load_shard(
-        &dir,
+        dir,
         ShardSpec::full(config.num_layers),
         neuroshard_model::tch::Device::Cpu,
         neuroshard_model::tch::Kind::Float,
@@ -214,7 +220,7 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
                 .rounds(H, 300_000, 1)
                 .rule("mean", 0)
                 .outer(0.7, 0.9)
-                .keep_rounds(10)
+                .keep_rounds(100_000)
         });
     }
     let started = Instant::now();
@@ -262,6 +268,27 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
     assert!(
         moved > 1e-3,
         "the rounds did not move the weights ({moved})"
+    );
+
+    // `neuroshard model export --from URL` writes the round the aggregator publishes.
+    let export = dir.path().join("export");
+    let exported = std::process::Command::new(support::bin_dir().join("neuroshard"))
+        .args(["model", "export", "--from", &aggregator_url, "--out"])
+        .arg(&export)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&exported.stderr);
+    assert!(exported.status.success(), "{said}");
+    let round: u64 = said
+        .split_whitespace()
+        .skip_while(|w| *w != "round")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let export_weights = weights_in(&export);
+    assert_eq!(
+        max_abs_diff(&export_weights, &published_weights(&swarm, round)).0,
+        0.0
     );
 
     // Every stage's Δ was accepted each round and got a receipt the aggregator signed.

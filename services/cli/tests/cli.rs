@@ -405,3 +405,91 @@ fn init_needs_a_vocabulary() {
     ]);
     assert!(err.contains("not divisible by num_heads 3"), "{err}");
 }
+
+/// `model export --from STATE_DIR` takes the aggregator's latest round; `transformers` loads
+/// the export with the same logits; a directory that is neither is refused by name.
+#[test]
+fn model_export_writes_the_latest_round_as_a_checkpoint_transformers_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("aggregator");
+    for (round, seed) in [("00000001", "1"), ("00000002", "2"), ("00000010", "9")] {
+        ok(&[
+            "model",
+            "init",
+            "--out",
+            state.join("rounds").join(round).to_str().unwrap(),
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--vocab",
+            "97",
+            "--seed",
+            seed,
+        ]);
+    }
+    let out = dir.path().join("export");
+    ok(&[
+        "model",
+        "export",
+        "--from",
+        state.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let tokens = "5,17,0,96,3";
+    let logits_of = |checkpoint: &Path| {
+        logits(&ok(&[
+            "model",
+            "logits",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--tokens",
+            tokens,
+            "--device",
+            "cpu",
+        ]))
+    };
+    let latest = logits_of(&state.join("rounds").join("00000010"));
+    let exported = logits_of(&out);
+    assert_eq!(
+        max_abs_diff(&latest, &exported),
+        0.0,
+        "round 10 is the latest, not round 2"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/hf_logits.py");
+    let hf = Command::new(python())
+        .args([script, out.to_str().unwrap(), tokens])
+        .output()
+        .unwrap();
+    assert!(
+        hf.status.success(),
+        "transformers failed:\n{}",
+        String::from_utf8_lossy(&hf.stderr)
+    );
+    let theirs = logits(&String::from_utf8(hf.stdout).unwrap());
+    assert!(max_abs_diff(&exported, &theirs) <= 1e-4);
+
+    let err = fails(&[
+        "model",
+        "export",
+        "--from",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("neither a checkpoint"), "{err}");
+    let err = fails(&[
+        "model",
+        "export",
+        "--from",
+        "http://127.0.0.1:1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
