@@ -195,6 +195,7 @@ fn every_aggregator_key_is_one_the_aggregator_takes() {
     .rule("median", 1)
     .outer(0.5, 0.8)
     .keep_rounds(4)
+    .layers(2, Some(6))
     .keep_flagged();
     let config: AggregatorConfig = read(toml.table());
     config.validate().unwrap();
@@ -214,6 +215,7 @@ fn every_aggregator_key_is_one_the_aggregator_takes() {
     assert_eq!((config.rule.as_str(), config.byzantine), ("median", 1));
     assert_eq!((config.outer.lr, config.outer.momentum), (0.5, 0.8));
     assert_eq!(config.keep_rounds, 4);
+    assert_eq!((config.layers_start, config.layers_end), (2, Some(6)));
     assert!(!config.exclude_flagged);
     assert_eq!(config.tls, tls());
 }

@@ -91,10 +91,11 @@ fn training(data: &Path) -> toml::Table {
 /// A registry with `config` fixed, and four workers from the checkpoint of seed [`SEED`],
 /// each with memory for one layer: two pipelines of two stages. Returns the swarm, the
 /// checkpoint and the dataset.
-/// `aggregator`: the URL the workers follow and submit to (`Some` also turns their Drivers on).
+/// `aggregators`: the URLs the workers follow and submit to (any also turns their Drivers
+/// on).
 async fn two_pipelines(
     dir_for_data: &Path,
-    aggregator: Option<&str>,
+    aggregators: &[&str],
 ) -> (Swarm, ModelConfig, std::path::PathBuf, std::path::PathBuf) {
     let data = corpus_dataset(dir_for_data, 300);
     let vocab = neuroshard_model::data::Manifest::read(&data)
@@ -109,9 +110,10 @@ async fn two_pipelines(
         let (ckpt, data) = (ckpt.clone(), data.clone());
         swarm.add_worker(move |w| {
             let w = w.checkpoint(&ckpt).unwrap().usable_memory_bytes(memory);
-            match aggregator {
-                Some(url) => w.training(training(&data)).aggregators(&[url]),
-                None => w,
+            if aggregators.is_empty() {
+                w
+            } else {
+                w.training(training(&data)).aggregators(aggregators)
             }
         });
     }
@@ -209,7 +211,7 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
     // Drivers wait for a round until it answers).
     let port = neuroshard_local::free_port().unwrap();
     let aggregator_url = format!("http://127.0.0.1:{port}");
-    let (mut swarm, config, ckpt, data) = two_pipelines(dir.path(), Some(&aggregator_url)).await;
+    let (mut swarm, config, ckpt, data) = two_pipelines(dir.path(), &[&aggregator_url]).await;
     {
         let (ckpt, data) = (ckpt.clone(), data.clone());
         swarm.add_aggregator_on(port, move |a| {
@@ -232,32 +234,7 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
 
     let distributed = published_weights(&swarm, ROUNDS);
 
-    let options = DilocoOptions {
-        replicas: 2,
-        attackers: 0,
-        attack: None,
-        inner_steps: H,
-        rounds: ROUNDS,
-        train: TrainOptions {
-            batch_size: BATCH as usize,
-            seq_len: SEQ as usize,
-            lr: LR,
-            warmup_steps: WARMUP,
-            micro_batches: MICRO_BATCHES as usize,
-            ..TrainOptions::default()
-        },
-        plan: RoundPlan {
-            rule: Rule::Mean,
-            byzantine: 0,
-            mixing: false,
-            bucket: None,
-            seed: 0,
-            outer: OuterConfig::default(),
-        },
-        shards_per_round: SHARDS_PER_ROUND as usize,
-        eval_windows: 8,
-        wire_int8: true,
-    };
+    let options = simulation();
     let shards = TokenShards::open(&data).unwrap();
     let (simulated, records) = simulate(seeded_model(&config, SEED), &shards, &options).unwrap();
     let simulated = named(&simulated).unwrap();
@@ -325,6 +302,136 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
         );
         assert!(report.held_out.is_finite());
     }
+}
+
+/// What the workers' Drivers and the aggregator do, as one process simulates it: two
+/// replicas, the same batches, inner optimizer and schedule, int8 Δ, the mean, Nesterov
+/// 0.7 / 0.9; [`ROUNDS`] rounds, the length of the workers' learning-rate schedule.
+fn simulation() -> DilocoOptions {
+    DilocoOptions {
+        replicas: 2,
+        attackers: 0,
+        attack: None,
+        inner_steps: H,
+        rounds: ROUNDS,
+        train: TrainOptions {
+            batch_size: BATCH as usize,
+            seq_len: SEQ as usize,
+            lr: LR,
+            warmup_steps: WARMUP,
+            micro_batches: MICRO_BATCHES as usize,
+            ..TrainOptions::default()
+        },
+        plan: RoundPlan {
+            rule: Rule::Mean,
+            byzantine: 0,
+            mixing: false,
+            bucket: None,
+            seed: 0,
+            outer: OuterConfig::default(),
+        },
+        shards_per_round: SHARDS_PER_ROUND as usize,
+        eval_windows: 8,
+        wire_int8: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_aggregators_splitting_the_layers_equal_the_simulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [
+        neuroshard_local::free_port().unwrap(),
+        neuroshard_local::free_port().unwrap(),
+    ];
+    let urls = ports.map(|p| format!("http://127.0.0.1:{p}"));
+    let (mut swarm, config, ckpt, data) =
+        two_pipelines(dir.path(), &[urls[0].as_str(), urls[1].as_str()]).await;
+    // The first owns the embedding and layer 0, the second layer 1, the norm and the head.
+    for (port, (start, end)) in ports.into_iter().zip([(0, Some(1)), (1, None)]) {
+        let ckpt = ckpt.clone();
+        swarm.add_aggregator_on(port, move |a| {
+            a.checkpoint(&ckpt)
+                .unwrap()
+                .rounds(H, 300_000, 1)
+                .rule("mean", 0)
+                .keep_rounds(100_000)
+                .layers(start, end)
+        });
+    }
+    for url in &urls {
+        published(url, ROUNDS, Duration::from_secs(600)).await;
+    }
+    let combined = combined_round(&swarm, &urls, ROUNDS).await;
+    let shards = TokenShards::open(&data).unwrap();
+    let (simulated, _) = simulate(seeded_model(&config, SEED), &shards, &simulation()).unwrap();
+    let simulated = named(&simulated).unwrap();
+    assert_eq!(
+        combined.len(),
+        simulated.len(),
+        "the two own every tensor between them"
+    );
+    let (diff, name) = max_abs_diff(&combined, &simulated);
+    eprintln!("two aggregators vs simulated after {ROUNDS} rounds: max abs diff {diff:e} ({name})");
+    assert!(diff <= 1e-5, "{name} differs by {diff}");
+    // `model export --from A,B` joins the aggregators' parts of the round they publish (they
+    // may be a close apart: then it says they disagree, and is asked again).
+    let export = dir.path().join("export");
+    let said = (0..50)
+        .find_map(|_| {
+            let out = std::process::Command::new(support::bin_dir().join("neuroshard"))
+                .args(["model", "export", "--from", &urls.join(","), "--out"])
+                .arg(&export)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return Some(said);
+            }
+            assert!(said.contains("disagree"), "{said}");
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        })
+        .expect("the aggregators never agreed on a round");
+    let round: u64 = said
+        .split_whitespace()
+        .skip_while(|w| *w != "round")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let joined = combined_round(&swarm, &urls, round).await;
+    assert_eq!(max_abs_diff(&weights_in(&export), &joined).0, 0.0);
+
+    // Each round, each aggregator took a part from each of the four stages' spans it owns.
+    for url in &urls {
+        let report = report(url, 1).await;
+        assert_eq!(report.submissions.len(), 2, "{report:?}");
+        assert!(report.submissions.iter().all(|s| s.accepted));
+    }
+}
+
+/// Round `round`'s global weights, each tensor from the aggregator that owns it (each one's
+/// checkpoint holds its own layers as published, the rest as it began).
+async fn combined_round(swarm: &Swarm, urls: &[String], round: u64) -> Named {
+    let mut combined = Named::new();
+    for (i, url) in urls.iter().enumerate() {
+        let state = client(url)
+            .await
+            .get_round(GetRoundRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let owns = neuroshard_worker_client::aggregator::ownership_of(&state);
+        let weights = weights_in(
+            &swarm
+                .dir
+                .path()
+                .join(format!("aggregator-{i}"))
+                .join("rounds")
+                .join(format!("{round:08}")),
+        );
+        combined.extend(weights.into_iter().filter(|(n, _)| owns.owns(n)));
+    }
+    combined
 }
 
 /// A node's part of the model: its key, span and pipeline.
@@ -398,7 +505,7 @@ fn refused(result: Result<(), tonic::Status>, code: tonic::Code, says: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut swarm, config, ckpt, _) = two_pipelines(dir.path(), None).await;
+    let (mut swarm, config, ckpt, _) = two_pipelines(dir.path(), &[]).await;
     let url = {
         let ckpt = ckpt.clone();
         swarm.add_aggregator(move |a| {
@@ -695,7 +802,7 @@ async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let port = neuroshard_local::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let (mut swarm, _config, ckpt, data) = two_pipelines(dir.path(), Some(&url)).await;
+    let (mut swarm, _config, ckpt, data) = two_pipelines(dir.path(), &[&url]).await;
     {
         let (ckpt, data) = (ckpt.clone(), data.clone());
         swarm.add_aggregator_on(port, move |a| {

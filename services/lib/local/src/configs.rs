@@ -122,6 +122,16 @@ impl AggregatorToml {
         self.set("outer", outer)
     }
 
+    /// Own layers `[start, end)` only (to the last layer when `end` is `None`): one of
+    /// several aggregators that split the model.
+    pub fn layers(self, start: u32, end: Option<u32>) -> Self {
+        let this = self.set("layers_start", i64::from(start));
+        match end {
+            Some(end) => this.set("layers_end", i64::from(end)),
+            None => this,
+        }
+    }
+
     /// Published rounds whose checkpoints stay on the volume.
     pub fn keep_rounds(self, rounds: u64) -> Self {
         self.set("keep_rounds", rounds as i64)
