@@ -5,8 +5,10 @@
 //! bytes each sends.
 //!
 //! Run: NEUROSHARD_BENCH_DATA=<dataset dir> scripts/cargo.sh test --release -p neuroshard-model --test diloco_bench -- --ignored --nocapture
-//! (NEUROSHARD_BENCH_ROUNDS, NEUROSHARD_BENCH_OUTER="lr,momentum" and
-//! NEUROSHARD_BENCH_DILOCO_ONLY vary it.)
+//! (NEUROSHARD_BENCH_ROUNDS, NEUROSHARD_BENCH_OUTER="lr,momentum",
+//! NEUROSHARD_BENCH_DILOCO_ONLY and NEUROSHARD_BENCH_WARM_START=steps vary it; with a warm
+//! start, all three begin from the single-process trainer's weights after that many steps on
+//! data no round draws, as the DiLoCo paper's runs begin from a pretrained model.)
 //! (`make bench` builds the dataset from the default corpus and passes it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +18,7 @@ use neuroshard_aggregation::round::RoundPlan;
 use neuroshard_aggregation::rules::Rule;
 use neuroshard_model::data::batches::eval_windows;
 use neuroshard_model::data::{BatchSampler, Split, TokenShards};
-use neuroshard_model::diloco::{DilocoOptions, replica_tokens, simulate};
+use neuroshard_model::diloco::{DilocoOptions, load_named, named, replica_tokens, simulate};
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer, evaluate};
 use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
@@ -63,6 +65,45 @@ fn outer_config() -> OuterConfig {
     }
 }
 
+/// The starting weights: the seeded model, or (NEUROSHARD_BENCH_WARM_START=steps) it after
+/// that many single-process steps on round 0's data (which no round draws).
+fn starting_point(
+    config: &ModelConfig,
+    data: &TokenShards,
+    inner: &TrainOptions,
+) -> neuroshard_aggregation::round::Named {
+    let warm: u64 = std::env::var("NEUROSHARD_BENCH_WARM_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let start = model(config);
+    if warm == 0 {
+        return named(&start).unwrap();
+    }
+    let mut trainer = Trainer::new(
+        start,
+        &TrainOptions {
+            steps: warm,
+            ..inner.clone()
+        },
+    )
+    .unwrap();
+    let sampler = BatchSampler::new(
+        replica_tokens(data, 0, 0, 8).unwrap().1,
+        &data.manifest,
+        SEQ,
+        BATCH,
+        0,
+    )
+    .unwrap();
+    for step in 0..warm {
+        trainer
+            .step(&Tensor::from_slice(&sampler.batch(0, step)).view([BATCH as i64, SEQ as i64 + 1]))
+            .unwrap();
+    }
+    named(trainer.model()).unwrap()
+}
+
 #[test]
 #[ignore = "benchmark: minutes of training"]
 fn bench_diloco_vs_data_parallel_vs_single_process() {
@@ -91,6 +132,17 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         ..TrainOptions::default()
     };
 
+    let start = starting_point(&config, &data, &inner);
+    let begin = || {
+        let m = model(&config);
+        load_named(&m, &start).unwrap();
+        m
+    };
+    println!(
+        "{{\"bench\":\"diloco_start\",\"held_out\":{:.4}}}",
+        evaluate(&begin(), &windows, BATCH).unwrap()
+    );
+
     // DiLoCo.
     let started = std::time::Instant::now();
     let options = DilocoOptions {
@@ -112,7 +164,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         eval_windows: 128,
         wire_int8: true,
     };
-    let (_, records) = simulate(model(&config), &data, &options).unwrap();
+    let (_, records) = simulate(begin(), &data, &options).unwrap();
     let diloco = records.last().unwrap().held_out;
     let diloco_bytes: u64 = records.iter().map(|r| r.bytes).sum();
     let diloco_s = started.elapsed().as_secs_f64();
@@ -136,7 +188,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
     let started = std::time::Instant::now();
     let steps = H * rounds;
     let mut dp = Trainer::new(
-        model(&config),
+        begin(),
         &TrainOptions {
             steps,
             batch_size: K * BATCH,
@@ -169,7 +221,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
     // Single process: the same tokens, one replica's batch at a time.
     let started = std::time::Instant::now();
     let mut single = Trainer::new(
-        model(&config),
+        begin(),
         &TrainOptions {
             steps: steps * K as u64,
             ..inner.clone()
