@@ -249,19 +249,7 @@ async fn three_rounds_through_processes_equal_the_in_process_simulation() {
 
     // `neuroshard model export --from URL` writes the round the aggregator publishes.
     let export = dir.path().join("export");
-    let exported = std::process::Command::new(support::bin_dir().join("neuroshard"))
-        .args(["model", "export", "--from", &aggregator_url, "--out"])
-        .arg(&export)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&exported.stderr);
-    assert!(exported.status.success(), "{said}");
-    let round: u64 = said
-        .split_whitespace()
-        .skip_while(|w| *w != "round")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{said}"));
+    let round = run_export(&aggregator_url, &export).unwrap_or_else(|said| panic!("{said}"));
     let export_weights = weights_in(&export);
     assert_eq!(
         max_abs_diff(&export_weights, &published_weights(&swarm, round)).0,
@@ -376,28 +364,16 @@ async fn two_aggregators_splitting_the_layers_equal_the_simulation() {
     // `model export --from A,B` joins the aggregators' parts of the round they publish (they
     // may be a close apart: then it says they disagree, and is asked again).
     let export = dir.path().join("export");
-    let said = (0..50)
-        .find_map(|_| {
-            let out = std::process::Command::new(support::bin_dir().join("neuroshard"))
-                .args(["model", "export", "--from", &urls.join(","), "--out"])
-                .arg(&export)
-                .output()
-                .unwrap();
-            let said = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                return Some(said);
+    let round = (0..50)
+        .find_map(|_| match run_export(&urls.join(","), &export) {
+            Ok(round) => Some(round),
+            Err(said) => {
+                assert!(said.contains("disagree"), "{said}");
+                std::thread::sleep(Duration::from_millis(100));
+                None
             }
-            assert!(said.contains("disagree"), "{said}");
-            std::thread::sleep(Duration::from_millis(100));
-            None
         })
         .expect("the aggregators never agreed on a round");
-    let round: u64 = said
-        .split_whitespace()
-        .skip_while(|w| *w != "round")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{said}"));
     let joined = combined_round(&swarm, &urls, round).await;
     assert_eq!(max_abs_diff(&weights_in(&export), &joined).0, 0.0);
 
@@ -407,6 +383,25 @@ async fn two_aggregators_splitting_the_layers_equal_the_simulation() {
         assert_eq!(report.submissions.len(), 2, "{report:?}");
         assert!(report.submissions.iter().all(|s| s.accepted));
     }
+}
+
+/// `neuroshard model export --from <from> --out <out>`: the round it exported, or what it said
+/// when it failed.
+fn run_export(from: &str, out: &Path) -> Result<u64, String> {
+    let run = std::process::Command::new(support::bin_dir().join("neuroshard"))
+        .args(["model", "export", "--from", from, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr).into_owned();
+    if !run.status.success() {
+        return Err(said);
+    }
+    said.split_whitespace()
+        .skip_while(|w| *w != "round")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or(said)
 }
 
 /// Round `round`'s global weights, each tensor from the aggregator that owns it (each one's

@@ -79,6 +79,21 @@ fn python() -> String {
     )
 }
 
+/// The logits `transformers` computes for `tokens` with the checkpoint in `dir`.
+fn transformers_logits(dir: &Path, tokens: &str) -> Vec<Vec<f64>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/hf_logits.py");
+    let out = Command::new(python())
+        .args([script, dir.to_str().unwrap(), tokens])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "transformers failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    logits(&String::from_utf8(out.stdout).unwrap())
+}
+
 #[test]
 fn transformers_loads_our_checkpoint_with_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,17 +109,7 @@ fn transformers_loads_our_checkpoint_with_the_same_logits() {
         "--device",
         "cpu",
     ]));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/hf_logits.py");
-    let out = Command::new(python())
-        .args([script, model.to_str().unwrap(), tokens])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "transformers failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs = logits(&String::from_utf8(out.stdout).unwrap());
+    let theirs = transformers_logits(&model, tokens);
     assert_eq!(ours.len(), 9);
     assert_eq!(ours[0].len(), 211);
     let diff = max_abs_diff(&ours, &theirs);
@@ -461,17 +466,7 @@ fn model_export_writes_the_latest_round_as_a_checkpoint_transformers_loads() {
         0.0,
         "round 10 is the latest, not round 2"
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/hf_logits.py");
-    let hf = Command::new(python())
-        .args([script, out.to_str().unwrap(), tokens])
-        .output()
-        .unwrap();
-    assert!(
-        hf.status.success(),
-        "transformers failed:\n{}",
-        String::from_utf8_lossy(&hf.stderr)
-    );
-    let theirs = logits(&String::from_utf8(hf.stdout).unwrap());
+    let theirs = transformers_logits(&out, tokens);
     assert!(max_abs_diff(&exported, &theirs) <= 1e-4);
 
     let err = fails(&[
