@@ -8,7 +8,8 @@
 //! (NEUROSHARD_BENCH_ROUNDS, NEUROSHARD_BENCH_OUTER="lr,momentum",
 //! NEUROSHARD_BENCH_DILOCO_ONLY and NEUROSHARD_BENCH_WARM_START=steps vary it; with a warm
 //! start, all three begin from the single-process trainer's weights after that many steps on
-//! data no round draws, as the DiLoCo paper's runs begin from a pretrained model.)
+//! data no round draws, as the DiLoCo paper's runs begin from a pretrained model;
+//! NEUROSHARD_BENCH_INNER_WARMUP sets the inner optimizers' warm-up steps, default 20.)
 //! (`make bench` builds the dataset from the default corpus and passes it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -128,7 +129,10 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         batch_size: BATCH,
         seq_len: SEQ,
         lr: 2e-3,
-        warmup_steps: 20,
+        warmup_steps: std::env::var("NEUROSHARD_BENCH_INNER_WARMUP")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(20),
         ..TrainOptions::default()
     };
 
