@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::closing::{Score, Settings, close};
 use crate::config::AggregatorConfig;
 use crate::model::{GlobalModel, HeldOut, round_dir};
-use crate::rounds::OpenRound;
+use crate::rounds::{OpenRound, live_pipelines};
 use crate::store::{RoundClose, Store, StoredRound};
 
 /// Round state that changes together.
@@ -80,6 +80,28 @@ pub fn round_seed(init_seed: u64, round: u64) -> u64 {
 
 fn span_proto((start, end): (u32, u32)) -> Option<LayerSpan> {
     Some(LayerSpan { start, end })
+}
+
+/// Round `number` of a `num_layers`-deep model as it opens now: its deadline, H and seed from
+/// `config`, waiting for the live pipelines of `snapshot` (the round adjusts this as the
+/// registry changes, see [`OpenRound::observe`]).
+pub fn opening_round(
+    config: &AggregatorConfig,
+    number: u64,
+    num_layers: u32,
+    snapshot: Option<&AssignmentSnapshot>,
+) -> StoredRound {
+    StoredRound {
+        round: number,
+        open: true,
+        deadline_unix_ms: now_ms()
+            .saturating_add(i64::try_from(config.round_deadline_ms).unwrap_or(i64::MAX)),
+        inner_steps: config.inner_steps,
+        seed: round_seed(config.init_seed, number),
+        num_layers,
+        expected_pipelines: snapshot.map_or(0, live_pipelines),
+        weights_dir: None,
+    }
 }
 
 /// Where the model and its state come from at start.
@@ -437,7 +459,12 @@ impl Aggregator {
         }
         let layers = u32::try_from(core.architecture.config.num_layers)
             .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
-        let next_round = self.next_round(round + 1, layers);
+        let next_round = opening_round(
+            &self.config,
+            round + 1,
+            layers,
+            self.assignments.borrow().as_deref(),
+        );
         let weights_dir = dir.to_string_lossy().into_owned();
         self.store
             .close(&RoundClose {
@@ -472,23 +499,6 @@ impl Aggregator {
         }
         metrics::histogram!(names::CLOSE_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(())
-    }
-
-    /// The round that opens now as number `number`.
-    pub fn next_round(&self, number: u64, num_layers: u32) -> StoredRound {
-        let snapshot = self.assignments.borrow().clone();
-        let probe = OpenRound::open(number, 0, 0, 0, num_layers, snapshot.as_deref());
-        StoredRound {
-            round: number,
-            open: true,
-            deadline_unix_ms: now_ms()
-                .saturating_add(i64::try_from(self.config.round_deadline_ms).unwrap_or(i64::MAX)),
-            inner_steps: self.config.inner_steps,
-            seed: round_seed(self.config.init_seed, number),
-            num_layers,
-            expected_pipelines: probe.expected_pipelines,
-            weights_dir: None,
-        }
     }
 
     fn open_round(&self, stored: &StoredRound) -> OpenRound {

@@ -102,21 +102,13 @@ async fn start(
     config: &AggregatorConfig,
     store: &Store,
     arch: &ArchitectureState,
+    snapshot: Option<Arc<AssignmentSnapshot>>,
     aggregator_id: &str,
 ) -> Result<Start, Error> {
     let num_layers = u32::try_from(arch.config.num_layers)
         .map_err(|_| Error::invalid_argument("num_layers out of range"))?;
-    let first_round = |number: u64| store::StoredRound {
-        round: number,
-        open: true,
-        deadline_unix_ms: neuroshard_common::signing::now_ms()
-            .saturating_add(i64::try_from(config.round_deadline_ms).unwrap_or(i64::MAX)),
-        inner_steps: config.inner_steps,
-        seed: aggregator::round_seed(config.init_seed, number),
-        num_layers,
-        expected_pipelines: 0,
-        weights_dir: None,
-    };
+    let first_round =
+        |number: u64| aggregator::opening_round(config, number, num_layers, snapshot.as_deref());
     let Some(published) = store.published().await? else {
         let (arch, checkpoint, seed) = (arch.clone(), config.checkpoint.clone(), config.init_seed);
         let model = tokio::task::spawn_blocking(move || {
@@ -241,7 +233,8 @@ pub async fn run(
         arch = architecture(&mut assignments) => arch?,
         () = &mut shutdown => return Ok(()),
     };
-    let start = start(&config, &store, &arch, key.node_id()).await?;
+    let snapshot = assignments.borrow().clone();
+    let start = start(&config, &store, &arch, snapshot, key.node_id()).await?;
     let held_out = match &config.data_dir {
         Some(dir) => Some(HeldOut::open(
             dir,

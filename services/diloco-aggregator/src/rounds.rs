@@ -88,6 +88,11 @@ fn live_holdings(snapshot: &AssignmentSnapshot) -> Vec<Vec<(String, Holding)>> {
         .collect()
 }
 
+/// How many of `snapshot`'s pipelines have every stage live.
+pub fn live_pipelines(snapshot: &AssignmentSnapshot) -> u32 {
+    live_holdings(snapshot).len() as u32
+}
+
 impl OpenRound {
     /// Round `number` opening now, expecting the live pipelines of `snapshot`.
     pub fn open(
@@ -104,7 +109,7 @@ impl OpenRound {
             deadline_ms,
             seed,
             num_layers,
-            expected_pipelines: snapshot.map_or(0, |s| live_holdings(s).len() as u32),
+            expected_pipelines: 0,
             holders: BTreeMap::new(),
             submissions: Vec::new(),
         };

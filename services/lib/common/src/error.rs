@@ -42,6 +42,24 @@ impl ErrorKind {
         }
     }
 
+    /// The kind of a gRPC status code another service answered with (the inverse of
+    /// [`ErrorKind::grpc_code`]); codes outside the taxonomy (cancelled, unknown, aborted, …)
+    /// are `Unavailable`: the call may be tried again.
+    pub fn from_grpc_code(code: i32) -> Self {
+        match code {
+            3 | 11 => Self::InvalidArgument,
+            4 => Self::DeadlineExceeded,
+            5 => Self::NotFound,
+            6 => Self::AlreadyExists,
+            7 => Self::PermissionDenied,
+            8 => Self::ResourceExhausted,
+            9 => Self::FailedPrecondition,
+            13 | 15 => Self::Internal,
+            16 => Self::Unauthenticated,
+            _ => Self::Unavailable,
+        }
+    }
+
     /// The HTTP status for this kind.
     pub fn http_status(self) -> u16 {
         match self {
@@ -115,5 +133,22 @@ mod tests {
         assert_eq!(ErrorKind::Unavailable.grpc_code(), 14);
         assert_eq!(ErrorKind::Unauthenticated.http_status(), 401);
         assert_eq!(ErrorKind::Unavailable.http_status(), 503);
+        // Every kind comes back from its own code; other codes are worth a retry.
+        for kind in [
+            ErrorKind::InvalidArgument,
+            ErrorKind::Unauthenticated,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::FailedPrecondition,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::Unavailable,
+            ErrorKind::DeadlineExceeded,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(ErrorKind::from_grpc_code(kind.grpc_code()), kind);
+        }
+        assert_eq!(ErrorKind::from_grpc_code(1), ErrorKind::Unavailable);
+        assert_eq!(ErrorKind::from_grpc_code(2), ErrorKind::Unavailable);
     }
 }

@@ -112,16 +112,8 @@ pub fn submission(
 }
 
 fn status(endpoint: &str, what: &str, s: &tonic::Status) -> Error {
-    let kind = match s.code() {
-        tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
-        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-        tonic::Code::NotFound => ErrorKind::NotFound,
-        tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
-        tonic::Code::Unauthenticated => ErrorKind::Unauthenticated,
-        _ => ErrorKind::Unavailable,
-    };
     Error::new(
-        kind,
+        ErrorKind::from_grpc_code(s.code() as i32),
         format!("aggregator {endpoint}: {what}: {}", s.message()),
     )
 }

@@ -210,24 +210,6 @@ impl Driver {
                 (*round, self.config.inner_steps, None)
             }
         };
-        let config = self.config.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            RoundData::load(
-                &dir,
-                this_round,
-                replica,
-                config.shards_per_round,
-                config.seq_len,
-                config.batch_size,
-                vocab_size,
-            )
-        })
-        .await;
-        let data = match data {
-            Ok(Ok(data)) => data,
-            Ok(Err(e)) => return fail(format!("round {this_round}: data: {e}")),
-            Err(e) => return fail(format!("round {this_round}: data task: {e}")),
-        };
         let deadline = Duration::from_millis(self.config.step_deadline_ms);
         let run =
             match PipelineRun::connect(stages.clone(), &self.tls, self.max_message_bytes, deadline)
@@ -248,6 +230,26 @@ impl Driver {
                 Err(f) => return fail(format!("round {this_round}: {f}")),
             }
         }
+        // Read (and hash) the round's shards only once the stages are ready for it: a Driver
+        // waiting for the weights to load would otherwise read them again at every retry.
+        let config = self.config.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            RoundData::load(
+                &dir,
+                this_round,
+                replica,
+                config.shards_per_round,
+                config.seq_len,
+                config.batch_size,
+                vocab_size,
+            )
+        })
+        .await;
+        let data = match data {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => return fail(format!("round {this_round}: data: {e}")),
+            Err(e) => return fail(format!("round {this_round}: data task: {e}")),
+        };
         let optimizer_steps = match run
             .start_round(this_round, &id, false, weights_round, deadline)
             .await
