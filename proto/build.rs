@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "neuroshard/worker/v1/worker.proto",
         "neuroshard/trainer/v1/trainer.proto",
         "neuroshard/aggregator/v1/aggregator.proto",
+        "neuroshard/ledger/v1/ledger.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -19,6 +19,12 @@ pub mod common {
     }
 }
 
+pub mod ledger {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/neuroshard.ledger.v1.rs"));
+    }
+}
+
 pub mod registry {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/neuroshard.registry.v1.rs"));

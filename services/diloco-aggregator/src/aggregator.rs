@@ -303,6 +303,7 @@ impl Aggregator {
         let model = self.model.clone();
         let settings = self.settings;
         let seed = core.open.seed;
+        let round_layers = core.open.num_layers;
         let mut momentum = core.momentum.clone();
         let mut reference = core.reference.clone();
         let dir = round_dir(&self.config.state_dir, round);
@@ -399,6 +400,7 @@ impl Aggregator {
                     tokens: s.tokens,
                     score: score.map_or(0.0, |s| s.gain()),
                     commitment: s.commitment.to_vec(),
+                    num_layers: round_layers,
                 };
                 receipts.push((s.node_id.clone(), s.span.0, self.sign("Receipt", &receipt)?));
             } else {

@@ -100,6 +100,10 @@ impl Error {
         Self::new(ErrorKind::Unauthenticated, message)
     }
 
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
     pub fn failed_precondition(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::FailedPrecondition, message)
     }

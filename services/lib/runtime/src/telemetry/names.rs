@@ -136,6 +136,38 @@ pub mod aggregator {
     ];
 }
 
+/// The ledger.
+pub mod ledger {
+    use super::{Kind, Metric};
+
+    /// Operations answered: labels `kind` (transfer, training_proof, …) and `outcome`
+    /// (`applied`, `replayed`, or the refusal's gRPC code name).
+    pub const OPERATIONS: &str = "ledger_operations_total";
+    pub const APPLY_SECONDS: &str = "ledger_apply_seconds";
+    /// NEURO minted by verified work and burned by fees and slashes, in nano-NEURO.
+    pub const MINTED: &str = "ledger_minted_nano_total";
+    pub const BURNED: &str = "ledger_burned_nano_total";
+
+    pub const TABLE: &[Metric] = &[
+        (
+            OPERATIONS,
+            Kind::Counter,
+            "Ledger operations by kind and outcome (applied, replayed, refused code)",
+        ),
+        (
+            APPLY_SECONDS,
+            Kind::Histogram,
+            "Time to verify and journal one operation or batch",
+        ),
+        (MINTED, Kind::Counter, "Nano-NEURO minted by verified work"),
+        (
+            BURNED,
+            Kind::Counter,
+            "Nano-NEURO burned by fees and slashes",
+        ),
+    ];
+}
+
 /// The swarm gateway.
 pub mod gateway {
     use super::{Kind, Metric};
@@ -229,6 +261,7 @@ mod tests {
             registry::TABLE,
             worker::TABLE,
             aggregator::TABLE,
+            ledger::TABLE,
             gateway::TABLE,
         ];
         let mut seen = std::collections::BTreeSet::new();

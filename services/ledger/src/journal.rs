@@ -1,0 +1,60 @@
+//! The steps every store takes around a plan, pure: what a stored key means for a request
+//! (the stored outcome for a retry, a refusal for another payload), the nonce rule for wallet
+//! operations, and the outcome a plan is answered and stored as.
+
+use neuroshard_common::{Error, ErrorKind};
+use neuroshard_proto::ledger::v1::{Entry, Outcome};
+
+use crate::ops::Plan;
+use crate::verify::Request;
+
+/// A key already applied: a retry with the same payload gets the stored outcome (marked
+/// `replayed`); another payload under the key is refused.
+pub fn replay(stored_hash: &[u8], stored: &Outcome, request: &Request) -> Result<Outcome, Error> {
+    if stored_hash != request.payload_hash {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "{}: already applied with a different payload (transaction {})",
+                request.key, stored.transaction
+            ),
+        ));
+    }
+    Ok(Outcome {
+        replayed: true,
+        ..stored.clone()
+    })
+}
+
+/// A wallet operation's nonce must exceed the signer's last accepted one.
+pub fn check_nonce(last: Option<u64>, nonce: u64) -> Result<(), Error> {
+    match last {
+        Some(last) if nonce <= last => Err(Error::failed_precondition(format!(
+            "nonce: {nonce} is not greater than the last accepted nonce {last} (replay?)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The outcome of applying `plan` for `request` as `transaction` at `unix_ms`.
+pub fn outcome(transaction: u64, request: &Request, plan: &Plan, unix_ms: i64) -> Outcome {
+    Outcome {
+        transaction,
+        kind: request.op.kind().to_string(),
+        key: request.key.clone(),
+        entries: plan
+            .entries
+            .iter()
+            .map(|(account, amount)| Entry {
+                account: account.to_string(),
+                amount: amount.nano(),
+            })
+            .collect(),
+        replayed: false,
+        price_per_token: plan.price_per_token.nano(),
+        escrowed: plan.escrowed.nano(),
+        reward_uncapped: plan.reward_uncapped.nano(),
+        note: plan.note.clone(),
+        unix_ms,
+    }
+}

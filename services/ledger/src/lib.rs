@@ -1,0 +1,88 @@
+//! The NEURO ledger: pays nodes for verified work and charges users for inference, on a
+//! double-entry journal in PostgreSQL that never loses or invents a unit.
+//!
+//! Pure (no I/O, tested directly):
+//! - [`amount`]: checked integer nano-NEURO, decimal parsing and printing;
+//! - [`account`]: the journal's accounts (holders, `mint`, `burn`) and address checks;
+//! - [`economics`]: DESIGN §7's numbers and their integer arithmetic (rewards, multipliers,
+//!   caps, fees, price, split, slash);
+//! - [`verify`]: a signed envelope to a checked request (signatures, bindings to receipts,
+//!   evidence and gateway keys, the idempotency key);
+//! - [`ops`]: an operation and the state it reads to a plan of entries, or a refusal;
+//! - [`journal`]: idempotent retries, nonces, outcomes — the steps around a plan;
+//! - [`memory`]: the ledger on maps with its invariants, for the seeded simulation.
+//!
+//! I/O and wiring: [`store`] (PostgreSQL), [`service`] (gRPC), [`config`], and [`run`].
+
+pub mod account;
+pub mod amount;
+pub mod config;
+pub mod economics;
+pub mod journal;
+pub mod memory;
+pub mod ops;
+pub mod service;
+pub mod store;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use neuroshard_common::Error;
+use neuroshard_proto::ledger::v1::ledger_server::LedgerServer;
+
+pub use config::LedgerConfig;
+
+use crate::store::Store;
+
+/// Serves the ledger on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: LedgerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    neuroshard_runtime::telemetry::names::describe(
+        neuroshard_runtime::telemetry::names::ledger::TABLE,
+    );
+    if config.tls.insecure_plaintext {
+        tracing::warn!(
+            "gRPC is plaintext (tls.insecure_plaintext = true): operations stay signed, but balances and histories are readable by anyone who reaches the port"
+        );
+    }
+    if config.aggregators.is_empty() {
+        tracing::warn!("no aggregators are trusted: training proofs and slashes are refused");
+    }
+    if config.gateways.is_empty() {
+        tracing::warn!("no gateways are trusted: inference escrows are refused");
+    }
+    let store = Store::connect(
+        &config.database_url,
+        &config.database_tls,
+        config.economics.clone(),
+    )
+    .await?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("listener: {e}")))?;
+    tracing::info!(%listen, network = %config.network_id, "ledger serving");
+    let service = service::LedgerService {
+        store,
+        verifier: Arc::new(config.verifier()),
+        max_batch: config.max_batch,
+    };
+    let result = neuroshard_runtime::grpc::serve(
+        listener,
+        config.tls.server()?,
+        neuroshard_runtime::grpc::GrpcServices::default().with(
+            LedgerServer::new(service)
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        ),
+        shutdown,
+    )
+    .await;
+    tracing::info!("ledger stopped");
+    result
+}

@@ -1,0 +1,279 @@
+//! From a signed envelope to a checked [`Request`], pure: the signature (low-S, this network,
+//! message `LedgerOperation`), the canonical encoding of the payload (unknown fields are
+//! refused, not ignored), the timestamp window, who may sign what, and the bindings — a
+//! training proof to an aggregator-signed `Receipt` for the signing node, a slash to
+//! aggregator-signed `Evidence` of fraud, escrows and settlements to a trusted gateway key.
+//! The idempotency key each operation is applied under is chosen here.
+
+use std::collections::BTreeSet;
+
+use neuroshard_common::Error;
+use neuroshard_common::signing::{self, Verified, check_fresh};
+use neuroshard_proto::aggregator::v1::{Evidence, Receipt};
+use neuroshard_proto::common::v1::SignedEnvelope;
+use neuroshard_proto::ledger::v1::{Operation, operation};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::account::{check_address, check_request_id};
+use crate::amount::Amount;
+use crate::ops::Op;
+
+/// The message name a ledger operation is signed as.
+pub const OPERATION: &str = "LedgerOperation";
+/// Evidence kinds that prove fraud (and so slash); the others (late, unknown span, …) do not.
+pub const SLASHABLE: &[&str] = &["commitment", "flagged"];
+/// Most processors one settlement may list.
+pub const MAX_ROUTE: usize = 256;
+
+/// A verified operation and what it is applied under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Applied at most once per key.
+    pub key: String,
+    /// SHA-256 of the signer and payload: a retry must match it to get the stored outcome.
+    pub payload_hash: [u8; 32],
+    /// Wallet operations claim (signer, nonce): nonces strictly increase per signer.
+    pub nonce: Option<(String, u64)>,
+    pub op: Op,
+}
+
+/// Whom the ledger trusts, and its clock rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verifier {
+    pub network_id: String,
+    /// Node ids of the aggregators whose receipts and evidence count.
+    pub aggregators: BTreeSet<String>,
+    /// Node ids of the gateways that may escrow and settle.
+    pub gateways: BTreeSet<String>,
+    pub window_ms: i64,
+    /// Receipts and evidence older than this are refused.
+    pub receipt_max_age_ms: i64,
+}
+
+fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, Error> {
+    let message = M::decode(bytes)
+        .map_err(|e| Error::invalid_argument(format!("{what}: not a valid message: {e}")))?;
+    if message.encode_to_vec() != bytes {
+        return Err(Error::invalid_argument(format!(
+            "{what}: not the canonical encoding (unknown or repeated fields are refused)"
+        )));
+    }
+    Ok(message)
+}
+
+fn positive(nano: i64, field: &str) -> Result<Amount, Error> {
+    Amount::positive(nano, field)
+}
+
+impl Verifier {
+    /// Checks `envelope` at `now_ms`.
+    pub fn check(&self, envelope: &SignedEnvelope, now_ms: i64) -> Result<Request, Error> {
+        let signed = signing::verify(envelope, &self.network_id, OPERATION)?;
+        check_fresh(
+            None,
+            signed.nonce,
+            signed.timestamp_ms,
+            now_ms,
+            self.window_ms,
+        )?;
+        let operation: Operation = canonical(&signed.payload, "operation")?;
+        let kind = operation
+            .kind
+            .ok_or_else(|| Error::invalid_argument("operation: no kind is set"))?;
+        let signer = signed.node_id.clone();
+        let payload_hash: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(signed.signer);
+            h.update(&signed.payload);
+            h.finalize().into()
+        };
+        let wallet_key = |signed: &Verified| {
+            (
+                format!("wallet/{}/{}", signed.node_id, signed.nonce),
+                Some((signed.node_id.clone(), signed.nonce)),
+            )
+        };
+        let ((key, nonce), op) = match kind {
+            operation::Kind::Transfer(t) => {
+                check_address("transfer.to", &t.to)?;
+                let amount = positive(t.amount, "transfer.amount")?;
+                (
+                    wallet_key(&signed),
+                    Op::Transfer {
+                        from: signer,
+                        to: t.to,
+                        amount,
+                    },
+                )
+            }
+            operation::Kind::Stake(s) => (
+                wallet_key(&signed),
+                Op::Stake {
+                    address: signer,
+                    amount: positive(s.amount, "stake.amount")?,
+                },
+            ),
+            operation::Kind::Unstake(u) => (
+                wallet_key(&signed),
+                Op::Unstake {
+                    address: signer,
+                    amount: positive(u.amount, "unstake.amount")?,
+                },
+            ),
+            operation::Kind::TrainingProof(proof) => {
+                let envelope = proof
+                    .receipt
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid_argument("training_proof.receipt: missing"))?;
+                let (aggregator, receipt): (String, Receipt) =
+                    self.aggregator_signed(envelope, "Receipt", now_ms)?;
+                if receipt.aggregator_id != aggregator {
+                    return Err(Error::invalid_argument(
+                        "receipt: aggregator_id is not its signer",
+                    ));
+                }
+                if receipt.node_id != signer {
+                    return Err(Error::permission_denied(format!(
+                        "receipt: it is for node {}, not for the signer {signer}",
+                        receipt.node_id
+                    )));
+                }
+                let span = receipt
+                    .span
+                    .map(|s| (s.start, s.end))
+                    .ok_or_else(|| Error::invalid_argument("receipt: no span"))?;
+                let payout = if proof.payout.is_empty() {
+                    signer.clone()
+                } else {
+                    check_address("training_proof.payout", &proof.payout)?;
+                    proof.payout
+                };
+                (
+                    (
+                        format!("training/{signer}/{}/{}-{}", receipt.round, span.0, span.1),
+                        None,
+                    ),
+                    Op::Training {
+                        node: signer,
+                        payout,
+                        round: receipt.round,
+                        span,
+                        num_layers: receipt.num_layers,
+                        tokens: receipt.tokens,
+                    },
+                )
+            }
+            operation::Kind::Slash(slash) => {
+                let envelope = slash
+                    .evidence
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid_argument("slash.evidence: missing"))?;
+                let (_, evidence): (String, Evidence) =
+                    self.aggregator_signed(envelope, "Evidence", now_ms)?;
+                if !SLASHABLE.contains(&evidence.kind.as_str()) {
+                    return Err(Error::failed_precondition(format!(
+                        "slash: evidence of kind {:?} does not prove fraud (slashable: {})",
+                        evidence.kind,
+                        SLASHABLE.join(", ")
+                    )));
+                }
+                check_address("evidence.node_id", &evidence.node_id)?;
+                let digest = hex::encode(Sha256::digest(&envelope.payload));
+                (
+                    (format!("slash/{digest}"), None),
+                    Op::Slash {
+                        node: evidence.node_id,
+                        reporter: signer,
+                        kind: evidence.kind,
+                    },
+                )
+            }
+            operation::Kind::Escrow(e) => {
+                self.gateway(&signer)?;
+                check_request_id(&e.request_id)?;
+                check_address("escrow.payer", &e.payer)?;
+                (
+                    (format!("escrow/{}", e.request_id), None),
+                    Op::Escrow {
+                        gateway: signer,
+                        request_id: e.request_id,
+                        payer: e.payer,
+                        max_tokens: e.max_tokens,
+                        utilisation_ppm: e.utilisation_ppm,
+                    },
+                )
+            }
+            operation::Kind::Settle(s) => {
+                self.gateway(&signer)?;
+                check_request_id(&s.request_id)?;
+                check_address("settle.driver", &s.driver)?;
+                check_address("settle.validator", &s.validator)?;
+                if s.processors.len() > MAX_ROUTE {
+                    return Err(Error::invalid_argument(format!(
+                        "settle.processors: {} entries, at most {MAX_ROUTE}",
+                        s.processors.len()
+                    )));
+                }
+                for p in &s.processors {
+                    check_address("settle.processors", p)?;
+                }
+                (
+                    (format!("settle/{}", s.request_id), None),
+                    Op::Settle {
+                        gateway: signer,
+                        request_id: s.request_id,
+                        tokens: s.tokens,
+                        driver: s.driver,
+                        processors: s.processors,
+                        validator: s.validator,
+                    },
+                )
+            }
+        };
+        Ok(Request {
+            key,
+            payload_hash,
+            nonce,
+            op,
+        })
+    }
+
+    fn gateway(&self, signer: &str) -> Result<(), Error> {
+        if self.gateways.contains(signer) {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "{signer} is not a gateway this ledger trusts to escrow and settle"
+            )))
+        }
+    }
+
+    /// A `message_name` signed by a trusted aggregator, not older than the receipt age.
+    fn aggregator_signed<M: Message + Default>(
+        &self,
+        envelope: &SignedEnvelope,
+        message_name: &str,
+        now_ms: i64,
+    ) -> Result<(String, M), Error> {
+        let what = message_name.to_lowercase();
+        let signed = signing::verify(envelope, &self.network_id, message_name)
+            .map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
+        if !self.aggregators.contains(&signed.node_id) {
+            return Err(Error::permission_denied(format!(
+                "{what}: signed by {}, not an aggregator this ledger trusts",
+                signed.node_id
+            )));
+        }
+        if signed.timestamp_ms > now_ms.saturating_add(self.window_ms)
+            || signed.timestamp_ms < now_ms.saturating_sub(self.receipt_max_age_ms)
+        {
+            return Err(Error::failed_precondition(format!(
+                "{what}: signed at unix ms {}, outside [now - {} ms, now + {} ms]",
+                signed.timestamp_ms, self.receipt_max_age_ms, self.window_ms
+            )));
+        }
+        let message = canonical(&signed.payload, &what)?;
+        Ok((signed.node_id, message))
+    }
+}
