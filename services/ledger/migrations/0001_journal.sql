@@ -60,12 +60,17 @@ BEGIN
         RAISE EXCEPTION 'transaction % was written by more than one statement', bad
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    INSERT INTO accounts AS a (id, balance)
-        SELECT account, sum(amount) FROM new_entries
+    -- Update, then insert the new: an upsert would check the insert's row (the bare delta,
+    -- negative for a debit) against balance >= 0 before finding the conflict.
+    UPDATE accounts a SET balance = a.balance + d.delta
+        FROM (SELECT account, sum(amount) AS delta FROM new_entries
+              WHERE account NOT IN ('mint', 'burn') GROUP BY account) d
+        WHERE a.id = d.account;
+    INSERT INTO accounts (id, balance)
+        SELECT account, sum(amount) FROM new_entries n
         WHERE account NOT IN ('mint', 'burn')
-        GROUP BY account
-        ORDER BY account
-    ON CONFLICT (id) DO UPDATE SET balance = a.balance + EXCLUDED.balance;
+          AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account)
+        GROUP BY account;
     RETURN NULL;
 END $$;
 

@@ -12,10 +12,13 @@
 //! - [`journal`]: idempotent retries, nonces, outcomes — the steps around a plan;
 //! - [`memory`]: the ledger on maps with its invariants, for the seeded simulation.
 //!
+//! [`client`] signs operations for those who submit them.
+//!
 //! I/O and wiring: [`store`] (PostgreSQL), [`service`] (gRPC), [`config`], and [`run`].
 
 pub mod account;
 pub mod amount;
+pub mod client;
 pub mod config;
 pub mod economics;
 pub mod journal;

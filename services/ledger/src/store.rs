@@ -521,6 +521,36 @@ impl Store {
         })
     }
 
+    /// A digest of everything the ledger holds — transactions, entries, balances, stake
+    /// locks, escrows, nonces, daily credits and the market: equal digests, equal ledgers
+    /// (how "a refusal changed nothing" is checked).
+    pub async fn fingerprint(&self) -> Result<[u8; 32], Error> {
+        use sha2::{Digest, Sha256};
+        let client = self.pool.get().await.map_err(db)?;
+        let mut digest = Sha256::new();
+        for table in [
+            "transactions",
+            "entries",
+            "accounts",
+            "stake_locks",
+            "escrows",
+            "signer_nonces",
+            "node_days",
+            "market",
+        ] {
+            digest.update(table.as_bytes());
+            for row in client
+                .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+                .await
+                .map_err(db)?
+            {
+                digest.update(row.get::<_, String>(0).as_bytes());
+                digest.update([0u8]);
+            }
+        }
+        Ok(digest.finalize().into())
+    }
+
     pub async fn market(&self) -> Result<MarketState, Error> {
         let client = self.pool.get().await.map_err(db)?;
         let u: i64 = client
