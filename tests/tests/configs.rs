@@ -10,7 +10,8 @@ use std::path::Path;
 use neuroshard_common::ModelConfig;
 use neuroshard_diloco_aggregator::AggregatorConfig;
 use neuroshard_layer_registry::RegistryConfig;
-use neuroshard_local::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
+use neuroshard_ledger::LedgerConfig;
+use neuroshard_local::{AggregatorToml, GatewayToml, LedgerToml, RegistryToml, WorkerToml};
 use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_shard_worker::WorkerConfig;
 use neuroshard_swarm_gateway::GatewayConfig;
@@ -217,5 +218,27 @@ fn every_aggregator_key_is_one_the_aggregator_takes() {
     assert_eq!(config.keep_rounds, 4);
     assert_eq!((config.layers_start, config.layers_end), (2, Some(6)));
     assert!(!config.exclude_flagged);
+    assert_eq!(config.tls, tls());
+}
+
+#[test]
+fn every_ledger_key_is_one_the_ledger_takes() {
+    let (a, g) = ("a".repeat(40), "b".repeat(40));
+    let toml = LedgerToml::new(
+        "net",
+        7701,
+        "host=127.0.0.1 port=1 user=postgres dbname=ledger",
+    )
+    .tls(&tls())
+    .unwrap()
+    .aggregators(&[&a])
+    .gateways(&[&g])
+    .tokens_per_batch(256);
+    let config: LedgerConfig = read(toml.table());
+    config.validate().unwrap();
+    assert_eq!(config.listen, ([127, 0, 0, 1], 7701).into());
+    assert_eq!(config.network_id, "net");
+    assert_eq!((config.aggregators, config.gateways), (vec![a], vec![g]));
+    assert_eq!(config.economics.tokens_per_batch, 256);
     assert_eq!(config.tls, tls());
 }

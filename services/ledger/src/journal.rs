@@ -1,7 +1,8 @@
 //! The steps every store takes around a plan, pure: what a stored key means for a request
-//! (the stored outcome for a retry, a refusal for another payload), the nonce rule for wallet
-//! operations, and the outcome a plan is answered and stored as.
+//! (the stored outcome for a retry, a refusal for another payload), the clock window and the
+//! nonce rule for new operations, and the outcome a plan is answered and stored as.
 
+use neuroshard_common::signing::check_fresh;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::ledger::v1::{Entry, Outcome};
 
@@ -26,14 +27,17 @@ pub fn replay(stored_hash: &[u8], stored: &Outcome, request: &Request) -> Result
     })
 }
 
-/// A wallet operation's nonce must exceed the signer's last accepted one.
-pub fn check_nonce(last: Option<u64>, nonce: u64) -> Result<(), Error> {
-    match last {
-        Some(last) if nonce <= last => Err(Error::failed_precondition(format!(
-            "nonce: {nonce} is not greater than the last accepted nonce {last} (replay?)"
-        ))),
-        _ => Ok(()),
-    }
+/// What a new operation (its key not applied before) must also pass: signed within the
+/// window of `now_ms`, and for a wallet operation a nonce above the signer's last (`last`).
+pub fn check_new(request: &Request, last: Option<u64>, now_ms: i64) -> Result<(), Error> {
+    let nonce = request.nonce.as_ref().map_or(0, |(_, n)| *n);
+    check_fresh(
+        last.filter(|_| request.nonce.is_some()),
+        nonce,
+        request.timestamp_ms,
+        now_ms,
+        request.window_ms,
+    )
 }
 
 /// The outcome of applying `plan` for `request` as `transaction` at `unix_ms`.

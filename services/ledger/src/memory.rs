@@ -11,7 +11,7 @@ use neuroshard_proto::ledger::v1::Outcome;
 use crate::account::Account;
 use crate::amount::Amount;
 use crate::economics::Economics;
-use crate::journal::{check_nonce, outcome, replay};
+use crate::journal::{check_new, outcome, replay};
 use crate::ops::{EscrowRecord, Op, Plan, Snapshot, plan};
 use crate::verify::Request;
 
@@ -50,9 +50,11 @@ impl MemoryLedger {
         if let Some((hash, stored)) = self.applied.get(&request.key) {
             return replay(hash, stored, request);
         }
-        if let Some((signer, nonce)) = &request.nonce {
-            check_nonce(self.nonces.get(signer).copied(), *nonce)?;
-        }
+        let last = request
+            .nonce
+            .as_ref()
+            .and_then(|(signer, _)| self.nonces.get(signer).copied());
+        check_new(request, last, now_ms)?;
         let snapshot = self.snapshot(&request.op, now_ms);
         let plan = plan(&request.op, &snapshot, &self.economics, now_ms)?;
         let id = self.journal.len() as u64 + 1;

@@ -21,7 +21,7 @@ use prost::Message;
 use crate::account::Account;
 use crate::amount::Amount;
 use crate::economics::Economics;
-use crate::journal::{outcome, replay};
+use crate::journal::{check_new, outcome, replay};
 use crate::ops::{EscrowRecord, Plan, Snapshot, plan};
 use crate::verify::Request;
 
@@ -184,6 +184,8 @@ impl Store {
                 request,
             )?);
         }
+        // The window here; the nonce is claimed atomically below (its statement is the check).
+        check_new(request, None, now_ms)?;
         if let Some((signer, nonce)) = &request.nonce {
             neuroshard_postgres::claim_nonce(tx, signer, *nonce).await?;
         }

@@ -1,14 +1,15 @@
 //! From a signed envelope to a checked [`Request`], pure: the signature (low-S, this network,
 //! message `LedgerOperation`), the canonical encoding of the payload (unknown fields are
-//! refused, not ignored), the timestamp window, who may sign what, and the bindings — a
+//! refused, not ignored), who may sign what, and the bindings — a
 //! training proof to an aggregator-signed `Receipt` for the signing node, a slash to
 //! aggregator-signed `Evidence` of fraud, escrows and settlements to a trusted gateway key.
-//! The idempotency key each operation is applied under is chosen here.
+//! The idempotency key each operation is applied under is chosen here; the timestamp window
+//! and nonce are checked by the store once it knows the key is new ([`crate::journal`]).
 
 use std::collections::BTreeSet;
 
 use neuroshard_common::Error;
-use neuroshard_common::signing::{self, Verified, check_fresh};
+use neuroshard_common::signing::{self, Verified};
 use neuroshard_proto::aggregator::v1::{Evidence, Receipt};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::ledger::v1::{Operation, operation};
@@ -35,6 +36,10 @@ pub struct Request {
     pub payload_hash: [u8; 32],
     /// Wallet operations claim (signer, nonce): nonces strictly increase per signer.
     pub nonce: Option<(String, u64)>,
+    /// When it was signed, and how far from the ledger's clock a new operation may be (a
+    /// retry of an applied one gets its outcome whenever it comes).
+    pub timestamp_ms: i64,
+    pub window_ms: i64,
     pub op: Op,
 }
 
@@ -70,13 +75,6 @@ impl Verifier {
     /// Checks `envelope` at `now_ms`.
     pub fn check(&self, envelope: &SignedEnvelope, now_ms: i64) -> Result<Request, Error> {
         let signed = signing::verify(envelope, &self.network_id, OPERATION)?;
-        check_fresh(
-            None,
-            signed.nonce,
-            signed.timestamp_ms,
-            now_ms,
-            self.window_ms,
-        )?;
         let operation: Operation = canonical(&signed.payload, "operation")?;
         let kind = operation
             .kind
@@ -235,6 +233,8 @@ impl Verifier {
             key,
             payload_hash,
             nonce,
+            timestamp_ms: signed.timestamp_ms,
+            window_ms: self.window_ms,
             op,
         })
     }

@@ -36,6 +36,9 @@ fn request(key: String, nonce: Option<(String, u64)>, op: Op) -> Request {
         key,
         payload_hash,
         nonce,
+        // The simulation's clock starts here and moves by < 50 ms a step.
+        timestamp_ms: 1_700_000_000_000,
+        window_ms: i64::MAX,
         op,
     }
 }

@@ -61,6 +61,52 @@ table_type!(RegistryToml, "layer-registry");
 table_type!(WorkerToml, "shard-worker");
 table_type!(GatewayToml, "swarm-gateway");
 table_type!(AggregatorToml, "diloco-aggregator");
+table_type!(LedgerToml, "ledger");
+
+impl LedgerToml {
+    /// A ledger for `network_id` on `port` with its database.
+    pub fn new(network_id: &str, port: u16, database_url: &str) -> Self {
+        Self::default()
+            .set("network_id", network_id)
+            .set("listen", listen(port))
+            .set("database_url", database_url)
+    }
+
+    /// The node ids whose receipts pay and whose evidence slashes.
+    pub fn aggregators(self, node_ids: &[&str]) -> Self {
+        self.set("aggregators", strings(node_ids))
+    }
+
+    /// The node ids that may escrow and settle inference.
+    pub fn gateways(self, node_ids: &[&str]) -> Self {
+        self.set("gateways", strings(node_ids))
+    }
+
+    /// Tokens one batch counts for in training rewards (the swarm's batch × sequence).
+    pub fn tokens_per_batch(self, tokens: u64) -> Self {
+        self.economics("tokens_per_batch", tokens as i64)
+    }
+
+    fn economics(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        let section = self
+            .0
+            .entry("economics")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = section {
+            t.insert(key.into(), value.into());
+        }
+        self
+    }
+}
+
+fn strings(items: &[&str]) -> toml::Value {
+    toml::Value::Array(
+        items
+            .iter()
+            .map(|s| toml::Value::String((*s).into()))
+            .collect(),
+    )
+}
 
 impl AggregatorToml {
     /// An aggregator for `network_id` on `port`, following the registry at `registry`, with

@@ -33,11 +33,12 @@ pub mod supervisor;
 pub mod swarm;
 
 pub use backoff::RestartPolicy;
-pub use configs::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
+pub use configs::{AggregatorToml, GatewayToml, LedgerToml, RegistryToml, WorkerToml};
 pub use pki::LocalPki;
 pub use registry::{LocalRegistry, RegistryProcess};
 pub use service::{
-    AGGREGATOR_BINARY, GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY, write_private,
+    AGGREGATOR_BINARY, GATEWAY_BINARY, LEDGER_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY,
+    write_private,
 };
 pub use supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
 pub use swarm::{LocalSwarm, LocalWorker, SwarmOptions, SwarmTraining, has_weights, spans_loaded};
@@ -150,21 +151,40 @@ impl PgServer {
             "UTF8",
         ]);
         run(initdb, "initdb")?;
-        let port = free_port()?;
+        let server = Self {
+            dir,
+            port: free_port()?,
+        };
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts the server on its data directory and port (again, after [`PgServer::kill`]).
+    pub fn start_again(&self) -> Result<()> {
         let mut start = pg_command(&postgres_bin("pg_ctl"));
         start
             .arg("-D")
-            .arg(&data)
+            .arg(self.dir.path().join("data"))
             .arg("-l")
-            .arg(dir.path().join("log"))
+            .arg(self.dir.path().join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
-                dir.path().display()
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+                self.port,
+                self.dir.path().display()
             ))
             .args(["-w", "start"]);
-        run(start, "pg_ctl start")?;
-        Ok(Self { dir, port })
+        run(start, "pg_ctl start")
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no checkpoint, clients
+    /// cut off); its data stays for [`PgServer::start_again`].
+    pub fn kill(&self) -> Result<()> {
+        let mut stop = pg_command(&postgres_bin("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(stop, "pg_ctl stop")
     }
 
     /// libpq connection string for the `postgres` database.

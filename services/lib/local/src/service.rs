@@ -12,6 +12,7 @@ pub const REGISTRY_BINARY: &str = "layer-registry";
 pub const WORKER_BINARY: &str = "shard-worker";
 pub const GATEWAY_BINARY: &str = "swarm-gateway";
 pub const AGGREGATOR_BINARY: &str = "diloco-aggregator";
+pub const LEDGER_BINARY: &str = "ledger";
 
 /// Where the service binaries are and where their configs and logs go.
 #[derive(Debug, Clone, PartialEq, Eq)]
