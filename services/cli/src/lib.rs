@@ -29,6 +29,9 @@ pub enum Command {
     /// Run the whole swarm locally: PostgreSQL, registry, shard workers and the gateway
     /// (training a checkpoint first when there is none). Ctrl-C stops everything.
     Up(commands::up::UpArgs),
+    /// NEURO wallets: create a key, read balances and history, transfer, stake, unstake.
+    #[command(subcommand)]
+    Wallet(commands::wallet::WalletCommand),
     /// Benchmarks that print JSON (see BENCHMARKS.md for the scripts that compare them).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Up(args) => commands::up::run(args),
+        Command::Wallet(cmd) => commands::wallet::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
     match result {

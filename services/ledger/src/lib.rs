@@ -2,7 +2,7 @@
 //! double-entry journal in PostgreSQL that never loses or invents a unit.
 //!
 //! Pure (no I/O, tested directly):
-//! - [`amount`]: checked integer nano-NEURO, decimal parsing and printing;
+//! - [`amount`] (from `neuroshard-neuro`): checked integer nano-NEURO;
 //! - [`account`]: the journal's accounts (holders, `mint`, `burn`) and address checks;
 //! - [`economics`]: DESIGN §7's numbers and their integer arithmetic (rewards, multipliers,
 //!   caps, fees, price, split, slash);
@@ -12,13 +12,9 @@
 //! - [`journal`]: idempotent retries, nonces, outcomes — the steps around a plan;
 //! - [`memory`]: the ledger on maps with its invariants, for the seeded simulation.
 //!
-//! [`client`] signs operations for those who submit them.
-//!
 //! I/O and wiring: [`store`] (PostgreSQL), [`service`] (gRPC), [`config`], and [`run`].
 
 pub mod account;
-pub mod amount;
-pub mod client;
 pub mod config;
 pub mod economics;
 pub mod journal;
@@ -35,6 +31,8 @@ use neuroshard_common::Error;
 use neuroshard_proto::ledger::v1::ledger_server::LedgerServer;
 
 pub use config::LedgerConfig;
+/// Checked integer nano-NEURO (shared with wallets, the gateway and nodes).
+pub use neuroshard_neuro::amount;
 
 use crate::store::Store;
 

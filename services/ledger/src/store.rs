@@ -102,6 +102,7 @@ impl Store {
         for _ in 0..ATTEMPTS {
             let mut client = self.pool.get().await.map_err(db)?;
             let tx = client.transaction().await.map_err(db)?;
+            durable(&tx).await?;
             match self.apply(&tx, request, now_ms).await {
                 Ok(result) => match tx.commit().await {
                     Ok(()) => return Ok(result),
@@ -128,6 +129,7 @@ impl Store {
         'attempt: for _ in 0..ATTEMPTS {
             let mut client = self.pool.get().await.map_err(db)?;
             let mut tx = client.transaction().await.map_err(db)?;
+            durable(&tx).await?;
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
                 let request = match request {
@@ -567,6 +569,14 @@ impl Store {
             price_per_token: self.economics.price_per_token(u)?.nano(),
         })
     }
+}
+
+/// An acknowledged operation must survive a crash of the database server, whatever its
+/// own `synchronous_commit` says: the commit waits for its WAL to be written.
+async fn durable(tx: &Transaction<'_>) -> Result<(), Error> {
+    tx.batch_execute("SET LOCAL synchronous_commit TO on")
+        .await
+        .map_err(db)
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome, Error> {

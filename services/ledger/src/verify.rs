@@ -20,8 +20,7 @@ use crate::account::{check_address, check_request_id};
 use crate::amount::Amount;
 use crate::ops::Op;
 
-/// The message name a ledger operation is signed as.
-pub const OPERATION: &str = "LedgerOperation";
+pub use neuroshard_neuro::OPERATION;
 /// Evidence kinds that prove fraud (and so slash); the others (late, unknown span, …) do not.
 pub const SLASHABLE: &[&str] = &["commitment", "flagged"];
 /// Most processors one settlement may list.

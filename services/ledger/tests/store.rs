@@ -8,11 +8,11 @@
 use neuroshard_common::ErrorKind;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{now_ms, sign};
-use neuroshard_ledger::client::sign_operation;
 use neuroshard_ledger::economics::Economics;
 use neuroshard_ledger::store::Store;
 use neuroshard_ledger::verify::{OPERATION, Verifier};
 use neuroshard_local::PgServer;
+use neuroshard_neuro::sign_operation;
 use neuroshard_proto::aggregator::v1::{Evidence, Receipt};
 use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
 use neuroshard_proto::ledger::v1::{

@@ -18,6 +18,7 @@
 
 pub mod checkpoints;
 pub mod completions;
+pub mod ledger;
 pub mod registry;
 pub mod swarm;
 

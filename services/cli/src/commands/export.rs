@@ -12,7 +12,6 @@ use neuroshard_model::checkpoint;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::tokenizer::TextTokenizer;
 use neuroshard_model::{Shard, ShardSpec};
-use neuroshard_runtime::tls::TlsFiles;
 use neuroshard_worker_client::aggregator::Aggregators;
 
 #[derive(Debug, Args)]
@@ -27,12 +26,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Client certificate and key for the aggregators' mutual TLS, and the CA to trust.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// The checkpoint directory `from` names: itself, or the latest round under `rounds/`.
@@ -72,17 +67,9 @@ fn from_dir(dir: &Path) -> anyhow::Result<(Shard, Option<PathBuf>)> {
 
 fn from_aggregators(args: &ExportArgs) -> anyhow::Result<Shard> {
     let endpoints: Vec<String> = args.from.split(',').map(|s| s.trim().to_string()).collect();
-    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
-        (None, None, None) if endpoints.iter().all(|e| e.starts_with("http://")) => {
-            TlsFiles::insecure_plaintext()
-        }
-        (cert, key, ca) => TlsFiles {
-            cert_file: cert.clone(),
-            key_file: key.clone(),
-            ca_file: ca.clone(),
-            insecure_plaintext: false,
-        },
-    };
+    let tls = args
+        .tls
+        .files(&endpoints.iter().map(String::as_str).collect::<Vec<_>>());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

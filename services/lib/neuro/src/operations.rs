@@ -8,7 +8,8 @@ use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::ledger::v1::{Operation, operation};
 use prost::Message;
 
-use crate::verify::OPERATION;
+/// The message name a ledger operation is signed as (its domain tag).
+pub const OPERATION: &str = "LedgerOperation";
 
 /// `kind` signed by `key` with `nonce` at `timestamp_ms`.
 pub fn sign_operation(
