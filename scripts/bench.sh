@@ -31,3 +31,5 @@ NEUROSHARD_BENCH_DATA="$bench_data" scripts/cargo.sh test --release -p neuroshar
   -- --ignored --nocapture
 echo "==> gateway over the local swarm: throughput vs in-process, TTFT under 8 streams, failover pause"
 scripts/cargo.sh test --release -p neuroshard-tests --test gateway_bench -- --ignored --nocapture --test-threads 1
+echo "==> ledger: signature verifications, batched proofs per second, escrow + settle p99 under load"
+scripts/cargo.sh test --release -p neuroshard-tests --test ledger_bench -- --ignored --nocapture

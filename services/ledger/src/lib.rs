@@ -10,6 +10,7 @@
 //!   evidence and gateway keys, the idempotency key);
 //! - [`ops`]: an operation and the state it reads to a plan of entries, or a refusal;
 //! - [`journal`]: idempotent retries, nonces, outcomes — the steps around a plan;
+//! - [`state`]: the state operations read and change, and the one step of a request;
 //! - [`memory`]: the ledger on maps with its invariants, for the seeded simulation.
 //!
 //! I/O and wiring: [`store`] (PostgreSQL), [`service`] (gRPC), [`config`], and [`run`].
@@ -21,6 +22,7 @@ pub mod journal;
 pub mod memory;
 pub mod ops;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod verify;
 

@@ -75,6 +75,29 @@ impl Op {
         }
     }
 
+    /// Holder accounts the operation may credit beyond those its plan reads (a store locks
+    /// them with those).
+    pub fn credits(&self) -> Vec<Account> {
+        match self {
+            Op::Transfer { to, .. } => vec![Account::Wallet(to.clone())],
+            Op::Stake { address, .. } => vec![Account::Stake(address.clone())],
+            Op::Unstake { address, .. } => vec![Account::Wallet(address.clone())],
+            Op::Training { payout, .. } => vec![Account::Wallet(payout.clone())],
+            Op::Slash { reporter, .. } => vec![Account::Wallet(reporter.clone())],
+            Op::Escrow { request_id, .. } => vec![Account::Escrow(request_id.clone())],
+            Op::Settle {
+                driver,
+                processors,
+                validator,
+                ..
+            } => std::iter::once(driver)
+                .chain(processors)
+                .chain(std::iter::once(validator))
+                .map(|n| Account::Wallet(n.clone()))
+                .collect(),
+        }
+    }
+
     /// What the plan reads, so a store loads (and locks) exactly that.
     pub fn needs(&self) -> Needs {
         let mut needs = Needs::default();
@@ -531,8 +554,10 @@ mod tests {
                 (Account::Mint, Amount::from_nano(-100_000_000)),
             ]
         );
-        let mut full = Snapshot::default();
-        full.paid_today = Amount::from_nano(e.cap_per_node_day);
+        let full = Snapshot {
+            paid_today: Amount::from_nano(e.cap_per_node_day),
+            ..Snapshot::default()
+        };
         let p = plan(&op, &full, &e, 0).unwrap();
         assert!(p.entries.is_empty());
         assert!(p.note.contains("capped"));

@@ -1,11 +1,13 @@
-//! The journal in PostgreSQL. Each operation is one database transaction: look up its key
-//! (a retry gets the stored outcome), claim the wallet nonce, lock the rows the plan reads
-//! (escrow first, then holder accounts in sorted order, so concurrent operations cannot
-//! deadlock on each other), plan ([`crate::ops::plan`]), then write the transaction, its
-//! entries in one statement (the database checks they sum to zero and moves the cached
-//! balances, which may not go below zero) and the bookkeeping. A serialization failure or
-//! deadlock is retried a bounded number of times; a batch applies each operation under its
-//! own savepoint, so one refusal does not undo the others.
+//! The journal in PostgreSQL. A batch of operations (one, for `Submit`) is one database
+//! transaction: load the stored outcomes of its keys and lock the rows its operations read —
+//! escrows, holder accounts, nonces, daily credits, the market, each in sorted order, so
+//! concurrent batches cannot deadlock — then step through the operations on that state
+//! ([`crate::state::State::step`]: a retry gets its stored outcome, a refusal changes
+//! nothing) and write what changed in a few set-based statements: the transactions, all
+//! their entries in one (the database checks each transaction sums to zero and moves the
+//! cached balances, which may not go below zero), and the bookkeeping rows. A conflict with
+//! a concurrent batch (a serialization failure, a deadlock, a key or row inserted meanwhile)
+//! is retried a bounded number of times.
 
 use std::collections::BTreeSet;
 
@@ -21,8 +23,8 @@ use prost::Message;
 use crate::account::Account;
 use crate::amount::Amount;
 use crate::economics::Economics;
-use crate::journal::{check_new, outcome, replay};
-use crate::ops::{EscrowRecord, Plan, Snapshot, plan};
+use crate::ops::{EscrowRecord, Plan};
+use crate::state::State;
 use crate::verify::Request;
 
 const MIGRATION_LOCK: i64 = 0x6e65_7572_6f4c_6467; // "neuroLdg"
@@ -98,182 +100,250 @@ impl Store {
 
     /// Applies one checked request at `now_ms`.
     pub async fn submit(&self, request: &Request, now_ms: i64) -> Result<Outcome, Error> {
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            let mut client = self.pool.get().await.map_err(db)?;
-            let tx = client.transaction().await.map_err(db)?;
-            durable(&tx).await?;
-            match self.apply(&tx, request, now_ms).await {
-                Ok(result) => match tx.commit().await {
-                    Ok(()) => return Ok(result),
-                    Err(e) => match pg(e) {
-                        Failure::Retry(e) => last = Some(e),
-                        Failure::Refused(e) => return Err(e),
-                    },
-                },
-                Err(Failure::Refused(e)) => return Err(e),
-                Err(Failure::Retry(e)) => last = Some(e),
-            }
-        }
-        Err(contention(last))
+        let mut results = self
+            .submit_batch(std::slice::from_ref(&Ok(request.clone())), now_ms)
+            .await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal("a batch of one answered nothing")))
     }
 
     /// Applies each request (or carries its verification error) in one database
-    /// transaction, each under its own savepoint; results in order.
+    /// transaction; each is decided on its own (a refusal does not undo the others). Results
+    /// in order.
     pub async fn submit_batch(
         &self,
         requests: &[Result<Request, Error>],
         now_ms: i64,
     ) -> Result<Vec<Result<Outcome, Error>>, Error> {
         let mut last = None;
-        'attempt: for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS {
             let mut client = self.pool.get().await.map_err(db)?;
-            let mut tx = client.transaction().await.map_err(db)?;
-            durable(&tx).await?;
-            let mut results = Vec::with_capacity(requests.len());
-            for request in requests {
-                let request = match request {
-                    Ok(r) => r,
-                    Err(e) => {
-                        results.push(Err(e.clone()));
-                        continue;
-                    }
-                };
-                let sp = tx.savepoint("op").await.map_err(db)?;
-                match self.apply(&sp, request, now_ms).await {
-                    Ok(result) => {
-                        sp.commit().await.map_err(db)?;
-                        results.push(Ok(result));
-                    }
-                    Err(Failure::Refused(e)) => {
-                        sp.rollback().await.map_err(db)?;
-                        results.push(Err(e));
-                    }
-                    Err(Failure::Retry(e)) => {
-                        last = Some(e);
-                        continue 'attempt;
-                    }
+            let tx = client.transaction().await.map_err(db)?;
+            match self.attempt(&tx, requests, now_ms).await {
+                // Nothing applied (refusals, retries): the rows created to lock stay unmade.
+                Ok((results, false)) => {
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(results);
                 }
-            }
-            match tx.commit().await {
-                Ok(()) => return Ok(results),
-                Err(e) => match pg(e) {
-                    Failure::Retry(e) => last = Some(e),
-                    Failure::Refused(e) => return Err(e),
+                Ok((results, true)) => match tx.commit().await {
+                    Ok(()) => return Ok(results),
+                    Err(e) => match pg(e) {
+                        Failure::Retry(e) => last = Some(e),
+                        Failure::Refused(e) => return Err(e),
+                    },
                 },
+                Err(Failure::Retry(e)) => last = Some(e),
+                Err(Failure::Refused(e)) => return Err(e),
             }
         }
         Err(contention(last))
     }
 
-    async fn apply(
+    /// One attempt at a batch: load and lock what it reads, step through it, write; whether
+    /// it applied anything.
+    async fn attempt(
         &self,
         tx: &Transaction<'_>,
-        request: &Request,
+        requests: &[Result<Request, Error>],
         now_ms: i64,
-    ) -> Result<Outcome, Failure> {
-        if let Some(row) = tx
-            .query_opt(
-                "SELECT payload_hash, outcome FROM transactions WHERE key = $1",
-                &[&request.key],
+    ) -> Result<(Vec<Result<Outcome, Error>>, bool), Failure> {
+        // An acknowledged operation must survive a crash of the database server, whatever
+        // its own synchronous_commit says.
+        tx.batch_execute("SET LOCAL synchronous_commit TO on")
+            .await
+            .map_err(pg)?;
+        let checked: Vec<&Request> = requests.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut state = self.load(tx, &checked, now_ms).await?;
+        let before = state.clone();
+        // One transaction id per request, reserved up front (refusals leave gaps).
+        let ids: Vec<i64> = tx
+            .query(
+                "SELECT nextval(pg_get_serial_sequence('transactions', 'id')) FROM generate_series(1, $1::int8)",
+                &[&(checked.len() as i64)],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut ids = ids.into_iter();
+        let mut written = Written::default();
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            let request = match request {
+                Ok(r) => r,
+                Err(e) => {
+                    results.push(Err(e.clone()));
+                    continue;
+                }
+            };
+            let id = ids.next().unwrap_or(0);
+            match state.step(
+                request,
+                u64::try_from(id).unwrap_or(0),
+                now_ms,
+                &self.economics,
+            ) {
+                Ok((outcome, Some(plan))) => {
+                    written.add(id, request, &outcome, &plan, now_ms);
+                    results.push(Ok(outcome));
+                }
+                Ok((outcome, None)) => results.push(Ok(outcome)),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if written.ids.is_empty() {
+            return Ok((results, false));
+        }
+        self.write(tx, &written, &before, &state).await?;
+        Ok((results, true))
+    }
+
+    /// The part of the state `requests` read, rows locked in one global order (escrows,
+    /// accounts, nonces, daily credits, market) so concurrent batches cannot deadlock.
+    async fn load(
+        &self,
+        tx: &Transaction<'_>,
+        requests: &[&Request],
+        now_ms: i64,
+    ) -> Result<State, Failure> {
+        let mut state = State::default();
+        let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
+        for row in tx
+            .query(
+                "SELECT key, payload_hash, outcome FROM transactions WHERE key = ANY($1)",
+                &[&keys],
             )
             .await
             .map_err(pg)?
         {
-            return Ok(replay(
-                &row.get::<_, Vec<u8>>(0),
-                &decode_outcome(&row.get::<_, Vec<u8>>(1))?,
-                request,
-            )?);
+            let hash: Vec<u8> = row.get(1);
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| Error::internal("stored payload hash is not 32 bytes"))?;
+            state.applied.insert(
+                row.get(0),
+                (hash, decode_outcome(&row.get::<_, Vec<u8>>(2))?),
+            );
         }
-        // The window here; the nonce is claimed atomically below (its statement is the check).
-        check_new(request, None, now_ms)?;
-        if let Some((signer, nonce)) = &request.nonce {
-            neuroshard_postgres::claim_nonce(tx, signer, *nonce).await?;
+        let new: Vec<&&Request> = requests
+            .iter()
+            .filter(|r| !state.applied.contains_key(&r.key))
+            .collect();
+        let mut holders = BTreeSet::new();
+        let (mut escrows, mut locks, mut signers, mut nodes) = (
+            BTreeSet::new(),
+            BTreeSet::new(),
+            BTreeSet::new(),
+            BTreeSet::new(),
+        );
+        let mut market = false;
+        for request in &new {
+            let needs = request.op.needs();
+            holders.extend(needs.accounts.iter().map(Account::to_string));
+            escrows.extend(needs.escrow);
+            locks.extend(needs.stake_locks);
+            nodes.extend(needs.node_day);
+            market |= needs.market;
+            if let Some((signer, _)) = &request.nonce {
+                signers.insert(signer.clone());
+            }
+            holders.extend(request.op.credits().iter().map(Account::to_string));
         }
-        let needs = request.op.needs();
-        let mut snapshot = Snapshot::default();
-        let mut holders: BTreeSet<String> = needs.accounts.iter().map(Account::to_string).collect();
-        if let Some(id) = &needs.escrow {
-            snapshot.escrow = tx
-                .query_opt(
-                    "SELECT gateway, payer, price_per_token, max_tokens, amount, settled
-                     FROM escrows WHERE request_id = $1 FOR UPDATE",
-                    &[id],
+        let escrows: Vec<String> = escrows.into_iter().collect();
+        if !escrows.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT request_id, gateway, payer, price_per_token, max_tokens, amount, settled
+                     FROM escrows WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE",
+                    &[&escrows],
                 )
                 .await
                 .map_err(pg)?
-                .map(|row| EscrowRecord {
-                    request_id: id.clone(),
-                    gateway: row.get(0),
-                    payer: row.get(1),
-                    price_per_token: Amount::from_nano(row.get(2)),
-                    max_tokens: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-                    amount: Amount::from_nano(row.get(4)),
-                    settled: row.get(5),
-                });
-            if let Some(record) = &snapshot.escrow {
-                holders.insert(Account::Wallet(record.payer.clone()).to_string());
-            }
-        }
-        if let crate::ops::Op::Settle {
-            driver,
-            processors,
-            validator,
-            ..
-        } = &request.op
-        {
-            for node in std::iter::once(driver)
-                .chain(processors)
-                .chain(std::iter::once(validator))
             {
-                holders.insert(Account::Wallet(node.clone()).to_string());
+                let record = EscrowRecord {
+                    request_id: row.get(0),
+                    gateway: row.get(1),
+                    payer: row.get(2),
+                    price_per_token: Amount::from_nano(row.get(3)),
+                    max_tokens: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+                    amount: Amount::from_nano(row.get(5)),
+                    settled: row.get(6),
+                };
+                holders.insert(Account::Wallet(record.payer.clone()).to_string());
+                state.escrows.insert(record.request_id.clone(), record);
             }
         }
         let holders: Vec<String> = holders.into_iter().collect();
-        tx.execute(
-            "INSERT INTO accounts (id) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
-            &[&holders],
-        )
-        .await
-        .map_err(pg)?;
-        for row in tx
-            .query(
-                "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        if !holders.is_empty() {
+            tx.execute(
+                "INSERT INTO accounts (id) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
                 &[&holders],
             )
             .await
-            .map_err(pg)?
-        {
-            let account = Account::parse(row.get(0))?;
-            snapshot
-                .balances
-                .insert(account, Amount::from_nano(row.get(1)));
-        }
-        if !needs.stake_locks.is_empty() {
+            .map_err(pg)?;
             for row in tx
                 .query(
-                    "SELECT address, unlock_unix_ms FROM stake_locks WHERE address = ANY($1)",
-                    &[&needs.stake_locks],
+                    "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    &[&holders],
                 )
                 .await
                 .map_err(pg)?
             {
-                snapshot.stake_unlocks.insert(row.get(0), row.get(1));
+                state
+                    .balances
+                    .insert(Account::parse(row.get(0))?, Amount::from_nano(row.get(1)));
             }
         }
-        if let Some(node) = &needs.node_day {
-            snapshot.paid_today = tx
-                .query_opt(
-                    "SELECT credited FROM node_days WHERE node = $1 AND day = $2 FOR UPDATE",
-                    &[node, &Economics::day_of(now_ms)],
+        let signers: Vec<String> = signers.into_iter().collect();
+        if !signers.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT signer_id, last_nonce FROM signer_nonces WHERE signer_id = ANY($1)
+                     ORDER BY signer_id FOR UPDATE",
+                    &[&signers],
                 )
                 .await
                 .map_err(pg)?
-                .map(|row| Amount::from_nano(row.get(0)))
-                .unwrap_or_default();
+            {
+                let last: i64 = row.get(1);
+                state
+                    .nonces
+                    .insert(row.get(0), u64::try_from(last).unwrap_or(0));
+            }
         }
-        if needs.market {
+        let locks: Vec<String> = locks.into_iter().collect();
+        if !locks.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT address, unlock_unix_ms FROM stake_locks WHERE address = ANY($1)",
+                    &[&locks],
+                )
+                .await
+                .map_err(pg)?
+            {
+                state.stake_unlocks.insert(row.get(0), row.get(1));
+            }
+        }
+        let nodes: Vec<String> = nodes.into_iter().collect();
+        if !nodes.is_empty() {
+            let day = Economics::day_of(now_ms);
+            for row in tx
+                .query(
+                    "SELECT node, credited FROM node_days WHERE day = $1 AND node = ANY($2)
+                     ORDER BY node FOR UPDATE",
+                    &[&day, &nodes],
+                )
+                .await
+                .map_err(pg)?
+            {
+                state
+                    .paid
+                    .insert((row.get(0), day), Amount::from_nano(row.get(1)));
+            }
+        }
+        if market {
             let row = tx
                 .query_one(
                     "SELECT utilisation_ppm FROM market WHERE id = 1 FOR UPDATE",
@@ -281,101 +351,153 @@ impl Store {
                 )
                 .await
                 .map_err(pg)?;
-            snapshot.utilisation_ppm = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            state.utilisation_ppm = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         }
-        let plan = plan(&request.op, &snapshot, &self.economics, now_ms)?;
-        let id: i64 = tx
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('transactions', 'id'))",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        let result = outcome(u64::try_from(id).unwrap_or(0), request, &plan, now_ms);
+        Ok(state)
+    }
+
+    /// Writes what the batch applied: its transactions and their entries (one statement
+    /// each), and the bookkeeping rows that changed from `before` to `after`.
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        written: &Written,
+        before: &State,
+        after: &State,
+    ) -> Result<(), Failure> {
         tx.execute(
             "INSERT INTO transactions (id, key, kind, payload_hash, outcome, unix_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[])",
             &[
-                &id,
-                &request.key,
-                &request.op.kind(),
-                &request.payload_hash.as_slice(),
-                &result.encode_to_vec(),
-                &now_ms,
+                &written.ids,
+                &written.keys,
+                &written.kinds,
+                &written.hashes,
+                &written.outcomes,
+                &written.times,
             ],
         )
         .await
         .map_err(pg)?;
-        self.write(tx, id, &plan, now_ms).await?;
-        Ok(result)
-    }
-
-    async fn write(
-        &self,
-        tx: &Transaction<'_>,
-        id: i64,
-        plan: &Plan,
-        now_ms: i64,
-    ) -> Result<(), Failure> {
-        if !plan.entries.is_empty() {
-            let accounts: Vec<String> = plan.entries.iter().map(|(a, _)| a.to_string()).collect();
-            let amounts: Vec<i64> = plan.entries.iter().map(|(_, a)| a.nano()).collect();
+        if !written.entry_txns.is_empty() {
             tx.execute(
                 "INSERT INTO entries (txn, account, amount)
-                 SELECT $1, a, n FROM unnest($2::text[], $3::int8[]) AS t(a, n)",
-                &[&id, &accounts, &amounts],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        if let Some((address, unlock)) = &plan.stake_unlock {
-            tx.execute(
-                "INSERT INTO stake_locks (address, unlock_unix_ms) VALUES ($1, $2)
-                 ON CONFLICT (address) DO UPDATE SET unlock_unix_ms = EXCLUDED.unlock_unix_ms",
-                &[address, unlock],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        if let Some(e) = &plan.escrow_opened {
-            tx.execute(
-                "INSERT INTO escrows (request_id, gateway, payer, price_per_token, max_tokens, amount, opened_unix_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])",
                 &[
-                    &e.request_id,
-                    &e.gateway,
-                    &e.payer,
-                    &e.price_per_token.nano(),
-                    &i64_of(e.max_tokens, "max_tokens")?,
-                    &e.amount.nano(),
-                    &now_ms,
+                    &written.entry_txns,
+                    &written.entry_accounts,
+                    &written.entry_amounts,
                 ],
             )
             .await
             .map_err(pg)?;
         }
-        if let Some(request_id) = &plan.escrow_settled {
+        let (addresses, unlocks): (Vec<&String>, Vec<i64>) = after
+            .stake_unlocks
+            .iter()
+            .filter(|(a, u)| before.stake_unlocks.get(*a) != Some(u))
+            .map(|(a, u)| (a, *u))
+            .unzip();
+        if !addresses.is_empty() {
             tx.execute(
-                "UPDATE escrows SET settled = true WHERE request_id = $1",
-                &[request_id],
+                "INSERT INTO stake_locks (address, unlock_unix_ms) SELECT * FROM unnest($1::text[], $2::int8[])
+                 ON CONFLICT (address) DO UPDATE SET unlock_unix_ms = EXCLUDED.unlock_unix_ms",
+                &[&addresses, &unlocks],
             )
             .await
             .map_err(pg)?;
         }
-        if let Some((node, day, credit)) = &plan.day_credit {
+        let opened: Vec<&EscrowRecord> = after
+            .escrows
+            .values()
+            .filter(|e| !before.escrows.contains_key(&e.request_id))
+            .collect();
+        if !opened.is_empty() {
+            let max_tokens = opened
+                .iter()
+                .map(|e| i64_of(e.max_tokens, "max_tokens"))
+                .collect::<Result<Vec<_>, _>>()?;
             tx.execute(
-                "INSERT INTO node_days (node, day, credited) VALUES ($1, $2, $3)
-                 ON CONFLICT (node, day) DO UPDATE SET credited = node_days.credited + EXCLUDED.credited",
-                &[node, day, &credit.nano()],
+                "INSERT INTO escrows (request_id, gateway, payer, price_per_token, max_tokens, amount, opened_unix_ms)
+                 SELECT r, g, p, c, m, a, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS t(r, g, p, c, m, a)",
+                &[
+                    &opened.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(),
+                    &opened.iter().map(|e| e.gateway.as_str()).collect::<Vec<_>>(),
+                    &opened.iter().map(|e| e.payer.as_str()).collect::<Vec<_>>(),
+                    &opened.iter().map(|e| e.price_per_token.nano()).collect::<Vec<_>>(),
+                    &max_tokens,
+                    &opened.iter().map(|e| e.amount.nano()).collect::<Vec<_>>(),
+                    &written.times.first().copied().unwrap_or(0),
+                ],
             )
             .await
             .map_err(pg)?;
         }
-        if let Some(u) = plan.utilisation_ppm {
+        let settled: Vec<&str> = after
+            .escrows
+            .values()
+            .filter(|e| {
+                e.settled
+                    && before
+                        .escrows
+                        .get(&e.request_id)
+                        .is_some_and(|b| !b.settled)
+            })
+            .map(|e| e.request_id.as_str())
+            .collect();
+        let settled_new: Vec<&str> = after
+            .escrows
+            .values()
+            .filter(|e| e.settled && !before.escrows.contains_key(&e.request_id))
+            .map(|e| e.request_id.as_str())
+            .collect();
+        let settled: Vec<&str> = settled.into_iter().chain(settled_new).collect();
+        if !settled.is_empty() {
+            tx.execute(
+                "UPDATE escrows SET settled = true WHERE request_id = ANY($1)",
+                &[&settled],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        let (nodes, (days, credits)): (Vec<&String>, (Vec<i64>, Vec<i64>)) = after
+            .paid
+            .iter()
+            .filter(|(k, v)| before.paid.get(*k) != Some(v))
+            .map(|((node, day), credit)| (node, (*day, credit.nano())))
+            .unzip();
+        if !nodes.is_empty() {
+            tx.execute(
+                "INSERT INTO node_days (node, day, credited) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
+                 ON CONFLICT (node, day) DO UPDATE SET credited = EXCLUDED.credited",
+                &[&nodes, &days, &credits],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        let (signers, nonces): (Vec<&String>, Vec<i64>) = after
+            .nonces
+            .iter()
+            .filter(|(s, n)| before.nonces.get(*s) != Some(n))
+            .map(|(s, n)| Ok((s, i64_of(*n, "nonce")?)))
+            .collect::<Result<Vec<_>, Error>>()?
+            .into_iter()
+            .unzip();
+        if !signers.is_empty() {
+            // Absolute values under the rows' locks; a signer new to the ledger races only
+            // another batch inserting it (a unique violation: the batch is tried again).
+            tx.execute(
+                "INSERT INTO signer_nonces (signer_id, last_nonce) SELECT * FROM unnest($1::text[], $2::int8[])
+                 ON CONFLICT (signer_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce",
+                &[&signers, &nonces],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        if after.utilisation_ppm != before.utilisation_ppm {
             tx.execute(
                 "UPDATE market SET utilisation_ppm = $1 WHERE id = 1",
-                &[&i64_of(u, "utilisation")?],
+                &[&i64_of(after.utilisation_ppm, "utilisation")?],
             )
             .await
             .map_err(pg)?;
@@ -571,12 +693,34 @@ impl Store {
     }
 }
 
-/// An acknowledged operation must survive a crash of the database server, whatever its
-/// own `synchronous_commit` says: the commit waits for its WAL to be written.
-async fn durable(tx: &Transaction<'_>) -> Result<(), Error> {
-    tx.batch_execute("SET LOCAL synchronous_commit TO on")
-        .await
-        .map_err(db)
+/// The transactions a batch applied, as columns for `unnest`.
+#[derive(Default)]
+struct Written {
+    ids: Vec<i64>,
+    keys: Vec<String>,
+    kinds: Vec<&'static str>,
+    hashes: Vec<Vec<u8>>,
+    outcomes: Vec<Vec<u8>>,
+    times: Vec<i64>,
+    entry_txns: Vec<i64>,
+    entry_accounts: Vec<String>,
+    entry_amounts: Vec<i64>,
+}
+
+impl Written {
+    fn add(&mut self, id: i64, request: &Request, outcome: &Outcome, plan: &Plan, now_ms: i64) {
+        self.ids.push(id);
+        self.keys.push(request.key.clone());
+        self.kinds.push(request.op.kind());
+        self.hashes.push(request.payload_hash.to_vec());
+        self.outcomes.push(outcome.encode_to_vec());
+        self.times.push(now_ms);
+        for (account, amount) in &plan.entries {
+            self.entry_txns.push(id);
+            self.entry_accounts.push(account.to_string());
+            self.entry_amounts.push(amount.nano());
+        }
+    }
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome, Error> {

@@ -234,25 +234,7 @@ impl Auditor {
 /// The holder accounts an operation names (a refusal must leave them as they were).
 fn named(op: &Op) -> Vec<Account> {
     let mut accounts = op.needs().accounts;
-    match op {
-        Op::Transfer { to, .. } => accounts.push(Account::Wallet(to.clone())),
-        Op::Stake { address, .. } => accounts.push(Account::Stake(address.clone())),
-        Op::Unstake { address, .. } => accounts.push(Account::Wallet(address.clone())),
-        Op::Training { payout, .. } => accounts.push(Account::Wallet(payout.clone())),
-        Op::Slash { reporter, .. } => accounts.push(Account::Wallet(reporter.clone())),
-        Op::Escrow { request_id, .. } => accounts.push(Account::Escrow(request_id.clone())),
-        Op::Settle {
-            driver,
-            processors,
-            validator,
-            ..
-        } => accounts.extend(
-            std::iter::once(driver)
-                .chain(processors)
-                .chain(std::iter::once(validator))
-                .map(|n| Account::Wallet(n.clone())),
-        ),
-    }
+    accounts.extend(op.credits());
     accounts
 }
 
@@ -299,7 +281,7 @@ fn simulate(seed: u64, operations: usize) -> usize {
         let nonces_before = request
             .nonce
             .as_ref()
-            .map(|(signer, _)| ledger.nonces.get(signer).copied());
+            .map(|(signer, _)| ledger.state.nonces.get(signer).copied());
         match rng.random_range(0..100) {
             // Crash before the commit: nothing happened; the client sends it again later.
             0..=2 => {
@@ -354,7 +336,7 @@ fn simulate(seed: u64, operations: usize) -> usize {
                     let nonces_after = request
                         .nonce
                         .as_ref()
-                        .map(|(signer, _)| ledger.nonces.get(signer).copied());
+                        .map(|(signer, _)| ledger.state.nonces.get(signer).copied());
                     assert_eq!(
                         ledger.journal.len(),
                         journal_before,
