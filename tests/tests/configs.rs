@@ -139,7 +139,7 @@ fn every_gateway_key_is_one_the_gateway_takes() {
         "https://127.0.0.1:7401",
     )
     .unwrap()
-    .api_key("sk-test-0123456789abcdef", "local")
+    .api_key("sk-test-0123456789abcdef", &"c".repeat(40))
     .per_hop_deadline_ms(250)
     .backoff_ms(1_000)
     .tls(&tls())
@@ -148,8 +148,19 @@ fn every_gateway_key_is_one_the_gateway_takes() {
     .unwrap()
     .node_pids_file(Path::new("pids.json"))
     .unwrap()
-    .aggregator("https://127.0.0.1:7601");
+    .aggregator("https://127.0.0.1:7601")
+    .billing("https://127.0.0.1:7701", Path::new("gateway.key"), "net")
+    .unwrap();
     let config: GatewayConfig = read(toml.table());
+    assert_eq!(
+        config.billing.ledger.as_deref(),
+        Some("https://127.0.0.1:7701")
+    );
+    assert_eq!(
+        config.billing.key_file.as_deref(),
+        Some(Path::new("gateway.key"))
+    );
+    assert_eq!(config.billing.network_id, "net");
     config.validate().unwrap();
     assert_eq!(config.listen, ([127, 0, 0, 1], 8081).into());
     assert_eq!(config.model, "neurollm");
@@ -157,7 +168,7 @@ fn every_gateway_key_is_one_the_gateway_takes() {
     assert_eq!(config.registry, "https://127.0.0.1:7401");
     assert_eq!(config.api_keys.len(), 1);
     assert_eq!(config.api_keys[0].key, "sk-test-0123456789abcdef");
-    assert_eq!(config.api_keys[0].account, "local");
+    assert_eq!(config.api_keys[0].account, "c".repeat(40));
     assert_eq!(
         (config.per_hop_deadline_ms, config.backoff_ms),
         (250, 1_000)

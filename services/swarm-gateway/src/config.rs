@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub replay: ReplayBudget,
     /// Signed reports of what this gateway measures of each node, for the registry.
     pub observer: ObserverSettings,
+    /// Charging for inference through the ledger (unset `billing.ledger`: inference is free).
+    pub billing: BillingSettings,
     /// How long one decode hop may take before the generator fails over (read by the
     /// generator). The floor: a node the gateway measured as busy gets what its latency and
     /// load justify, up to `prefill_deadline_ms`.
@@ -139,6 +141,31 @@ pub struct ObserverSettings {
     pub min_samples: u32,
 }
 
+/// The `[billing]` section: with a ledger, every request escrows its most possible cost from
+/// the wallet its API key's `account` names (a 40-hex address) before any compute, and settles
+/// what was delivered when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// The ledger's gRPC URL.
+    pub ledger: Option<String>,
+    /// The key escrows and settlements are signed with (created, mode 0600, when missing);
+    /// the ledger's `gateways` must list its node id, which the gateway logs at start.
+    pub key_file: Option<PathBuf>,
+    /// The network the ledger serves (part of every signature).
+    pub network_id: String,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            ledger: None,
+            key_file: None,
+            network_id: "neuroshard-local".into(),
+        }
+    }
+}
+
 impl Default for ObserverSettings {
     fn default() -> Self {
         Self {
@@ -174,6 +201,7 @@ impl Default for GatewayConfig {
             admission: Admission::default(),
             replay: ReplayBudget::default(),
             observer: ObserverSettings::default(),
+            billing: BillingSettings::default(),
             per_hop_deadline_ms: 200,
             registry: "https://127.0.0.1:7400".into(),
             prefill_deadline_ms: 5_000,
@@ -305,6 +333,32 @@ impl GatewayConfig {
         }
         if self.per_hop_deadline_ms == 0 {
             return Err(bad("per_hop_deadline_ms must be at least 1".into()));
+        }
+        if let Some(ledger) = &self.billing.ledger {
+            self.tls
+                .check_scheme("billing.ledger", ledger)
+                .map_err(|e| bad(e.message))?;
+            if self.billing.key_file.is_none() {
+                return Err(bad(
+                    "billing.key_file is required with billing.ledger: escrows are signed with it"
+                        .into(),
+                ));
+            }
+            if self.billing.network_id.trim().is_empty() {
+                return Err(bad("billing.network_id must not be empty".into()));
+            }
+            for (i, entry) in self.api_keys.iter().enumerate() {
+                let address = &entry.account;
+                if !(address.len() == 40
+                    && address
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                {
+                    return Err(bad(format!(
+                        "api_keys[{i}].account must be a wallet address (40 lowercase hex digits) when billing.ledger is set: requests are charged to it"
+                    )));
+                }
+            }
         }
         let o = &self.observer;
         if o.key_file.is_some() {

@@ -64,6 +64,16 @@ impl ModelCard {
     }
 }
 
+/// The nodes that served a generation, for its settlement: the node that ran the embedding,
+/// every node that held a hop (failover replacements included), and the node that ran the
+/// head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedRoute {
+    pub driver: String,
+    pub processors: Vec<String>,
+    pub validator: String,
+}
+
 /// Produces tokens for the HTTP layer. Implemented by the routed swarm engine.
 pub trait Generator: Send + Sync + 'static {
     /// The served model.
@@ -78,4 +88,10 @@ pub trait Generator: Send + Sync + 'static {
 
     /// The swarm as the status document shows it.
     fn status(&self) -> crate::status::SwarmStatus;
+
+    /// Who served generation `request_id` (in flight or recently finished), when known.
+    fn served(&self, request_id: &str) -> Option<ServedRoute> {
+        let _ = request_id;
+        None
+    }
 }

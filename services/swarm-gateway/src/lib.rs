@@ -22,15 +22,17 @@
 //! 6. [`engine`]: the production generator: live assignment view, route choice, per-hop
 //!    deadlines, failover with KV-cache replay, request tracking.
 //!
-//! Beside the request path: [`config`] ([`GatewayConfig`], layered defaults < TOML <
+//! Beside the request path: [`billing`] (escrow before compute, settlement of what was
+//! delivered, through the ledger), [`config`] ([`GatewayConfig`], layered defaults < TOML <
 //! `NEUROSHARD_GATEWAY_*`), [`status`] (the `/api/v1/status` document the dashboard draws),
 //! and [`server`] ([`run`] the whole gateway, or [`serve`] the API with any generator).
 //!
 //! Dependencies point one way: `routes` → `answer` → `api` → `http` → `config`/`generator`;
-//! `engine` implements `generator` and knows nothing of HTTP.
+//! `engine` implements `generator` and knows nothing of HTTP; `billing` neither.
 
 pub mod answer;
 pub mod api;
+pub mod billing;
 pub mod config;
 pub mod engine;
 pub mod generator;

@@ -28,6 +28,46 @@ pub struct SwarmStatus {
     pub throughput: ThroughputStatus,
     /// Present while a training run reports rounds.
     pub training: Option<TrainingStatus>,
+    /// Present when the gateway charges for inference through a ledger.
+    pub billing: Option<BillingStatus>,
+}
+
+/// What inference has cost through this gateway since it started (the detail view lists
+/// the recent charges; the summary only the totals).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BillingStatus {
+    /// The ledger's URL and this gateway's node id there (the ledger's `gateways` lists it).
+    pub ledger: String,
+    pub gateway_id: String,
+    /// The price locked by the latest escrow, nano-NEURO per token.
+    pub price_per_token: i64,
+    pub requests_settled: u64,
+    pub tokens_charged: u64,
+    /// Nano-NEURO charged in settled requests (burn and route shares included).
+    pub charged: i64,
+    /// Requests refused for a short balance (429 `insufficient_quota`).
+    pub refused_unfunded: u64,
+    /// Settlements the ledger has not acknowledged yet (retried until it does).
+    pub settling: u64,
+    /// The most recent charges, newest first.
+    pub recent: Vec<ChargeStatus>,
+}
+
+/// One settled request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChargeStatus {
+    pub request_id: String,
+    /// The wallet charged (null in the summary view).
+    pub payer: Option<String>,
+    pub price_per_token: i64,
+    /// Prompt tokens (each choice's) plus the completion tokens delivered.
+    pub tokens: u64,
+    pub charged: i64,
+    pub escrowed: i64,
+    pub driver: String,
+    pub processors: Vec<String>,
+    pub validator: String,
+    pub transaction: u64,
 }
 
 /// The view names of [`SwarmStatus::view`].
@@ -49,6 +89,11 @@ impl SwarmStatus {
         if let Some(training) = &mut self.training {
             for pipeline in &mut training.pipelines {
                 pipeline.error = None;
+            }
+        }
+        if let Some(billing) = &mut self.billing {
+            for charge in &mut billing.recent {
+                charge.payer = None;
             }
         }
         self
@@ -112,6 +157,10 @@ pub struct RequestStatus {
     pub state: String,
     /// The node id serving each hop, in order; updated on failover.
     pub route: Vec<String>,
+    /// Every node that held a hop of it, in the order they joined (failovers included): who
+    /// its settlement pays. Not in the document (the route shows the current hops).
+    #[serde(skip)]
+    pub served: Vec<String>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub started_ms: u64,

@@ -389,6 +389,15 @@ impl GatewayToml {
         Ok(self.set("observer", toml::Value::Table(table)))
     }
 
+    /// Charges inference through the ledger at `ledger`, signing with the key in `key_file`.
+    pub fn billing(self, ledger: &str, key_file: &Path, network_id: &str) -> Result<Self> {
+        let mut table = toml::Table::new();
+        table.insert("ledger".into(), ledger.into());
+        table.insert("key_file".into(), value("billing.key_file", key_file)?);
+        table.insert("network_id".into(), network_id.into());
+        Ok(self.set("billing", toml::Value::Table(table)))
+    }
+
     /// The node id → pid file the local swarm keeps.
     pub fn node_pids_file(self, path: &Path) -> Result<Self> {
         Ok(self.set("node_pids_file", value("node_pids_file", path)?))

@@ -27,10 +27,10 @@ use neuroshard_common::identity::NodeKey;
 use neuroshard_runtime::tls::TlsFiles;
 
 use crate::backoff::RestartPolicy;
-use crate::configs::{AggregatorToml, GatewayToml, RegistryToml, WorkerToml};
+use crate::configs::{AggregatorToml, GatewayToml, LedgerToml, RegistryToml, WorkerToml};
 use crate::pki::LocalPki;
 use crate::service::{
-    AGGREGATOR_BINARY, GATEWAY_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY,
+    AGGREGATOR_BINARY, GATEWAY_BINARY, LEDGER_BINARY, Launcher, REGISTRY_BINARY, WORKER_BINARY,
     exited_during_start_up,
 };
 use crate::supervisor::{ProcessHandle, ProcessStatus, Supervisor, SupervisorEvent};
@@ -83,6 +83,10 @@ pub struct SwarmOptions {
     /// Train while serving: every worker gets this `[training]` section (the first stage of
     /// each pipeline drives it). `None`: the swarm only serves.
     pub training: Option<SwarmTraining>,
+    /// Run the ledger and charge inference to the local user's wallet (`wallet.key` in the
+    /// state directory, which the API key's account names). The ledger trusts the swarm's
+    /// aggregator key and gateway key.
+    pub ledger: bool,
 }
 
 /// The swarm's training pipelines: what their Drivers train on and how.
@@ -172,6 +176,7 @@ impl SwarmOptions {
             plaintext: false,
             restart: Some(RestartPolicy::default()),
             training: None,
+            ledger: false,
         }
     }
 
@@ -230,6 +235,10 @@ pub struct LocalSwarm {
     /// The diloco-aggregator, when the swarm trains.
     pub aggregator: Option<ProcessHandle>,
     pub aggregator_url: Option<String>,
+    /// The ledger and the local user's wallet key, with `SwarmOptions::ledger`.
+    pub ledger: Option<ProcessHandle>,
+    pub ledger_url: Option<String>,
+    pub wallet_key: Option<PathBuf>,
     /// What a client of the swarm's gRPC links (this harness, a test) dials with: its own
     /// certificate under the run's CA, the given files, or none for plaintext.
     pub client_tls: TlsFiles,
@@ -278,7 +287,13 @@ impl Transport {
         if options.plaintext {
             return Ok(Self::Plaintext);
         }
-        let mut names = vec![REGISTRY_BINARY, GATEWAY_BINARY, AGGREGATOR_BINARY, CLIENT];
+        let mut names = vec![
+            REGISTRY_BINARY,
+            GATEWAY_BINARY,
+            AGGREGATOR_BINARY,
+            LEDGER_BINARY,
+            CLIENT,
+        ];
         names.extend(workers.iter().map(String::as_str));
         Ok(Self::Issued(LocalPki::issue(
             &options.state_dir.join("tls"),
@@ -427,6 +442,44 @@ impl LocalSwarm {
             None => (None, None),
         };
 
+        let (ledger, ledger_url, wallet_key) = if options.ledger {
+            let port = free_port()?;
+            let key_id = |path: &Path| {
+                NodeKey::load_or_create(path)
+                    .map(|k| k.node_id().to_string())
+                    .map_err(|e| LocalError(format!("{}: {e}", path.display())))
+            };
+            // The aggregator's key exists before it starts, so the ledger can trust it.
+            let aggregator_id = key_id(&options.state_dir.join("aggregator.key"))?;
+            let gateway_id = key_id(&gateway_key)?;
+            let wallet = options.state_dir.join("wallet.key");
+            key_id(&wallet)?;
+            let mut config = LedgerToml::new(NETWORK, port, &pg.create_database("ledger")?)
+                .tls(&transport.files(LEDGER_BINARY))?
+                .aggregators(&[&aggregator_id])
+                .gateways(&[&gateway_id]);
+            if let Some(training) = &options.training {
+                config = config.tokens_per_batch(training.batch_size * training.seq_len);
+            }
+            let scheme = if config.serves_tls() { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{port}");
+            let process = supervisor.add(
+                LEDGER_BINARY,
+                spawner(
+                    &launcher,
+                    LEDGER_BINARY,
+                    LEDGER_BINARY,
+                    config.table().clone(),
+                    Vec::new(),
+                ),
+            )?;
+            wait_listening(&launcher, &process, LEDGER_BINARY, port, deadline)?;
+            progress(&format!("ledger ready at {url}"));
+            (Some(process), Some(url), Some(wallet))
+        } else {
+            (None, None, None)
+        };
+
         let stages = if options.workers >= 4 {
             options.workers / 2
         } else {
@@ -483,9 +536,17 @@ impl LocalSwarm {
         supervisor.on_spawn(move |statuses| {
             let _ = write_pids(&hook_file, &node_names, statuses);
         });
+        // With the ledger, requests are charged to the local user's wallet.
+        let account = match &wallet_key {
+            Some(path) => NodeKey::load(path)
+                .map_err(|e| LocalError(format!("{}: {e}", path.display())))?
+                .node_id()
+                .to_string(),
+            None => "local".to_string(),
+        };
         let mut gateway_config =
             GatewayToml::new(gateway_port, "neurollm", &tokenizer, &registry_url)?
-                .api_key(&options.api_key, "local")
+                .api_key(&options.api_key, &account)
                 .per_hop_deadline_ms(options.hop_deadline_ms)
                 .backoff_ms(1_000)
                 .observer(&gateway_key, NETWORK)?
@@ -493,6 +554,9 @@ impl LocalSwarm {
                 .node_pids_file(&pids_file)?;
         if let Some(url) = &aggregator_url {
             gateway_config = gateway_config.aggregator(url);
+        }
+        if let Some(url) = &ledger_url {
+            gateway_config = gateway_config.billing(url, &gateway_key, NETWORK)?;
         }
         let report = options.checkpoint.join(TRAINING_REPORT_FILE);
         if report.exists() {
@@ -518,6 +582,9 @@ impl LocalSwarm {
             registry,
             aggregator,
             aggregator_url,
+            ledger,
+            ledger_url,
+            wallet_key,
             supervisor,
             pg,
             options: options.clone(),

@@ -135,8 +135,9 @@ impl TlsFiles {
         Ok(Some(config))
     }
 
-    /// A channel to `url`, with TLS when the URL is `https://`.
-    pub async fn connect(&self, url: &str) -> Result<tonic::transport::Channel> {
+    /// An endpoint for `url`, with TLS when the URL is `https://` (not yet connected: a
+    /// caller may connect it lazily).
+    pub fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::invalid_argument(format!("endpoint `{url}`: {e}")))?;
         if url.starts_with("https://") {
@@ -149,7 +150,12 @@ impl TlsFiles {
                 .tls_config(tls)
                 .map_err(|e| Error::invalid_argument(format!("tls for `{url}`: {e}")))?;
         }
-        endpoint.connect().await.map_err(|e| {
+        Ok(endpoint)
+    }
+
+    /// A channel to `url`, with TLS when the URL is `https://`.
+    pub async fn connect(&self, url: &str) -> Result<tonic::transport::Channel> {
+        self.endpoint(url)?.connect().await.map_err(|e| {
             Error::new(
                 neuroshard_common::ErrorKind::Unavailable,
                 format!("connecting to {url}: {e}"),

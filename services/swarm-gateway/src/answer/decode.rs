@@ -20,8 +20,12 @@ use crate::http::telemetry::RequestClock;
 /// What a choice reports, in order: text pieces, then exactly one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChoiceEvent {
-    /// Newly released text (never empty).
-    Text(String),
+    /// Newly released text (never empty), and the tokens the choice has generated in all
+    /// once it is delivered (what a client that leaves after it is charged for).
+    Text {
+        text: String,
+        tokens: u32,
+    },
     Done {
         finish: Finish,
         /// Tokens generated, including those of a stop sequence that was cut.
@@ -115,7 +119,13 @@ async fn decode_choice<F, Fut>(
                     trimming = piece.is_empty();
                 }
                 let released = stops.push(&piece);
-                if !released.text.is_empty() && !emit(ChoiceEvent::Text(released.text)).await {
+                if !released.text.is_empty()
+                    && !emit(ChoiceEvent::Text {
+                        text: released.text,
+                        tokens: count,
+                    })
+                    .await
+                {
                     return;
                 }
                 if released.stopped {
@@ -125,7 +135,13 @@ async fn decode_choice<F, Fut>(
                 // The generator should end here by itself; the gateway holds the line anyway.
                 if count >= rules.max_tokens {
                     let tail = stops.finish();
-                    if !tail.is_empty() && !emit(ChoiceEvent::Text(tail)).await {
+                    if !tail.is_empty()
+                        && !emit(ChoiceEvent::Text {
+                            text: tail,
+                            tokens: count,
+                        })
+                        .await
+                    {
                         return;
                     }
                     emit(done(Finish::Length, count)).await;
@@ -134,7 +150,13 @@ async fn decode_choice<F, Fut>(
             }
             Step::Finished(reason) => {
                 let tail = stops.finish();
-                if !tail.is_empty() && !emit(ChoiceEvent::Text(tail)).await {
+                if !tail.is_empty()
+                    && !emit(ChoiceEvent::Text {
+                        text: tail,
+                        tokens: count,
+                    })
+                    .await
+                {
                     return;
                 }
                 let finish = match reason {
@@ -196,7 +218,7 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e {
-                ChoiceEvent::Text(t) => Some(t.as_str()),
+                ChoiceEvent::Text { text, .. } => Some(text.as_str()),
                 _ => None,
             })
             .collect()

@@ -8,6 +8,11 @@
 //!    [`streamed`] (server-sent events as the text is released).
 //!
 //! Both answers consume the same events, so a request gives the same text either way.
+//!
+//! With billing, a [`Bill`] is opened between admission and the first choice (the escrow:
+//! a short balance is 429 `insufficient_quota` before any compute) and travels with the
+//! answer, which tells it what each choice delivered; it settles when the answer ends or
+//! is dropped (the client gone).
 
 pub mod decode;
 pub mod stop;
@@ -25,8 +30,10 @@ use streamed::StreamSpec;
 use crate::api::params::Plan;
 use crate::api::response::{Endpoint, ResponseMeta};
 use crate::api::wire::{new_id, unix_now};
+use crate::billing::{Bill, BillRequest};
 use crate::generator::{GenerationJob, TokenStream};
 use crate::http::admission::Turn;
+use crate::http::api_keys::Account;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::http::telemetry::RequestClock;
@@ -37,6 +44,7 @@ const EVENTS_PER_CHOICE: usize = 32;
 /// Runs `plan` and answers it, in the documents of `endpoint`.
 pub async fn answer_plan(
     state: &AppState,
+    account: &Account,
     endpoint: Endpoint,
     plan: Plan,
 ) -> Result<Response, ApiError> {
@@ -50,6 +58,31 @@ pub async fn answer_plan(
     let turn = state.admission().admit().await?;
     let prompt_tokens = u32::try_from(plan.prompt.len()).unwrap_or(u32::MAX);
     metrics::counter!(gateway::PROMPT_TOKENS).increment(u64::from(prompt_tokens));
+    let bill = match state.ledger() {
+        Some(ledger) => Some(
+            Bill::open(
+                ledger,
+                state.generator().clone(),
+                BillRequest {
+                    request_id: meta.id.clone(),
+                    payer: account.0.clone(),
+                    choices: choice_ids(&meta.id, plan.n),
+                    prompt_tokens,
+                    max_tokens: plan.max_tokens,
+                    utilisation_ppm: state.admission().utilisation_ppm(),
+                },
+            )
+            .await
+            .map_err(|e| {
+                if e.kind == neuroshard_common::ErrorKind::ResourceExhausted {
+                    ApiError::insufficient_quota(e.message)
+                } else {
+                    ApiError::from(e)
+                }
+            })?,
+        ),
+        None => None,
+    };
     let events = start_choices(state, &meta, &plan, &turn);
     if plan.stream {
         let spec = StreamSpec {
@@ -58,9 +91,9 @@ pub async fn answer_plan(
             prompt_tokens,
             include_usage: plan.include_usage,
         };
-        streamed::answer_streamed(spec, events).await
+        streamed::answer_streamed(spec, events, bill).await
     } else {
-        whole::answer_whole(&meta, plan.n, prompt_tokens, events).await
+        whole::answer_whole(&meta, plan.n, prompt_tokens, events, bill).await
     }
 }
 
@@ -74,12 +107,7 @@ fn start_choices(
 ) -> mpsc::Receiver<Tagged> {
     let clock = RequestClock::start(meta.endpoint.path());
     let (tx, rx) = mpsc::channel(EVENTS_PER_CHOICE * plan.n as usize);
-    for index in 0..plan.n {
-        let request_id = if plan.n == 1 {
-            meta.id.clone()
-        } else {
-            format!("{}-{index}", meta.id)
-        };
+    for (index, request_id) in (0..plan.n).zip(choice_ids(&meta.id, plan.n)) {
         let job = GenerationJob {
             request_id,
             prompt: plan.prompt.clone(),
@@ -102,6 +130,15 @@ fn start_choices(
         );
     }
     rx
+}
+
+/// The generation ids of a request's `n` choices: its id, or `<id>-<index>` for several.
+fn choice_ids(id: &str, n: u32) -> Vec<String> {
+    if n == 1 {
+        vec![id.to_string()]
+    } else {
+        (0..n).map(|index| format!("{id}-{index}")).collect()
+    }
 }
 
 /// `tokens`, keeping `turn` until the stream is dropped (finished, failed or cancelled).

@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use super::decode::{ChoiceEvent, Tagged};
 use crate::api::response::ResponseMeta;
 use crate::api::wire::Usage;
+use crate::billing::Bill;
 use crate::http::error::ApiError;
 
 /// Comment lines keep proxies from closing a stream while a long prompt is processed.
@@ -37,6 +38,7 @@ pub struct StreamSpec {
 pub async fn answer_streamed(
     spec: StreamSpec,
     mut events: mpsc::Receiver<Tagged>,
+    bill: Option<Bill>,
 ) -> Result<Response, ApiError> {
     let first = match events.recv().await {
         Some((_, ChoiceEvent::Failed(e))) => return Err(e),
@@ -49,23 +51,45 @@ pub async fn answer_streamed(
         events: Some(events),
         outbox: VecDeque::new(),
         completion_tokens: 0,
+        escrowed: bill.as_ref().map(Bill::escrowed),
+        bill,
     };
     let mut state = state;
     state.handle(first);
-    Ok(Sse::new(state.into_stream())
+    let escrowed = state.escrowed;
+    let mut response = Sse::new(state.into_stream())
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+        .into_response();
+    // The final charge is in the usage chunk (`usage.cost`); the headers go first.
+    if let Some(e) = escrowed {
+        for (name, value) in [
+            (
+                "x-neuroshard-price-per-token",
+                e.price_per_token.to_string(),
+            ),
+            ("x-neuroshard-escrowed", e.escrowed.to_string()),
+        ] {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    Ok(response)
 }
 
 struct StreamState {
     spec: StreamSpec,
     /// `None` once the stream has ended (all choices done, or an error).
     events: Option<mpsc::Receiver<Tagged>>,
-    /// Events made from one choice event but not yet sent.
-    outbox: VecDeque<Event>,
+    /// Events made from one choice event but not yet sent, each with the (choice, tokens
+    /// generated) it delivers.
+    outbox: VecDeque<(Event, Option<(u32, u32)>)>,
     /// Whether each choice has sent its first chunk.
     started: Vec<bool>,
     completion_tokens: u32,
+    /// Settles what was delivered when the stream ends or is dropped (the client gone).
+    bill: Option<Bill>,
+    escrowed: Option<crate::billing::Escrowed>,
 }
 
 fn data(value: &Value) -> Event {
@@ -82,7 +106,10 @@ impl StreamState {
 
     async fn next_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.outbox.pop_front() {
+            if let Some((event, delivers)) = self.outbox.pop_front() {
+                if let (Some(bill), Some((index, tokens))) = (self.bill.as_mut(), delivers) {
+                    bill.delivered(index, tokens);
+                }
                 return Some(event);
             }
             let events = self.events.as_mut()?;
@@ -101,10 +128,12 @@ impl StreamState {
         };
         let first = !*started;
         match event {
-            ChoiceEvent::Text(text) => {
+            ChoiceEvent::Text { text, tokens } => {
                 *started = true;
-                self.outbox
-                    .push_back(data(&meta.chunk(index, text, None, first)));
+                self.outbox.push_back((
+                    data(&meta.chunk(index, text, None, first)),
+                    Some((index, tokens)),
+                ));
             }
             ChoiceEvent::Done {
                 finish,
@@ -112,12 +141,14 @@ impl StreamState {
             } => {
                 *started = true;
                 self.completion_tokens += completion_tokens;
-                self.outbox
-                    .push_back(data(&meta.chunk(index, String::new(), Some(finish), first)));
+                self.outbox.push_back((
+                    data(&meta.chunk(index, String::new(), Some(finish), first)),
+                    Some((index, completion_tokens)),
+                ));
             }
             ChoiceEvent::Failed(error) => {
                 let body = serde_json::to_value(error.body()).unwrap_or(Value::Null);
-                self.outbox.push_back(data(&body));
+                self.outbox.push_back((data(&body), None));
                 // Dropping the receiver stops the other choices.
                 self.events = None;
             }
@@ -127,11 +158,17 @@ impl StreamState {
     /// Every choice is done: usage if asked for, then `[DONE]`.
     fn finish(&mut self) {
         if self.spec.include_usage {
-            let usage = Usage::new(self.spec.prompt_tokens, self.completion_tokens);
+            // The charge once the finish chunks ahead of it are delivered.
+            let cost = self
+                .bill
+                .as_ref()
+                .map(|bill| bill.cost_for(u64::from(self.completion_tokens)));
+            let usage = Usage::new(self.spec.prompt_tokens, self.completion_tokens).with_cost(cost);
             self.outbox
-                .push_back(data(&self.spec.meta.usage_chunk(usage)));
+                .push_back((data(&self.spec.meta.usage_chunk(usage)), None));
         }
-        self.outbox.push_back(Event::default().data("[DONE]"));
+        self.outbox
+            .push_back((Event::default().data("[DONE]"), None));
         self.events = None;
     }
 }

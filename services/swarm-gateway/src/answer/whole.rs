@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::decode::{ChoiceEvent, Tagged};
 use crate::api::response::{FinishedChoice, ResponseMeta};
 use crate::api::wire::Usage;
+use crate::billing::{Bill, Cost};
 use crate::http::error::ApiError;
 
 /// Answers the `n` choices whose events arrive on `events` as one document.
@@ -17,10 +18,23 @@ pub async fn answer_whole(
     n: u32,
     prompt_tokens: u32,
     events: mpsc::Receiver<Tagged>,
+    mut bill: Option<Bill>,
 ) -> Result<Response, ApiError> {
-    let (choices, completion_tokens) = collect(events, n).await?;
-    let usage = Usage::new(prompt_tokens, completion_tokens);
-    Ok(Json(meta.response(choices, usage)).into_response())
+    // Dropped with `bill` if the client leaves first: then nothing was delivered.
+    let (choices, per_choice) = collect(events, n).await?;
+    let completion_tokens = per_choice.iter().sum();
+    let cost = bill.as_mut().map(|bill| {
+        for (index, tokens) in (0u32..).zip(&per_choice) {
+            bill.delivered(index, *tokens);
+        }
+        bill.cost()
+    });
+    let usage = Usage::new(prompt_tokens, completion_tokens).with_cost(cost);
+    let mut response = Json(meta.response(choices, usage)).into_response();
+    if let Some(cost) = cost {
+        cost_headers(response.headers_mut(), &cost);
+    }
+    Ok(response)
 }
 
 /// Waits for every choice; the first failure answers the request (and, by dropping the
@@ -28,20 +42,20 @@ pub async fn answer_whole(
 async fn collect(
     mut events: mpsc::Receiver<Tagged>,
     n: u32,
-) -> Result<(Vec<FinishedChoice>, u32), ApiError> {
+) -> Result<(Vec<FinishedChoice>, Vec<u32>), ApiError> {
     let mut texts = vec![String::new(); n as usize];
     let mut finishes = vec![None; n as usize];
-    let mut completion_tokens = 0;
+    let mut completion_tokens = vec![0; n as usize];
     while let Some((index, event)) = events.recv().await {
         let i = index as usize;
         match event {
-            ChoiceEvent::Text(text) => texts[i].push_str(&text),
+            ChoiceEvent::Text { text, .. } => texts[i].push_str(&text),
             ChoiceEvent::Done {
                 finish,
                 completion_tokens: count,
             } => {
                 finishes[i] = Some(finish);
-                completion_tokens += count;
+                completion_tokens[i] = count;
             }
             ChoiceEvent::Failed(e) => return Err(e),
         }
@@ -56,4 +70,21 @@ async fn collect(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((choices, completion_tokens))
+}
+
+/// The charge of a billed request, beside its usage: nano-NEURO per token, tokens charged,
+/// and nano-NEURO charged.
+pub fn cost_headers(headers: &mut axum::http::HeaderMap, cost: &Cost) {
+    for (name, value) in [
+        (
+            "x-neuroshard-price-per-token",
+            cost.price_per_token.to_string(),
+        ),
+        ("x-neuroshard-tokens-charged", cost.tokens.to_string()),
+        ("x-neuroshard-charged", cost.charged.to_string()),
+    ] {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
 }

@@ -43,6 +43,10 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// With billing: what the request was charged (nano-NEURO per token, the tokens charged,
+    /// and their product). A NeuroShard field; absent when inference is free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::billing::Cost>,
 }
 
 impl Usage {
@@ -51,7 +55,12 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            cost: None,
         }
+    }
+
+    pub fn with_cost(self, cost: Option<crate::billing::Cost>) -> Self {
+        Self { cost, ..self }
     }
 }
 

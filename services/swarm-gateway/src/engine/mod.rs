@@ -194,6 +194,10 @@ impl Generator for SwarmEngine {
         Box::pin(ReceiverStream::new(rx))
     }
 
+    fn served(&self, request_id: &str) -> Option<crate::generator::ServedRoute> {
+        self.state.tracker().served(request_id)
+    }
+
     fn status(&self) -> SwarmStatus {
         let now = epoch_ms();
         let view = self.state.view();
@@ -274,6 +278,8 @@ impl Generator for SwarmEngine {
                     progress.rounds,
                 )
             },
+            // Filled in by the HTTP layer, which holds the ledger.
+            billing: None,
         }
     }
 }

@@ -39,8 +39,26 @@ impl Tracker {
 
     pub fn set_route(&mut self, id: &str, route: Vec<String>) {
         if let Some(r) = self.active.get_mut(id) {
+            for node in &route {
+                if !r.served.contains(node) {
+                    r.served.push(node.clone());
+                }
+            }
             r.route = route;
         }
+    }
+
+    /// Who served request `id`: its route's ends now, and every node that held a hop.
+    pub fn served(&self, id: &str) -> Option<crate::generator::ServedRoute> {
+        let r = self
+            .active
+            .get(id)
+            .or_else(|| self.recent.iter().find(|r| r.id == id))?;
+        Some(crate::generator::ServedRoute {
+            driver: r.route.first()?.clone(),
+            processors: r.served.clone(),
+            validator: r.route.last()?.clone(),
+        })
     }
 
     pub fn failover(&mut self, id: &str) {
@@ -135,6 +153,12 @@ mod tests {
         t.token("r1", 1_040);
         t.failover("r1");
         t.set_route("r1", vec!["a".into(), "c".into()]);
+        let served = t.served("r1").unwrap();
+        assert_eq!(
+            (served.driver.as_str(), served.validator.as_str()),
+            ("a", "c")
+        );
+        assert_eq!(served.processors, ["a", "b", "c"]);
         t.token("r1", 1_050);
         let now = t.requests();
         assert_eq!(now[0].state, "streaming");

@@ -52,6 +52,16 @@ impl AdmissionGate {
         }
     }
 
+    /// Demand over capacity now, parts per million: running requests (and those waiting)
+    /// over the running limit. What the inference price rises with.
+    pub fn utilisation_ppm(&self) -> u64 {
+        let running =
+            u64::from(self.max_running).saturating_sub(self.running.available_permits() as u64);
+        let waiting =
+            u64::from(self.max_waiting).saturating_sub(self.waiting.available_permits() as u64);
+        (running + waiting) * 1_000_000 / u64::from(self.max_running.max(1))
+    }
+
     fn busy(&self) -> ApiError {
         ApiError::server_busy(
             format!(

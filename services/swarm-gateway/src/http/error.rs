@@ -105,6 +105,16 @@ impl ApiError {
         Self::new(ErrorKind::Unauthenticated, message).with_code("invalid_api_key")
     }
 
+    /// The key's wallet cannot cover the request's most possible cost: 429 with OpenAI's
+    /// `insufficient_quota` type and code, answered before any compute.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        let mut e =
+            Self::new(ErrorKind::ResourceExhausted, message).with_code("insufficient_quota");
+        e.status = StatusCode::TOO_MANY_REQUESTS;
+        e.kind = "insufficient_quota";
+        e
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             ErrorKind::NotFound,
@@ -276,6 +286,10 @@ mod tests {
             (not_ready.kind, not_ready.code),
             ("server_error", Some("model_not_ready"))
         );
+        let broke = ApiError::insufficient_quota("You exceeded your current quota");
+        assert_eq!(broke.status.as_u16(), 429);
+        assert_eq!(json(&broke)["error"]["type"], "insufficient_quota");
+        assert_eq!(json(&broke)["error"]["code"], "insufficient_quota");
         let busy = ApiError::server_busy("full", 2);
         assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(json(&busy)["error"]["type"], "rate_limit_exceeded");

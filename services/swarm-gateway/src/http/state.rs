@@ -10,6 +10,7 @@ use neuroshard_text::tokenizer::TextTokenizer;
 use super::admission::AdmissionGate;
 use super::api_keys::ApiKeys;
 use super::telemetry;
+use crate::billing::Ledger;
 use crate::config::GatewayConfig;
 use crate::generator::Generator;
 
@@ -27,6 +28,8 @@ struct AppResources {
     api_keys: ApiKeys,
     admission: AdmissionGate,
     metrics: PrometheusHandle,
+    /// Charges inference when billing is on.
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -54,8 +57,10 @@ impl AppState {
                 config.model, card.id
             )));
         }
+        let ledger = Ledger::from_settings(&config.billing, &config.tls)?;
         Ok(Self {
             resources: Arc::new(AppResources {
+                ledger,
                 api_keys: ApiKeys::new(&config.api_keys),
                 admission: AdmissionGate::new(&config.admission),
                 metrics: telemetry::prometheus()?,
@@ -84,6 +89,10 @@ impl AppState {
 
     pub fn admission(&self) -> &AdmissionGate {
         &self.resources.admission
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.resources.ledger.as_ref()
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

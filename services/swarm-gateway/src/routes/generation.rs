@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::Response;
 use neuroshard_common::Error;
@@ -14,6 +15,7 @@ use crate::answer::answer_plan;
 use crate::api::chat::ChatRequest;
 use crate::api::completions::CompletionRequest;
 use crate::api::response::Endpoint;
+use crate::http::api_keys::Account;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::http::state::AppState;
@@ -21,6 +23,7 @@ use crate::http::state::AppState;
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(account): Extension<Account>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let card = runnable_model(&state, &request.model)?;
@@ -29,12 +32,13 @@ pub async fn completions(
     let plan = request
         .knobs()
         .plan(prompt, &card, &state.config().limits)?;
-    answer_plan(&state, Endpoint::Completion, plan).await
+    answer_plan(&state, &account, Endpoint::Completion, plan).await
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
+    Extension(account): Extension<Account>,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let card = runnable_model(&state, &request.model)?;
@@ -42,7 +46,7 @@ pub async fn chat_completions(
     let knobs = request.knobs()?;
     let prompt = tokenize(state.tokenizer(), request.prompt_text()?).await?;
     let plan = knobs.plan(prompt, &card, &state.config().limits)?;
-    answer_plan(&state, Endpoint::Chat, plan).await
+    answer_plan(&state, &account, Endpoint::Chat, plan).await
 }
 
 /// Tokenises off the async threads: a prompt near the body limit takes a while.

@@ -59,6 +59,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<SwarmStatus>, ApiError> {
     let mut doc = state.generator().status();
+    doc.billing = state.ledger().map(|l| l.status());
     match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             state.api_keys().authenticate(value.to_str().ok())?;
