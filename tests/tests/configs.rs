@@ -90,7 +90,8 @@ fn every_worker_key_is_one_the_worker_takes() {
                 .table()
                 .unwrap(),
         )
-        .aggregators(&["https://127.0.0.1:7601"]);
+        .aggregators(&["https://127.0.0.1:7601"])
+        .ledger("https://127.0.0.1:7701", &"d".repeat(40));
     let config: WorkerConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(
@@ -112,6 +113,8 @@ fn every_worker_key_is_one_the_worker_takes() {
             max_stream_chunks: 64,
             tls: tls(),
             aggregators: vec!["https://127.0.0.1:7601".into()],
+            ledger: Some("https://127.0.0.1:7701".into()),
+            payout: Some("d".repeat(40)),
             training: neuroshard_shard_worker::driver::TrainingConfig {
                 enabled: true,
                 data_dir: Some("/data/genesis".into()),

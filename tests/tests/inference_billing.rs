@@ -13,15 +13,11 @@ use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use neuroshard_common::identity::NodeKey;
-use neuroshard_common::signing::{now_ms, sign};
 use neuroshard_local::{LocalSwarm, SwarmOptions, http_get, http_request, open_request};
-use neuroshard_neuro::sign_operation;
-use neuroshard_proto::aggregator::v1::Receipt;
-use neuroshard_proto::common::v1::LayerSpan;
 use neuroshard_proto::ledger::v1::ledger_client::LedgerClient;
-use neuroshard_proto::ledger::v1::{GetAccountRequest, SupplyRequest, TrainingProof, operation};
-use prost::Message;
+use neuroshard_proto::ledger::v1::{GetAccountRequest, SupplyRequest};
 use serde_json::{Value, json};
+use support::ledger::training_proof;
 
 const KEY: &str = "billing-test-key-0123456789";
 const NET: &str = "neuroshard-local";
@@ -130,36 +126,7 @@ async fn funded_keys_pay_the_route_and_unfunded_keys_are_refused_before_compute(
     // Verified work pays the wallet: a node's proof bound to the aggregator's receipt.
     let aggregator = NodeKey::load(&dir.path().join("state").join("aggregator.key")).unwrap();
     let node = NodeKey::generate();
-    let receipt = Receipt {
-        aggregator_id: aggregator.node_id().into(),
-        node_id: node.node_id().into(),
-        round: 1,
-        span: Some(LayerSpan { start: 0, end: 4 }),
-        tokens: 512 * 1_000,
-        score: 0.1,
-        commitment: vec![3; 32],
-        num_layers: 4,
-    };
-    let receipt = sign(
-        &aggregator,
-        NET,
-        "Receipt",
-        1,
-        now_ms(),
-        receipt.encode_to_vec(),
-    )
-    .unwrap();
-    let proof = sign_operation(
-        &node,
-        NET,
-        1,
-        now_ms(),
-        operation::Kind::TrainingProof(TrainingProof {
-            receipt: Some(receipt),
-            payout: wallet.node_id().into(),
-        }),
-    )
-    .unwrap();
+    let proof = training_proof(NET, &aggregator, &node, 1, 512 * 1_000, wallet.node_id(), 1);
     ledger.submit(proof).await.unwrap();
     let funded = balance(&mut ledger, wallet.node_id()).await;
     assert_eq!(

@@ -16,15 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use neuroshard_common::identity::NodeKey;
-use neuroshard_common::signing::{now_ms, sign, verify};
-use neuroshard_neuro::{OPERATION, sign_operation};
-use neuroshard_proto::aggregator::v1::Receipt;
-use neuroshard_proto::common::v1::LayerSpan;
-use neuroshard_proto::ledger::v1::{
-    SubmitBatchRequest, SupplyRequest, TrainingProof, batch_result, operation,
-};
-use prost::Message;
-use support::ledger::{LedgerHarness, NET, merge, quantile, start_load};
+use neuroshard_common::signing::verify;
+use neuroshard_neuro::OPERATION;
+use neuroshard_proto::ledger::v1::{SubmitBatchRequest, SupplyRequest, batch_result};
+use support::ledger::{LedgerHarness, NET, merge, quantile, start_load, training_proof};
 
 const NODES: usize = 1_000;
 const PROOFS: usize = 40_000;
@@ -43,36 +38,7 @@ async fn ledger_throughput_and_latency() {
         .map(|i| {
             let node = &nodes[i % NODES];
             let round = (i / NODES) as u64 + 1;
-            let receipt = Receipt {
-                aggregator_id: ledger.aggregator.node_id().into(),
-                node_id: node.node_id().into(),
-                round,
-                span: Some(LayerSpan { start: 0, end: 4 }),
-                tokens: 512 * 100,
-                score: 0.01,
-                commitment: vec![1; 32],
-                num_layers: 4,
-            };
-            let receipt = sign(
-                &ledger.aggregator,
-                NET,
-                "Receipt",
-                round,
-                now_ms(),
-                receipt.encode_to_vec(),
-            )
-            .unwrap();
-            sign_operation(
-                node,
-                NET,
-                round,
-                now_ms(),
-                operation::Kind::TrainingProof(TrainingProof {
-                    receipt: Some(receipt),
-                    payout: String::new(),
-                }),
-            )
-            .unwrap()
+            training_proof(NET, &ledger.aggregator, node, round, 512 * 100, "", round)
         })
         .collect();
 

@@ -340,6 +340,94 @@ fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
     );
 }
 
+/// `up --train --ledger`: the workers claim their rounds' rewards for the local wallet, and
+/// the gateway charges inference to it — refused (429 `insufficient_quota`) until training
+/// has paid, then served and settled.
+#[test]
+fn up_train_with_the_ledger_pays_training_into_the_wallet_inference_spends() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::checkpoints::corpus_dataset(dir.path(), 300);
+    let ckpt = dir.path().join("ckpt");
+    let port = free_port().unwrap();
+    let state = dir.path().join("state");
+    let data_arg = data.to_str().unwrap();
+    let mut up = start_up(
+        &ckpt,
+        port,
+        &state,
+        &[
+            "--train",
+            "--data",
+            data_arg,
+            "--inner-steps",
+            "4",
+            "--ledger",
+        ],
+    );
+    let printed = Printed::follow(&mut up);
+    printed.wait_for_banner(&mut up);
+    assert!(printed.has("Ledger:     https://127.0.0.1:"));
+    assert!(printed.has("neuroshard wallet balance --key"));
+
+    let body = r#"{"model":"neurollm","prompt":"the king","max_tokens":6,"temperature":0}"#;
+    let auth = format!("Bearer {KEY}");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut refused = 0;
+    let answered = loop {
+        let r = http_request(
+            port,
+            "POST",
+            "/v1/completions",
+            &headers,
+            body,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        match r.status {
+            200 => break json(&r.body),
+            429 => {
+                assert!(r.body.contains("insufficient_quota"), "{}", r.body);
+                refused += 1;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "training never paid for a request ({refused} refused)"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let cost = &answered["usage"]["cost"];
+    println!("answered after {refused} refusals: {cost}");
+    assert!(cost["charged"].as_i64() > Some(0), "{answered}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let billing = support::detail_status(port, KEY)["billing"].clone();
+        if billing["requests_settled"].as_u64() >= Some(1) {
+            assert_eq!(
+                billing["recent"][0]["charged"], cost["charged"],
+                "{billing}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {billing}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let sent = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = up.0.wait().unwrap();
+    let lines = printed.finish();
+    assert!(status.success(), "exit {status}: {lines:?}");
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }

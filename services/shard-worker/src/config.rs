@@ -54,6 +54,11 @@ pub struct WorkerConfig {
     /// their published global weights and sends them its Δ after each round. Empty: the
     /// node serves its checkpoint or seed and keeps Δ to itself.
     pub aggregators: Vec<String>,
+    /// The ledger this node claims its training rewards from (unset: it claims nothing):
+    /// after each published round it sends the aggregators' receipts for its accepted work
+    /// as training proofs, paying `payout` (a wallet address; unset: the node's own).
+    pub ledger: Option<String>,
+    pub payout: Option<String>,
     /// Driving the pipelines this node is the first stage of.
     pub training: crate::driver::TrainingConfig,
 }
@@ -83,6 +88,8 @@ impl Default for WorkerConfig {
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
             aggregators: Vec::new(),
+            ledger: None,
+            payout: None,
             training: crate::driver::TrainingConfig::default(),
         }
     }
@@ -132,6 +139,24 @@ impl WorkerConfig {
         }
         if let Some(advertise) = &self.advertise {
             self.tls.check_scheme("advertise", advertise)?;
+        }
+        if let Some(ledger) = &self.ledger {
+            self.tls.check_scheme("ledger", ledger)?;
+            if self.aggregators.is_empty() {
+                return Err(Error::invalid_argument(
+                    "ledger is set but aggregators is empty: rewards are claimed with the aggregators' receipts",
+                ));
+            }
+        }
+        if let Some(payout) = &self.payout
+            && !(payout.len() == 40
+                && payout
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(Error::invalid_argument(format!(
+                "payout: {payout:?} is not a wallet address (40 lowercase hex digits)"
+            )));
         }
         Ok(())
     }

@@ -17,6 +17,8 @@
 //!   pipeline on its span (a training copy beside the served weights);
 //! - [`driver`]: the Driver, run when `[training] enabled`: this node, as a pipeline's first
 //!   stage, runs the pipeline's rounds over the other stages' StageTrainer services;
+//! - [`global`]: following the aggregators' published weights; [`earnings`]: claiming the
+//!   rewards of accepted work from the ledger with the aggregators' receipts;
 //! - [`convert`]: wire ↔ tch tensors; [`config`]: layered configuration.
 
 pub mod caller;
@@ -25,6 +27,7 @@ pub mod compute;
 pub mod config;
 pub mod convert;
 pub mod driver;
+pub mod earnings;
 pub mod global;
 pub mod node;
 pub mod service;
@@ -160,6 +163,29 @@ pub async fn run(
             Duration::from_millis(500),
         ))
     });
+    let earnings = match (&aggregators, &config.ledger) {
+        (Some(aggregators), Some(ledger)) => {
+            let claimer = earnings::Claimer {
+                ledger: neuroshard_proto::ledger::v1::ledger_client::LedgerClient::new(
+                    config.tls.endpoint(ledger)?.connect_lazy(),
+                ),
+                payout: config
+                    .payout
+                    .clone()
+                    .unwrap_or_else(|| key.node_id().to_string()),
+                key: key.clone(),
+                network_id: config.network_id.clone(),
+                nonces: neuroshard_common::signing::NonceSource::new(),
+            };
+            tracing::info!(ledger = %ledger, payout = %claimer.payout, "claiming training rewards from the ledger");
+            Some(tokio::spawn(earnings::follow(
+                aggregators.clone(),
+                claimer,
+                Duration::from_secs(2),
+            )))
+        }
+        _ => None,
+    };
     let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
         Ok(follower) => follower,
         Err(e) => {
@@ -168,6 +194,9 @@ pub async fn run(
             let _ = server.await;
             if let Some(weights) = weights {
                 weights.abort();
+            }
+            if let Some(earnings) = earnings {
+                earnings.abort();
             }
             return Err(e);
         }
@@ -202,6 +231,9 @@ pub async fn run(
     }
     if let Some(driver) = driver {
         driver.abort();
+    }
+    if let Some(earnings) = earnings {
+        earnings.abort();
     }
     tracing::info!("shard-worker stopped");
     result

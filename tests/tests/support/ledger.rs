@@ -102,6 +102,50 @@ impl LedgerHarness {
     }
 }
 
+/// A training proof as a node sends it: signed by `node` with `nonce`, bound to
+/// `aggregator`'s receipt for `tokens` on layers [0, 4) of 4 in `round`, paying `payout`
+/// (empty: the node itself), on `network`.
+pub fn training_proof(
+    network: &str,
+    aggregator: &NodeKey,
+    node: &NodeKey,
+    round: u64,
+    tokens: u64,
+    payout: &str,
+    nonce: u64,
+) -> SignedEnvelope {
+    let receipt = Receipt {
+        aggregator_id: aggregator.node_id().into(),
+        node_id: node.node_id().into(),
+        round,
+        span: Some(LayerSpan { start: 0, end: 4 }),
+        tokens,
+        score: 0.01,
+        commitment: vec![1; 32],
+        num_layers: 4,
+    };
+    let receipt = sign(
+        aggregator,
+        network,
+        "Receipt",
+        round,
+        now_ms(),
+        receipt.encode_to_vec(),
+    )
+    .unwrap();
+    sign_operation(
+        node,
+        network,
+        nonce,
+        now_ms(),
+        operation::Kind::TrainingProof(TrainingProof {
+            receipt: Some(receipt),
+            payout: payout.into(),
+        }),
+    )
+    .unwrap()
+}
+
 /// What one load run saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -176,29 +220,9 @@ pub async fn client_loop(
         match rng.random_range(0..10) {
             0..=2 => {
                 round += 1;
-                let receipt = Receipt {
-                    aggregator_id: aggregator.node_id().into(),
-                    node_id: key.node_id().into(),
-                    round,
-                    span: Some(LayerSpan { start: 0, end: 4 }),
-                    tokens: 512 * rng.random_range(1..2_000),
-                    score: 0.01,
-                    commitment: vec![1; 32],
-                    num_layers: 4,
-                };
-                let receipt = sign(
-                    &aggregator,
-                    NET,
-                    "Receipt",
-                    round,
-                    now_ms(),
-                    receipt.encode_to_vec(),
-                )
-                .unwrap();
-                let proof = op(operation::Kind::TrainingProof(TrainingProof {
-                    receipt: Some(receipt),
-                    payout: String::new(),
-                }));
+                let tokens = 512 * rng.random_range(1..2_000);
+                let proof =
+                    training_proof(NET, &aggregator, &key, round, tokens, "", nonces.next());
                 send(&mut client, &proof, &mut report).await;
             }
             3..=4 => {

@@ -55,6 +55,11 @@ pub struct UpArgs {
     /// Inner steps per round of the swarm's pipelines (with --train).
     #[arg(long = "inner-steps", default_value_t = 50, requires = "train")]
     pub inner_steps: u64,
+    /// Run the NEURO ledger (with --train): the nodes' training rewards go to your wallet
+    /// (<state-dir>/wallet.key) and inference is charged to it, so requests are refused
+    /// (429 insufficient_quota) until the first round has paid.
+    #[arg(long, requires = "train")]
+    pub ledger: bool,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -71,6 +76,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     options.http_port = args.http_port;
     options.api_key = api_key.clone();
     options.plaintext = args.insecure_plaintext;
+    options.ledger = args.ledger;
     // Before any training or process: what the user can fix with a flag, said now.
     options.preflight()?;
     let checkpoint = if args.train {
@@ -126,6 +132,26 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 args.state_dir.display()
             );
         }
+    }
+    if let (Some(url), Some(wallet)) = (&swarm.ledger_url, &swarm.wallet_key) {
+        let tls = &swarm.client_tls;
+        let flags = match (&tls.cert_file, &tls.key_file, &tls.ca_file) {
+            (Some(cert), Some(key), Some(ca)) => format!(
+                " --tls-cert {} --tls-key {} --tls-ca {}",
+                cert.display(),
+                key.display(),
+                ca.display()
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  Ledger:     {url} (your wallet {}: training pays it, inference charges it)",
+            neuroshard_common::identity::NodeKey::load(wallet)?.node_id()
+        );
+        println!(
+            "              neuroshard wallet balance --key {} --ledger {url}{flags}",
+            wallet.display()
+        );
     }
     println!("  API:        {base}/v1   (OpenAI-compatible; model \"neurollm\")");
     println!("  Dashboard:  {base}/");

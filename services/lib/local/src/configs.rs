@@ -307,6 +307,11 @@ impl WorkerToml {
         self.set("aggregators", toml::Value::Array(list))
     }
 
+    /// Claim training rewards from the ledger at `url`, paying `payout`.
+    pub fn ledger(self, url: &str, payout: &str) -> Self {
+        self.set("ledger", url).set("payout", payout)
+    }
+
     /// The `[training]` section: drive the pipelines this worker starts (see the worker's
     /// `TrainingConfig` for the keys).
     pub fn training(self, training: toml::Table) -> Self {

@@ -256,6 +256,8 @@ struct WorkerPlan {
     launcher: Launcher,
     registry_url: String,
     aggregator_url: Option<String>,
+    /// The ledger and the wallet training rewards go to.
+    ledger: Option<(String, String)>,
     memory: u64,
     /// Workers the run's certificates were issued for (`None`: any number).
     capacity: Option<usize>,
@@ -497,6 +499,16 @@ impl LocalSwarm {
             launcher: launcher.clone(),
             registry_url: registry_url.clone(),
             aggregator_url: aggregator_url.clone(),
+            ledger: match (&ledger_url, &wallet_key) {
+                (Some(url), Some(wallet)) => Some((
+                    url.clone(),
+                    NodeKey::load(wallet)
+                        .map_err(|e| LocalError(format!("{}: {e}", wallet.display())))?
+                        .node_id()
+                        .to_string(),
+                )),
+                _ => None,
+            },
             memory,
             capacity: matches!(transport, Transport::Issued(_)).then_some(worker_names.len()),
             transport,
@@ -897,6 +909,10 @@ fn spawn_worker(
     }
     if let Some(url) = &plan.aggregator_url {
         config = config.aggregators(&[url.as_str()]);
+        // Training earns for the local user: rewards go to the wallet inference charges.
+        if let Some((ledger, payout)) = &plan.ledger {
+            config = config.ledger(ledger, payout);
+        }
     }
     // libtorch limited to the configured threads: the workers share one machine.
     let env = vec![(

@@ -16,9 +16,10 @@ use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_proto::aggregator::v1::aggregator_client::AggregatorClient;
 use neuroshard_proto::aggregator::v1::submit_message::Part;
 use neuroshard_proto::aggregator::v1::{
-    GetRoundRequest, GlobalWeightsRequest, RoundState, SubmitHeader, SubmitMessage,
+    GetRoundRequest, GlobalWeightsRequest, Receipt, RoundReport, RoundReportRequest, RoundState,
+    SubmitHeader, SubmitMessage,
 };
-use neuroshard_proto::common::v1::{LayerSpan, Tensor as WireTensor};
+use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope, Tensor as WireTensor};
 use neuroshard_proto::trainer::v1::NamedTensorChunk;
 use neuroshard_runtime::tls::TlsFiles;
 use prost::Message;
@@ -116,6 +117,18 @@ fn status(endpoint: &str, what: &str, s: &tonic::Status) -> Error {
         ErrorKind::from_grpc_code(s.code() as i32),
         format!("aggregator {endpoint}: {what}: {}", s.message()),
     )
+}
+
+/// The receipts in `report` made out to `node_id` (what the node proves its work with).
+pub fn receipts_for(report: &RoundReport, node_id: &str) -> Vec<SignedEnvelope> {
+    report
+        .receipts
+        .iter()
+        .filter(|envelope| {
+            Receipt::decode(envelope.payload.as_slice()).is_ok_and(|r| r.node_id == node_id)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The aggregators a node works with.
@@ -226,6 +239,23 @@ impl Aggregators {
         Ok(out)
     }
 
+    /// The receipts every aggregator signed for `node_id`'s accepted work in `round` (none
+    /// when the round is not closed yet or the work was flagged).
+    pub async fn receipts(&self, round: u64, node_id: &str) -> Result<Vec<SignedEnvelope>> {
+        let mut out = Vec::new();
+        for endpoint in &self.endpoints {
+            let report = self
+                .client(endpoint)
+                .await?
+                .round_report(RoundReportRequest { round })
+                .await
+                .map_err(|s| status(endpoint, "RoundReport", &s))?
+                .into_inner();
+            out.extend(receipts_for(&report, node_id));
+        }
+        Ok(out)
+    }
+
     /// Submits `delta` to every aggregator that owns part of its span; the Δ bytes sent.
     pub async fn submit(
         &self,
@@ -255,5 +285,41 @@ impl Aggregators {
             sent += bytes;
         }
         Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_finds_its_own_receipts_in_a_report() {
+        let aggregator = NodeKey::generate();
+        let receipt = |node: &str| {
+            let r = Receipt {
+                node_id: node.into(),
+                round: 3,
+                ..Receipt::default()
+            };
+            sign(
+                &aggregator,
+                "net",
+                "Receipt",
+                1,
+                now_ms(),
+                r.encode_to_vec(),
+            )
+            .unwrap()
+        };
+        let report = RoundReport {
+            receipts: vec![receipt("aa"), receipt("bb"), receipt("aa")],
+            ..RoundReport::default()
+        };
+        assert_eq!(receipts_for(&report, "aa").len(), 2);
+        assert_eq!(
+            receipts_for(&report, "bb"),
+            vec![report.receipts[1].clone()]
+        );
+        assert!(receipts_for(&report, "cc").is_empty());
     }
 }
