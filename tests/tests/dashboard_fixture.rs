@@ -221,6 +221,23 @@ fn dashboard_draws_the_example_status() {
     assert!(newest < oldest, "newest first: {table}");
     assert!(table.contains(">trimmed_mean<"), "{table}");
 
+    // The ledger: NEURO supply (cut to two decimals), minted and burned exactly, the
+    // charges.
+    assert_eq!(element_text(&dom, "neuro-supply").unwrap(), "12.49");
+    let minted = element_text(&dom, "neuro-detail").unwrap();
+    assert_eq!(minted, "minted 12.5 · burned 0.000021424");
+    let charges = start_tags(&dom, "tr")
+        .into_iter()
+        .filter(|t| attribute(t, "class").as_deref() == Some("charge"))
+        .count();
+    assert_eq!(charges, doc["billing"]["recent"].as_array().unwrap().len());
+    assert!(
+        element_text(&dom, "wallets")
+            .unwrap()
+            .contains("holds 1.99957152 NEURO"),
+        "{dom}"
+    );
+
     // One cell per (node, layer) the node holds; dead nodes keep their span's cells.
     let layers = doc["layers"].as_array().unwrap();
     let expected_cells: usize = doc["nodes"]

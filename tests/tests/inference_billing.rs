@@ -193,6 +193,24 @@ async fn funded_keys_pay_the_route_and_unfunded_keys_are_refused_before_compute(
     let supply = ledger.supply(SupplyRequest {}).await.unwrap().into_inner();
     assert_eq!(supply.burned, burn);
     assert_eq!(supply.supply, supply.held);
+    // The status document shows the ledger's supply and the key's wallet, as the dashboard
+    // draws them.
+    let billing = tokio::task::block_in_place(|| status(port))["billing"].clone();
+    assert_eq!(
+        billing["supply"]["minted"].as_i64(),
+        Some(supply.minted),
+        "{billing}"
+    );
+    assert_eq!(
+        billing["supply"]["burned"].as_i64(),
+        Some(burn),
+        "{billing}"
+    );
+    assert_eq!(billing["wallets"][0]["address"], wallet.node_id());
+    assert_eq!(
+        billing["wallets"][0]["balance"].as_i64(),
+        Some(funded - charged)
+    );
 
     // A client that leaves after a few chunks pays for what it was sent, not the maximum.
     let before = balance(&mut ledger, wallet.node_id()).await;

@@ -14,15 +14,17 @@ use neuroshard_common::signing::now_ms;
 use neuroshard_common::{Error, ErrorKind};
 use neuroshard_neuro::sign_operation;
 use neuroshard_proto::ledger::v1::ledger_client::LedgerClient;
-use neuroshard_proto::ledger::v1::{Escrow, Settle, operation};
+use neuroshard_proto::ledger::v1::{Escrow, GetAccountRequest, Settle, SupplyRequest, operation};
 use tonic::transport::Channel;
 
 use crate::config::BillingSettings;
 use crate::generator::{Generator, ServedRoute};
-use crate::status::{BillingStatus, ChargeStatus};
+use crate::status::{BillingStatus, ChargeStatus, SupplyStatus, WalletStatus};
 
 /// Charges kept for the status document.
 const RECENT: usize = 32;
+/// How long the status document waits for the ledger's supply and balances.
+const LEDGER_READ: Duration = Duration::from_millis(500);
 /// Between attempts at a settlement the ledger did not acknowledge.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
@@ -84,6 +86,43 @@ impl Ledger {
 
     pub fn status(&self) -> BillingStatus {
         self.status_mut().clone()
+    }
+
+    /// [`Ledger::status`] with the ledger's supply and the balances of `wallets`, as far as
+    /// the ledger answers within a moment (the status document must not wait on it).
+    pub async fn status_with_balances(&self, wallets: &[String]) -> BillingStatus {
+        let mut status = self.status();
+        let mut client = self.client.clone();
+        let read = async {
+            let supply = client.supply(SupplyRequest {}).await?.into_inner();
+            status.supply = Some(SupplyStatus {
+                minted: supply.minted,
+                burned: supply.burned,
+                supply: supply.supply,
+            });
+            for address in wallets {
+                let account = client
+                    .get_account(GetAccountRequest {
+                        address: address.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                status.wallets.push(WalletStatus {
+                    address: account.address,
+                    balance: account.balance,
+                    staked: account.staked,
+                });
+            }
+            Ok::<(), tonic::Status>(())
+        };
+        match tokio::time::timeout(LEDGER_READ, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e.message(), "reading the ledger for the status")
+            }
+            Err(_) => tracing::debug!("the ledger did not answer the status read in time"),
+        }
+        status
     }
 
     /// Escrows `max_tokens` at the current price from `payer` for `request_id`.

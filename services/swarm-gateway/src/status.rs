@@ -51,6 +51,27 @@ pub struct BillingStatus {
     pub settling: u64,
     /// The most recent charges, newest first.
     pub recent: Vec<ChargeStatus>,
+    /// NEURO in nano units as the ledger reports it now (null when it did not answer).
+    pub supply: Option<SupplyStatus>,
+    /// The wallets this gateway's API keys charge (the detail view only).
+    pub wallets: Vec<WalletStatus>,
+}
+
+/// The ledger's totals: all NEURO minted by verified work, burned by fees and slashes, and
+/// their difference (what holders hold).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SupplyStatus {
+    pub minted: i64,
+    pub burned: i64,
+    pub supply: i64,
+}
+
+/// One wallet's balance and stake, nano-NEURO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WalletStatus {
+    pub address: String,
+    pub balance: i64,
+    pub staked: i64,
 }
 
 /// One settled request.
@@ -95,6 +116,7 @@ impl SwarmStatus {
             for charge in &mut billing.recent {
                 charge.payer = None;
             }
+            billing.wallets.clear();
         }
         self
     }

@@ -59,7 +59,20 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<SwarmStatus>, ApiError> {
     let mut doc = state.generator().status();
-    doc.billing = state.ledger().map(|l| l.status());
+    doc.billing = match state.ledger() {
+        Some(ledger) => {
+            let mut wallets: Vec<String> = state
+                .config()
+                .api_keys
+                .iter()
+                .map(|k| k.account.clone())
+                .collect();
+            wallets.sort();
+            wallets.dedup();
+            Some(ledger.status_with_balances(&wallets).await)
+        }
+        None => None,
+    };
     match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             state.api_keys().authenticate(value.to_str().ok())?;
