@@ -110,3 +110,92 @@ async fn invariants_hold_under_load_through_ledger_and_database_crashes() {
         "sending acknowledged operations again changed the ledger"
     );
 }
+
+/// `neuroshard wallet` against the ledger process: a new key, a balance paid by work, a
+/// transfer (5% burned), a stake that cannot be taken back early, the history, and mistakes
+/// named before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wallet_command_moves_and_stakes_neuro() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = LedgerHarness::start(dir.path());
+    let key = dir.path().join("wallet.key");
+    let url = ledger.url();
+    let wallet = |args: &[&str]| {
+        let out = std::process::Command::new(support::bin_dir().join("neuroshard"))
+            .arg("wallet")
+            .args(args)
+            .args(["--key", key.to_str().unwrap()])
+            .env("NEUROSHARD_LEDGER", &url)
+            .env("NEUROSHARD_NETWORK", support::ledger::NET)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, address) = tokio::task::block_in_place(|| wallet(&["new"]));
+    assert!(ok, "{address}");
+    let address = address.lines().next().unwrap().to_string();
+    let (ok, again) = tokio::task::block_in_place(|| wallet(&["new"]));
+    assert!(!ok && again.contains("never overwritten"), "{again}");
+
+    // 1,000 batches × 4 layers × 0.0005 = 2 NEURO, paid to the wallet.
+    let node = neuroshard_common::identity::NodeKey::generate();
+    let proof = support::ledger::training_proof(
+        support::ledger::NET,
+        &ledger.aggregator,
+        &node,
+        1,
+        512 * 1_000,
+        &address,
+        1,
+    );
+    ledger.client().submit(proof).await.unwrap();
+    let (ok, balance) = tokio::task::block_in_place(|| wallet(&["balance"]));
+    assert!(ok && balance.contains("balance     2 NEURO"), "{balance}");
+
+    let to = "b".repeat(40);
+    let (ok, sent) =
+        tokio::task::block_in_place(|| wallet(&["transfer", "--to", &to, "--amount", "1"]));
+    assert!(ok, "{sent}");
+    assert!(sent.contains(&format!("0.95  wallet/{to}")), "{sent}");
+    assert!(sent.contains("0.05  burn"), "{sent}");
+    let (ok, staked) = tokio::task::block_in_place(|| wallet(&["stake", "--amount", "0.5"]));
+    assert!(ok, "{staked}");
+    let (ok, early) = tokio::task::block_in_place(|| wallet(&["unstake", "--amount", "0.5"]));
+    assert!(!ok && early.contains("locked until"), "{early}");
+    let (ok, balance) = tokio::task::block_in_place(|| wallet(&["balance"]));
+    assert!(
+        ok && balance.contains("balance     0.5 NEURO")
+            && balance.contains("staked      0.5 NEURO"),
+        "{balance}"
+    );
+    let (ok, history) = tokio::task::block_in_place(|| wallet(&["history", "--limit", "2"]));
+    assert!(ok, "{history}");
+    assert!(
+        history.contains("stake") && history.contains("transfer"),
+        "{history}"
+    );
+    assert!(history.contains("next page: --before"), "{history}");
+
+    for (args, says) in [
+        (
+            &["transfer", "--to", "nobody", "--amount", "1"][..],
+            "not a wallet address",
+        ),
+        (
+            &["transfer", "--to", &to, "--amount", "0"][..],
+            "more than 0",
+        ),
+        (&["stake", "--amount", "1.0000000001"][..], "nine decimals"),
+        (
+            &["transfer", "--to", &to, "--amount", "5"][..],
+            "insufficient balance",
+        ),
+    ] {
+        let (ok, out) = tokio::task::block_in_place(|| wallet(args));
+        assert!(!ok && out.contains(says), "{args:?}: {out}");
+    }
+}

@@ -129,7 +129,12 @@ async fn connect(args: &LedgerArgs) -> anyhow::Result<LedgerClient<Channel>> {
         .files(&[&args.ledger])
         .connect(&args.ledger)
         .await
-        .with_context(|| format!("connecting to the ledger at {}", args.ledger))?;
+        .with_context(|| {
+            format!(
+                "no answer from a ledger at {} (is it running? --ledger or $NEUROSHARD_LEDGER sets its URL)",
+                args.ledger
+            )
+        })?;
     Ok(LedgerClient::new(channel))
 }
 
@@ -228,6 +233,15 @@ pub fn run(command: WalletCommand) -> anyhow::Result<()> {
                 to,
                 amount: a,
             } => {
+                if !(to.len() == 40
+                    && to
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                {
+                    bail!(
+                        "--to: {to:?} is not a wallet address (40 lowercase hex digits, as `neuroshard wallet address` prints)"
+                    );
+                }
                 let amount = amount(&a)?;
                 submit(&ledger, operation::Kind::Transfer(Transfer { to, amount })).await?;
             }
