@@ -47,20 +47,30 @@ impl From<Error> for Failure {
     }
 }
 
+/// The server's own words for a database error (tokio-postgres's Display says only "db
+/// error"); never the query's parameters.
+fn described(e: &neuroshard_postgres::tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 fn pg(e: neuroshard_postgres::tokio_postgres::Error) -> Failure {
+    let said = described(&e);
     match e.code() {
         Some(c)
             if *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            Failure::Retry(db(e))
+            Failure::Retry(db(said))
         }
         // The key was taken by a concurrent attempt since we looked: look again.
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION => Failure::Retry(db(e)),
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => Failure::Retry(db(said)),
         Some(c) if *c == SqlState::CHECK_VIOLATION => Failure::Refused(Error::failed_precondition(
             "insufficient balance: a holder would go below zero",
         )),
-        _ => Failure::Refused(db(e)),
+        _ => Failure::Refused(db(said)),
     }
 }
 
@@ -276,6 +286,12 @@ impl Store {
             }
         }
         let holders: Vec<String> = holders.into_iter().collect();
+        let signers: Vec<String> = signers.into_iter().collect();
+        let locks: Vec<String> = locks.into_iter().collect();
+        let nodes: Vec<String> = nodes.into_iter().collect();
+        let day = Economics::day_of(now_ms);
+        // In this order, one statement at a time: the order rows are locked in is what
+        // keeps concurrent batches from deadlocking.
         if !holders.is_empty() {
             tx.execute(
                 "INSERT INTO accounts (id) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
@@ -283,74 +299,89 @@ impl Store {
             )
             .await
             .map_err(pg)?;
-            for row in tx
-                .query(
-                    "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                    &[&holders],
-                )
-                .await
-                .map_err(pg)?
-            {
-                state
-                    .balances
-                    .insert(Account::parse(row.get(0))?, Amount::from_nano(row.get(1)));
-            }
         }
-        let signers: Vec<String> = signers.into_iter().collect();
-        if !signers.is_empty() {
-            for row in tx
-                .query(
-                    "SELECT signer_id, last_nonce FROM signer_nonces WHERE signer_id = ANY($1)
+        let accounts = async {
+            if holders.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&holders],
+            )
+            .await
+        }
+        .await
+        .map_err(pg)?;
+        let nonces = async {
+            if signers.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                "SELECT signer_id, last_nonce FROM signer_nonces WHERE signer_id = ANY($1)
                      ORDER BY signer_id FOR UPDATE",
-                    &[&signers],
-                )
-                .await
-                .map_err(pg)?
-            {
-                let last: i64 = row.get(1);
-                state
-                    .nonces
-                    .insert(row.get(0), u64::try_from(last).unwrap_or(0));
-            }
+                &[&signers],
+            )
+            .await
         }
-        let locks: Vec<String> = locks.into_iter().collect();
-        if !locks.is_empty() {
-            for row in tx
-                .query(
-                    "SELECT address, unlock_unix_ms FROM stake_locks WHERE address = ANY($1)",
-                    &[&locks],
-                )
-                .await
-                .map_err(pg)?
-            {
-                state.stake_unlocks.insert(row.get(0), row.get(1));
+        .await
+        .map_err(pg)?;
+        let unlocks = async {
+            if locks.is_empty() {
+                return Ok(Vec::new());
             }
+            tx.query(
+                "SELECT address, unlock_unix_ms FROM stake_locks WHERE address = ANY($1)",
+                &[&locks],
+            )
+            .await
         }
-        let nodes: Vec<String> = nodes.into_iter().collect();
-        if !nodes.is_empty() {
-            let day = Economics::day_of(now_ms);
-            for row in tx
-                .query(
-                    "SELECT node, credited FROM node_days WHERE day = $1 AND node = ANY($2)
+        .await
+        .map_err(pg)?;
+        let credits = async {
+            if nodes.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                "SELECT node, credited FROM node_days WHERE day = $1 AND node = ANY($2)
                      ORDER BY node FOR UPDATE",
-                    &[&day, &nodes],
-                )
-                .await
-                .map_err(pg)?
-            {
-                state
-                    .paid
-                    .insert((row.get(0), day), Amount::from_nano(row.get(1)));
-            }
+                &[&day, &nodes],
+            )
+            .await
         }
-        if market {
-            let row = tx
-                .query_one(
-                    "SELECT utilisation_ppm FROM market WHERE id = 1 FOR UPDATE",
-                    &[],
-                )
-                .await
-                .map_err(pg)?;
+        .await
+        .map_err(pg)?;
+        let utilisation = async {
+            if !market {
+                return Ok(None);
+            }
+            tx.query_opt(
+                "SELECT utilisation_ppm FROM market WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+        }
+        .await
+        .map_err(pg)?;
+        for row in accounts {
+            state
+                .balances
+                .insert(Account::parse(row.get(0))?, Amount::from_nano(row.get(1)));
+        }
+        for row in nonces {
+            let last: i64 = row.get(1);
+            state
+                .nonces
+                .insert(row.get(0), u64::try_from(last).unwrap_or(0));
+        }
+        for row in unlocks {
+            state.stake_unlocks.insert(row.get(0), row.get(1));
+        }
+        for row in credits {
+            state
+                .paid
+                .insert((row.get(0), day), Amount::from_nano(row.get(1)));
+        }
+        if let Some(row) = utilisation {
             state.utilisation_ppm = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         }
         Ok(state)
@@ -365,6 +396,48 @@ impl Store {
         before: &State,
         after: &State,
     ) -> Result<(), Failure> {
+        let (addresses, unlocks): (Vec<&String>, Vec<i64>) = after
+            .stake_unlocks
+            .iter()
+            .filter(|(a, u)| before.stake_unlocks.get(*a) != Some(u))
+            .map(|(a, u)| (a, *u))
+            .unzip();
+        let opened: Vec<&EscrowRecord> = after
+            .escrows
+            .values()
+            .filter(|e| !before.escrows.contains_key(&e.request_id))
+            .collect();
+        let opened_max_tokens = opened
+            .iter()
+            .map(|e| i64_of(e.max_tokens, "max_tokens"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Settled now: open before this batch, or opened and settled within it.
+        let settled: Vec<&str> = after
+            .escrows
+            .values()
+            .filter(|e| e.settled && before.escrows.get(&e.request_id).is_none_or(|b| !b.settled))
+            .map(|e| e.request_id.as_str())
+            .collect();
+        let (nodes, (days, credits)): (Vec<&String>, (Vec<i64>, Vec<i64>)) = after
+            .paid
+            .iter()
+            .filter(|(k, v)| before.paid.get(*k) != Some(v))
+            .map(|((node, day), credit)| (node, (*day, credit.nano())))
+            .unzip();
+        let (signers, nonces): (Vec<&String>, Vec<i64>) = after
+            .nonces
+            .iter()
+            .filter(|(s, n)| before.nonces.get(*s) != Some(n))
+            .map(|(s, n)| Ok((s, i64_of(*n, "nonce")?)))
+            .collect::<Result<Vec<_>, Error>>()?
+            .into_iter()
+            .unzip();
+        let utilisation = (after.utilisation_ppm != before.utilisation_ppm)
+            .then(|| i64_of(after.utilisation_ppm, "utilisation"))
+            .transpose()?;
+        let opened_at = written.times.first().copied().unwrap_or(0);
+        // The transactions first (entries refer to them); the rest in one pipeline, as
+        // every row it changes is locked already or new.
         tx.execute(
             "INSERT INTO transactions (id, key, kind, payload_hash, outcome, unix_ms)
              SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[])",
@@ -379,129 +452,91 @@ impl Store {
         )
         .await
         .map_err(pg)?;
-        if !written.entry_txns.is_empty() {
-            tx.execute(
-                "INSERT INTO entries (txn, account, amount)
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])",
-                &[
-                    &written.entry_txns,
-                    &written.entry_accounts,
-                    &written.entry_amounts,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let (addresses, unlocks): (Vec<&String>, Vec<i64>) = after
-            .stake_unlocks
-            .iter()
-            .filter(|(a, u)| before.stake_unlocks.get(*a) != Some(u))
-            .map(|(a, u)| (a, *u))
-            .unzip();
-        if !addresses.is_empty() {
-            tx.execute(
-                "INSERT INTO stake_locks (address, unlock_unix_ms) SELECT * FROM unnest($1::text[], $2::int8[])
-                 ON CONFLICT (address) DO UPDATE SET unlock_unix_ms = EXCLUDED.unlock_unix_ms",
-                &[&addresses, &unlocks],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let opened: Vec<&EscrowRecord> = after
-            .escrows
-            .values()
-            .filter(|e| !before.escrows.contains_key(&e.request_id))
-            .collect();
-        if !opened.is_empty() {
-            let max_tokens = opened
-                .iter()
-                .map(|e| i64_of(e.max_tokens, "max_tokens"))
-                .collect::<Result<Vec<_>, _>>()?;
-            tx.execute(
-                "INSERT INTO escrows (request_id, gateway, payer, price_per_token, max_tokens, amount, opened_unix_ms)
-                 SELECT r, g, p, c, m, a, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS t(r, g, p, c, m, a)",
-                &[
-                    &opened.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(),
-                    &opened.iter().map(|e| e.gateway.as_str()).collect::<Vec<_>>(),
-                    &opened.iter().map(|e| e.payer.as_str()).collect::<Vec<_>>(),
-                    &opened.iter().map(|e| e.price_per_token.nano()).collect::<Vec<_>>(),
-                    &max_tokens,
-                    &opened.iter().map(|e| e.amount.nano()).collect::<Vec<_>>(),
-                    &written.times.first().copied().unwrap_or(0),
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let settled: Vec<&str> = after
-            .escrows
-            .values()
-            .filter(|e| {
-                e.settled
-                    && before
-                        .escrows
-                        .get(&e.request_id)
-                        .is_some_and(|b| !b.settled)
-            })
-            .map(|e| e.request_id.as_str())
-            .collect();
-        let settled_new: Vec<&str> = after
-            .escrows
-            .values()
-            .filter(|e| e.settled && !before.escrows.contains_key(&e.request_id))
-            .map(|e| e.request_id.as_str())
-            .collect();
-        let settled: Vec<&str> = settled.into_iter().chain(settled_new).collect();
-        if !settled.is_empty() {
-            tx.execute(
-                "UPDATE escrows SET settled = true WHERE request_id = ANY($1)",
-                &[&settled],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let (nodes, (days, credits)): (Vec<&String>, (Vec<i64>, Vec<i64>)) = after
-            .paid
-            .iter()
-            .filter(|(k, v)| before.paid.get(*k) != Some(v))
-            .map(|((node, day), credit)| (node, (*day, credit.nano())))
-            .unzip();
-        if !nodes.is_empty() {
-            tx.execute(
-                "INSERT INTO node_days (node, day, credited) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
-                 ON CONFLICT (node, day) DO UPDATE SET credited = EXCLUDED.credited",
-                &[&nodes, &days, &credits],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        let (signers, nonces): (Vec<&String>, Vec<i64>) = after
-            .nonces
-            .iter()
-            .filter(|(s, n)| before.nonces.get(*s) != Some(n))
-            .map(|(s, n)| Ok((s, i64_of(*n, "nonce")?)))
-            .collect::<Result<Vec<_>, Error>>()?
-            .into_iter()
-            .unzip();
-        if !signers.is_empty() {
-            // Absolute values under the rows' locks; a signer new to the ledger races only
-            // another batch inserting it (a unique violation: the batch is tried again).
-            tx.execute(
-                "INSERT INTO signer_nonces (signer_id, last_nonce) SELECT * FROM unnest($1::text[], $2::int8[])
-                 ON CONFLICT (signer_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce",
-                &[&signers, &nonces],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        if after.utilisation_ppm != before.utilisation_ppm {
-            tx.execute(
-                "UPDATE market SET utilisation_ppm = $1 WHERE id = 1",
-                &[&i64_of(after.utilisation_ppm, "utilisation")?],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        tokio::try_join!(
+            async {
+                if written.entry_txns.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "INSERT INTO entries (txn, account, amount)
+                     SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])",
+                    &[&written.entry_txns, &written.entry_accounts, &written.entry_amounts],
+                )
+                .await
+            },
+            async {
+                if addresses.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "INSERT INTO stake_locks (address, unlock_unix_ms) SELECT * FROM unnest($1::text[], $2::int8[])
+                     ON CONFLICT (address) DO UPDATE SET unlock_unix_ms = EXCLUDED.unlock_unix_ms",
+                    &[&addresses, &unlocks],
+                )
+                .await
+            },
+            async {
+                if opened.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "INSERT INTO escrows (request_id, gateway, payer, price_per_token, max_tokens, amount, opened_unix_ms)
+                     SELECT r, g, p, c, m, a, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS t(r, g, p, c, m, a)",
+                    &[
+                        &opened.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(),
+                        &opened.iter().map(|e| e.gateway.as_str()).collect::<Vec<_>>(),
+                        &opened.iter().map(|e| e.payer.as_str()).collect::<Vec<_>>(),
+                        &opened.iter().map(|e| e.price_per_token.nano()).collect::<Vec<_>>(),
+                        &opened_max_tokens,
+                        &opened.iter().map(|e| e.amount.nano()).collect::<Vec<_>>(),
+                        &opened_at,
+                    ],
+                )
+                .await
+            },
+            async {
+                if settled.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "UPDATE escrows SET settled = true WHERE request_id = ANY($1)",
+                    &[&settled],
+                )
+                .await
+            },
+            async {
+                if nodes.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    "INSERT INTO node_days (node, day, credited) SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
+                     ON CONFLICT (node, day) DO UPDATE SET credited = EXCLUDED.credited",
+                    &[&nodes, &days, &credits],
+                )
+                .await
+            },
+            async {
+                if signers.is_empty() {
+                    return Ok(0);
+                }
+                // Absolute values under the rows' locks; a signer new to the ledger races
+                // only another batch inserting it (a unique violation: tried again).
+                tx.execute(
+                    "INSERT INTO signer_nonces (signer_id, last_nonce) SELECT * FROM unnest($1::text[], $2::int8[])
+                     ON CONFLICT (signer_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce",
+                    &[&signers, &nonces],
+                )
+                .await
+            },
+            async {
+                let Some(u) = utilisation else {
+                    return Ok(0);
+                };
+                tx.execute("UPDATE market SET utilisation_ppm = $1 WHERE id = 1", &[&u])
+                    .await
+            },
+        )
+        .map_err(pg)?;
         Ok(())
     }
 
