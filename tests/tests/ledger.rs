@@ -64,7 +64,12 @@ async fn invariants_hold_under_load_through_ledger_and_database_crashes() {
     );
 
     let mut client = ledger.client();
-    let supply = client.supply(SupplyRequest {}).await.unwrap().into_inner();
+    let supply = client
+        .supply(SupplyRequest { audit: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(supply.audited);
     println!("{supply:?}");
     assert!(supply.minted > 0 && supply.burned > 0);
     assert_eq!(
@@ -104,7 +109,11 @@ async fn invariants_hold_under_load_through_ledger_and_database_crashes() {
             }
         }
     }
-    let after = client.supply(SupplyRequest {}).await.unwrap().into_inner();
+    let after = client
+        .supply(SupplyRequest { audit: true })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         after, supply,
         "sending acknowledged operations again changed the ledger"

@@ -108,7 +108,7 @@ async fn ledger_throughput_and_latency() {
     let p99 = quantile(&mut report.escrow_settle, 0.99);
     let supply = ledger
         .client()
-        .supply(SupplyRequest {})
+        .supply(SupplyRequest { audit: true })
         .await
         .unwrap()
         .into_inner();

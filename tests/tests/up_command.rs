@@ -136,6 +136,38 @@ impl Printed {
     }
 }
 
+/// `up --train` on a corpus dataset, 4 inner steps per round, with `extra` flags, into a
+/// checkpoint directory without weights; returns once the banner is printed.
+fn start_training_up(dir: &std::path::Path, extra: &[&str]) -> (Up, Printed, u16) {
+    let data = support::checkpoints::corpus_dataset(dir, 300);
+    let port = free_port().unwrap();
+    let mut args = vec![
+        "--train",
+        "--data",
+        data.to_str().unwrap(),
+        "--inner-steps",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let mut up = start_up(&dir.join("ckpt"), port, &dir.join("state"), &args);
+    let printed = Printed::follow(&mut up);
+    printed.wait_for_banner(&mut up);
+    (up, printed, port)
+}
+
+/// Ctrl-C: `up` stops everything and exits 0; returns everything it printed.
+fn ctrl_c(mut up: Up, printed: Printed) -> Vec<String> {
+    let sent = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = up.0.wait().unwrap();
+    let lines = printed.finish();
+    assert!(status.success(), "exit {status}: {lines:?}");
+    lines
+}
+
 /// `up` speaks mutual TLS between its processes; its state directory holds a certificate for
 /// the harness side, which a test dials the workers with.
 fn client_tls(state: &std::path::Path) -> TlsFiles {
@@ -255,19 +287,8 @@ fn up_serves_in_plaintext_when_asked_with_the_given_key_and_ctrl_c_stops_everyth
 #[test]
 fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let data = support::checkpoints::corpus_dataset(dir.path(), 300);
     let ckpt = dir.path().join("ckpt");
-    let port = free_port().unwrap();
-    let state = dir.path().join("state");
-    let data_arg = data.to_str().unwrap();
-    let mut up = start_up(
-        &ckpt,
-        port,
-        &state,
-        &["--train", "--data", data_arg, "--inner-steps", "4"],
-    );
-    let printed = Printed::follow(&mut up);
-    printed.wait_for_banner(&mut up);
+    let (up, printed, port) = start_training_up(dir.path(), &[]);
     assert!(printed.has("the swarm starts from the seeded initialisation"));
     assert!(printed.has("Training:   every pipeline, 4 inner steps per round"));
     assert!(ckpt.join("config.json").exists() && ckpt.join("tokenizer.json").exists());
@@ -326,14 +347,7 @@ fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
     // The gateway answers while they train.
     complete(port, KEY, "the king", 6);
 
-    let sent = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = up.0.wait().unwrap();
-    let lines = printed.finish();
-    assert!(status.success(), "exit {status}: {lines:?}");
+    let lines = ctrl_c(up, printed);
     assert!(
         lines.iter().any(|l| l.contains("nothing left running")),
         "{lines:?}"
@@ -346,26 +360,7 @@ fn up_train_trains_both_pipelines_from_the_seed_while_serving() {
 #[test]
 fn up_train_with_the_ledger_pays_training_into_the_wallet_inference_spends() {
     let dir = tempfile::tempdir().unwrap();
-    let data = support::checkpoints::corpus_dataset(dir.path(), 300);
-    let ckpt = dir.path().join("ckpt");
-    let port = free_port().unwrap();
-    let state = dir.path().join("state");
-    let data_arg = data.to_str().unwrap();
-    let mut up = start_up(
-        &ckpt,
-        port,
-        &state,
-        &[
-            "--train",
-            "--data",
-            data_arg,
-            "--inner-steps",
-            "4",
-            "--ledger",
-        ],
-    );
-    let printed = Printed::follow(&mut up);
-    printed.wait_for_banner(&mut up);
+    let (up, printed, port) = start_training_up(dir.path(), &["--ledger"]);
     assert!(printed.has("Ledger:     https://127.0.0.1:"));
     assert!(printed.has("neuroshard wallet balance --key"));
 
@@ -417,15 +412,7 @@ fn up_train_with_the_ledger_pays_training_into_the_wallet_inference_spends() {
         assert!(Instant::now() < deadline, "not settled: {billing}");
         std::thread::sleep(Duration::from_millis(200));
     }
-
-    let sent = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = up.0.wait().unwrap();
-    let lines = printed.finish();
-    assert!(status.success(), "exit {status}: {lines:?}");
+    ctrl_c(up, printed);
 }
 
 fn json(body: &str) -> serde_json::Value {

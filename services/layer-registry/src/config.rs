@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use neuroshard_common::ModelConfig;
 use neuroshard_common::architecture::{ArchitecturePolicy, TRAINING_BYTES_PER_PARAM};
 use neuroshard_common::growth::{ArchitectureMode, AutoPolicy};
+use neuroshard_common::identity::is_node_id;
 use serde::{Deserialize, Serialize};
 
 pub use neuroshard_postgres::{DatabaseTls, SslMode};
@@ -225,14 +226,6 @@ impl RegistryConfig {
             }),
         }
     }
-}
-
-/// Whether a node id is 40 lowercase hex digits (the first 20 bytes of SHA-256 of its key).
-fn is_node_id(id: &str) -> bool {
-    id.len() == 40
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The node id an `allowed_nodes` entry names: a node id, or a compressed public key.

@@ -5,14 +5,11 @@
 use std::fmt;
 
 use neuroshard_common::Error;
+use neuroshard_common::identity::is_node_id;
 
 /// A wallet address: the 40-hex node id of its secp256k1 key (`neuroshard_common::identity`).
 pub fn check_address(field: &str, address: &str) -> Result<(), Error> {
-    if address.len() == 40
-        && address
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if is_node_id(address) {
         Ok(())
     } else {
         Err(Error::invalid_argument(format!(

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use neuroshard_common::Error;
 use neuroshard_common::signing::now_ms;
-use neuroshard_common::{Error, ErrorKind};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::ledger::v1::ledger_server::Ledger as LedgerRpc;
 use neuroshard_proto::ledger::v1::{
@@ -26,21 +26,6 @@ pub struct LedgerService {
     pub store: Store,
     pub verifier: Arc<Verifier>,
     pub max_batch: usize,
-}
-
-fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidArgument => "invalid_argument",
-        ErrorKind::Unauthenticated => "unauthenticated",
-        ErrorKind::PermissionDenied => "permission_denied",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::AlreadyExists => "already_exists",
-        ErrorKind::FailedPrecondition => "failed_precondition",
-        ErrorKind::ResourceExhausted => "resource_exhausted",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::DeadlineExceeded => "deadline_exceeded",
-        ErrorKind::Internal => "internal",
-    }
 }
 
 /// Counts an answered operation; minted and burned NEURO count once, when first applied.
@@ -68,8 +53,9 @@ fn observe(kind: &'static str, result: &Result<Outcome, Error>) {
             }
         }
         Err(e) => {
-            metrics::counter!(names::OPERATIONS, "kind" => kind, "outcome" => kind_name(e.kind))
-                .increment(1);
+            // The refusal's gRPC code, named as the server's own call metrics name it.
+            let code = format!("{:?}", tonic::Code::from(e.kind.grpc_code()));
+            metrics::counter!(names::OPERATIONS, "kind" => kind, "outcome" => code).increment(1);
         }
     }
 }
@@ -163,8 +149,13 @@ impl LedgerRpc for LedgerService {
         ))
     }
 
-    async fn supply(&self, _: Request<SupplyRequest>) -> Result<Response<SupplyState>, Status> {
-        Ok(Response::new(self.store.supply().await?))
+    async fn supply(
+        &self,
+        request: Request<SupplyRequest>,
+    ) -> Result<Response<SupplyState>, Status> {
+        Ok(Response::new(
+            self.store.supply(request.into_inner().audit).await?,
+        ))
     }
 
     async fn market(&self, _: Request<MarketRequest>) -> Result<Response<MarketState>, Status> {

@@ -104,10 +104,6 @@ impl Store {
         })
     }
 
-    pub fn economics(&self) -> &Economics {
-        &self.economics
-    }
-
     /// Applies one checked request at `now_ms`.
     pub async fn submit(&self, request: &Request, now_ms: i64) -> Result<Outcome, Error> {
         let mut results = self
@@ -650,9 +646,9 @@ impl Store {
         })
     }
 
-    /// Supply and the audit: minted, burned, held, and accounts whose cached balance is not
-    /// the sum of their entries.
-    pub async fn supply(&self) -> Result<SupplyState, Error> {
+    /// Supply: minted, burned, held; with `audit`, also the accounts whose cached balance is
+    /// not the sum of their entries (a read of the whole journal).
+    pub async fn supply(&self, audit: bool) -> Result<SupplyState, Error> {
         let client = self.pool.get().await.map_err(db)?;
         let row = client
             .query_one(
@@ -661,15 +657,26 @@ impl Store {
                    (SELECT COALESCE(sum(amount), 0)::int8 FROM entries WHERE account = 'burn'),
                    (SELECT COALESCE(sum(balance), 0)::int8 FROM accounts),
                    (SELECT count(*) FROM accounts),
-                   (SELECT count(*) FROM transactions),
-                   (SELECT count(*) FROM accounts a
-                      LEFT JOIN (SELECT account, sum(amount) AS s FROM entries GROUP BY account) e
-                      ON e.account = a.id
-                    WHERE a.balance <> COALESCE(e.s, 0))",
+                   (SELECT count(*) FROM transactions)",
                 &[],
             )
             .await
             .map_err(db)?;
+        let mismatched = if audit {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM accounts a
+                       LEFT JOIN (SELECT account, sum(amount) AS s FROM entries GROUP BY account) e
+                       ON e.account = a.id
+                     WHERE a.balance <> COALESCE(e.s, 0)",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)
+        } else {
+            0
+        };
         let (minted, burned): (i64, i64) = (row.get(0), row.get(1));
         Ok(SupplyState {
             minted,
@@ -678,7 +685,8 @@ impl Store {
             held: row.get(2),
             accounts: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
             transactions: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
-            mismatched_accounts: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
+            mismatched_accounts: mismatched,
+            audited: audit,
         })
     }
 

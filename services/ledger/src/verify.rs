@@ -66,10 +66,6 @@ fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, Error>
     Ok(message)
 }
 
-fn positive(nano: i64, field: &str) -> Result<Amount, Error> {
-    Amount::positive(nano, field)
-}
-
 impl Verifier {
     /// Checks `envelope` at `now_ms`.
     pub fn check(&self, envelope: &SignedEnvelope, now_ms: i64) -> Result<Request, Error> {
@@ -94,7 +90,7 @@ impl Verifier {
         let ((key, nonce), op) = match kind {
             operation::Kind::Transfer(t) => {
                 check_address("transfer.to", &t.to)?;
-                let amount = positive(t.amount, "transfer.amount")?;
+                let amount = Amount::positive(t.amount, "transfer.amount")?;
                 (
                     wallet_key(&signed),
                     Op::Transfer {
@@ -108,14 +104,14 @@ impl Verifier {
                 wallet_key(&signed),
                 Op::Stake {
                     address: signer,
-                    amount: positive(s.amount, "stake.amount")?,
+                    amount: Amount::positive(s.amount, "stake.amount")?,
                 },
             ),
             operation::Kind::Unstake(u) => (
                 wallet_key(&signed),
                 Op::Unstake {
                     address: signer,
-                    amount: positive(u.amount, "unstake.amount")?,
+                    amount: Amount::positive(u.amount, "unstake.amount")?,
                 },
             ),
             operation::Kind::TrainingProof(proof) => {

@@ -289,7 +289,8 @@ async fn work_pays_transfers_burn_stakes_lock_inference_settles_and_fraud_is_sla
     )
     .await;
 
-    let supply = f.store.supply().await.unwrap();
+    let supply = f.store.supply(true).await.unwrap();
+    assert!(supply.audited);
     assert_eq!(supply.minted, neuro(30));
     // Burned: 0.5 transfer, 20,000 nano inference, 2.5 slash.
     assert_eq!(supply.burned, neuro(3) + 20_000);

@@ -149,10 +149,7 @@ impl WorkerConfig {
             }
         }
         if let Some(payout) = &self.payout
-            && !(payout.len() == 40
-                && payout
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            && !neuroshard_common::identity::is_node_id(payout)
         {
             return Err(Error::invalid_argument(format!(
                 "payout: {payout:?} is not a wallet address (40 lowercase hex digits)"

@@ -6,6 +6,7 @@
 //! settlement is retried until the ledger acknowledges it (it is idempotent by request id),
 //! so a ledger restart loses no charge.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use crate::status::{BillingStatus, ChargeStatus, SupplyStatus, WalletStatus};
 
 /// Charges kept for the status document.
 const RECENT: usize = 32;
+/// How long a read of the ledger's supply and balances serves the status document.
+const LEDGER_VIEW_TTL: Duration = Duration::from_secs(2);
 /// How long the status document waits for the ledger's supply and balances.
 const LEDGER_READ: Duration = Duration::from_millis(500);
 /// Between attempts at a settlement the ledger did not acknowledge.
@@ -35,6 +38,18 @@ pub struct Ledger {
     network_id: String,
     url: String,
     status: Mutex<BillingStatus>,
+    /// The ledger's supply and the keys' balances as last read, and how many escrows and
+    /// settlements this gateway had made then.
+    view: Mutex<Option<LedgerView>>,
+    generation: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct LedgerView {
+    read: std::time::Instant,
+    generation: u64,
+    supply: Option<SupplyStatus>,
+    wallets: Vec<WalletStatus>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -77,6 +92,8 @@ impl Ledger {
             key,
             network_id: settings.network_id.clone(),
             url: url.clone(),
+            view: Mutex::new(None),
+            generation: AtomicU64::new(0),
         })))
     }
 
@@ -89,13 +106,36 @@ impl Ledger {
     }
 
     /// [`Ledger::status`] with the ledger's supply and the balances of `wallets`, as far as
-    /// the ledger answers within a moment (the status document must not wait on it).
+    /// the ledger answers within a moment (the status document must not wait on it). Read
+    /// at most every `LEDGER_VIEW_TTL` while no charge moved money (dashboards poll every
+    /// second; the ledger should not answer each of them).
     pub async fn status_with_balances(&self, wallets: &[String]) -> BillingStatus {
         let mut status = self.status();
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(view) = self
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|v| v.generation == generation && v.read.elapsed() < LEDGER_VIEW_TTL)
+        {
+            status.supply = view.supply;
+            status.wallets = view.wallets.clone();
+            return status;
+        }
         let mut client = self.client.clone();
+        let mut view = LedgerView {
+            read: std::time::Instant::now(),
+            generation,
+            supply: None,
+            wallets: Vec::new(),
+        };
         let read = async {
-            let supply = client.supply(SupplyRequest {}).await?.into_inner();
-            status.supply = Some(SupplyStatus {
+            let supply = client
+                .supply(SupplyRequest { audit: false })
+                .await?
+                .into_inner();
+            view.supply = Some(SupplyStatus {
                 minted: supply.minted,
                 burned: supply.burned,
                 supply: supply.supply,
@@ -107,7 +147,7 @@ impl Ledger {
                     })
                     .await?
                     .into_inner();
-                status.wallets.push(WalletStatus {
+                view.wallets.push(WalletStatus {
                     address: account.address,
                     balance: account.balance,
                     staked: account.staked,
@@ -116,13 +156,22 @@ impl Ledger {
             Ok::<(), tonic::Status>(())
         };
         match tokio::time::timeout(LEDGER_READ, read).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                status.supply = view.supply;
+                status.wallets = view.wallets.clone();
+                *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(view);
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e.message(), "reading the ledger for the status")
             }
             Err(_) => tracing::debug!("the ledger did not answer the status read in time"),
         }
         status
+    }
+
+    /// Money moved through this gateway: the cached ledger view is out of date.
+    fn moved(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Escrows `max_tokens` at the current price from `payer` for `request_id`.
@@ -148,6 +197,7 @@ impl Ledger {
         match self.client.clone().submit(envelope).await {
             Ok(outcome) => {
                 let outcome = outcome.into_inner();
+                self.moved();
                 self.status_mut().price_per_token = outcome.price_per_token;
                 Ok(Escrowed {
                     price_per_token: outcome.price_per_token,
@@ -200,6 +250,7 @@ impl Ledger {
                 };
                 match ledger.client.clone().submit(envelope).await {
                     Ok(outcome) => {
+                        ledger.moved();
                         let mut status = ledger.status_mut();
                         status.settling = status.settling.saturating_sub(1);
                         status.requests_settled += 1;

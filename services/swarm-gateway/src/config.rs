@@ -348,12 +348,7 @@ impl GatewayConfig {
                 return Err(bad("billing.network_id must not be empty".into()));
             }
             for (i, entry) in self.api_keys.iter().enumerate() {
-                let address = &entry.account;
-                if !(address.len() == 40
-                    && address
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-                {
+                if !neuroshard_common::identity::is_node_id(&entry.account) {
                     return Err(bad(format!(
                         "api_keys[{i}].account must be a wallet address (40 lowercase hex digits) when billing.ledger is set: requests are charged to it"
                     )));

@@ -133,7 +133,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let (Some(url), Some(wallet)) = (&swarm.ledger_url, &swarm.wallet_key) {
+    if let (Some(url), Some(wallet), Some(address)) =
+        (&swarm.ledger_url, &swarm.wallet_key, &swarm.wallet_address)
+    {
         let tls = &swarm.client_tls;
         let flags = match (&tls.cert_file, &tls.key_file, &tls.ca_file) {
             (Some(cert), Some(key), Some(ca)) => format!(
@@ -145,8 +147,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!(
-            "  Ledger:     {url} (your wallet {}: training pays it, inference charges it)",
-            neuroshard_common::identity::NodeKey::load(wallet)?.node_id()
+            "  Ledger:     {url} (your wallet {address}: training pays it, inference charges it)"
         );
         println!(
             "              neuroshard wallet balance --key {} --ledger {url}{flags}",

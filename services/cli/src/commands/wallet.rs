@@ -233,11 +233,7 @@ pub fn run(command: WalletCommand) -> anyhow::Result<()> {
                 to,
                 amount: a,
             } => {
-                if !(to.len() == 40
-                    && to
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-                {
+                if !neuroshard_common::identity::is_node_id(&to) {
                     bail!(
                         "--to: {to:?} is not a wallet address (40 lowercase hex digits, as `neuroshard wallet address` prints)"
                     );

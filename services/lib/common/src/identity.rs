@@ -123,6 +123,15 @@ pub fn node_id_of(compressed_public_key: &[u8]) -> String {
     hex::encode(&Sha256::digest(compressed_public_key)[..20])
 }
 
+/// Whether `id` has the form of a node id (also a wallet address): 40 lowercase hex digits,
+/// as [`node_id_of`] writes it.
+pub fn is_node_id(id: &str) -> bool {
+    id.len() == 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Parses a SEC1 compressed public key.
 pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey> {
     if bytes.len() != PUBLIC_KEY_LEN {
@@ -138,6 +147,21 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_have_one_form() {
+        let key = NodeKey::generate();
+        assert!(is_node_id(key.node_id()));
+        for bad in [
+            "",
+            "AB".repeat(20).as_str(),
+            &"a".repeat(39),
+            &"g".repeat(40),
+            &"a".repeat(41),
+        ] {
+            assert!(!is_node_id(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn keys_round_trip_through_0600_files() {

@@ -235,10 +235,11 @@ pub struct LocalSwarm {
     /// The diloco-aggregator, when the swarm trains.
     pub aggregator: Option<ProcessHandle>,
     pub aggregator_url: Option<String>,
-    /// The ledger and the local user's wallet key, with `SwarmOptions::ledger`.
+    /// The ledger, the local user's wallet key and its address, with `SwarmOptions::ledger`.
     pub ledger: Option<ProcessHandle>,
     pub ledger_url: Option<String>,
     pub wallet_key: Option<PathBuf>,
+    pub wallet_address: Option<String>,
     /// What a client of the swarm's gRPC links (this harness, a test) dials with: its own
     /// certificate under the run's CA, the given files, or none for plaintext.
     pub client_tls: TlsFiles,
@@ -444,7 +445,7 @@ impl LocalSwarm {
             None => (None, None),
         };
 
-        let (ledger, ledger_url, wallet_key) = if options.ledger {
+        let (ledger, ledger_url, wallet_key, wallet_address) = if options.ledger {
             let port = free_port()?;
             let key_id = |path: &Path| {
                 NodeKey::load_or_create(path)
@@ -455,7 +456,7 @@ impl LocalSwarm {
             let aggregator_id = key_id(&options.state_dir.join("aggregator.key"))?;
             let gateway_id = key_id(&gateway_key)?;
             let wallet = options.state_dir.join("wallet.key");
-            key_id(&wallet)?;
+            let address = key_id(&wallet)?;
             let mut config = LedgerToml::new(NETWORK, port, &pg.create_database("ledger")?)
                 .tls(&transport.files(LEDGER_BINARY))?
                 .aggregators(&[&aggregator_id])
@@ -477,9 +478,9 @@ impl LocalSwarm {
             )?;
             wait_listening(&launcher, &process, LEDGER_BINARY, port, deadline)?;
             progress(&format!("ledger ready at {url}"));
-            (Some(process), Some(url), Some(wallet))
+            (Some(process), Some(url), Some(wallet), Some(address))
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
 
         let stages = if options.workers >= 4 {
@@ -499,16 +500,7 @@ impl LocalSwarm {
             launcher: launcher.clone(),
             registry_url: registry_url.clone(),
             aggregator_url: aggregator_url.clone(),
-            ledger: match (&ledger_url, &wallet_key) {
-                (Some(url), Some(wallet)) => Some((
-                    url.clone(),
-                    NodeKey::load(wallet)
-                        .map_err(|e| LocalError(format!("{}: {e}", wallet.display())))?
-                        .node_id()
-                        .to_string(),
-                )),
-                _ => None,
-            },
+            ledger: ledger_url.clone().zip(wallet_address.clone()),
             memory,
             capacity: matches!(transport, Transport::Issued(_)).then_some(worker_names.len()),
             transport,
@@ -549,13 +541,9 @@ impl LocalSwarm {
             let _ = write_pids(&hook_file, &node_names, statuses);
         });
         // With the ledger, requests are charged to the local user's wallet.
-        let account = match &wallet_key {
-            Some(path) => NodeKey::load(path)
-                .map_err(|e| LocalError(format!("{}: {e}", path.display())))?
-                .node_id()
-                .to_string(),
-            None => "local".to_string(),
-        };
+        let account = wallet_address
+            .clone()
+            .unwrap_or_else(|| "local".to_string());
         let mut gateway_config =
             GatewayToml::new(gateway_port, "neurollm", &tokenizer, &registry_url)?
                 .api_key(&options.api_key, &account)
@@ -597,6 +585,7 @@ impl LocalSwarm {
             ledger,
             ledger_url,
             wallet_key,
+            wallet_address,
             supervisor,
             pg,
             options: options.clone(),

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use neuroshard_common::Error;
@@ -45,34 +46,27 @@ pub async fn answer_streamed(
         Some(first) => first,
         None => return Err(Error::internal("every choice ended without a result").into()),
     };
-    let state = StreamState {
+    let escrowed = bill.as_ref().map(Bill::escrowed);
+    let mut state = StreamState {
         started: vec![false; spec.n as usize],
         spec,
         events: Some(events),
         outbox: VecDeque::new(),
         completion_tokens: 0,
-        escrowed: bill.as_ref().map(Bill::escrowed),
         bill,
     };
-    let mut state = state;
     state.handle(first);
-    let escrowed = state.escrowed;
     let mut response = Sse::new(state.into_stream())
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
     // The final charge is in the usage chunk (`usage.cost`); the headers go first.
     if let Some(e) = escrowed {
-        for (name, value) in [
-            (
-                "x-neuroshard-price-per-token",
-                e.price_per_token.to_string(),
-            ),
-            ("x-neuroshard-escrowed", e.escrowed.to_string()),
-        ] {
-            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
-        }
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-neuroshard-price-per-token",
+            HeaderValue::from(e.price_per_token),
+        );
+        headers.insert("x-neuroshard-escrowed", HeaderValue::from(e.escrowed));
     }
     Ok(response)
 }
@@ -89,7 +83,6 @@ struct StreamState {
     completion_tokens: u32,
     /// Settles what was delivered when the stream ends or is dropped (the client gone).
     bill: Option<Bill>,
-    escrowed: Option<crate::billing::Escrowed>,
 }
 
 fn data(value: &Value) -> Event {

@@ -2,6 +2,7 @@
 //! one JSON document with all their texts and the request's usage.
 
 use axum::Json;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use neuroshard_common::Error;
 use tokio::sync::mpsc;
@@ -74,17 +75,14 @@ async fn collect(
 
 /// The charge of a billed request, beside its usage: nano-NEURO per token, tokens charged,
 /// and nano-NEURO charged.
-pub fn cost_headers(headers: &mut axum::http::HeaderMap, cost: &Cost) {
-    for (name, value) in [
-        (
-            "x-neuroshard-price-per-token",
-            cost.price_per_token.to_string(),
-        ),
-        ("x-neuroshard-tokens-charged", cost.tokens.to_string()),
-        ("x-neuroshard-charged", cost.charged.to_string()),
-    ] {
-        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
+fn cost_headers(headers: &mut HeaderMap, cost: &Cost) {
+    headers.insert(
+        "x-neuroshard-price-per-token",
+        HeaderValue::from(cost.price_per_token),
+    );
+    headers.insert(
+        "x-neuroshard-tokens-charged",
+        HeaderValue::from(cost.tokens),
+    );
+    headers.insert("x-neuroshard-charged", HeaderValue::from(cost.charged));
 }
