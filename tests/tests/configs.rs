@@ -48,7 +48,9 @@ fn every_registry_key_is_one_the_registry_takes() {
         .auto_architecture(4, 1500, 22.0)
         .tls(&tls())
         .unwrap()
-        .metrics_port(7402);
+        .metrics_port(7402)
+        .attesting(Path::new("registry.key"), 60_000)
+        .unwrap();
     let config: RegistryConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(config.listen, ([127, 0, 0, 1], 7401).into());
@@ -68,6 +70,10 @@ fn every_registry_key_is_one_the_registry_takes() {
     assert_eq!(config.architecture.depth_curve_scale, 22.0);
     assert_eq!(config.tls, tls());
     assert_eq!(config.metrics_listen, Some(([127, 0, 0, 1], 7402).into()));
+    assert_eq!(
+        (config.signing_key_file, config.uptime_epoch_ms),
+        (Some("registry.key".into()), 60_000)
+    );
     // What the harness leaves out keeps the registry's default.
     assert_eq!(config.min_replicas, RegistryConfig::default().min_replicas);
 }
@@ -247,12 +253,24 @@ fn every_ledger_key_is_one_the_ledger_takes() {
     .unwrap()
     .aggregators(&[&a])
     .gateways(&[&g])
-    .tokens_per_batch(256);
+    .registries(&[&a], 60_000)
+    .tokens_per_batch(256)
+    .tokens_per_sample(64)
+    .escrow_ttl_ms(5_000);
     let config: LedgerConfig = read(toml.table());
     config.validate().unwrap();
     assert_eq!(config.listen, ([127, 0, 0, 1], 7701).into());
     assert_eq!(config.network_id, "net");
     assert_eq!((config.aggregators, config.gateways), (vec![a], vec![g]));
     assert_eq!(config.economics.tokens_per_batch, 256);
+    assert_eq!(config.registries, vec!["a".repeat(40)]);
+    assert_eq!(
+        (
+            config.economics.uptime_epoch_ms,
+            config.economics.tokens_per_sample,
+            config.economics.escrow_ttl_ms
+        ),
+        (60_000, 64, 5_000)
+    );
     assert_eq!(config.tls, tls());
 }

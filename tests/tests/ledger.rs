@@ -150,7 +150,8 @@ async fn the_wallet_command_moves_and_stakes_neuro() {
     let (ok, again) = tokio::task::block_in_place(|| wallet(&["new"]));
     assert!(!ok && again.contains("never overwritten"), "{again}");
 
-    // 1,000 batches × 4 layers × 0.0005 = 2 NEURO, paid to the wallet.
+    // 1,000 batches × 4 layers × 0.0005 = 2 NEURO, and the data the span from layer 0 fed
+    // (2,000 samples of 256 tokens × 0.00001 = 0.02), paid to the wallet.
     let node = neuroshard_common::identity::NodeKey::generate();
     let proof = support::ledger::training_proof(
         support::ledger::NET,
@@ -163,7 +164,10 @@ async fn the_wallet_command_moves_and_stakes_neuro() {
     );
     ledger.client().submit(proof).await.unwrap();
     let (ok, balance) = tokio::task::block_in_place(|| wallet(&["balance"]));
-    assert!(ok && balance.contains("balance     2 NEURO"), "{balance}");
+    assert!(
+        ok && balance.contains("balance     2.02 NEURO"),
+        "{balance}"
+    );
 
     let to = "b".repeat(40);
     let (ok, sent) =
@@ -177,7 +181,7 @@ async fn the_wallet_command_moves_and_stakes_neuro() {
     assert!(!ok && early.contains("locked until"), "{early}");
     let (ok, balance) = tokio::task::block_in_place(|| wallet(&["balance"]));
     assert!(
-        ok && balance.contains("balance     0.5 NEURO")
+        ok && balance.contains("balance     0.52 NEURO")
             && balance.contains("staked      0.5 NEURO"),
         "{balance}"
     );
@@ -207,4 +211,175 @@ async fn the_wallet_command_moves_and_stakes_neuro() {
         let (ok, out) = tokio::task::block_in_place(|| wallet(args));
         assert!(!ok && out.contains(says), "{args:?}: {out}");
     }
+}
+
+/// Uptime end to end between processes: a registry that signs attestations, a node
+/// heartbeating to it, the attestation of a final epoch paid by the ledger once (asked again,
+/// the registry signs the same figures afresh and the ledger answers with the stored
+/// outcome); and an escrow its gateway never settles, refunded by the ledger's own sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_uptime_is_paid_once_and_a_forgotten_escrow_is_refunded() {
+    use neuroshard_common::identity::NodeKey;
+    use neuroshard_common::signing::now_ms;
+    use neuroshard_local::{LocalRegistry, RegistryToml};
+    use neuroshard_neuro::sign_operation;
+    use neuroshard_proto::ledger::v1::{Escrow, GetAccountRequest, UptimeProof, operation};
+    use neuroshard_proto::registry::v1::{AttestRequest, HeartbeatRequest, UptimeAttestation};
+    use neuroshard_runtime::tls::TlsFiles;
+    use prost::Message;
+    use support::ledger::NET;
+    use support::registry::{envelope, register_request};
+
+    const EPOCH_MS: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let registry_key = dir.path().join("registry.key");
+    let registry = LocalRegistry::start(
+        &support::launcher(dir.path()),
+        RegistryToml::new(NET)
+            .tls(&TlsFiles::insecure_plaintext())
+            .unwrap()
+            .endpoint_probe_timeout_ms(0)
+            .liveness(200, 600, 1_200)
+            .attesting(&registry_key, EPOCH_MS)
+            .unwrap(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let registry_id = NodeKey::load_or_create(&registry_key)
+        .unwrap()
+        .node_id()
+        .to_string();
+    let ledger = LedgerHarness::start_with(dir.path(), |config| {
+        config
+            .registries(&[&registry_id], EPOCH_MS)
+            .escrow_ttl_ms(1_500)
+    });
+    let mut client = support::registry_client(&registry.registry.url).await;
+    let node = NodeKey::generate();
+    let request = register_request("http://127.0.0.1:1/uptime", 60_000_000, 1_000.0);
+    client
+        .register(envelope(&node, NET, "RegisterRequest", 1, &request))
+        .await
+        .unwrap();
+    // The first whole epoch after registration; final 1.2 s (the dead threshold) after it.
+    let epoch = (now_ms() as u64 / EPOCH_MS + 1) * EPOCH_MS;
+    let final_at = epoch + EPOCH_MS + 1_300;
+    let ask = |start: u64, node_id: &str| AttestRequest {
+        node_id: node_id.to_string(),
+        epoch_start_unix_ms: start,
+    };
+    let (mut nonce, mut asked_early) = (2, false);
+    while (now_ms() as u64) < final_at {
+        let beat = HeartbeatRequest { queue_depth: 0 };
+        client
+            .heartbeat(envelope(&node, NET, "HeartbeatRequest", nonce, &beat))
+            .await
+            .unwrap();
+        nonce += 1;
+        if !asked_early && now_ms() as u64 > epoch + 100 {
+            let early = client.attest(ask(epoch, node.node_id())).await.unwrap_err();
+            assert_eq!(early.code(), tonic::Code::FailedPrecondition);
+            assert!(early.message().contains("final at"), "{}", early.message());
+            asked_early = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = client
+        .attest(ask(epoch, node.node_id()))
+        .await
+        .unwrap()
+        .into_inner();
+    let attested = UptimeAttestation::decode(first.payload.as_slice()).unwrap();
+    assert_eq!(attested.registry_id, registry_id);
+    assert_eq!(attested.node_id, node.node_id());
+    assert_eq!(attested.epoch_ms, EPOCH_MS);
+    assert!(
+        (1_600..=2_000).contains(&attested.uptime_ms) && attested.heartbeats >= 6,
+        "a node heartbeating every 200 ms through the epoch: {attested:?}"
+    );
+    let stranger = NodeKey::generate();
+    let unknown = client
+        .attest(ask(epoch, stranger.node_id()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.code(),
+        tonic::Code::NotFound,
+        "{}",
+        unknown.message()
+    );
+
+    let mut ledger_client = ledger.client();
+    let proof = |attestation, nonce| {
+        sign_operation(
+            &node,
+            NET,
+            nonce,
+            now_ms(),
+            operation::Kind::UptimeProof(UptimeProof {
+                attestation: Some(attestation),
+                payout: String::new(),
+            }),
+        )
+        .unwrap()
+    };
+    let balance = || {
+        let mut c = ledger.client();
+        let address = node.node_id().to_string();
+        async move {
+            c.get_account(GetAccountRequest { address })
+                .await
+                .unwrap()
+                .into_inner()
+                .balance
+        }
+    };
+    let paid = ledger_client
+        .submit(proof(first.clone(), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    // 0.0001 NEURO a minute, pro rata.
+    let earned = 100_000 * attested.uptime_ms as i64 / 60_000;
+    assert_eq!(balance().await, earned);
+    let second = client
+        .attest(ask(epoch, node.node_id()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.signature, first.signature);
+    let again = ledger_client
+        .submit(proof(second, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed && again.transaction == paid.transaction);
+    assert_eq!(balance().await, earned);
+
+    // The gateway escrows 2 tokens of the node's wallet and never settles.
+    let escrow = sign_operation(
+        &ledger.gateway,
+        NET,
+        1,
+        now_ms(),
+        operation::Kind::Escrow(Escrow {
+            request_id: "forgotten".into(),
+            payer: node.node_id().into(),
+            max_tokens: 2,
+            utilisation_ppm: 0,
+        }),
+    )
+    .unwrap();
+    let escrowed = ledger_client.submit(escrow).await.unwrap().into_inner();
+    assert!(escrowed.escrowed > 0);
+    assert_eq!(balance().await, earned - escrowed.escrowed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while balance().await != earned {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsettled escrow was not refunded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    support::ledger::audited_supply(&mut ledger_client).await;
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::verify;
 use neuroshard_neuro::OPERATION;
-use neuroshard_proto::ledger::v1::{SubmitBatchRequest, SupplyRequest, batch_result};
+use neuroshard_proto::ledger::v1::{SubmitBatchRequest, batch_result};
 use support::ledger::{LedgerHarness, NET, merge, quantile, start_load, training_proof};
 
 const NODES: usize = 1_000;
@@ -106,14 +106,7 @@ async fn ledger_throughput_and_latency() {
     let ops = report.acknowledged.len();
     let p50 = quantile(&mut report.escrow_settle, 0.5);
     let p99 = quantile(&mut report.escrow_settle, 0.99);
-    let supply = ledger
-        .client()
-        .supply(SupplyRequest { audit: true })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(supply.supply, supply.held);
-    assert_eq!(supply.mismatched_accounts, 0);
+    support::ledger::audited_supply(&mut ledger.client()).await;
     println!(
         "{{\"bench\":\"ledger\",\"signature_verifications_per_s_one_core\":{verifies_per_s:.0},\"proofs_per_s_batched\":{proofs_per_s:.0},\"proofs_per_s_vs_verifications\":{:.3},\"mixed_load_ops_per_s\":{:.0},\"escrow_settle_p50_ms\":{:.1},\"escrow_settle_p99_ms\":{:.1},\"escrow_settle_pairs\":{}}}",
         proofs_per_s / verifies_per_s,

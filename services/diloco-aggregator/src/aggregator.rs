@@ -401,6 +401,8 @@ impl Aggregator {
                     score: score.map_or(0.0, |s| s.gain()),
                     commitment: s.commitment.to_vec(),
                     num_layers: round_layers,
+                    capacity_tokens_per_second: s.capacity_tokens_per_second,
+                    elapsed_ms: s.elapsed_ms,
                 };
                 receipts.push((s.node_id.clone(), s.span.0, self.sign("Receipt", &receipt)?));
             } else {

@@ -229,6 +229,8 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect(),
             bytes: 4,
+            capacity_tokens_per_second: 0.0,
+            elapsed_ms: 0,
         }
     }
 

@@ -27,6 +27,10 @@ pub struct Submission {
     /// Δ of the parameters this aggregator owns in the span, dequantised.
     pub deltas: Named,
     pub bytes: u64,
+    /// Plausibility figures the receipt carries: the node's registered capacity and how long
+    /// the round had been open when the work arrived.
+    pub capacity_tokens_per_second: f64,
+    pub elapsed_ms: u64,
 }
 
 /// A refused submission: the evidence kind and the message the caller sees.
@@ -56,6 +60,8 @@ pub struct OpenRound {
     /// Live pipelines the registry showed when the round opened.
     pub expected_pipelines: u32,
     pub holders: BTreeMap<String, BTreeSet<Holding>>,
+    /// Each holder's registered capacity (tokens/s), as the registry last showed it.
+    pub capacities: BTreeMap<String, f64>,
     pub submissions: Vec<Submission>,
 }
 
@@ -111,6 +117,7 @@ impl OpenRound {
             num_layers,
             expected_pipelines: 0,
             holders: BTreeMap::new(),
+            capacities: BTreeMap::new(),
             submissions: Vec::new(),
         };
         if let Some(snapshot) = snapshot {
@@ -131,8 +138,30 @@ impl OpenRound {
             self.expected_pipelines.min(count)
         };
         for (node, holding) in live.into_iter().flatten() {
+            if let Some(capacity) = snapshot
+                .nodes
+                .iter()
+                .find(|n| n.node_id == node)
+                .and_then(|n| n.capacity.as_ref())
+            {
+                self.capacities
+                    .insert(node.clone(), capacity.tokens_per_second);
+            }
             self.holders.entry(node).or_default().insert(holding);
         }
+    }
+
+    /// Milliseconds since the round opened (its deadline is `round_deadline_ms` after that).
+    pub fn elapsed_ms(&self, round_deadline_ms: u64, now_ms: i64) -> u64 {
+        let opened = self
+            .deadline_ms
+            .saturating_sub(i64::try_from(round_deadline_ms).unwrap_or(i64::MAX));
+        u64::try_from(now_ms.saturating_sub(opened)).unwrap_or(0)
+    }
+
+    /// `node_id`'s registered capacity in tokens/s (0 when the registry never showed one).
+    pub fn capacity_of(&self, node_id: &str) -> f64 {
+        self.capacities.get(node_id).copied().unwrap_or(0.0)
     }
 
     /// Whether a submission with this header may send its bytes: the round is this one and
@@ -228,7 +257,7 @@ impl OpenRound {
 mod tests {
     use super::*;
     use neuroshard_proto::common::v1::LayerSpan;
-    use neuroshard_proto::registry::v1::{NodeAssignment, Pipeline};
+    use neuroshard_proto::registry::v1::{Capacity, NodeAssignment, Pipeline};
 
     fn snapshot(dead: &[&str]) -> AssignmentSnapshot {
         let node = |id: &str, start, end| NodeAssignment {
@@ -239,6 +268,10 @@ mod tests {
                 NodeState::Live as i32
             },
             span: Some(LayerSpan { start, end }),
+            capacity: Some(Capacity {
+                tokens_per_second: f64::from(start + 1) * 100.0,
+                ..Capacity::default()
+            }),
             ..NodeAssignment::default()
         };
         AssignmentSnapshot {
@@ -269,6 +302,8 @@ mod tests {
             commitment: [0; 32],
             deltas: names.iter().map(|n| (n.to_string(), vec![0.0])).collect(),
             bytes: 1,
+            capacity_tokens_per_second: 0.0,
+            elapsed_ms: 0,
         }
     }
 
@@ -342,5 +377,16 @@ mod tests {
             .submissions
             .push(submission("d", (1, 2), "p1", &["y"]));
         assert!(round.complete(owned()));
+    }
+
+    #[test]
+    fn receipts_carry_the_holders_capacity_and_the_time_since_the_round_opened() {
+        // Deadline 1,000 ms after opening at unix ms 0.
+        let round = OpenRound::open(1, 10, 1_000, 7, 2, Some(&snapshot(&[])));
+        assert_eq!(round.elapsed_ms(1_000, 250), 250);
+        assert_eq!(round.elapsed_ms(1_000, -5), 0);
+        assert_eq!(round.capacity_of("a"), 100.0);
+        assert_eq!(round.capacity_of("b"), 200.0);
+        assert_eq!(round.capacity_of("nobody"), 0.0);
     }
 }

@@ -356,7 +356,7 @@ impl AggregatorService {
         }
         let mut commitment = [0u8; 32];
         commitment.copy_from_slice(&header.commitment);
-        let submission = Submission {
+        let mut submission = Submission {
             node_id: node_id.clone(),
             span,
             pipeline: header.pipeline_id.clone(),
@@ -364,16 +364,21 @@ impl AggregatorService {
             commitment,
             deltas,
             bytes,
+            capacity_tokens_per_second: 0.0,
+            elapsed_ms: 0,
         };
         let mut core = agg.core.lock().await;
+        let now = now_ms();
         // The round may have closed while the bytes came.
         if let Err(r) = core
             .open
-            .admit(&node_id, header.round, span, &header.pipeline_id, now_ms())
+            .admit(&node_id, header.round, span, &header.pipeline_id, now)
         {
             drop(core);
             return Err(refuse(r.kind, Error::failed_precondition(r.message)).await);
         }
+        submission.capacity_tokens_per_second = core.open.capacity_of(&node_id);
+        submission.elapsed_ms = core.open.elapsed_ms(agg.config.round_deadline_ms, now);
         core.open.submissions.push(submission);
         metrics::counter!(names::SUBMISSIONS, "outcome" => "accepted").increment(1);
         metrics::counter!(names::DELTA_BYTES).increment(bytes);

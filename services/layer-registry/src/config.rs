@@ -60,6 +60,12 @@ pub struct RegistryConfig {
     /// Node ids of the keys (gateways) whose `ReportObservations` are accepted: measured
     /// throughput that routing and placement then use instead of larger claims.
     pub observers: Vec<String>,
+    /// secp256k1 key that signs uptime attestations (created with mode 0600 when missing);
+    /// unset: this registry attests nothing (`Attest` is FAILED_PRECONDITION).
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// Uptime is kept and attested per epoch of this length (the ledger's
+    /// `economics.uptime_epoch_ms` must match).
+    pub uptime_epoch_ms: u64,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -86,6 +92,8 @@ impl std::fmt::Debug for RegistryConfig {
             .field("max_usable_memory_bytes", &self.max_usable_memory_bytes)
             .field("max_tokens_per_second", &self.max_tokens_per_second)
             .field("observers", &self.observers)
+            .field("signing_key_file", &self.signing_key_file)
+            .field("uptime_epoch_ms", &self.uptime_epoch_ms)
             .finish()
     }
 }
@@ -114,6 +122,8 @@ impl Default for RegistryConfig {
             max_usable_memory_bytes: 1 << 40,
             max_tokens_per_second: 100_000.0,
             observers: Vec::new(),
+            signing_key_file: None,
+            uptime_epoch_ms: 3_600_000,
         }
     }
 }
@@ -141,6 +151,12 @@ impl RegistryConfig {
         if !(scale.is_finite() && scale > 0.0) {
             return Err(Error::invalid_argument(format!(
                 "architecture.depth_curve_scale must be a positive number, got {scale}"
+            )));
+        }
+        if self.uptime_epoch_ms < 1_000 || self.uptime_epoch_ms > i64::MAX as u64 {
+            return Err(Error::invalid_argument(format!(
+                "uptime_epoch_ms must be at least 1000, got {}",
+                self.uptime_epoch_ms
             )));
         }
         if self.clock_window_ms <= 0 {
@@ -313,7 +329,7 @@ mod tests {
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_REGISTRY", Vec::new())
                 .unwrap();
         config.validate().unwrap();
-        // The example is the defaults with the cluster's certificate paths filled in.
+        // The example is the defaults with the cluster's certificate and key paths filled in.
         assert_eq!(
             config,
             RegistryConfig {
@@ -323,6 +339,7 @@ mod tests {
                     ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
                     insecure_plaintext: false,
                 },
+                signing_key_file: Some("/var/lib/neuroshard/registry.key".into()),
                 ..RegistryConfig::default()
             }
         );

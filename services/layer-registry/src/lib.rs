@@ -12,7 +12,8 @@
 //! - [`snapshot`]: the published `AssignmentSnapshot` from stored nodes and the architecture;
 //! - [`routes`]: candidate routes through a snapshot's pipelines;
 //! - [`trust`]: what the registry believes of a node's claims (admission, caps, measured
-//!   throughput, which capacity may drive growth).
+//!   throughput, which capacity may drive growth);
+//! - [`uptime`]: the live time heartbeats add per epoch, and when an epoch may be attested.
 //!
 //! I/O and wiring:
 //! - [`store`]: PostgreSQL (migrations, nonces per signer kept forever, observations,
@@ -34,6 +35,7 @@ pub mod snapshot;
 pub mod store;
 pub mod stored;
 pub mod trust;
+pub mod uptime;
 
 use std::future::Future;
 use std::sync::Arc;

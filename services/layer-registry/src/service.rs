@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use neuroshard_common::growth::ArchitectureMode;
-use neuroshard_common::signing::{Verified, check_fresh, now_ms, verify};
+use neuroshard_common::identity::NodeKey;
+use neuroshard_common::signing::{NonceSource, Verified, check_fresh, now_ms, sign, verify};
 use neuroshard_common::{Error, ErrorKind, Result};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistry;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, DeregisterRequest, DeregisterResponse, DrainRequest, DrainResponse,
-    GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsRequest,
+    AssignmentSnapshot, AttestRequest, DeregisterRequest, DeregisterResponse, DrainRequest,
+    DrainResponse, GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsRequest,
     ObservationsResponse, RegisterRequest, RegisterResponse, RoutesRequest, RoutesResponse,
-    WatchRequest,
+    UptimeAttestation, UptimeEpochRequest, UptimeEpochResponse, WatchRequest,
 };
 use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
@@ -41,6 +42,15 @@ pub struct RegistryService {
     /// Node ids admitted (`None`: admission is open).
     admitted: Option<Arc<BTreeSet<String>>>,
     observers: Arc<BTreeSet<String>>,
+    /// Signs uptime attestations (`None`: no `signing_key_file`, nothing is attested).
+    attester: Option<Arc<Attester>>,
+}
+
+/// The registry's signing key and its nonces.
+#[derive(Debug)]
+struct Attester {
+    key: NodeKey,
+    nonces: NonceSource,
 }
 
 impl RegistryService {
@@ -49,13 +59,76 @@ impl RegistryService {
         let mode = Arc::new(config.architecture_mode());
         let admitted = config.admitted_ids()?.map(Arc::new);
         let observers = Arc::new(config.observers.iter().cloned().collect());
+        let attester = match &config.signing_key_file {
+            Some(path) => {
+                let key = NodeKey::load_or_create(path)?;
+                tracing::info!(registry_id = %key.node_id(), "uptime attestations are signed");
+                Some(Arc::new(Attester {
+                    key,
+                    nonces: NonceSource::new(),
+                }))
+            }
+            None => None,
+        };
         Ok(Self {
             store,
             config,
             mode,
             admitted,
             observers,
+            attester,
         })
+    }
+
+    fn uptime_epoch_ms(&self) -> i64 {
+        // Validated to fit at start.
+        i64::try_from(self.config.uptime_epoch_ms).unwrap_or(i64::MAX)
+    }
+
+    /// The signed attestation of `request`'s node's uptime in its epoch, once that is final.
+    pub async fn attest(&self, request: &AttestRequest) -> Result<SignedEnvelope> {
+        let attester = self.attester.as_ref().ok_or_else(|| {
+            Error::failed_precondition(
+                "this registry has no signing_key_file: it attests no uptime",
+            )
+        })?;
+        if !neuroshard_common::identity::is_node_id(&request.node_id) {
+            return Err(Error::invalid_argument(format!(
+                "node_id: `{}` is not a node id (40 lowercase hex digits)",
+                request.node_id
+            )));
+        }
+        let epoch_ms = self.uptime_epoch_ms();
+        let start = i64::try_from(request.epoch_start_unix_ms)
+            .map_err(|_| Error::invalid_argument("epoch_start_unix_ms: out of range"))?;
+        let dead_after = i64::try_from(self.config.dead_after_ms).unwrap_or(i64::MAX);
+        let (figures, now) = self.store.uptime(&request.node_id, epoch_ms, start).await?;
+        crate::uptime::check_final(start, epoch_ms, dead_after, now)?;
+        let (uptime_ms, heartbeats) = figures.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "node {} sent no heartbeat in the epoch starting at unix ms {start}",
+                    request.node_id
+                ),
+            )
+        })?;
+        let attestation = UptimeAttestation {
+            registry_id: attester.key.node_id().to_string(),
+            node_id: request.node_id.clone(),
+            epoch_start_unix_ms: request.epoch_start_unix_ms,
+            epoch_ms: epoch_ms as u64,
+            uptime_ms: uptime_ms.min(epoch_ms as u64),
+            heartbeats,
+        };
+        sign(
+            &attester.key,
+            &self.config.network_id,
+            "UptimeAttestation",
+            attester.nonces.next(),
+            now_ms(),
+            attestation.encode_to_vec(),
+        )
     }
 
     fn caps(&self) -> ClaimCaps {
@@ -261,7 +334,13 @@ impl LayerRegistry for RegistryService {
         // A node taken off the allow-list (config changed) stops heartbeating and goes dead.
         trust::admit(self.admitted.as_deref(), &verified.node_id)?;
         self.store
-            .heartbeat(&verified.node_id, verified.nonce, body.queue_depth)
+            .heartbeat(
+                &verified.node_id,
+                verified.nonce,
+                body.queue_depth,
+                self.uptime_epoch_ms(),
+                i64::try_from(self.config.dead_after_ms).unwrap_or(i64::MAX),
+            )
             .await?;
         let assignment = self.current().await?;
         Ok(Response::new(HeartbeatResponse {
@@ -348,6 +427,26 @@ impl LayerRegistry for RegistryService {
         self.publish().await?;
         tracing::debug!(observer = %verified.node_id, reported = observations.len(), stored, "observations stored");
         Ok(Response::new(ObservationsResponse {}))
+    }
+
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<SignedEnvelope>, Status> {
+        Ok(Response::new(
+            RegistryService::attest(self, request.get_ref()).await?,
+        ))
+    }
+
+    async fn uptime_epoch(
+        &self,
+        _: Request<UptimeEpochRequest>,
+    ) -> Result<Response<UptimeEpochResponse>, Status> {
+        Ok(Response::new(UptimeEpochResponse {
+            epoch_ms: self.config.uptime_epoch_ms,
+            final_after_ms: self.config.dead_after_ms,
+            attests: self.attester.is_some(),
+        }))
     }
 
     type WatchStream = SnapshotStream;

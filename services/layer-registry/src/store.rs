@@ -15,6 +15,7 @@ use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
 
 use crate::stored::{StoredArchitecture, StoredNode};
+use crate::uptime;
 use neuroshard_postgres::{DatabaseTls, claim_nonce, db};
 
 /// Ordered migrations, embedded in the binary.
@@ -25,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../migrations/0003_signer_nonces_and_observations.sql"),
     ),
+    (4, include_str!("../migrations/0004_uptime.sql")),
 ];
 
 /// Arbitrary fixed keys for `pg_advisory_xact_lock`.
@@ -129,16 +131,99 @@ impl Store {
         Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
 
-    /// Records a heartbeat (nonce-checked). An unknown node is a `NotFound` error.
-    pub async fn heartbeat(&self, node_id: &str, nonce: u64, queue_depth: u32) -> Result<()> {
+    /// Records a heartbeat (nonce-checked) and the live time it adds to the node's uptime
+    /// epochs (`epoch_ms` long; a gap over `dead_after_ms` adds nothing), by the database's
+    /// clock, in one transaction. An unknown node is a `NotFound` error.
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        nonce: u64,
+        queue_depth: u32,
+        epoch_ms: i64,
+        dead_after_ms: i64,
+    ) -> Result<()> {
         let depth = queue_depth.min(i32::MAX as u32) as i32;
-        self.touch(
-            node_id,
-            nonce,
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        claim_nonce(&tx, node_id, nonce).await?;
+        let row = tx
+            .query_opt(
+                "SELECT (EXTRACT(EPOCH FROM last_heartbeat) * 1000)::BIGINT,
+                        (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT
+                 FROM nodes WHERE node_id = $1 FOR UPDATE",
+                &[&node_id],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("node {node_id} is not registered"),
+                )
+            })?;
+        let (previous, now): (i64, i64) = (row.get(0), row.get(1));
+        tx.execute(
             "UPDATE nodes SET last_heartbeat = now(), queue_depth = $2 WHERE node_id = $1",
             &[&node_id, &depth],
         )
         .await
+        .map_err(db)?;
+        let mut parts = uptime::accrue(previous, now, epoch_ms, dead_after_ms);
+        let current = uptime::epoch_of(now, epoch_ms);
+        if !parts.iter().any(|(start, _)| *start == current) {
+            parts.push((current, 0));
+        }
+        let upsert = tx
+            .prepare(
+                "INSERT INTO node_uptime (node_id, epoch_ms, epoch_start_unix_ms, uptime_ms, heartbeats)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (node_id, epoch_ms, epoch_start_unix_ms) DO UPDATE SET
+                    uptime_ms = node_uptime.uptime_ms + EXCLUDED.uptime_ms,
+                    heartbeats = node_uptime.heartbeats + EXCLUDED.heartbeats",
+            )
+            .await
+            .map_err(db)?;
+        for (start, ms) in parts {
+            // The heartbeat counts in the epoch it arrived in.
+            let beats = i64::from(start == current);
+            tx.execute(&upsert, &[&node_id, &epoch_ms, &start, &ms, &beats])
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// `node_id`'s (uptime ms, heartbeats) in the `epoch_ms`-long epoch starting at `start`,
+    /// if it sent a heartbeat in it; and the database's clock now (unix ms).
+    pub async fn uptime(
+        &self,
+        node_id: &str,
+        epoch_ms: i64,
+        start: i64,
+    ) -> Result<(Option<(u64, u64)>, i64)> {
+        let client = self.pool.get().await.map_err(db)?;
+        let now: i64 = client
+            .query_one("SELECT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        let row = client
+            .query_opt(
+                "SELECT uptime_ms, heartbeats FROM node_uptime
+                 WHERE node_id = $1 AND epoch_ms = $2 AND epoch_start_unix_ms = $3",
+                &[&node_id, &epoch_ms, &start],
+            )
+            .await
+            .map_err(db)?;
+        Ok((
+            row.map(|r| {
+                (
+                    r.get::<_, i64>(0).max(0) as u64,
+                    r.get::<_, i64>(1).max(0) as u64,
+                )
+            }),
+            now,
+        ))
     }
 
     /// Marks a node draining: it keeps serving but its layers are assigned elsewhere.

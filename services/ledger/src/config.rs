@@ -26,6 +26,8 @@ pub struct LedgerConfig {
     pub aggregators: Vec<String>,
     /// Node ids of the gateways that may escrow and settle inference.
     pub gateways: Vec<String>,
+    /// Node ids of the registries whose uptime attestations pay.
+    pub registries: Vec<String>,
     pub tls: neuroshard_runtime::tls::TlsFiles,
     pub metrics_listen: Option<SocketAddr>,
     /// Accepted difference between a signer's clock and ours.
@@ -46,6 +48,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("network_id", &self.network_id)
             .field("aggregators", &self.aggregators)
             .field("gateways", &self.gateways)
+            .field("registries", &self.registries)
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +62,7 @@ impl Default for LedgerConfig {
             network_id: "neuroshard-local".into(),
             aggregators: Vec::new(),
             gateways: Vec::new(),
+            registries: Vec::new(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
             clock_window_ms: 60_000,
@@ -82,6 +86,9 @@ impl LedgerConfig {
         for id in &self.gateways {
             check_address("gateways", id)?;
         }
+        for id in &self.registries {
+            check_address("registries", id)?;
+        }
         if self.clock_window_ms <= 0 || self.receipt_max_age_ms <= 0 {
             return Err(Error::invalid_argument(
                 "clock_window_ms and receipt_max_age_ms must be positive",
@@ -98,6 +105,8 @@ impl LedgerConfig {
             network_id: self.network_id.clone(),
             aggregators: self.aggregators.iter().cloned().collect::<BTreeSet<_>>(),
             gateways: self.gateways.iter().cloned().collect(),
+            registries: self.registries.iter().cloned().collect(),
+            uptime_epoch_ms: self.economics.uptime_epoch_ms,
             window_ms: self.clock_window_ms,
             receipt_max_age_ms: self.receipt_max_age_ms,
         }

@@ -56,6 +56,23 @@ pub struct Economics {
     pub tokens_per_batch: u64,
     /// Plausibility: the most tokens one receipt may claim.
     pub max_tokens_per_proof: u64,
+    /// Plausibility: a receipt's tokens may be at most this many times what the node's
+    /// registered capacity (tokens/s, a one-layer forward measured at start) processes in
+    /// the time the round had been open. Training is slower than that figure per layer, but
+    /// batching on a GPU can beat it: the margin is wide, against gross inflation.
+    pub plausibility_factor: u64,
+    /// Data reward per sample fed into training (0.00001 NEURO), paid to the stage that
+    /// reads the data (the span from layer 0), a sample being `tokens_per_sample` tokens.
+    pub data_reward_per_sample: i64,
+    pub tokens_per_sample: u64,
+    /// Uptime reward per minute of registry-attested uptime (0.0001 NEURO).
+    pub uptime_reward_per_minute: i64,
+    /// The length of the epochs uptime is attested and paid in (the registry's
+    /// `uptime_epoch_ms` must match): one uptime proof per node and epoch.
+    pub uptime_epoch_ms: i64,
+    /// An escrow its gateway has not settled this long after it opened is refunded to the
+    /// payer (a gateway that crashed mid-request must not lock the user's NEURO forever).
+    pub escrow_ttl_ms: i64,
     pub roles: RoleMultipliers,
     /// Stake multiplier 1 + coefficient · log2(1 + stake / unit).
     pub stake_coefficient_ppm: u64,
@@ -86,6 +103,12 @@ impl Default for Economics {
             training_reward_per_batch_layer: 500_000,
             tokens_per_batch: 512,
             max_tokens_per_proof: 100_000_000,
+            plausibility_factor: 32,
+            data_reward_per_sample: 10_000,
+            tokens_per_sample: 256,
+            uptime_reward_per_minute: 100_000,
+            uptime_epoch_ms: 3_600_000,
+            escrow_ttl_ms: 3_600_000,
             roles: RoleMultipliers::default(),
             stake_coefficient_ppm: 100_000,
             stake_unit: 1_000 * NANO_PER_NEURO,
@@ -107,11 +130,24 @@ impl Default for Economics {
 impl Economics {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::invalid_argument(format!("economics.{m}")));
-        if self.training_reward_per_batch_layer < 0 || self.base_price_per_token < 0 {
+        if self.training_reward_per_batch_layer < 0
+            || self.base_price_per_token < 0
+            || self.data_reward_per_sample < 0
+            || self.uptime_reward_per_minute < 0
+        {
             return bad("rewards and prices must not be negative");
         }
-        if self.tokens_per_batch == 0 {
-            return bad("tokens_per_batch must be at least 1");
+        if self.tokens_per_batch == 0 || self.tokens_per_sample == 0 {
+            return bad("tokens_per_batch and tokens_per_sample must be at least 1");
+        }
+        if self.plausibility_factor == 0 {
+            return bad("plausibility_factor must be at least 1");
+        }
+        if self.escrow_ttl_ms < 1_000 {
+            return bad("escrow_ttl_ms must be at least 1000");
+        }
+        if self.uptime_epoch_ms < 1_000 {
+            return bad("uptime_epoch_ms must be at least 1000");
         }
         if self.stake_unit <= 0 {
             return bad("stake_unit must be positive");
@@ -150,25 +186,56 @@ impl Economics {
         1_000_000u64.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
     }
 
-    /// The training reward for `tokens` of work on `layers` layers in `role`, with `stake`,
-    /// before the per-day cap: (uncapped, capped per proof).
+    /// The training reward for `tokens` of work on `layers` layers in `role`, with `stake`
+    /// (and the data reward when the span `fed_data`, i.e. starts at layer 0), before the
+    /// per-day cap: (uncapped, capped per proof).
     pub fn training_reward(
         &self,
         tokens: u64,
         layers: u32,
         role: Role,
         stake: Amount,
+        fed_data: bool,
     ) -> Result<(Amount, Amount), Error> {
         let batches = u128::from(tokens / self.tokens_per_batch);
-        let base = Amount::from_nano(self.training_reward_per_batch_layer)
+        let training = Amount::from_nano(self.training_reward_per_batch_layer)
             .mul_div_floor(batches * u128::from(layers), 1)?;
-        let with_role = base.mul_div_floor(u128::from(self.roles.of(role)), PPM)?;
-        let uncapped =
-            with_role.mul_div_floor(u128::from(self.stake_multiplier_ppm(stake)), PPM)?;
+        let data = if fed_data {
+            Amount::from_nano(self.data_reward_per_sample)
+                .mul_div_floor(u128::from(tokens / self.tokens_per_sample), 1)?
+        } else {
+            Amount::ZERO
+        };
+        let with_role = training
+            .checked_add(data)?
+            .mul_div_floor(u128::from(self.roles.of(role)), PPM)?;
+        self.with_stake_and_cap(with_role, stake)
+    }
+
+    /// The uptime reward for `uptime_ms` of attested uptime, with `stake`, before the per-day
+    /// cap: (uncapped, capped per proof), pro rata to the millisecond (rounded down).
+    pub fn uptime_reward(&self, uptime_ms: u64, stake: Amount) -> Result<(Amount, Amount), Error> {
+        let base = Amount::from_nano(self.uptime_reward_per_minute)
+            .mul_div_floor(u128::from(uptime_ms), 60_000)?;
+        self.with_stake_and_cap(base, stake)
+    }
+
+    fn with_stake_and_cap(&self, base: Amount, stake: Amount) -> Result<(Amount, Amount), Error> {
+        let uncapped = base.mul_div_floor(u128::from(self.stake_multiplier_ppm(stake)), PPM)?;
         Ok((
             uncapped,
             uncapped.min(Amount::from_nano(self.cap_per_proof)),
         ))
+    }
+
+    /// The most tokens a receipt may claim for a node of `capacity_milli` (registered
+    /// tokens/s × 1000) after `elapsed_ms` of the round.
+    pub fn plausible_tokens(&self, capacity_milli: u64, elapsed_ms: u64) -> u64 {
+        let most = u128::from(capacity_milli)
+            * u128::from(elapsed_ms)
+            * u128::from(self.plausibility_factor)
+            / 1_000_000;
+        u64::try_from(most).unwrap_or(u64::MAX)
     }
 
     /// What still fits under the node's daily cap after `paid_today`.
@@ -311,23 +378,50 @@ mod tests {
         let e = Economics::default();
         // 10 batches × 4 layers × 0.0005 = 0.02 NEURO; Worker 0.8 → 0.016.
         let (r, capped) = e
-            .training_reward(10 * 512 + 100, 4, Role::Worker, Amount::ZERO)
+            .training_reward(10 * 512 + 100, 4, Role::Worker, Amount::ZERO, false)
             .unwrap();
         assert_eq!(r, Amount::from_nano(16_000_000));
         assert_eq!(capped, r);
         // Validator with 1000 staked: 0.02 × 1.2 × 1.1 = 0.0264.
         let (r, _) = e
-            .training_reward(10 * 512, 4, Role::Validator, Amount::neuro(1_000))
+            .training_reward(10 * 512, 4, Role::Validator, Amount::neuro(1_000), false)
             .unwrap();
         assert_eq!(r, Amount::from_nano(26_400_000));
         // 1M batches on 32 layers is far over the 100 NEURO cap per proof.
         let (r, capped) = e
-            .training_reward(512_000_000, 32, Role::Driver, Amount::ZERO)
+            .training_reward(512_000_000, 32, Role::Driver, Amount::ZERO, true)
             .unwrap();
         assert!(r > capped);
         assert_eq!(capped, Amount::neuro(100));
         assert_eq!(e.day_room(Amount::neuro(9_990)), Amount::neuro(10));
         assert_eq!(e.day_room(Amount::neuro(20_000)), Amount::ZERO);
+    }
+
+    #[test]
+    fn data_and_uptime_rewards_follow_the_design() {
+        let e = Economics::default();
+        // The stage that fed the data: 10 batches × 2 layers × 0.0005 = 0.01, plus
+        // 20 samples of 256 tokens × 0.00001 = 0.0002; Driver 1.0.
+        let (r, _) = e
+            .training_reward(10 * 512, 2, Role::Driver, Amount::ZERO, true)
+            .unwrap();
+        assert_eq!(r, Amount::from_nano(10_200_000));
+        // 0.0001 NEURO a minute, pro rata, rounded down: 3,599,999 ms → 5,999,998.3 nano.
+        let (r, capped) = e.uptime_reward(3_599_999, Amount::ZERO).unwrap();
+        assert_eq!(r, Amount::from_nano(5_999_998));
+        assert_eq!(capped, r);
+        // With 3000 staked: × 1.2.
+        let (r, _) = e.uptime_reward(60_000, Amount::neuro(3_000)).unwrap();
+        assert_eq!(r, Amount::from_nano(120_000));
+    }
+
+    #[test]
+    fn plausible_tokens_scale_with_capacity_and_time() {
+        let e = Economics::default();
+        // 1000 tokens/s for 2.5 s, ×32.
+        assert_eq!(e.plausible_tokens(1_000_000, 2_500), 80_000);
+        assert_eq!(e.plausible_tokens(0, 2_500), 0);
+        assert_eq!(e.plausible_tokens(u64::MAX, u64::MAX), u64::MAX);
     }
 
     #[test]

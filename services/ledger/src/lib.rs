@@ -70,6 +70,10 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::internal(format!("listener: {e}")))?;
     tracing::info!(%listen, network = %config.network_id, "ledger serving");
+    let sweeper = tokio::spawn(refund_expired_escrows(
+        store.clone(),
+        config.economics.escrow_ttl_ms,
+    ));
     let service = service::LedgerService {
         store,
         verifier: Arc::new(config.verifier()),
@@ -86,6 +90,37 @@ pub async fn run(
         shutdown,
     )
     .await;
+    sweeper.abort();
     tracing::info!("ledger stopped");
     result
+}
+
+/// Refunds, every tenth of `ttl_ms` (at most a minute), the escrows their gateway left
+/// unsettled for `ttl_ms`: a gateway that died mid-request must not lock the user's NEURO.
+/// Each refund is an operation like any other (`expire/<request id>`, applied once), so
+/// several ledger replicas sweeping at once refund each escrow once.
+async fn refund_expired_escrows(store: Store, ttl_ms: i64) {
+    let every = std::time::Duration::from_millis((ttl_ms / 10).clamp(100, 60_000) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = neuroshard_common::signing::now_ms();
+        let due = match store.open_escrows_before(now - ttl_ms, 500).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading expired escrows failed");
+                continue;
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let requests: Vec<_> = due.iter().map(|id| Ok(verify::expiry(id, now))).collect();
+        match store.submit_batch(&requests, now).await {
+            Ok(results) => {
+                let refunded = results.iter().filter(|r| r.is_ok()).count();
+                tracing::info!(refunded, due = due.len(), "unsettled escrows refunded");
+            }
+            Err(e) => tracing::warn!(error = %e, "refunding expired escrows failed"),
+        }
+    }
 }

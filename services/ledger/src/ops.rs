@@ -30,7 +30,9 @@ pub enum Op {
         address: String,
         amount: Amount,
     },
-    /// Paid from the aggregator's receipt: its node, span, depth and tokens.
+    /// Paid from the aggregator's receipt: its node, span, depth and tokens, checked
+    /// against the node's registered capacity (tokens/s × 1000) over the time the round had
+    /// been open.
     Training {
         node: String,
         payout: String,
@@ -38,6 +40,15 @@ pub enum Op {
         span: (u32, u32),
         num_layers: u32,
         tokens: u64,
+        capacity_milli: u64,
+        elapsed_ms: u64,
+    },
+    /// Paid from the registry's attestation of the node's uptime in one epoch.
+    Uptime {
+        node: String,
+        payout: String,
+        epoch_start_ms: i64,
+        uptime_ms: u64,
     },
     /// Aggregator-proven fraud by `node`, reported by `reporter`.
     Slash {
@@ -51,6 +62,11 @@ pub enum Op {
         payer: String,
         max_tokens: u64,
         utilisation_ppm: u64,
+    },
+    /// The ledger's own refund of an escrow its gateway never settled (unsigned: it is
+    /// applied by the ledger when the escrow is older than `escrow_ttl_ms`).
+    Expire {
+        request_id: String,
     },
     Settle {
         gateway: String,
@@ -70,7 +86,9 @@ impl Op {
             Op::Unstake { .. } => "unstake",
             Op::Training { .. } => "training_proof",
             Op::Slash { .. } => "slash",
+            Op::Uptime { .. } => "uptime_proof",
             Op::Escrow { .. } => "escrow",
+            Op::Expire { .. } => "expire",
             Op::Settle { .. } => "settle",
         }
     }
@@ -82,9 +100,13 @@ impl Op {
             Op::Transfer { to, .. } => vec![Account::Wallet(to.clone())],
             Op::Stake { address, .. } => vec![Account::Stake(address.clone())],
             Op::Unstake { address, .. } => vec![Account::Wallet(address.clone())],
-            Op::Training { payout, .. } => vec![Account::Wallet(payout.clone())],
+            Op::Training { payout, .. } | Op::Uptime { payout, .. } => {
+                vec![Account::Wallet(payout.clone())]
+            }
             Op::Slash { reporter, .. } => vec![Account::Wallet(reporter.clone())],
             Op::Escrow { request_id, .. } => vec![Account::Escrow(request_id.clone())],
+            // The payer's wallet, known only from the escrow record the plan reads.
+            Op::Expire { .. } => Vec::new(),
             Op::Settle {
                 driver,
                 processors,
@@ -109,7 +131,7 @@ impl Op {
                 needs.accounts.push(Account::Stake(address.clone()));
                 needs.stake_locks.push(address.clone());
             }
-            Op::Training { node, .. } => {
+            Op::Training { node, .. } | Op::Uptime { node, .. } => {
                 needs.accounts.push(Account::Stake(node.clone()));
                 needs.node_day = Some(node.clone());
             }
@@ -118,7 +140,7 @@ impl Op {
                 needs.accounts.push(Account::Wallet(payer.clone()));
                 needs.market = true;
             }
-            Op::Settle { request_id, .. } => {
+            Op::Settle { request_id, .. } | Op::Expire { request_id } => {
                 needs.accounts.push(Account::Escrow(request_id.clone()));
                 needs.escrow = Some(request_id.clone());
             }
@@ -147,7 +169,9 @@ pub struct EscrowRecord {
     pub price_per_token: Amount,
     pub max_tokens: u64,
     pub amount: Amount,
+    /// Settled, or refunded when it expired.
     pub settled: bool,
+    pub opened_ms: i64,
 }
 
 /// What a plan is made from: the values [`Op::needs`] names (absent accounts hold zero).
@@ -211,6 +235,33 @@ fn require_funds(held: Amount, needed: Amount, what: &str) -> Result<(), Error> 
         ));
     }
     Ok(())
+}
+
+/// Mints `rewards` (uncapped, capped per proof) to `payout` within `node`'s daily room, and
+/// says in the note what the caps cut.
+fn mint_reward(
+    plan: &mut Plan,
+    node: &str,
+    payout: &str,
+    (uncapped, per_proof): (Amount, Amount),
+    state: &Snapshot,
+    economics: &Economics,
+    now_ms: i64,
+) -> Result<Vec<(Account, Amount)>, Error> {
+    let credited = per_proof.min(economics.day_room(state.paid_today));
+    plan.reward_uncapped = uncapped;
+    plan.day_credit = Some((node.to_string(), Economics::day_of(now_ms), credited));
+    if credited < uncapped {
+        plan.note = format!(
+            "capped: {uncapped} NEURO earned, {credited} NEURO paid (per-proof cap {}, daily cap {})",
+            Amount::from_nano(economics.cap_per_proof),
+            Amount::from_nano(economics.cap_per_node_day)
+        );
+    }
+    Ok(vec![
+        (Account::Mint, credited.checked_neg()?),
+        (Account::Wallet(payout.to_string()), credited),
+    ])
 }
 
 /// The plan for `op` at `now_ms` against `state`, or why it is refused.
@@ -285,6 +336,8 @@ pub fn plan(op: &Op, state: &Snapshot, economics: &Economics, now_ms: i64) -> Re
             span,
             num_layers,
             tokens,
+            capacity_milli,
+            elapsed_ms,
             ..
         } => {
             if span.0 >= span.1 || span.1 > *num_layers {
@@ -299,24 +352,30 @@ pub fn plan(op: &Op, state: &Snapshot, economics: &Economics, now_ms: i64) -> Re
                     economics.max_tokens_per_proof
                 )));
             }
+            let plausible = economics.plausible_tokens(*capacity_milli, *elapsed_ms);
+            if *tokens > plausible {
+                return Err(Error::invalid_argument(format!(
+                    "receipt: {tokens} tokens in {elapsed_ms} ms is implausible for a node of registered capacity {}.{:03} tokens/s (at most {plausible} at {}x)",
+                    capacity_milli / 1000,
+                    capacity_milli % 1000,
+                    economics.plausibility_factor
+                )));
+            }
             let role = Role::for_span(span.0, span.1, *num_layers);
             let stake = state.balance(&Account::Stake(node.clone()));
-            let (uncapped, per_proof) =
-                economics.training_reward(*tokens, span.1 - span.0, role, stake)?;
-            let credited = per_proof.min(economics.day_room(state.paid_today));
-            plan.reward_uncapped = uncapped;
-            plan.day_credit = Some((node.clone(), Economics::day_of(now_ms), credited));
-            if credited < uncapped {
-                plan.note = format!(
-                    "capped: {uncapped} NEURO earned, {credited} NEURO paid (per-proof cap {}, daily cap {})",
-                    Amount::from_nano(economics.cap_per_proof),
-                    Amount::from_nano(economics.cap_per_node_day)
-                );
-            }
-            vec![
-                (Account::Mint, credited.checked_neg()?),
-                (Account::Wallet(payout.clone()), credited),
-            ]
+            let rewards =
+                economics.training_reward(*tokens, span.1 - span.0, role, stake, span.0 == 0)?;
+            mint_reward(&mut plan, node, payout, rewards, state, economics, now_ms)?
+        }
+        Op::Uptime {
+            node,
+            payout,
+            uptime_ms,
+            ..
+        } => {
+            let stake = state.balance(&Account::Stake(node.clone()));
+            let rewards = economics.uptime_reward(*uptime_ms, stake)?;
+            mint_reward(&mut plan, node, payout, rewards, state, economics, now_ms)?
         }
         Op::Slash { node, reporter, .. } => {
             let stake = Account::Stake(node.clone());
@@ -371,6 +430,7 @@ pub fn plan(op: &Op, state: &Snapshot, economics: &Economics, now_ms: i64) -> Re
                 max_tokens: *max_tokens,
                 amount,
                 settled: false,
+                opened_ms: now_ms,
             });
             vec![
                 (wallet, amount.checked_neg()?),
@@ -400,7 +460,9 @@ pub fn plan(op: &Op, state: &Snapshot, economics: &Economics, now_ms: i64) -> Re
             if record.settled {
                 return Err(refuse(
                     ErrorKind::FailedPrecondition,
-                    format!("settle: request {request_id} is already settled"),
+                    format!(
+                        "settle: request {request_id} is already closed (settled, or refunded when its escrow expired)"
+                    ),
                 ));
             }
             if *tokens > record.max_tokens {
@@ -434,6 +496,39 @@ pub fn plan(op: &Op, state: &Snapshot, economics: &Economics, now_ms: i64) -> Re
                     .map(|(node, share)| (Account::Wallet(node.clone()), *share)),
             );
             entries
+        }
+        Op::Expire { request_id } => {
+            let record = state.escrow.as_ref().ok_or_else(|| {
+                refuse(
+                    ErrorKind::NotFound,
+                    format!("expire: no escrow for request {request_id}"),
+                )
+            })?;
+            if record.settled {
+                return Err(refuse(
+                    ErrorKind::FailedPrecondition,
+                    format!("expire: request {request_id} is already closed"),
+                ));
+            }
+            let due = record.opened_ms.saturating_add(economics.escrow_ttl_ms);
+            if now_ms < due {
+                return Err(refuse(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "expire: the escrow of request {request_id} is open until unix ms {due}"
+                    ),
+                ));
+            }
+            plan.escrowed = record.amount;
+            plan.escrow_settled = Some(request_id.clone());
+            plan.note = "refunded: the gateway never settled it".into();
+            vec![
+                (
+                    Account::Escrow(request_id.clone()),
+                    record.amount.checked_neg()?,
+                ),
+                (Account::Wallet(record.payer.clone()), record.amount),
+            ]
         }
     };
     plan.entries = merged(entries)?;
@@ -544,14 +639,17 @@ mod tests {
             span: (0, 2),
             num_layers: 4,
             tokens: 512 * 100,
+            capacity_milli: 1_000_000,
+            elapsed_ms: 60_000,
         };
         let p = plan(&op, &Snapshot::default(), &e, 0).unwrap();
-        // 100 batches × 2 layers × 0.0005, Driver 1.0.
+        // 100 batches × 2 layers × 0.0005, plus the data it fed (200 samples × 0.00001),
+        // Driver 1.0.
         assert_eq!(
             p.entries,
             vec![
-                (Account::Wallet(addr('b')), Amount::from_nano(100_000_000)),
-                (Account::Mint, Amount::from_nano(-100_000_000)),
+                (Account::Wallet(addr('b')), Amount::from_nano(102_000_000)),
+                (Account::Mint, Amount::from_nano(-102_000_000)),
             ]
         );
         let full = Snapshot {
@@ -568,8 +666,100 @@ mod tests {
             span: (3, 5),
             num_layers: 4,
             tokens: 512,
+            capacity_milli: 1_000_000,
+            elapsed_ms: 60_000,
         };
         assert!(plan(&outside, &Snapshot::default(), &e, 0).is_err());
+    }
+
+    #[test]
+    fn training_tokens_beyond_the_registered_capacity_are_refused() {
+        let e = Economics::default();
+        let proof = |tokens: u64, capacity_milli: u64| Op::Training {
+            node: addr('a'),
+            payout: addr('a'),
+            round: 1,
+            span: (1, 2),
+            num_layers: 4,
+            tokens,
+            capacity_milli,
+            elapsed_ms: 10_000,
+        };
+        // 100 tokens/s for 10 s, ×32: 32,000 tokens at most.
+        plan(&proof(32_000, 100_000), &Snapshot::default(), &e, 0).unwrap();
+        let inflated = plan(&proof(32_001, 100_000), &Snapshot::default(), &e, 0).unwrap_err();
+        assert_eq!(inflated.kind, ErrorKind::InvalidArgument);
+        assert!(
+            inflated.message.contains("implausible"),
+            "{}",
+            inflated.message
+        );
+        // A node with no registered capacity cannot be paid for tokens.
+        assert!(plan(&proof(1, 0), &Snapshot::default(), &e, 0).is_err());
+    }
+
+    #[test]
+    fn uptime_is_paid_per_minute_within_the_daily_cap() {
+        let e = Economics::default();
+        let op = Op::Uptime {
+            node: addr('a'),
+            payout: addr('b'),
+            epoch_start_ms: 0,
+            uptime_ms: 30 * 60_000 + 59_999,
+        };
+        let p = plan(&op, &Snapshot::default(), &e, 0).unwrap();
+        assert!(
+            p.entries
+                .contains(&(Account::Wallet(addr('b')), Amount::from_nano(3_099_998)))
+        );
+        assert_eq!(
+            p.day_credit,
+            Some((addr('a'), 0, Amount::from_nano(3_099_998)))
+        );
+        let full = Snapshot {
+            paid_today: Amount::from_nano(e.cap_per_node_day),
+            ..Snapshot::default()
+        };
+        assert!(plan(&op, &full, &e, 0).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn an_unsettled_escrow_is_refunded_after_its_ttl_only() {
+        let e = Economics::default();
+        let record = EscrowRecord {
+            request_id: "r1".into(),
+            gateway: addr('g'),
+            payer: addr('p'),
+            price_per_token: Amount::from_nano(1_000),
+            max_tokens: 10,
+            amount: Amount::from_nano(10_000),
+            settled: false,
+            opened_ms: 1_000,
+        };
+        let expire = Op::Expire {
+            request_id: "r1".into(),
+        };
+        let state = Snapshot {
+            escrow: Some(record.clone()),
+            ..Snapshot::default()
+        };
+        let early = plan(&expire, &state, &e, 1_000 + e.escrow_ttl_ms - 1).unwrap_err();
+        assert!(early.message.contains("open until"), "{}", early.message);
+        let p = plan(&expire, &state, &e, 1_000 + e.escrow_ttl_ms).unwrap();
+        assert!(
+            p.entries
+                .contains(&(Account::Wallet(addr('p')), Amount::from_nano(10_000)))
+        );
+        assert_eq!(p.escrow_settled.as_deref(), Some("r1"));
+        let closed = Snapshot {
+            escrow: Some(EscrowRecord {
+                settled: true,
+                ..record
+            }),
+            ..Snapshot::default()
+        };
+        assert!(plan(&expire, &closed, &e, i64::MAX).is_err());
+        assert!(plan(&expire, &Snapshot::default(), &e, i64::MAX).is_err());
     }
 
     #[test]

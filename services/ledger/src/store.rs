@@ -28,7 +28,10 @@ use crate::state::State;
 use crate::verify::Request;
 
 const MIGRATION_LOCK: i64 = 0x6e65_7572_6f4c_6467; // "neuroLdg"
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_journal.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_journal.sql")),
+    (2, include_str!("../migrations/0002_escrow_expiry.sql")),
+];
 /// Attempts of one operation (or batch) that hits a serialization failure or deadlock.
 const ATTEMPTS: usize = 8;
 /// Most history items in one page.
@@ -261,7 +264,8 @@ impl Store {
         if !escrows.is_empty() {
             for row in tx
                 .query(
-                    "SELECT request_id, gateway, payer, price_per_token, max_tokens, amount, settled
+                    "SELECT request_id, gateway, payer, price_per_token, max_tokens, amount, settled,
+                            opened_unix_ms
                      FROM escrows WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE",
                     &[&escrows],
                 )
@@ -276,6 +280,7 @@ impl Store {
                     max_tokens: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
                     amount: Amount::from_nano(row.get(5)),
                     settled: row.get(6),
+                    opened_ms: row.get(7),
                 };
                 holders.insert(Account::Wallet(record.payer.clone()).to_string());
                 state.escrows.insert(record.request_id.clone(), record);
@@ -534,6 +539,25 @@ impl Store {
         )
         .map_err(pg)?;
         Ok(())
+    }
+
+    /// Up to `limit` escrows still open that were opened at or before `opened_by_ms`,
+    /// oldest first.
+    pub async fn open_escrows_before(
+        &self,
+        opened_by_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, Error> {
+        let client = self.pool.get().await.map_err(db)?;
+        let rows = client
+            .query(
+                "SELECT request_id FROM escrows WHERE NOT settled AND opened_unix_ms <= $1
+                 ORDER BY opened_unix_ms LIMIT $2",
+                &[&opened_by_ms, &limit],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn account(&self, address: &str) -> Result<AccountState, Error> {

@@ -2,7 +2,8 @@
 //! message `LedgerOperation`), the canonical encoding of the payload (unknown fields are
 //! refused, not ignored), who may sign what, and the bindings — a
 //! training proof to an aggregator-signed `Receipt` for the signing node, a slash to
-//! aggregator-signed `Evidence` of fraud, escrows and settlements to a trusted gateway key.
+//! aggregator-signed `Evidence` of fraud, an uptime proof to a registry-signed
+//! `UptimeAttestation`, escrows and settlements to a trusted gateway key.
 //! The idempotency key each operation is applied under is chosen here; the timestamp window
 //! and nonce are checked by the store once it knows the key is new ([`crate::journal`]).
 
@@ -13,6 +14,7 @@ use neuroshard_common::signing::{self, Verified};
 use neuroshard_proto::aggregator::v1::{Evidence, Receipt};
 use neuroshard_proto::common::v1::SignedEnvelope;
 use neuroshard_proto::ledger::v1::{Operation, operation};
+use neuroshard_proto::registry::v1::UptimeAttestation;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +52,10 @@ pub struct Verifier {
     pub aggregators: BTreeSet<String>,
     /// Node ids of the gateways that may escrow and settle.
     pub gateways: BTreeSet<String>,
+    /// Node ids of the registries whose uptime attestations pay.
+    pub registries: BTreeSet<String>,
+    /// The uptime epoch length attestations must have (one proof per node and epoch).
+    pub uptime_epoch_ms: i64,
     pub window_ms: i64,
     /// Receipts and evidence older than this are refused.
     pub receipt_max_age_ms: i64,
@@ -66,6 +72,34 @@ fn canonical<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, Error>
     Ok(message)
 }
 
+/// The wallet a reward is paid to: `payout`, or the node's own when empty.
+fn payout_of(node: &str, payout: String, field: &str) -> Result<String, Error> {
+    if payout.is_empty() {
+        Ok(node.to_string())
+    } else {
+        check_address(field, &payout)?;
+        Ok(payout)
+    }
+}
+
+/// The ledger's own request to refund the unsettled escrow of `request_id` at `now_ms`
+/// (unsigned; applied once under `expire/<request id>`).
+pub fn expiry(request_id: &str, now_ms: i64) -> Request {
+    let mut h = Sha256::new();
+    h.update(b"expire/");
+    h.update(request_id.as_bytes());
+    Request {
+        key: format!("expire/{request_id}"),
+        payload_hash: h.finalize().into(),
+        nonce: None,
+        timestamp_ms: now_ms,
+        window_ms: 60_000,
+        op: Op::Expire {
+            request_id: request_id.to_string(),
+        },
+    }
+}
+
 impl Verifier {
     /// Checks `envelope` at `now_ms`.
     pub fn check(&self, envelope: &SignedEnvelope, now_ms: i64) -> Result<Request, Error> {
@@ -75,7 +109,7 @@ impl Verifier {
             .kind
             .ok_or_else(|| Error::invalid_argument("operation: no kind is set"))?;
         let signer = signed.node_id.clone();
-        let payload_hash: [u8; 32] = {
+        let mut payload_hash: [u8; 32] = {
             let mut h = Sha256::new();
             h.update(signed.signer);
             h.update(&signed.payload);
@@ -120,7 +154,7 @@ impl Verifier {
                     .as_ref()
                     .ok_or_else(|| Error::invalid_argument("training_proof.receipt: missing"))?;
                 let (aggregator, receipt): (String, Receipt) =
-                    self.aggregator_signed(envelope, "Receipt", now_ms)?;
+                    self.trusted_signed(envelope, "Receipt", &self.aggregators, now_ms)?;
                 if receipt.aggregator_id != aggregator {
                     return Err(Error::invalid_argument(
                         "receipt: aggregator_id is not its signer",
@@ -136,12 +170,13 @@ impl Verifier {
                     .span
                     .map(|s| (s.start, s.end))
                     .ok_or_else(|| Error::invalid_argument("receipt: no span"))?;
-                let payout = if proof.payout.is_empty() {
-                    signer.clone()
-                } else {
-                    check_address("training_proof.payout", &proof.payout)?;
-                    proof.payout
-                };
+                let payout = payout_of(&signer, proof.payout, "training_proof.payout")?;
+                let capacity = receipt.capacity_tokens_per_second;
+                if !(capacity.is_finite() && capacity >= 0.0) {
+                    return Err(Error::invalid_argument(
+                        "receipt: capacity_tokens_per_second must be a finite number >= 0",
+                    ));
+                }
                 (
                     (
                         format!("training/{signer}/{}/{}-{}", receipt.round, span.0, span.1),
@@ -154,6 +189,62 @@ impl Verifier {
                         span,
                         num_layers: receipt.num_layers,
                         tokens: receipt.tokens,
+                        // Saturating; a fraction of a token per 1000 s does not matter.
+                        capacity_milli: (capacity * 1000.0) as u64,
+                        elapsed_ms: receipt.elapsed_ms,
+                    },
+                )
+            }
+            operation::Kind::UptimeProof(proof) => {
+                let envelope = proof
+                    .attestation
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid_argument("uptime_proof.attestation: missing"))?;
+                let (registry, attestation): (String, UptimeAttestation) =
+                    self.trusted_signed(envelope, "UptimeAttestation", &self.registries, now_ms)?;
+                if attestation.registry_id != registry {
+                    return Err(Error::invalid_argument(
+                        "uptimeattestation: registry_id is not its signer",
+                    ));
+                }
+                if attestation.node_id != signer {
+                    return Err(Error::permission_denied(format!(
+                        "uptimeattestation: it is for node {}, not for the signer {signer}",
+                        attestation.node_id
+                    )));
+                }
+                let epoch_ms = i64::try_from(attestation.epoch_ms).unwrap_or(i64::MAX);
+                let start = i64::try_from(attestation.epoch_start_unix_ms).unwrap_or(i64::MAX);
+                if epoch_ms != self.uptime_epoch_ms || start % self.uptime_epoch_ms != 0 {
+                    return Err(Error::invalid_argument(format!(
+                        "uptimeattestation: epoch [{start}, +{epoch_ms} ms) is not one of this ledger's {} ms epochs",
+                        self.uptime_epoch_ms
+                    )));
+                }
+                if attestation.uptime_ms > attestation.epoch_ms {
+                    return Err(Error::invalid_argument(format!(
+                        "uptimeattestation: {} ms of uptime in a {} ms epoch",
+                        attestation.uptime_ms, attestation.epoch_ms
+                    )));
+                }
+                let payout = payout_of(&signer, proof.payout, "uptime_proof.payout")?;
+                // The registry signs afresh each time it is asked: a retry is the same
+                // attested figures, whatever the attestation's own signature and nonce.
+                payload_hash = {
+                    let mut h = Sha256::new();
+                    h.update(b"uptime/");
+                    h.update(signed.signer);
+                    h.update(attestation.encode_to_vec());
+                    h.update(payout.as_bytes());
+                    h.finalize().into()
+                };
+                (
+                    (format!("uptime/{signer}/{start}"), None),
+                    Op::Uptime {
+                        node: signer,
+                        payout,
+                        epoch_start_ms: start,
+                        uptime_ms: attestation.uptime_ms,
                     },
                 )
             }
@@ -163,7 +254,7 @@ impl Verifier {
                     .as_ref()
                     .ok_or_else(|| Error::invalid_argument("slash.evidence: missing"))?;
                 let (_, evidence): (String, Evidence) =
-                    self.aggregator_signed(envelope, "Evidence", now_ms)?;
+                    self.trusted_signed(envelope, "Evidence", &self.aggregators, now_ms)?;
                 if !SLASHABLE.contains(&evidence.kind.as_str()) {
                     return Err(Error::failed_precondition(format!(
                         "slash: evidence of kind {:?} does not prove fraud (slashable: {})",
@@ -244,19 +335,26 @@ impl Verifier {
         }
     }
 
-    /// A `message_name` signed by a trusted aggregator, not older than the receipt age.
-    fn aggregator_signed<M: Message + Default>(
+    /// A `message_name` signed by one of `trusted` (aggregators or registries), not older
+    /// than the receipt age.
+    fn trusted_signed<M: Message + Default>(
         &self,
         envelope: &SignedEnvelope,
         message_name: &str,
+        trusted: &BTreeSet<String>,
         now_ms: i64,
     ) -> Result<(String, M), Error> {
         let what = message_name.to_lowercase();
         let signed = signing::verify(envelope, &self.network_id, message_name)
             .map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
-        if !self.aggregators.contains(&signed.node_id) {
+        if !trusted.contains(&signed.node_id) {
+            let whom = if std::ptr::eq(trusted, &self.registries) {
+                "a registry"
+            } else {
+                "an aggregator"
+            };
             return Err(Error::permission_denied(format!(
-                "{what}: signed by {}, not an aggregator this ledger trusts",
+                "{what}: signed by {}, not {whom} this ledger trusts",
                 signed.node_id
             )));
         }

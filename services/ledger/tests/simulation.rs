@@ -1,5 +1,6 @@
 //! Seeded simulation of the ledger's logic: ≥ 100,000 operations from many clients —
-//! transfers, stakes, unstakes, training proofs, slashes, escrows and settlements — with
+//! transfers, stakes, unstakes, training and uptime proofs, slashes, escrows, settlements
+//! and the refunds of expired escrows — with
 //! injected crashes (an operation lost before its commit, or committed with its answer lost),
 //! duplicates (retries) and reordering, checking the invariants after every step and, at
 //! the end, that every acknowledged operation is in the journal exactly once with the
@@ -97,7 +98,7 @@ impl Clients {
                 let amount = self.amount();
                 self.wallet_op(address.clone(), Op::Unstake { address, amount })
             }
-            38..=64 => {
+            38..=60 => {
                 if self.rng.random_bool(0.05) {
                     self.round += 1;
                 }
@@ -120,6 +121,27 @@ impl Clients {
                         span: (start, end),
                         num_layers: 4,
                         tokens: self.rng.random_range(0..2_000_000),
+                        // Now and then a node of too little (or no) capacity: refused.
+                        capacity_milli: if self.rng.random_bool(0.1) {
+                            self.rng.random_range(0..1_000_000)
+                        } else {
+                            1_000_000
+                        },
+                        elapsed_ms: self.rng.random_range(60_000..120_000),
+                    },
+                )
+            }
+            61..=64 => {
+                let node = self.node();
+                let epoch = self.rng.random_range(0..200i64) * 60_000;
+                request(
+                    format!("uptime/{node}/{epoch}"),
+                    None,
+                    Op::Uptime {
+                        payout: node.clone(),
+                        node,
+                        epoch_start_ms: epoch,
+                        uptime_ms: self.rng.random_range(0..=60_000),
                     },
                 )
             }
@@ -155,6 +177,15 @@ impl Clients {
                         utilisation_ppm: self.rng.random_range(0..2_000_000),
                     },
                 )
+            }
+            84..=86 => {
+                // The ledger's own refund of an escrow (early ones are refused; one that
+                // expired cannot be settled after).
+                let id = match self.open_escrows.len() {
+                    0 => "req-unknown".to_string(),
+                    n => self.open_escrows[self.rng.random_range(0..n)].0.clone(),
+                };
+                request(format!("expire/{id}"), None, Op::Expire { request_id: id })
             }
             _ => {
                 let (id, max_tokens) = if self.open_escrows.is_empty() || self.rng.random_bool(0.05)
@@ -244,6 +275,8 @@ fn simulate(seed: u64, operations: usize) -> usize {
         // Short locks, so unstakes both fail and succeed within the run.
         stake_lock_ms: 5_000,
         cap_per_node_day: 50 * 1_000_000_000,
+        // Short, so escrows both expire and are settled in time within the run.
+        escrow_ttl_ms: 2_000,
         ..Economics::default()
     };
     let mut ledger = MemoryLedger::new(economics);

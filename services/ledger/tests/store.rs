@@ -16,8 +16,10 @@ use neuroshard_neuro::sign_operation;
 use neuroshard_proto::aggregator::v1::{Evidence, Receipt};
 use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
 use neuroshard_proto::ledger::v1::{
-    Escrow, Operation, Outcome, Settle, Slash, Stake, TrainingProof, Transfer, Unstake, operation,
+    Escrow, Operation, Outcome, Settle, Slash, Stake, TrainingProof, Transfer, Unstake,
+    UptimeProof, operation,
 };
+use neuroshard_proto::registry::v1::UptimeAttestation;
 use prost::Message;
 
 const NET: &str = "neuroshard-test";
@@ -28,6 +30,7 @@ struct Fixture {
     verifier: Verifier,
     aggregator: NodeKey,
     gateway: NodeKey,
+    registry: NodeKey,
     nonce: std::sync::atomic::AtomicU64,
 }
 
@@ -35,14 +38,21 @@ impl Fixture {
     async fn new(economics: Economics) -> Self {
         let pg = PgServer::start().unwrap();
         let url = pg.create_database("ledger").unwrap();
+        let uptime_epoch_ms = economics.uptime_epoch_ms;
         let store = Store::connect(&url, &Default::default(), economics)
             .await
             .unwrap();
-        let (aggregator, gateway) = (NodeKey::generate(), NodeKey::generate());
+        let (aggregator, gateway, registry) = (
+            NodeKey::generate(),
+            NodeKey::generate(),
+            NodeKey::generate(),
+        );
         let verifier = Verifier {
             network_id: NET.into(),
             aggregators: [aggregator.node_id().to_string()].into(),
             gateways: [gateway.node_id().to_string()].into(),
+            registries: [registry.node_id().to_string()].into(),
+            uptime_epoch_ms,
             window_ms: 60_000,
             receipt_max_age_ms: 86_400_000,
         };
@@ -52,6 +62,7 @@ impl Fixture {
             verifier,
             aggregator,
             gateway,
+            registry,
             nonce: 1.into(),
         }
     }
@@ -94,6 +105,9 @@ impl Fixture {
             score: 0.1,
             commitment: vec![7; 32],
             num_layers: 4,
+            // Plausible for any token count a proof may claim (100k tokens/s for a minute, ×32).
+            capacity_tokens_per_second: 100_000.0,
+            elapsed_ms: 60_000,
         };
         sign(
             aggregator,
@@ -112,6 +126,31 @@ impl Fixture {
             operation::Kind::TrainingProof(TrainingProof {
                 receipt: Some(receipt),
                 payout: payout.into(),
+            }),
+        )
+    }
+
+    /// An uptime proof by `node` of `signer`'s attestation for `node_id`'s epoch.
+    fn uptime(
+        &self,
+        node: &NodeKey,
+        signer: &NodeKey,
+        attestation: UptimeAttestation,
+    ) -> SignedEnvelope {
+        let attestation = sign(
+            signer,
+            NET,
+            "UptimeAttestation",
+            1,
+            now_ms(),
+            attestation.encode_to_vec(),
+        )
+        .unwrap();
+        self.signed(
+            node,
+            operation::Kind::UptimeProof(UptimeProof {
+                attestation: Some(attestation),
+                payout: String::new(),
             }),
         )
     }
@@ -144,7 +183,12 @@ fn neuro(n: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_pays_transfers_burn_stakes_lock_inference_settles_and_fraud_is_slashed() {
-    let f = Fixture::new(Economics::default()).await;
+    // Training alone (the data reward of the span from layer 0 is checked in `ops`).
+    let f = Fixture::new(Economics {
+        data_reward_per_sample: 0,
+        ..Economics::default()
+    })
+    .await;
     let (node, user, other) = (
         NodeKey::generate(),
         NodeKey::generate(),
@@ -686,4 +730,241 @@ async fn the_database_refuses_to_edit_unbalance_or_overdraw_the_journal() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uptime_pays_once_per_epoch_and_implausible_or_foreign_claims_are_refused() {
+    let f = Fixture::new(Economics::default()).await;
+    let (node, other) = (NodeKey::generate(), NodeKey::generate());
+    let hour = 3_600_000u64;
+    let attestation =
+        |node_id: &str, start: u64, epoch_ms: u64, uptime_ms: u64| UptimeAttestation {
+            registry_id: f.registry.node_id().into(),
+            node_id: node_id.into(),
+            epoch_start_unix_ms: start,
+            epoch_ms,
+            uptime_ms,
+            heartbeats: 700,
+        };
+    // 59.5 minutes of uptime × 0.0001 NEURO a minute.
+    let honest = attestation(node.node_id(), 10 * hour, hour, 3_570_000);
+    let paid = f
+        .submit(&f.uptime(&node, &f.registry, honest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(f.balance(node.node_id()).await, 5_950_000);
+    let again = f
+        .submit(&f.uptime(&node, &f.registry, honest.clone()))
+        .await
+        .unwrap();
+    assert!(again.replayed && again.transaction == paid.transaction);
+    // The same epoch with another figure is another payload under the same key.
+    f.refused(
+        "a second attestation of a paid epoch",
+        &f.uptime(
+            &node,
+            &f.registry,
+            attestation(node.node_id(), 10 * hour, hour, 3_600_000),
+        ),
+        ErrorKind::AlreadyExists,
+        "different payload",
+    )
+    .await;
+    f.refused(
+        "an attestation signed by a key that is not a trusted registry",
+        &f.uptime(
+            &node,
+            &other,
+            attestation(node.node_id(), 11 * hour, hour, 60_000),
+        ),
+        ErrorKind::PermissionDenied,
+        "not a registry this ledger trusts",
+    )
+    .await;
+    f.refused(
+        "another node's attestation",
+        &f.uptime(
+            &other,
+            &f.registry,
+            attestation(node.node_id(), 11 * hour, hour, 60_000),
+        ),
+        ErrorKind::PermissionDenied,
+        "not for the signer",
+    )
+    .await;
+    f.refused(
+        "an epoch of another length (overlapping paid time)",
+        &f.uptime(
+            &node,
+            &f.registry,
+            attestation(node.node_id(), 20 * hour, 2 * hour, 60_000),
+        ),
+        ErrorKind::InvalidArgument,
+        "not one of this ledger's",
+    )
+    .await;
+    f.refused(
+        "an epoch off the grid",
+        &f.uptime(
+            &node,
+            &f.registry,
+            attestation(node.node_id(), 10 * hour + 1, hour, 60_000),
+        ),
+        ErrorKind::InvalidArgument,
+        "not one of this ledger's",
+    )
+    .await;
+    f.refused(
+        "more uptime than the epoch has",
+        &f.uptime(
+            &node,
+            &f.registry,
+            attestation(node.node_id(), 12 * hour, hour, hour + 1),
+        ),
+        ErrorKind::InvalidArgument,
+        "ms of uptime in a",
+    )
+    .await;
+
+    // Training tokens beyond what the node's registered capacity allows in the time.
+    let inflated = Receipt {
+        aggregator_id: f.aggregator.node_id().into(),
+        node_id: node.node_id().into(),
+        round: 9,
+        span: Some(LayerSpan { start: 1, end: 2 }),
+        tokens: 1_000_000,
+        score: 0.1,
+        commitment: vec![7; 32],
+        num_layers: 4,
+        capacity_tokens_per_second: 100.0,
+        elapsed_ms: 60_000,
+    };
+    let signed = |r: &Receipt| {
+        sign(
+            &f.aggregator,
+            NET,
+            "Receipt",
+            1,
+            now_ms(),
+            r.encode_to_vec(),
+        )
+        .unwrap()
+    };
+    f.refused(
+        "tokens beyond capacity × time",
+        &f.proof(&node, signed(&inflated), ""),
+        ErrorKind::InvalidArgument,
+        "implausible",
+    )
+    .await;
+    f.refused(
+        "a receipt with a non-finite capacity",
+        &f.proof(
+            &node,
+            signed(&Receipt {
+                capacity_tokens_per_second: f64::INFINITY,
+                ..inflated.clone()
+            }),
+            "",
+        ),
+        ErrorKind::InvalidArgument,
+        "capacity_tokens_per_second",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escrow_never_settled_is_refunded_after_its_ttl_and_cannot_be_settled_after() {
+    let f = Fixture::new(Economics {
+        escrow_ttl_ms: 1_000,
+        ..Economics::default()
+    })
+    .await;
+    let (node, user) = (NodeKey::generate(), NodeKey::generate());
+    f.submit(&f.proof(
+        &node,
+        f.receipt(&node, 1, (1, 4), 512 * 1_000),
+        user.node_id(),
+    ))
+    .await
+    .unwrap();
+    let funded = f.balance(user.node_id()).await;
+    let escrowed = f
+        .submit(&f.signed(
+            &f.gateway,
+            operation::Kind::Escrow(Escrow {
+                request_id: "lost-request".into(),
+                payer: user.node_id().into(),
+                max_tokens: 1_000,
+                utilisation_ppm: 0,
+            }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(f.balance(user.node_id()).await, funded - escrowed.escrowed);
+    // Not due yet: the sweep finds nothing, and an early refund is refused.
+    let now = now_ms();
+    assert!(
+        f.store
+            .open_escrows_before(now - 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let early = f
+        .store
+        .submit_batch(
+            &[Ok(neuroshard_ledger::verify::expiry("lost-request", now))],
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        early[0]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("open until")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let now = now_ms();
+    let due = f.store.open_escrows_before(now - 1_000, 10).await.unwrap();
+    assert_eq!(due, vec!["lost-request".to_string()]);
+    let refunds: Vec<_> = due
+        .iter()
+        .map(|id| Ok(neuroshard_ledger::verify::expiry(id, now)))
+        .collect();
+    let refunded = f.store.submit_batch(&refunds, now).await.unwrap();
+    assert_eq!(refunded[0].as_ref().unwrap().escrowed, escrowed.escrowed);
+    assert_eq!(f.balance(user.node_id()).await, funded);
+    // A second sweep (another replica) refunds nothing more.
+    let again = f.store.submit_batch(&refunds, now).await.unwrap();
+    assert!(again[0].as_ref().unwrap().replayed);
+    assert!(
+        f.store
+            .open_escrows_before(now, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.balance(user.node_id()).await, funded);
+    f.refused(
+        "settling a refunded escrow",
+        &f.signed(
+            &f.gateway,
+            operation::Kind::Settle(Settle {
+                request_id: "lost-request".into(),
+                tokens: 10,
+                driver: node.node_id().into(),
+                processors: vec![],
+                validator: node.node_id().into(),
+            }),
+        ),
+        ErrorKind::FailedPrecondition,
+        "already closed",
+    )
+    .await;
+    let supply = f.store.supply(true).await.unwrap();
+    assert_eq!(supply.supply, supply.held);
+    assert_eq!(supply.mismatched_accounts, 0);
 }

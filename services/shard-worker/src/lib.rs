@@ -163,9 +163,9 @@ pub async fn run(
             Duration::from_millis(500),
         ))
     });
-    let earnings = match (&aggregators, &config.ledger) {
-        (Some(aggregators), Some(ledger)) => {
-            let claimer = earnings::Claimer {
+    let earnings = match &config.ledger {
+        Some(ledger) => {
+            let claimer = Arc::new(earnings::Claimer {
                 ledger: neuroshard_proto::ledger::v1::ledger_client::LedgerClient::new(
                     config.tls.endpoint(ledger)?.connect_lazy(),
                 ),
@@ -176,15 +176,25 @@ pub async fn run(
                 key: key.clone(),
                 network_id: config.network_id.clone(),
                 nonces: neuroshard_common::signing::NonceSource::new(),
-            };
-            tracing::info!(ledger = %ledger, payout = %claimer.payout, "claiming training rewards from the ledger");
-            Some(tokio::spawn(earnings::follow(
-                aggregators.clone(),
-                claimer,
-                Duration::from_secs(2),
-            )))
+            });
+            tracing::info!(ledger = %ledger, payout = %claimer.payout, "claiming rewards from the ledger");
+            let registry =
+                LayerRegistryClient::new(config.tls.endpoint(&config.registry)?.connect_lazy());
+            let mut tasks = vec![tokio::spawn(earnings::follow_uptime(
+                registry,
+                claimer.clone(),
+                Duration::from_secs(5),
+            ))];
+            if let Some(aggregators) = &aggregators {
+                tasks.push(tokio::spawn(earnings::follow(
+                    aggregators.clone(),
+                    claimer,
+                    Duration::from_secs(2),
+                )));
+            }
+            tasks
         }
-        _ => None,
+        None => Vec::new(),
     };
     let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
         Ok(follower) => follower,
@@ -195,8 +205,8 @@ pub async fn run(
             if let Some(weights) = weights {
                 weights.abort();
             }
-            if let Some(earnings) = earnings {
-                earnings.abort();
+            for task in &earnings {
+                task.abort();
             }
             return Err(e);
         }
@@ -232,8 +242,8 @@ pub async fn run(
     if let Some(driver) = driver {
         driver.abort();
     }
-    if let Some(earnings) = earnings {
-        earnings.abort();
+    for task in &earnings {
+        task.abort();
     }
     tracing::info!("shard-worker stopped");
     result

@@ -17,7 +17,8 @@ use neuroshard_proto::aggregator::v1::Receipt;
 use neuroshard_proto::common::v1::{LayerSpan, SignedEnvelope};
 use neuroshard_proto::ledger::v1::ledger_client::LedgerClient;
 use neuroshard_proto::ledger::v1::{
-    Escrow, Outcome, Settle, Stake, TrainingProof, Transfer, Unstake, operation,
+    Escrow, Outcome, Settle, Stake, SupplyRequest, SupplyState, TrainingProof, Transfer, Unstake,
+    operation,
 };
 use neuroshard_runtime::tls::TlsFiles;
 use prost::Message;
@@ -39,17 +40,24 @@ pub struct LedgerHarness {
 
 impl LedgerHarness {
     pub fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, |config| config)
+    }
+
+    /// A ledger whose config `more` adds to.
+    pub fn start_with(dir: &std::path::Path, more: impl FnOnce(LedgerToml) -> LedgerToml) -> Self {
         let pg = PgServer::start().unwrap();
         let database = pg.create_database("ledger").unwrap();
         let (aggregator, gateway) = (NodeKey::generate(), NodeKey::generate());
         let port = free_port().unwrap();
-        let config = LedgerToml::new(NET, port, &database)
-            .tls(&TlsFiles::insecure_plaintext())
-            .unwrap()
-            .aggregators(&[aggregator.node_id()])
-            .gateways(&[gateway.node_id()])
-            .table()
-            .clone();
+        let config = more(
+            LedgerToml::new(NET, port, &database)
+                .tls(&TlsFiles::insecure_plaintext())
+                .unwrap()
+                .aggregators(&[aggregator.node_id()])
+                .gateways(&[gateway.node_id()]),
+        )
+        .table()
+        .clone();
         let mut harness = Self {
             pg,
             launcher: super::launcher(dir),
@@ -102,6 +110,20 @@ impl LedgerHarness {
     }
 }
 
+/// The ledger's audited supply, checked whole: supply = what holders hold, and every cached
+/// balance the sum of its entries.
+pub async fn audited_supply(client: &mut LedgerClient<Channel>) -> SupplyState {
+    let supply = client
+        .supply(SupplyRequest { audit: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(supply.audited);
+    assert_eq!(supply.supply, supply.held, "{supply:?}");
+    assert_eq!(supply.mismatched_accounts, 0, "{supply:?}");
+    supply
+}
+
 /// A training proof as a node sends it: signed by `node` with `nonce`, bound to
 /// `aggregator`'s receipt for `tokens` on layers [0, 4) of 4 in `round`, paying `payout`
 /// (empty: the node itself), on `network`.
@@ -123,6 +145,9 @@ pub fn training_proof(
         score: 0.01,
         commitment: vec![1; 32],
         num_layers: 4,
+        // Plausible for any token count a proof may claim (100k tokens/s for a minute, ×32).
+        capacity_tokens_per_second: 100_000.0,
+        elapsed_ms: 60_000,
     };
     let receipt = sign(
         aggregator,

@@ -87,6 +87,23 @@ impl LedgerToml {
         self.economics("tokens_per_batch", tokens as i64)
     }
 
+    /// Tokens one sample counts for in the data reward (the swarm's sequence length).
+    pub fn tokens_per_sample(self, tokens: u64) -> Self {
+        self.economics("tokens_per_sample", tokens as i64)
+    }
+
+    /// The node ids of the registries whose uptime attestations pay, and the epoch length
+    /// they attest (the registries' `uptime_epoch_ms`).
+    pub fn registries(self, node_ids: &[&str], uptime_epoch_ms: u64) -> Self {
+        self.set("registries", strings(node_ids))
+            .economics("uptime_epoch_ms", uptime_epoch_ms as i64)
+    }
+
+    /// How long an unsettled escrow waits before it is refunded.
+    pub fn escrow_ttl_ms(self, ms: u64) -> Self {
+        self.economics("escrow_ttl_ms", ms as i64)
+    }
+
     fn economics(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         let section = self
             .0
@@ -213,6 +230,13 @@ impl RegistryToml {
 
     pub fn watch_poll_ms(self, ms: u64) -> Self {
         self.set("watch_poll_ms", ms as i64)
+    }
+
+    /// Sign uptime attestations with the key at `key_file`, per epoch of `epoch_ms`.
+    pub fn attesting(self, key_file: &Path, epoch_ms: u64) -> Result<Self> {
+        Ok(self
+            .set("signing_key_file", value("signing_key_file", key_file)?)
+            .set("uptime_epoch_ms", epoch_ms as i64))
     }
 
     /// The model assigned (fixed mode), or in auto mode the fields capacity does not decide.

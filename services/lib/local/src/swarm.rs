@@ -43,6 +43,8 @@ const PIDS_FILE: &str = "pids.json";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping a process may take before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
+/// Uptime is attested and paid per minute in the local swarm, so `up` shows it soon.
+const UPTIME_EPOCH_MS: u64 = 60_000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -366,8 +368,10 @@ impl LocalSwarm {
             .node_id()
             .to_string();
         let registry_port = free_port()?;
+        let registry_key = options.state_dir.join("registry.key");
         let registry_config = RegistryToml::new(NETWORK)
             .observers(&[observer.as_str()])
+            .attesting(&registry_key, UPTIME_EPOCH_MS)?
             .liveness(
                 options.heartbeat_ms,
                 options.suspect_after_ms,
@@ -454,15 +458,20 @@ impl LocalSwarm {
             };
             // The aggregator's key exists before it starts, so the ledger can trust it.
             let aggregator_id = key_id(&options.state_dir.join("aggregator.key"))?;
+            // The registry created its key when it started.
+            let registry_id = key_id(&registry_key)?;
             let gateway_id = key_id(&gateway_key)?;
             let wallet = options.state_dir.join("wallet.key");
             let address = key_id(&wallet)?;
             let mut config = LedgerToml::new(NETWORK, port, &pg.create_database("ledger")?)
                 .tls(&transport.files(LEDGER_BINARY))?
                 .aggregators(&[&aggregator_id])
-                .gateways(&[&gateway_id]);
+                .gateways(&[&gateway_id])
+                .registries(&[&registry_id], UPTIME_EPOCH_MS);
             if let Some(training) = &options.training {
-                config = config.tokens_per_batch(training.batch_size * training.seq_len);
+                config = config
+                    .tokens_per_batch(training.batch_size * training.seq_len)
+                    .tokens_per_sample(training.seq_len);
             }
             let scheme = if config.serves_tls() { "https" } else { "http" };
             let url = format!("{scheme}://127.0.0.1:{port}");

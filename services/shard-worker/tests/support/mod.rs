@@ -292,6 +292,20 @@ impl LayerRegistry for FakeRegistry {
     async fn report_observations(&self, _: Request<SignedEnvelope>) -> Reply<ObservationsResponse> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn attest(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::AttestRequest>,
+    ) -> Reply<SignedEnvelope> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn uptime_epoch(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::UptimeEpochRequest>,
+    ) -> Reply<neuroshard_proto::registry::v1::UptimeEpochResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// A worker key file in `dir` (created) and its node id.

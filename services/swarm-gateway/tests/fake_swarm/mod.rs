@@ -503,6 +503,24 @@ impl LayerRegistry for RegistryService {
         }
         Ok(Response::new(ObservationsResponse {}))
     }
+
+    async fn attest(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::AttestRequest>,
+    ) -> Result<Response<SignedEnvelope>, Status> {
+        Err(Status::failed_precondition(
+            "the fake registry attests no uptime",
+        ))
+    }
+
+    async fn uptime_epoch(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::UptimeEpochRequest>,
+    ) -> Result<Response<neuroshard_proto::registry::v1::UptimeEpochResponse>, Status> {
+        Ok(Response::new(
+            neuroshard_proto::registry::v1::UptimeEpochResponse::default(),
+        ))
+    }
 }
 
 /// A fake registry serving on loopback until dropped.
