@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use neuroshard_common::identity::NodeKey;
 use neuroshard_local::{LocalSwarm, SwarmOptions, http_request, open_request};
-use neuroshard_proto::ledger::v1::ledger_client::LedgerClient;
 use neuroshard_proto::ledger::v1::GetAccountRequest;
+use neuroshard_proto::ledger::v1::ledger_client::LedgerClient;
 use serde_json::{Value, json};
 use support::ledger::training_proof;
 
@@ -99,6 +99,9 @@ async fn funded_keys_pay_the_route_and_unfunded_keys_are_refused_before_compute(
     options.api_key = KEY.into();
     options.plaintext = true;
     options.ledger = true;
+    // No uptime epoch ends during the test (they are ~31 years long), so the workers pay no
+    // uptime into the wallet whose balance it checks to the nano.
+    options.uptime_epoch_ms = 1_000_000_000_000;
     let swarm = tokio::task::block_in_place(|| {
         LocalSwarm::start(&options, Duration::from_secs(120), |s| println!("{s}")).unwrap()
     });

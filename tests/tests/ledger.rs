@@ -383,3 +383,62 @@ async fn attested_uptime_is_paid_once_and_a_forgotten_escrow_is_refunded() {
     }
     support::ledger::audited_supply(&mut ledger_client).await;
 }
+
+/// The local swarm's workers claim their own uptime: with 2 s epochs, each worker asks the
+/// registry for the latest final epoch's attestation and sends it to the ledger, paying the
+/// local wallet, without anyone doing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_workers_claim_their_attested_uptime() {
+    use neuroshard_local::{LocalSwarm, SwarmOptions};
+    use neuroshard_proto::ledger::v1::HistoryRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _, _) = support::checkpoints::seeded_checkpoint(dir.path(), 384, 23);
+    let mut options = SwarmOptions::new(ckpt, dir.path().join("state"), support::bin_dir());
+    options.http_port = 0;
+    options.plaintext = true;
+    options.ledger = true;
+    options.uptime_epoch_ms = 2_000;
+    options.api_key = "sk-uptime-test-key-0123456789".into();
+    let swarm = tokio::task::block_in_place(|| {
+        LocalSwarm::start(&options, Duration::from_secs(120), |s| println!("{s}")).unwrap()
+    });
+    let wallet = swarm.wallet_address.clone().unwrap();
+    let mut ledger = neuroshard_proto::ledger::v1::ledger_client::LedgerClient::connect(
+        swarm.ledger_url.clone().unwrap(),
+    )
+    .await
+    .unwrap();
+    // An epoch is final 2 s after it ends plus the dead threshold (4 s here); workers poll
+    // every 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let uptime = loop {
+        let history = ledger
+            .history(HistoryRequest {
+                address: wallet.clone(),
+                before: 0,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let claims: Vec<_> = history
+            .items
+            .into_iter()
+            .filter(|i| i.kind == "uptime_proof")
+            .collect();
+        if !claims.is_empty() {
+            break claims;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker claimed its uptime"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // A live worker's epoch: up to 2 s at 0.0001 NEURO a minute ≈ 3,333 nano-NEURO.
+    let credited: i64 = uptime[0].entries.iter().map(|e| e.amount).sum();
+    assert!((1..=3_334).contains(&credited), "{uptime:?}");
+    support::ledger::audited_supply(&mut ledger).await;
+    drop(swarm);
+}

@@ -54,9 +54,10 @@ pub struct WorkerConfig {
     /// their published global weights and sends them its Δ after each round. Empty: the
     /// node serves its checkpoint or seed and keeps Δ to itself.
     pub aggregators: Vec<String>,
-    /// The ledger this node claims its training rewards from (unset: it claims nothing):
-    /// after each published round it sends the aggregators' receipts for its accepted work
-    /// as training proofs, paying `payout` (a wallet address; unset: the node's own).
+    /// The ledger this node claims its rewards from (unset: it claims nothing): after each
+    /// published round it sends the aggregators' receipts for its accepted work as training
+    /// proofs (when `aggregators` are set), and after each uptime epoch the registry's
+    /// attestation of its uptime, paying `payout` (a wallet address; unset: the node's own).
     pub ledger: Option<String>,
     pub payout: Option<String>,
     /// Driving the pipelines this node is the first stage of.
@@ -142,11 +143,6 @@ impl WorkerConfig {
         }
         if let Some(ledger) = &self.ledger {
             self.tls.check_scheme("ledger", ledger)?;
-            if self.aggregators.is_empty() {
-                return Err(Error::invalid_argument(
-                    "ledger is set but aggregators is empty: rewards are claimed with the aggregators' receipts",
-                ));
-            }
         }
         if let Some(payout) = &self.payout
             && !neuroshard_common::identity::is_node_id(payout)

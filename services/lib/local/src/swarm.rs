@@ -43,8 +43,6 @@ const PIDS_FILE: &str = "pids.json";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping a process may take before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
-/// Uptime is attested and paid per minute in the local swarm, so `up` shows it soon.
-const UPTIME_EPOCH_MS: u64 = 60_000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -89,6 +87,9 @@ pub struct SwarmOptions {
     /// state directory, which the API key's account names). The ledger trusts the swarm's
     /// aggregator key and gateway key.
     pub ledger: bool,
+    /// The registry attests (and the ledger pays) uptime per epoch of this length: a minute
+    /// by default, so `up` shows uptime rewards soon.
+    pub uptime_epoch_ms: u64,
 }
 
 /// The swarm's training pipelines: what their Drivers train on and how.
@@ -179,6 +180,7 @@ impl SwarmOptions {
             restart: Some(RestartPolicy::default()),
             training: None,
             ledger: false,
+            uptime_epoch_ms: 60_000,
         }
     }
 
@@ -371,7 +373,7 @@ impl LocalSwarm {
         let registry_key = options.state_dir.join("registry.key");
         let registry_config = RegistryToml::new(NETWORK)
             .observers(&[observer.as_str()])
-            .attesting(&registry_key, UPTIME_EPOCH_MS)?
+            .attesting(&registry_key, options.uptime_epoch_ms)?
             .liveness(
                 options.heartbeat_ms,
                 options.suspect_after_ms,
@@ -467,7 +469,7 @@ impl LocalSwarm {
                 .tls(&transport.files(LEDGER_BINARY))?
                 .aggregators(&[&aggregator_id])
                 .gateways(&[&gateway_id])
-                .registries(&[&registry_id], UPTIME_EPOCH_MS);
+                .registries(&[&registry_id], options.uptime_epoch_ms);
             if let Some(training) = &options.training {
                 config = config
                     .tokens_per_batch(training.batch_size * training.seq_len)
@@ -907,10 +909,11 @@ fn spawn_worker(
     }
     if let Some(url) = &plan.aggregator_url {
         config = config.aggregators(&[url.as_str()]);
-        // Training earns for the local user: rewards go to the wallet inference charges.
-        if let Some((ledger, payout)) = &plan.ledger {
-            config = config.ledger(ledger, payout);
-        }
+    }
+    // Work earns for the local user: rewards (training, uptime) go to the wallet inference
+    // charges.
+    if let Some((ledger, payout)) = &plan.ledger {
+        config = config.ledger(ledger, payout);
     }
     // libtorch limited to the configured threads: the workers share one machine.
     let env = vec![(
