@@ -206,6 +206,7 @@ fn max_abs_diff(a: &Named, b: &Named) -> (f64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_rounds_through_processes_equal_the_in_process_simulation() {
+    let _alone = support::one_swarm_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     // The aggregator starts once both pipelines stand, so round 1 waits for both (the
     // Drivers wait for a round until it answers).
@@ -326,6 +327,7 @@ fn simulation() -> DilocoOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_aggregators_splitting_the_layers_equal_the_simulation() {
+    let _alone = support::one_swarm_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = [
         neuroshard_local::free_port().unwrap(),
@@ -499,6 +501,7 @@ fn refused(result: Result<(), tonic::Status>, code: tonic::Code, says: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected() {
+    let _alone = support::one_swarm_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let (mut swarm, config, ckpt, _) = two_pipelines(dir.path(), &[]).await;
     let url = {
@@ -794,6 +797,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_or_aggregator_costs_at_most_the_round_in_progress() {
+    let _alone = support::one_swarm_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let port = neuroshard_local::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");

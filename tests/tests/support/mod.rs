@@ -80,3 +80,13 @@ pub fn detail_status(port: u16, key: &str) -> serde_json::Value {
     assert_eq!(doc["view"], "detail", "{doc}");
     doc
 }
+
+/// Held by a test that runs swarms whose results depend on every pipeline keeping up (rounds
+/// that must include both pipelines to equal a simulation): such tests of one file run one
+/// at a time. Four of them at once on two cores starve a stage past its heartbeat, the
+/// registry re-forms its pipeline mid-round, and the round then closes on its deadline
+/// without it — a different result, not a bug in what they test.
+pub async fn one_swarm_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
