@@ -143,7 +143,11 @@ pub async fn run(
         .max_encoding_message_size(config.max_message_bytes);
     let services = neuroshard_runtime::grpc::GrpcServices::default()
         .with(service)
-        .with(trainer);
+        .with(trainer)
+        .with_readiness(
+            neuroshard_common::health::WORKER_LOADED,
+            state.loaded_watch(),
+        );
     let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         tokio::select! {

@@ -77,6 +77,8 @@ pub struct WorkerState {
     pub node_id: String,
     /// Held only to clone or replace the `Arc`, never across compute.
     loaded: RwLock<Option<Arc<Loaded>>>,
+    /// Whether a span is loaded, for the readiness health name.
+    loaded_flag: tokio::sync::watch::Sender<bool>,
     pub session_ttl: Duration,
     pub max_session_bytes: u64,
     pub limits: Limits,
@@ -101,6 +103,7 @@ impl WorkerState {
         Self {
             node_id,
             loaded: RwLock::new(None),
+            loaded_flag: tokio::sync::watch::channel(false).0,
             session_ttl,
             max_session_bytes,
             limits,
@@ -121,11 +124,17 @@ impl WorkerState {
 
     /// Replaces the loaded span; requests holding the old one finish on it.
     pub fn set_loaded(&self, loaded: Option<Loaded>) {
+        self.loaded_flag.send_replace(loaded.is_some());
         let old = std::mem::replace(
             &mut *self.loaded.write().unwrap_or_else(PoisonError::into_inner),
             loaded.map(Arc::new),
         );
         drop(old);
+    }
+
+    /// True while a span is loaded (what readiness reports).
+    pub fn loaded_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.loaded_flag.subscribe()
     }
 
     /// Sessions open on the loaded span (the queue depth heartbeats report).

@@ -71,17 +71,28 @@ impl NodeKey {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::internal(format!("key file {}: {e}", path.display())))?;
-        // The error never includes the file's content.
-        let bytes = hex::decode(text.trim()).map_err(|_| {
-            Error::invalid_argument(format!("key file {} is not hex", path.display()))
-        })?;
-        let signing = SigningKey::from_slice(&bytes).map_err(|_| {
-            Error::invalid_argument(format!(
-                "key file {} does not hold a valid secp256k1 key",
-                path.display()
-            ))
-        })?;
+        Self::from_file_contents(&text).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!("key file {}: {}", path.display(), e.message),
+            )
+        })
+    }
+
+    /// A key from what a key file holds (hex of the 32-byte secret), wherever it was kept
+    /// (a Kubernetes Secret, say). The error never includes the text.
+    pub fn from_file_contents(text: &str) -> Result<Self> {
+        let bytes =
+            hex::decode(text.trim()).map_err(|_| Error::invalid_argument("the key is not hex"))?;
+        let signing = SigningKey::from_slice(&bytes)
+            .map_err(|_| Error::invalid_argument("the key is not a valid secp256k1 key"))?;
         Ok(Self::from_signing(signing))
+    }
+
+    /// What a key file holds (hex of the secret), to keep it somewhere else than a file (a
+    /// Kubernetes Secret). It is the private key: never log or print it.
+    pub fn to_file_contents(&self) -> String {
+        hex::encode(self.signing.to_bytes())
     }
 
     /// Writes the key to `path` with mode 0600, atomically; refuses to overwrite.
@@ -96,7 +107,7 @@ impl NodeKey {
             options.mode(0o600);
         }
         let mut file = options.open(path).map_err(io)?;
-        file.write_all(hex::encode(self.signing.to_bytes()).as_bytes())
+        file.write_all(self.to_file_contents().as_bytes())
             .and_then(|_| file.sync_all())
             .map_err(io)
     }

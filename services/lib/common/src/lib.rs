@@ -16,13 +16,14 @@
 //!   replay guard, nonce source;
 //! - [`tensor`]: the tensor wire codec (f32/bf16/f16/i64, int8 with block scales, chunked
 //!   streaming) with shape, size and finiteness checks;
-//! - [`fs`]: atomic file writes.
+//! - [`fs`]: atomic file writes; [`health`]: health names probes ask for.
 
 pub mod architecture;
 pub mod checkpoint_files;
 pub mod error;
 pub mod fs;
 pub mod growth;
+pub mod health;
 pub mod identity;
 pub mod model_config;
 pub mod pipeline_schedule;

@@ -30,6 +30,8 @@ pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
 pub struct GrpcServices {
     routes: Routes,
     names: Vec<&'static str>,
+    /// Health names whose status follows a flag (SERVING while true).
+    readiness: Vec<(&'static str, tokio::sync::watch::Receiver<bool>)>,
 }
 
 impl GrpcServices {
@@ -47,6 +49,17 @@ impl GrpcServices {
     {
         self.routes = self.routes.add_service(service);
         self.names.push(S::NAME);
+        self
+    }
+
+    /// A health name (no service of its own) that is SERVING while `ready` holds true and
+    /// NOT_SERVING otherwise: a readiness probe's question.
+    pub fn with_readiness(
+        mut self,
+        name: &'static str,
+        ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        self.readiness.push((name, ready));
         self
     }
 }
@@ -73,6 +86,26 @@ pub async fn serve(
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    let followers: Vec<_> = services
+        .readiness
+        .into_iter()
+        .map(|(name, mut ready)| {
+            let reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                loop {
+                    let status = if *ready.borrow_and_update() {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    reporter.set_service_status(name, status).await;
+                    if ready.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -81,7 +114,7 @@ pub async fn serve(
     if let Some(tls) = tls {
         server = server.tls_config(tls).map_err(transport)?;
     }
-    server
+    let served = server
         .trace_fn(propagation::server_span)
         .layer(GrpcMetricsLayer)
         .add_routes(
@@ -92,12 +125,73 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
-        .map_err(transport)
+        .map_err(transport);
+    for follower in followers {
+        follower.abort();
+    }
+    served
 }
 
 #[cfg(test)]
 mod tests {
     use neuroshard_common::{Error, ErrorKind};
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn a_readiness_name_follows_its_flag() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let (ready, flag) = tokio::sync::watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve(
+            listener,
+            None,
+            super::GrpcServices::default().with_readiness("test.Loaded", flag),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let status = |client: &mut HealthClient<tonic::transport::Channel>| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .check(HealthCheckRequest {
+                        service: "test.Loaded".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status()
+            }
+        };
+        assert_eq!(status(&mut client).await, ServingStatus::NotServing);
+        ready.send_replace(true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while status(&mut client).await != ServingStatus::Serving {
+            assert!(std::time::Instant::now() < deadline, "never SERVING");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        ready.send_replace(false);
+        while status(&mut client).await != ServingStatus::NotServing {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never NOT_SERVING again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn every_error_kind_becomes_the_status_of_its_name() {

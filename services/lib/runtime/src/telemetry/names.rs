@@ -280,3 +280,27 @@ mod tests {
         }
     }
 }
+
+/// The Kubernetes operator.
+pub mod operator {
+    use super::{Kind, Metric};
+
+    pub const RECONCILES: &str = "operator_reconciles_total";
+    /// Failed reconciles: label `kind` (kube, finalizer, key, not_namespaced).
+    pub const ERRORS: &str = "operator_reconcile_errors_total";
+    pub const RECONCILE_SECONDS: &str = "operator_reconcile_seconds";
+
+    pub const TABLE: &[Metric] = &[
+        (RECONCILES, Kind::Counter, "NeuroShardNode reconciles run"),
+        (
+            ERRORS,
+            Kind::Counter,
+            "Reconciles that failed, by kind of error",
+        ),
+        (
+            RECONCILE_SECONDS,
+            Kind::Histogram,
+            "Time one reconcile of a NeuroShardNode took",
+        ),
+    ];
+}
