@@ -112,10 +112,19 @@ mod tests {
                 .unwrap();
         config.validate().unwrap();
         assert_eq!(config, OperatorConfig::default());
-        let env = [("NEUROSHARD_OPERATOR_WORKER_IMAGE".to_string(), " ".to_string())];
+        let env = [(
+            "NEUROSHARD_OPERATOR_WORKER_IMAGE".to_string(),
+            " ".to_string(),
+        )];
         let config: OperatorConfig =
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_OPERATOR", env).unwrap();
-        assert!(config.validate().unwrap_err().message.contains("worker_image"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .message
+                .contains("worker_image")
+        );
         // One layer of the small model at 20 bytes a parameter.
         assert!(OperatorConfig::default().layer_bytes() > 1 << 20);
     }
