@@ -64,19 +64,10 @@ async fn invariants_hold_under_load_through_ledger_and_database_crashes() {
     );
 
     let mut client = ledger.client();
-    let supply = client
-        .supply(SupplyRequest { audit: true })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(supply.audited);
+    // Minted − burned is what holders hold, and every cached balance is its entries' sum.
+    let supply = support::ledger::audited_supply(&mut client).await;
     println!("{supply:?}");
     assert!(supply.minted > 0 && supply.burned > 0);
-    assert_eq!(
-        supply.supply, supply.held,
-        "minted − burned is not what holders hold"
-    );
-    assert_eq!(supply.mismatched_accounts, 0);
     assert!(supply.transactions as usize >= applied);
 
     // Every acknowledged operation, sent again, is the transaction it was acknowledged as.

@@ -173,8 +173,9 @@ impl Store {
         if !parts.iter().any(|(start, _)| *start == current) {
             parts.push((current, 0));
         }
+        // Prepared once per pooled connection: this runs on every heartbeat.
         let upsert = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO node_uptime (node_id, epoch_ms, epoch_start_unix_ms, uptime_ms, heartbeats)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (node_id, epoch_ms, epoch_start_unix_ms) DO UPDATE SET

@@ -153,8 +153,13 @@ impl Verifier {
                     .receipt
                     .as_ref()
                     .ok_or_else(|| Error::invalid_argument("training_proof.receipt: missing"))?;
-                let (aggregator, receipt): (String, Receipt) =
-                    self.trusted_signed(envelope, "Receipt", &self.aggregators, now_ms)?;
+                let (aggregator, receipt): (String, Receipt) = self.trusted_signed(
+                    envelope,
+                    "Receipt",
+                    &self.aggregators,
+                    "an aggregator",
+                    now_ms,
+                )?;
                 if receipt.aggregator_id != aggregator {
                     return Err(Error::invalid_argument(
                         "receipt: aggregator_id is not its signer",
@@ -200,8 +205,13 @@ impl Verifier {
                     .attestation
                     .as_ref()
                     .ok_or_else(|| Error::invalid_argument("uptime_proof.attestation: missing"))?;
-                let (registry, attestation): (String, UptimeAttestation) =
-                    self.trusted_signed(envelope, "UptimeAttestation", &self.registries, now_ms)?;
+                let (registry, attestation): (String, UptimeAttestation) = self.trusted_signed(
+                    envelope,
+                    "UptimeAttestation",
+                    &self.registries,
+                    "a registry",
+                    now_ms,
+                )?;
                 if attestation.registry_id != registry {
                     return Err(Error::invalid_argument(
                         "uptimeattestation: registry_id is not its signer",
@@ -253,8 +263,13 @@ impl Verifier {
                     .evidence
                     .as_ref()
                     .ok_or_else(|| Error::invalid_argument("slash.evidence: missing"))?;
-                let (_, evidence): (String, Evidence) =
-                    self.trusted_signed(envelope, "Evidence", &self.aggregators, now_ms)?;
+                let (_, evidence): (String, Evidence) = self.trusted_signed(
+                    envelope,
+                    "Evidence",
+                    &self.aggregators,
+                    "an aggregator",
+                    now_ms,
+                )?;
                 if !SLASHABLE.contains(&evidence.kind.as_str()) {
                     return Err(Error::failed_precondition(format!(
                         "slash: evidence of kind {:?} does not prove fraud (slashable: {})",
@@ -335,24 +350,20 @@ impl Verifier {
         }
     }
 
-    /// A `message_name` signed by one of `trusted` (aggregators or registries), not older
-    /// than the receipt age.
+    /// A `message_name` signed by one of `trusted` (`whom` names them in a refusal: "an
+    /// aggregator", "a registry"), not older than the receipt age.
     fn trusted_signed<M: Message + Default>(
         &self,
         envelope: &SignedEnvelope,
         message_name: &str,
         trusted: &BTreeSet<String>,
+        whom: &str,
         now_ms: i64,
     ) -> Result<(String, M), Error> {
         let what = message_name.to_lowercase();
         let signed = signing::verify(envelope, &self.network_id, message_name)
             .map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
         if !trusted.contains(&signed.node_id) {
-            let whom = if std::ptr::eq(trusted, &self.registries) {
-                "a registry"
-            } else {
-                "an aggregator"
-            };
             return Err(Error::permission_denied(format!(
                 "{what}: signed by {}, not {whom} this ledger trusts",
                 signed.node_id
