@@ -261,7 +261,10 @@ async fn attested_uptime_is_paid_once_and_a_forgotten_escrow_is_refunded() {
     };
     let (mut nonce, mut asked_early) = (2, false);
     while (now_ms() as u64) < final_at {
-        let beat = HeartbeatRequest { queue_depth: 0 };
+        let beat = HeartbeatRequest {
+            queue_depth: 0,
+            ..Default::default()
+        };
         client
             .heartbeat(envelope(&node, NET, "HeartbeatRequest", nonce, &beat))
             .await

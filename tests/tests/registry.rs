@@ -157,7 +157,10 @@ async fn nodes_get_replicated_spans_and_a_dead_node_is_replaced() {
                 key,
                 "HeartbeatRequest",
                 nonce,
-                &HeartbeatRequest { queue_depth: 0 },
+                &HeartbeatRequest {
+                    queue_depth: 0,
+                    ..Default::default()
+                },
             );
             swarm.client.heartbeat(hb).await.unwrap();
         }
@@ -302,7 +305,10 @@ async fn bad_messages_are_refused_and_change_nothing() {
         &stranger,
         "HeartbeatRequest",
         1,
-        &HeartbeatRequest { queue_depth: 0 },
+        &HeartbeatRequest {
+            queue_depth: 0,
+            ..Default::default()
+        },
     );
     assert_eq!(
         code(swarm.client.heartbeat(hb).await).code(),

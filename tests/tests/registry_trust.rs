@@ -102,7 +102,10 @@ async fn heartbeat(client: &mut LayerRegistryClient<Channel>, key: &NodeKey, non
         key,
         "HeartbeatRequest",
         nonce,
-        &HeartbeatRequest { queue_depth: 0 },
+        &HeartbeatRequest {
+            queue_depth: 0,
+            ..Default::default()
+        },
     );
     client.heartbeat(hb).await.unwrap();
 }
@@ -207,7 +210,10 @@ async fn the_allow_list_admits_only_its_nodes_and_is_never_revealed() {
         &stranger,
         "HeartbeatRequest",
         2,
-        &HeartbeatRequest { queue_depth: 0 },
+        &HeartbeatRequest {
+            queue_depth: 0,
+            ..Default::default()
+        },
     );
     assert_eq!(
         refused(swarm.client.heartbeat(hb).await).code(),

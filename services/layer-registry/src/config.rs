@@ -60,6 +60,9 @@ pub struct RegistryConfig {
     /// Node ids of the keys (gateways) whose `ReportObservations` are accepted: measured
     /// throughput that routing and placement then use instead of larger claims.
     pub observers: Vec<String>,
+    /// Node ids of the keys (Kubernetes operators) whose `Drain` of any node is accepted, so
+    /// deleting a node's resource can hand its layers over before its pod goes.
+    pub operators: Vec<String>,
     /// secp256k1 key that signs uptime attestations (created with mode 0600 when missing);
     /// unset: this registry attests nothing (`Attest` is FAILED_PRECONDITION).
     pub signing_key_file: Option<std::path::PathBuf>,
@@ -92,6 +95,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("max_usable_memory_bytes", &self.max_usable_memory_bytes)
             .field("max_tokens_per_second", &self.max_tokens_per_second)
             .field("observers", &self.observers)
+            .field("operators", &self.operators)
             .field("signing_key_file", &self.signing_key_file)
             .field("uptime_epoch_ms", &self.uptime_epoch_ms)
             .finish()
@@ -122,6 +126,7 @@ impl Default for RegistryConfig {
             max_usable_memory_bytes: 1 << 40,
             max_tokens_per_second: 100_000.0,
             observers: Vec::new(),
+            operators: Vec::new(),
             signing_key_file: None,
             uptime_epoch_ms: 3_600_000,
         }
@@ -184,11 +189,16 @@ impl RegistryConfig {
         }
         self.database_tls.validate()?;
         self.admitted_ids()?;
-        for (i, id) in self.observers.iter().enumerate() {
-            if !is_node_id(id) {
-                return Err(Error::invalid_argument(format!(
-                    "observers[{i}]: `{id}` is not a node id (40 lowercase hex digits)"
-                )));
+        for (list, ids) in [
+            ("observers", &self.observers),
+            ("operators", &self.operators),
+        ] {
+            for (i, id) in ids.iter().enumerate() {
+                if !is_node_id(id) {
+                    return Err(Error::invalid_argument(format!(
+                        "{list}[{i}]: `{id}` is not a node id (40 lowercase hex digits)"
+                    )));
+                }
             }
         }
         // Last, so a config's own mistakes are named before the missing certificates.
@@ -466,6 +476,13 @@ mod tests {
                 ..base()
             },
             "observers[0]",
+        );
+        refused(
+            RegistryConfig {
+                operators: vec!["op".into()],
+                ..base()
+            },
+            "operators[0]",
         );
         refused(
             RegistryConfig {

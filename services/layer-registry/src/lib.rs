@@ -13,7 +13,9 @@
 //! - [`routes`]: candidate routes through a snapshot's pipelines;
 //! - [`trust`]: what the registry believes of a node's claims (admission, caps, measured
 //!   throughput, which capacity may drive growth);
-//! - [`uptime`]: the live time heartbeats add per epoch, and when an epoch may be attested.
+//! - [`uptime`]: the live time heartbeats add per epoch, and when an epoch may be attested;
+//! - [`describe`]: what an operator needs of a node (loaded or not, drain progress, an unmet
+//!   role preference).
 //!
 //! I/O and wiring:
 //! - [`store`]: PostgreSQL (migrations, nonces per signer kept forever, observations,
@@ -26,6 +28,7 @@
 
 pub mod architecture;
 pub mod config;
+pub mod describe;
 pub mod liveness;
 pub mod placement;
 pub mod probe;

@@ -14,13 +14,14 @@ use neuroshard_common::growth::ArchitectureMode;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_common::signing::{NonceSource, Verified, check_fresh, now_ms, sign, verify};
 use neuroshard_common::{Error, ErrorKind, Result};
-use neuroshard_proto::common::v1::SignedEnvelope;
+use neuroshard_proto::common::v1::{Role, SignedEnvelope};
 use neuroshard_proto::registry::v1::layer_registry_server::LayerRegistry;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, AttestRequest, DeregisterRequest, DeregisterResponse, DrainRequest,
-    DrainResponse, GetAssignmentRequest, HeartbeatRequest, HeartbeatResponse, ObservationsRequest,
-    ObservationsResponse, RegisterRequest, RegisterResponse, RoutesRequest, RoutesResponse,
-    UptimeAttestation, UptimeEpochRequest, UptimeEpochResponse, WatchRequest,
+    AssignmentSnapshot, AttestRequest, DeregisterRequest, DeregisterResponse, DescribeNodesRequest,
+    DescribeNodesResponse, DrainRequest, DrainResponse, GetAssignmentRequest, HeartbeatRequest,
+    HeartbeatResponse, ObservationsRequest, ObservationsResponse, RegisterRequest,
+    RegisterResponse, RoutesRequest, RoutesResponse, UptimeAttestation, UptimeEpochRequest,
+    UptimeEpochResponse, WatchRequest,
 };
 use neuroshard_runtime::telemetry::names::registry as names;
 use prost::Message;
@@ -30,8 +31,9 @@ use tonic::{Request, Response, Status};
 use crate::config::RegistryConfig;
 use crate::liveness::LivenessPolicy;
 use crate::store::{Publication, Registration, Store};
+use crate::stored::LoadedSpan;
 use crate::trust::{ClaimCaps, GrowthEvidence};
-use crate::{architecture, probe, routes, snapshot, trust};
+use crate::{architecture, describe, probe, routes, snapshot, trust};
 
 /// Shared state of one registry replica.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct RegistryService {
     /// Node ids admitted (`None`: admission is open).
     admitted: Option<Arc<BTreeSet<String>>>,
     observers: Arc<BTreeSet<String>>,
+    /// Keys that may drain any node.
+    operators: Arc<BTreeSet<String>>,
     /// Signs uptime attestations (`None`: no `signing_key_file`, nothing is attested).
     attester: Option<Arc<Attester>>,
 }
@@ -59,6 +63,7 @@ impl RegistryService {
         let mode = Arc::new(config.architecture_mode());
         let admitted = config.admitted_ids()?.map(Arc::new);
         let observers = Arc::new(config.observers.iter().cloned().collect());
+        let operators = Arc::new(config.operators.iter().cloned().collect());
         let attester = match &config.signing_key_file {
             Some(path) => {
                 let key = NodeKey::load_or_create(path)?;
@@ -76,6 +81,7 @@ impl RegistryService {
             mode,
             admitted,
             observers,
+            operators,
             attester,
         })
     }
@@ -131,6 +137,32 @@ impl RegistryService {
         )
     }
 
+    fn liveness(&self) -> LivenessPolicy {
+        LivenessPolicy {
+            suspect_after_ms: self.config.suspect_after_ms,
+            dead_after_ms: self.config.dead_after_ms,
+        }
+    }
+
+    /// Descriptions of `ids` (every node when empty) against the current assignment.
+    pub async fn describe(&self, ids: &[String]) -> Result<DescribeNodesResponse> {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| !neuroshard_common::identity::is_node_id(id))
+        {
+            return Err(Error::invalid_argument(format!(
+                "node_ids[{i}]: `{id}` is not a node id (40 lowercase hex digits)"
+            )));
+        }
+        let assignment = self.current().await?;
+        let nodes = self.store.nodes().await?;
+        Ok(DescribeNodesResponse {
+            nodes: describe::describe(&nodes, &assignment, self.liveness(), ids),
+            assignment_version: assignment.version,
+        })
+    }
+
     fn caps(&self) -> ClaimCaps {
         ClaimCaps {
             max_usable_memory_bytes: self.config.max_usable_memory_bytes,
@@ -142,10 +174,7 @@ impl RegistryService {
     /// assignment, and publishes both if they changed; returns the current assignment.
     pub async fn publish(&self) -> Result<AssignmentSnapshot> {
         let config = self.config.clone();
-        let liveness = LivenessPolicy {
-            suspect_after_ms: config.suspect_after_ms,
-            dead_after_ms: config.dead_after_ms,
-        };
+        let liveness = self.liveness();
         let evidence = GrowthEvidence {
             min_node_age_ms: config.architecture.growth_min_node_age_ms,
             observers_configured: !config.observers.is_empty(),
@@ -256,7 +285,13 @@ fn validate_registration(request: &RegisterRequest) -> Result<()> {
             "capacity.tokens_per_second: must be a finite number >= 0",
         ));
     }
-    Ok(())
+    match Role::try_from(request.preferred_role) {
+        Ok(Role::Unspecified | Role::Driver | Role::Worker | Role::Validator) => Ok(()),
+        _ => Err(Error::invalid_argument(format!(
+            "preferred_role: {} is not a role a node can prefer (unspecified, driver, worker, validator)",
+            request.preferred_role
+        ))),
+    }
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<AssignmentSnapshot, Status>> + Send>>;
@@ -315,6 +350,7 @@ impl LayerRegistry for RegistryService {
                 device: capacity.device,
                 tokens_per_second: claims.tokens_per_second,
                 payout_address: &body.payout_address,
+                preferred_role: body.preferred_role,
             })
             .await?;
         let assignment = self.publish().await?;
@@ -338,6 +374,11 @@ impl LayerRegistry for RegistryService {
                 &verified.node_id,
                 verified.nonce,
                 body.queue_depth,
+                body.loaded_span.map(|span| LoadedSpan {
+                    start: span.start,
+                    end: span.end,
+                    architecture_version: body.loaded_architecture_version,
+                }),
                 self.uptime_epoch_ms(),
                 i64::try_from(self.config.dead_after_ms).unwrap_or(i64::MAX),
             )
@@ -352,11 +393,43 @@ impl LayerRegistry for RegistryService {
         &self,
         request: Request<SignedEnvelope>,
     ) -> Result<Response<DrainResponse>, Status> {
-        let (verified, _) = self.open::<DrainRequest>(request.get_ref(), "DrainRequest")?;
-        self.store.drain(&verified.node_id, verified.nonce).await?;
+        let (verified, body) = self.open::<DrainRequest>(request.get_ref(), "DrainRequest")?;
+        let node_id = if body.node_id.is_empty() {
+            verified.node_id.clone()
+        } else {
+            body.node_id
+        };
+        if node_id != verified.node_id && !self.operators.contains(&verified.node_id) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "drain: only the node itself or one of this registry's operators may drain it",
+            )
+            .into());
+        }
+        // What it holds now is what the drain must hand over.
+        let held = self
+            .current()
+            .await?
+            .nodes
+            .iter()
+            .find(|n| n.node_id == node_id)
+            .and_then(|n| n.span)
+            .map(|s| (s.start, s.end));
+        self.store
+            .drain(&node_id, &verified.node_id, verified.nonce, held)
+            .await?;
         let assignment = self.publish().await?;
-        tracing::info!(node_id = %verified.node_id, version = assignment.version, "node draining");
-        Ok(Response::new(DrainResponse {}))
+        let description = self.describe(std::slice::from_ref(&node_id)).await?;
+        let pending = description
+            .nodes
+            .into_iter()
+            .next()
+            .map(|d| d.drain_pending_layers)
+            .unwrap_or_default();
+        tracing::info!(%node_id, by = %verified.node_id, version = assignment.version, pending = pending.len(), "node draining");
+        Ok(Response::new(DrainResponse {
+            pending_layers: pending,
+        }))
     }
 
     async fn deregister(
@@ -447,6 +520,15 @@ impl LayerRegistry for RegistryService {
             final_after_ms: self.config.dead_after_ms,
             attests: self.attester.is_some(),
         }))
+    }
+
+    async fn describe_nodes(
+        &self,
+        request: Request<DescribeNodesRequest>,
+    ) -> Result<Response<DescribeNodesResponse>, Status> {
+        Ok(Response::new(
+            self.describe(&request.get_ref().node_ids).await?,
+        ))
     }
 
     type WatchStream = SnapshotStream;

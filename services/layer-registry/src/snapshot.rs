@@ -167,6 +167,9 @@ mod tests {
             heartbeat_age_ms,
             registered_age_ms: heartbeat_age_ms,
             observed_tokens_per_second: None,
+            loaded: None,
+            drain_span: None,
+            preferred_role: 0,
         }
     }
 

@@ -14,7 +14,7 @@ use neuroshard_proto::common::v1::Architecture;
 use neuroshard_proto::registry::v1::NodeObservation;
 use prost::Message;
 
-use crate::stored::{StoredArchitecture, StoredNode};
+use crate::stored::{LoadedSpan, StoredArchitecture, StoredNode};
 use crate::uptime;
 use neuroshard_postgres::{DatabaseTls, claim_nonce, db};
 
@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0003_signer_nonces_and_observations.sql"),
     ),
     (4, include_str!("../migrations/0004_uptime.sql")),
+    (5, include_str!("../migrations/0005_loaded_and_drain.sql")),
 ];
 
 /// Arbitrary fixed keys for `pg_advisory_xact_lock`.
@@ -44,6 +45,7 @@ pub struct Registration<'a> {
     pub device: i32,
     pub tokens_per_second: f64,
     pub payout_address: &'a str,
+    pub preferred_role: i32,
 }
 
 /// What one publish computed from the nodes and the stored architecture.
@@ -95,12 +97,13 @@ impl Store {
         claim_nonce(&tx, r.node_id, r.nonce).await?;
         tx.execute(
             "INSERT INTO nodes (node_id, public_key, endpoint, usable_memory_bytes, device, tokens_per_second,
-                                payout_address, last_heartbeat, draining)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), FALSE)
+                                payout_address, last_heartbeat, draining, preferred_role)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), FALSE, $8)
              ON CONFLICT (node_id) DO UPDATE SET
                 endpoint = EXCLUDED.endpoint, usable_memory_bytes = EXCLUDED.usable_memory_bytes,
                 device = EXCLUDED.device, tokens_per_second = EXCLUDED.tokens_per_second,
                 payout_address = EXCLUDED.payout_address, last_heartbeat = now(), draining = FALSE,
+                drain_start = NULL, drain_end = NULL, preferred_role = EXCLUDED.preferred_role,
                 registered_at = now()",
             &[
                 &r.node_id,
@@ -110,6 +113,7 @@ impl Store {
                 &(r.device as i16),
                 &r.tokens_per_second,
                 &r.payout_address,
+                &(r.preferred_role.clamp(0, i32::from(i16::MAX)) as i16),
             ],
         )
         .await
@@ -139,6 +143,7 @@ impl Store {
         node_id: &str,
         nonce: u64,
         queue_depth: u32,
+        loaded: Option<LoadedSpan>,
         epoch_ms: i64,
         dead_after_ms: i64,
     ) -> Result<()> {
@@ -162,9 +167,19 @@ impl Store {
                 )
             })?;
         let (previous, now): (i64, i64) = (row.get(0), row.get(1));
+        let (start, end, version) = match loaded {
+            Some(l) => (
+                Some(i32::try_from(l.start).unwrap_or(i32::MAX)),
+                Some(i32::try_from(l.end).unwrap_or(i32::MAX)),
+                Some(i64::try_from(l.architecture_version).unwrap_or(i64::MAX)),
+            ),
+            None => (None, None, None),
+        };
         tx.execute(
-            "UPDATE nodes SET last_heartbeat = now(), queue_depth = $2 WHERE node_id = $1",
-            &[&node_id, &depth],
+            "UPDATE nodes SET last_heartbeat = now(), queue_depth = $2,
+                    loaded_start = $3, loaded_end = $4, loaded_architecture_version = $5
+             WHERE node_id = $1",
+            &[&node_id, &depth, &start, &end, &version],
         )
         .await
         .map_err(db)?;
@@ -227,13 +242,28 @@ impl Store {
         ))
     }
 
-    /// Marks a node draining: it keeps serving but its layers are assigned elsewhere.
-    pub async fn drain(&self, node_id: &str, nonce: u64) -> Result<()> {
+    /// Marks `node_id` draining (the nonce claimed for `signer_id`, the node or an operator):
+    /// it keeps serving but its layers are assigned elsewhere. `held` is the span it holds
+    /// now, what the drain must hand over; a second drain keeps the first one's.
+    pub async fn drain(
+        &self,
+        node_id: &str,
+        signer_id: &str,
+        nonce: u64,
+        held: Option<(u32, u32)>,
+    ) -> Result<()> {
+        let start = held.map(|(s, _)| i32::try_from(s).unwrap_or(i32::MAX));
+        let end = held.map(|(_, e)| i32::try_from(e).unwrap_or(i32::MAX));
         self.touch(
             node_id,
+            signer_id,
             nonce,
-            "UPDATE nodes SET draining = TRUE WHERE node_id = $1",
-            &[&node_id],
+            "UPDATE nodes SET
+                drain_start = CASE WHEN draining THEN drain_start ELSE $2 END,
+                drain_end = CASE WHEN draining THEN drain_end ELSE $3 END,
+                draining = TRUE
+             WHERE node_id = $1",
+            &[&node_id, &start, &end],
         )
         .await
     }
@@ -242,6 +272,7 @@ impl Store {
     pub async fn deregister(&self, node_id: &str, nonce: u64) -> Result<()> {
         self.touch(
             node_id,
+            node_id,
             nonce,
             "DELETE FROM nodes WHERE node_id = $1",
             &[&node_id],
@@ -249,18 +280,19 @@ impl Store {
         .await
     }
 
-    /// Claims `nonce` for `node_id` and runs `sql` (one statement on that node's row) in one
+    /// Claims `nonce` for `signer_id` and runs `sql` (one statement on `node_id`'s row) in one
     /// transaction; a statement that touches no row is `NotFound` and claims nothing.
     async fn touch(
         &self,
         node_id: &str,
+        signer_id: &str,
         nonce: u64,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<()> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        claim_nonce(&tx, node_id, nonce).await?;
+        claim_nonce(&tx, signer_id, nonce).await?;
         if tx.execute(sql, params).await.map_err(db)? == 0 {
             return Err(Error::new(
                 ErrorKind::NotFound,
@@ -316,7 +348,9 @@ impl Store {
                         n.draining, n.queue_depth,
                         (EXTRACT(EPOCH FROM (now() - n.last_heartbeat)) * 1000)::BIGINT,
                         (EXTRACT(EPOCH FROM (now() - n.registered_at)) * 1000)::BIGINT,
-                        o.tokens_per_second
+                        o.tokens_per_second,
+                        n.loaded_start, n.loaded_end, n.loaded_architecture_version,
+                        n.drain_start, n.drain_end, n.preferred_role
                  FROM nodes n LEFT JOIN observations o ON o.node_id = n.node_id
                  ORDER BY n.node_id",
                 &[],
@@ -336,6 +370,23 @@ impl Store {
                 heartbeat_age_ms: row.get::<_, i64>(7).max(0) as u64,
                 registered_age_ms: row.get::<_, i64>(8).max(0) as u64,
                 observed_tokens_per_second: row.get(9),
+                loaded: match (
+                    row.get::<_, Option<i32>>(10),
+                    row.get::<_, Option<i32>>(11),
+                    row.get::<_, Option<i64>>(12),
+                ) {
+                    (Some(start), Some(end), Some(version)) => Some(LoadedSpan {
+                        start: start.max(0) as u32,
+                        end: end.max(0) as u32,
+                        architecture_version: version.max(0) as u64,
+                    }),
+                    _ => None,
+                },
+                drain_span: match (row.get::<_, Option<i32>>(13), row.get::<_, Option<i32>>(14)) {
+                    (Some(start), Some(end)) => Some((start.max(0) as u32, end.max(0) as u32)),
+                    _ => None,
+                },
+                preferred_role: i32::from(row.get::<_, i16>(15)),
             })
             .collect())
     }

@@ -20,6 +20,20 @@ pub struct StoredNode {
     pub registered_age_ms: u64,
     /// The latest tokens/s an observer measured of it, if any ever did.
     pub observed_tokens_per_second: Option<f64>,
+    /// What its heartbeats last reported loaded: `[start, end)` of an architecture version.
+    pub loaded: Option<LoadedSpan>,
+    /// The span it held when its drain began (`[start, end)`), while draining.
+    pub drain_span: Option<(u32, u32)>,
+    /// The role it registered as preferring (wire `Role`; 0: any).
+    pub preferred_role: i32,
+}
+
+/// A span a node reports loaded, of one architecture version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedSpan {
+    pub start: u32,
+    pub end: u32,
+    pub architecture_version: u64,
 }
 
 /// The architecture as stored, with how long a growth has been pending (database clock).

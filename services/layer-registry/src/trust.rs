@@ -232,6 +232,9 @@ mod tests {
             heartbeat_age_ms: 0,
             registered_age_ms: age_ms,
             observed_tokens_per_second: observed,
+            loaded: None,
+            drain_span: None,
+            preferred_role: 0,
         }
     }
 

@@ -28,6 +28,13 @@ pub struct WorkerConfig {
     /// f32, bf16 or f16
     pub dtype: String,
     pub heartbeat_interval_ms: u64,
+    /// The role this node asks the registry for: auto, driver, worker or validator
+    /// (placement honours it when it can).
+    pub role: String,
+    /// On SIGTERM the node drains first: it keeps serving while the registry moves its layers
+    /// to others, until two others have loaded each of them, nobody is loading them any more,
+    /// or this long has passed; then it deregisters. 0: leave without draining.
+    pub drain_timeout_ms: u64,
     pub session_ttl_ms: u64,
     /// Cap on all sessions' KV caches together; the least recently used are evicted beyond it.
     pub max_session_bytes: u64,
@@ -78,6 +85,8 @@ impl Default for WorkerConfig {
             device: "auto".into(),
             dtype: "f32".into(),
             heartbeat_interval_ms: 5_000,
+            role: "auto".into(),
+            drain_timeout_ms: 20_000,
             session_ttl_ms: 300_000,
             max_session_bytes: 1 << 30,
             max_decode_batch: 16,
@@ -131,6 +140,7 @@ impl WorkerConfig {
                 "prefill_chunk_positions must be at least 1",
             ));
         }
+        self.preferred_role()?;
         self.training.validate()?;
         // Last, so a config's own mistakes are named before the missing certificates.
         self.tls.validate()?;
@@ -152,6 +162,22 @@ impl WorkerConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The wire role `role` names.
+    pub fn preferred_role(
+        &self,
+    ) -> Result<neuroshard_proto::common::v1::Role, neuroshard_common::Error> {
+        use neuroshard_proto::common::v1::Role;
+        match self.role.as_str() {
+            "auto" => Ok(Role::Unspecified),
+            "driver" => Ok(Role::Driver),
+            "worker" => Ok(Role::Worker),
+            "validator" => Ok(Role::Validator),
+            other => Err(neuroshard_common::Error::invalid_argument(format!(
+                "role: `{other}` is not one of auto, driver, worker, validator"
+            ))),
+        }
     }
 
     /// How the compute thread groups work.

@@ -148,16 +148,15 @@ pub async fn run(
             neuroshard_common::health::WORKER_LOADED,
             state.loaded_watch(),
         );
-    let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
-    let stop = async move {
-        tokio::select! {
-            () = shutdown => {}
-            _ = abandoned => {}
-        }
-    };
-    let server = tokio::spawn(async move {
-        neuroshard_runtime::grpc::serve(listener, server_tls, services, stop).await
+    // The server stops when told (after the node has left the swarm) or when start-up fails.
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        neuroshard_runtime::grpc::serve(listener, server_tls, services, async {
+            let _ = stopped.await;
+        })
+        .await
     });
+    tokio::pin!(shutdown);
     let node_id = key.node_id().to_string();
     let weights = aggregators.clone().map(|aggregators| {
         tokio::spawn(global::follow(
@@ -200,11 +199,16 @@ pub async fn run(
         }
         None => Vec::new(),
     };
-    let follower = match join_swarm(&config, key, state, plan, endpoint, usable_memory).await {
-        Ok(follower) => follower,
-        Err(e) => {
-            // Registration failed: stop serving and say why.
-            let _ = abandon.send(());
+    let joined = tokio::select! {
+        joined = join_swarm(&config, key, state, plan, endpoint, usable_memory) => joined.map(Some),
+        // Stopped while still joining: nothing to hand over.
+        () = &mut shutdown => Ok(None),
+    };
+    let (follower, link) = match joined {
+        Ok(Some(joined)) => joined,
+        Ok(None) | Err(_) => {
+            // Registration failed (or the node was stopped first): stop serving, say why.
+            let _ = stop_serving.send(());
             let _ = server.await;
             if let Some(weights) = weights {
                 weights.abort();
@@ -212,7 +216,7 @@ pub async fn run(
             for task in &earnings {
                 task.abort();
             }
-            return Err(e);
+            return joined.map(|_| ());
         }
     };
     let driver = if config.training.enabled {
@@ -235,8 +239,23 @@ pub async fn run(
     } else {
         None
     };
-    let result = server
-        .await
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = &mut shutdown => {
+            // Hand the layers over while still serving, then stop heartbeating and leave.
+            let drain_follower = follower.abort_handle();
+            node::leave(
+                link,
+                Duration::from_millis(config.drain_timeout_ms),
+                Duration::from_millis(config.heartbeat_interval_ms.clamp(50, 1_000)),
+                drain_follower,
+            )
+            .await;
+            let _ = stop_serving.send(());
+            server.await
+        }
+    };
+    let result = served
         .map_err(|e| Error::internal(format!("gRPC server task: {e}")))
         .and_then(|served| served);
     follower.abort();
@@ -254,7 +273,7 @@ pub async fn run(
 }
 
 /// Measures this node, registers it, loads what the registry assigns, and follows the
-/// assignment from then on (the returned task, heartbeats included).
+/// assignment from then on (the returned task, heartbeats included); the link to leave with.
 async fn join_swarm(
     config: &WorkerConfig,
     key: Arc<NodeKey>,
@@ -262,9 +281,14 @@ async fn join_swarm(
     plan: node::LoadPlan,
     endpoint: String,
     usable_memory: u64,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+) -> Result<(tokio::task::JoinHandle<()>, node::RegistryLink), Error> {
     let client = LayerRegistryClient::new(config.tls.connect(&config.registry).await?);
-    let mut link = node::RegistryLink::new(client, key, config.network_id.clone());
+    let mut link = node::RegistryLink::new(
+        client,
+        key,
+        config.network_id.clone(),
+        config.preferred_role()?,
+    );
     // Throughput is measured on the layers of the architecture the registry runs; before it
     // has one, on the checkpoint's (whose width it will take), else on the default model, and
     // again once an architecture is published (see `node::settle`).
@@ -297,11 +321,12 @@ async fn join_swarm(
         )
     })?;
     node::settle(&state, &mut link, &mut advertised, &snapshot, &plan).await?;
-    Ok(tokio::spawn(node::follow(
+    let follower = tokio::spawn(node::follow(
         state,
-        link,
+        link.clone(),
         advertised,
         plan,
         Duration::from_millis(config.heartbeat_interval_ms.max(50)),
-    )))
+    ));
+    Ok((follower, link))
 }

@@ -12,9 +12,11 @@ use neuroshard_common::{Error, ModelConfig, Result};
 use neuroshard_model::growth::span_of_architecture;
 use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::{Shard, ShardInput, ShardSpec, init};
+use neuroshard_proto::common::v1::{LayerSpan, Role};
 use neuroshard_proto::registry::v1::layer_registry_client::LayerRegistryClient;
 use neuroshard_proto::registry::v1::{
-    AssignmentSnapshot, Capacity, Device as ProtoDevice, GetAssignmentRequest, HeartbeatRequest,
+    AssignmentSnapshot, Capacity, DeregisterRequest, DescribeNodesRequest, Device as ProtoDevice,
+    DrainRequest, GetAssignmentRequest, HeartbeatRequest, NodeDescription, NodeState,
     RegisterRequest,
 };
 use prost::Message;
@@ -235,13 +237,16 @@ async fn measure_on(shape: &ModelConfig, plan: &LoadPlan) -> Result<f64> {
         .map_err(|e| Error::internal(format!("measuring task failed: {e}")))?
 }
 
-/// Signs messages for the registry with this node's key.
-#[derive(Debug)]
+/// Signs messages for the registry with this node's key. Clones share the nonce source, so
+/// the heartbeat loop and the leaving path never sign the same nonce.
+#[derive(Debug, Clone)]
 pub struct RegistryLink {
     pub client: LayerRegistryClient<Channel>,
     pub key: Arc<NodeKey>,
     pub network_id: String,
-    nonces: NonceSource,
+    /// The role registrations ask for.
+    pub preferred_role: Role,
+    nonces: Arc<NonceSource>,
 }
 
 impl RegistryLink {
@@ -249,12 +254,14 @@ impl RegistryLink {
         client: LayerRegistryClient<Channel>,
         key: Arc<NodeKey>,
         network_id: String,
+        preferred_role: Role,
     ) -> Self {
         Self {
             client,
             key,
             network_id,
-            nonces: NonceSource::new(),
+            preferred_role,
+            nonces: Arc::new(NonceSource::new()),
         }
     }
 
@@ -281,6 +288,7 @@ impl RegistryLink {
             endpoint: advertised.endpoint.clone(),
             capacity: Some(advertised.capacity),
             payout_address: String::new(),
+            preferred_role: self.preferred_role as i32,
         };
         let envelope = self.envelope("RegisterRequest", &request)?;
         let response = self.client.register(envelope).await?.into_inner();
@@ -289,14 +297,55 @@ impl RegistryLink {
             .ok_or_else(|| tonic::Status::internal("registry sent no assignment"))
     }
 
-    pub async fn heartbeat(&mut self, queue_depth: u32) -> Result<u64, tonic::Status> {
-        let envelope = self.envelope("HeartbeatRequest", &HeartbeatRequest { queue_depth })?;
+    /// Reports liveness, queue depth and what is loaded (`state`'s span); the assignment
+    /// version the registry is at.
+    pub async fn heartbeat(&mut self, state: &WorkerState) -> Result<u64, tonic::Status> {
+        let loaded = state.loaded();
+        let request = HeartbeatRequest {
+            queue_depth: u32::try_from(state.session_count()).unwrap_or(u32::MAX),
+            loaded_span: loaded.as_ref().map(|l| LayerSpan {
+                start: u32::try_from(l.spec.start).unwrap_or(0),
+                end: u32::try_from(l.spec.end).unwrap_or(0),
+            }),
+            loaded_architecture_version: loaded.as_ref().map_or(0, |l| l.architecture.version),
+        };
+        let envelope = self.envelope("HeartbeatRequest", &request)?;
         Ok(self
             .client
             .heartbeat(envelope)
             .await?
             .into_inner()
             .assignment_version)
+    }
+
+    /// Asks the registry to move this node's layers elsewhere; the layers still pending.
+    pub async fn drain(&mut self) -> Result<Vec<u32>, tonic::Status> {
+        let envelope = self.envelope("DrainRequest", &DrainRequest::default())?;
+        Ok(self
+            .client
+            .drain(envelope)
+            .await?
+            .into_inner()
+            .pending_layers)
+    }
+
+    pub async fn deregister(&mut self) -> Result<(), tonic::Status> {
+        let envelope = self.envelope("DeregisterRequest", &DeregisterRequest {})?;
+        self.client.deregister(envelope).await?;
+        Ok(())
+    }
+
+    /// What the registry says of this node.
+    pub async fn describe(&mut self) -> Result<NodeDescription, tonic::Status> {
+        let id = self.key.node_id().to_string();
+        self.client
+            .describe_nodes(DescribeNodesRequest { node_ids: vec![id] })
+            .await?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .next()
+            .ok_or_else(|| tonic::Status::internal("registry described no node"))
     }
 
     pub async fn assignment(&mut self) -> Result<AssignmentSnapshot, tonic::Status> {
@@ -321,6 +370,10 @@ pub async fn apply(
         .map(ArchitectureState::from_proto)
         .transpose()?;
     let mine = snapshot.nodes.iter().find(|n| n.node_id == state.node_id);
+    // A draining node keeps serving what it holds while others load it.
+    if mine.is_some_and(|n| n.state == NodeState::Draining as i32) {
+        return Ok(());
+    }
     let span = mine.and_then(|n| n.span).filter(|_| arch.is_some());
     let arch_version = arch.as_ref().map(|a| a.version);
     let current = state.loaded();
@@ -384,8 +437,7 @@ pub async fn follow(
 ) {
     let mut known_version = None;
     loop {
-        let queue_depth = state.session_count() as u32;
-        match link.heartbeat(queue_depth).await {
+        match link.heartbeat(&state).await {
             Ok(version) if Some(version) != known_version => match link.assignment().await {
                 Ok(snapshot) => {
                     match settle(&state, &mut link, &mut advertised, &snapshot, &plan).await {
@@ -424,4 +476,62 @@ pub async fn settle(
     })?;
     apply(state, &snapshot, plan).await?;
     Ok(snapshot.version)
+}
+
+/// Leaves the swarm without dropping what this node serves: drains (the registry assigns its
+/// layers to others while it keeps serving), waits until each layer it held has two other
+/// loaded holders, until no other node is loading them any more (nothing left to wait for),
+/// or `timeout`; then stops `heartbeats` and deregisters. A zero `timeout` deregisters at
+/// once. Failures are logged: a node that cannot reach its registry still exits.
+pub async fn leave(
+    mut link: RegistryLink,
+    timeout: Duration,
+    poll: Duration,
+    heartbeats: tokio::task::AbortHandle,
+) {
+    if !timeout.is_zero() {
+        drain_for(&mut link, timeout, poll).await;
+    }
+    // A heartbeat after the deregistration would fail; none is sent.
+    heartbeats.abort();
+    match link.deregister().await {
+        Ok(()) => tracing::info!("deregistered"),
+        Err(e) => tracing::warn!(error = %e.message(), "deregistering failed"),
+    }
+}
+
+async fn drain_for(link: &mut RegistryLink, timeout: Duration, poll: Duration) {
+    let started = Instant::now();
+    match link.drain().await {
+        Ok(pending) => tracing::info!(pending = pending.len(), "draining"),
+        Err(e) => {
+            tracing::warn!(error = %e.message(), "draining failed; leaving without it");
+            return;
+        }
+    }
+    loop {
+        match link.describe().await {
+            Ok(d) if d.drain_pending_layers.is_empty() => {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "drained: every layer has two other loaded holders"
+                );
+                return;
+            }
+            Ok(d) if !d.drain_progressing => {
+                tracing::warn!(pending = ?d.drain_pending_layers, "no other node is loading this node's layers; leaving with them short of holders");
+                return;
+            }
+            Ok(d) if started.elapsed() >= timeout => {
+                tracing::warn!(pending = ?d.drain_pending_layers, timeout_ms = timeout.as_millis() as u64, "drain timed out; leaving with layers short of holders");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "asking the registry how the drain goes failed; leaving");
+                return;
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
 }

@@ -32,6 +32,7 @@ pub fn register_request(endpoint: &str, memory: u64, tokens_per_second: f64) -> 
             tokens_per_second,
         }),
         payout_address: String::new(),
+        preferred_role: 0,
     }
 }
 

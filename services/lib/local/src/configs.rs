@@ -297,6 +297,12 @@ impl RegistryToml {
         let list: Vec<toml::Value> = node_ids.iter().map(|n| (*n).into()).collect();
         self.set("observers", toml::Value::Array(list))
     }
+
+    /// Node ids whose `Drain` of any node is accepted (Kubernetes operators).
+    pub fn operators(self, node_ids: &[&str]) -> Self {
+        let list: Vec<toml::Value> = node_ids.iter().map(|n| (*n).into()).collect();
+        self.set("operators", toml::Value::Array(list))
+    }
 }
 
 impl WorkerToml {
@@ -352,6 +358,16 @@ impl WorkerToml {
 
     pub fn heartbeat_ms(self, ms: u64) -> Self {
         self.set("heartbeat_interval_ms", ms as i64)
+    }
+
+    /// How long SIGTERM waits for its layers to move before it deregisters (0: at once).
+    pub fn drain_timeout_ms(self, ms: u64) -> Self {
+        self.set("drain_timeout_ms", ms as i64)
+    }
+
+    /// The role it asks for: auto, driver, worker or validator.
+    pub fn role(self, role: &str) -> Self {
+        self.set("role", role)
     }
 
     /// Message and stream limits: the largest unary message, the chunk size of streams, the

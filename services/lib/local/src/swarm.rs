@@ -898,7 +898,9 @@ fn spawn_worker(
         .advertise(&format!("{scheme}://127.0.0.1:{port}"))
         .tls(&plan.transport.files(&name))?
         .usable_memory_bytes(plan.memory)
-        .heartbeat_ms(options.heartbeat_ms);
+        .heartbeat_ms(options.heartbeat_ms)
+        // The local swarm stops as a whole: there is nobody to hand layers to.
+        .drain_timeout_ms(0);
     // A checkpoint without weights (config and tokenizer only) starts from the seed every
     // worker agrees on.
     if has_weights(&options.checkpoint) {
