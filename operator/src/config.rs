@@ -14,7 +14,8 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// The shard-worker image nodes run unless their spec names one.
     pub worker_image: String,
-    /// Endpoints nodes use unless their spec names them.
+    /// Endpoints nodes use unless their spec names them; the operator asks `registry` how
+    /// its nodes are doing and drains them there.
     pub registry: String,
     pub aggregators: Vec<String>,
     pub ledger: Option<String>,
@@ -38,6 +39,11 @@ pub struct OperatorConfig {
     pub drain_timeout_s: u64,
     /// How often a node's status is refreshed from the registry when nothing else happens.
     pub resync_s: u64,
+    /// The operator's secp256k1 key (created 0600 when missing): it signs drains, and the
+    /// registry's `operators` list must name its id (logged at start).
+    pub key_file: std::path::PathBuf,
+    /// TLS of the link to the registry (mutual TLS by default, like every gRPC link).
+    pub tls: neuroshard_runtime::tls::TlsFiles,
 }
 
 impl Default for OperatorConfig {
@@ -57,6 +63,13 @@ impl Default for OperatorConfig {
             bytes_per_param: TRAINING_BYTES_PER_PARAM,
             drain_timeout_s: 600,
             resync_s: 30,
+            key_file: "/var/run/neuroshard/operator/operator.key".into(),
+            tls: neuroshard_runtime::tls::TlsFiles {
+                cert_file: Some("/etc/neuroshard/tls/tls.crt".into()),
+                key_file: Some("/etc/neuroshard/tls/tls.key".into()),
+                ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
+                insecure_plaintext: false,
+            },
         }
     }
 }
@@ -83,7 +96,8 @@ impl OperatorConfig {
         }
         crate::quantity::bytes(&self.storage_size)
             .map_err(|e| Error::invalid_argument(format!("storage_size: {e}")))?;
-        Ok(())
+        self.tls.validate()?;
+        self.tls.check_scheme("registry", &self.registry)
     }
 }
 

@@ -20,6 +20,7 @@ use neuroshard_runtime::telemetry::names::operator as names;
 use crate::config::OperatorConfig;
 use crate::crd::NeuroShardNode;
 use crate::reconcile::{self, Context, MANAGER};
+use crate::registry::GrpcRegistry;
 
 /// [`reconcile::reconcile`], counted and timed.
 async fn observed(
@@ -78,7 +79,19 @@ pub async fn run_with(
             tracing::warn!(error = %e, "the health and metrics endpoint stopped");
         }
     });
+    let registry = GrpcRegistry::new(
+        &config.registry,
+        &config.tls,
+        &config.key_file,
+        &config.network_id,
+    )?;
+    tracing::info!(
+        operator_id = %registry.operator_id(),
+        registry = %config.registry,
+        "drains are signed with this key: list its id in the registry's `operators`"
+    );
     let ctx = Arc::new(Context {
+        registry: Arc::new(registry),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -6,18 +6,24 @@
 //! - [`spec`]: a spec checked against the operator's defaults and the model's layer size, or
 //!   the field that is wrong;
 //! - [`desired`]: the key Secret, StatefulSet and Service a checked spec becomes;
-//! - [`conditions`]: status Conditions whose transition times move only on real changes.
+//! - [`conditions`]: status Conditions whose transition times move only on real changes;
+//! - [`observed`]: the status the registry's description of a node implies (Ready only when
+//!   registered, live and serving its span).
 //!
 //! I/O and wiring: [`reconcile`] (one node, through a finalizer: key, server-side apply,
-//! status, Events), [`controller`] (the kube `Controller`, metrics, health), [`config`].
+//! status from the registry, drain before delete, Events), [`registry`] (the registry link,
+//! drains signed with the operator's key), [`controller`] (the kube `Controller`, metrics,
+//! health), [`config`].
 
 pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod observed;
 pub mod quantity;
 pub mod reconcile;
+pub mod registry;
 pub mod spec;
 
 pub use config::OperatorConfig;

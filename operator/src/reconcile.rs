@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalized, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use neuroshard_common::identity::NodeKey;
 use serde_json::json;
@@ -23,7 +23,9 @@ use crate::conditions::{self, Wanted};
 use crate::config::OperatorConfig;
 use crate::crd::{NeuroShardNode, NeuroShardNodeStatus};
 use crate::desired::{self, KEY_FILE, Names};
-use crate::spec;
+use crate::registry::Registry;
+use crate::{observed, spec};
+use neuroshard_proto::registry::v1::NodeState;
 
 /// The finalizer that makes deletion wait for the node's cleanup.
 pub const FINALIZER: &str = "neuroshard.io/drain";
@@ -40,6 +42,11 @@ pub enum Error {
     NotNamespaced(String),
     #[error("key Secret {0}: {1}")]
     Key(String, String),
+    #[error("{0}")]
+    Registry(String),
+    /// Not a failure: a drain in progress keeps the finalizer until the next look.
+    #[error("draining: {0} layers still lack two other loaded holders")]
+    Draining(usize),
 }
 
 impl Error {
@@ -50,6 +57,8 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::NotNamespaced(_) => "not_namespaced",
             Error::Key(..) => "key",
+            Error::Registry(_) => "registry",
+            Error::Draining(_) => "draining",
         }
     }
 }
@@ -60,6 +69,7 @@ pub struct Context {
     pub client: Client,
     pub config: Arc<OperatorConfig>,
     pub recorder: Recorder,
+    pub registry: Arc<dyn Registry>,
 }
 
 impl std::fmt::Debug for Context {
@@ -87,11 +97,19 @@ pub async fn reconcile(node: Arc<NeuroShardNode>, ctx: Arc<Context>) -> Result<A
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        // The reconciler's own errors keep their kind (a drain in progress is not a failure).
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
-/// What a failed reconcile does next: try again soon.
+/// What a failed reconcile does next: try again soon (a drain in progress looks again in
+/// two seconds, and is no failure).
 pub fn error_policy(_node: Arc<NeuroShardNode>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::Draining(_) = error {
+        return Action::requeue(Duration::from_secs(2));
+    }
     tracing::warn!(%error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -185,11 +203,39 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
         .await?;
     let first = status.node_id.is_none();
     status.node_id = Some(node_id.clone());
-    if status.phase.is_none() || status.phase.as_deref() == Some("Invalid") {
-        status.phase = Some("Pending".into());
-    }
     status.observed_generation = generation;
-    write_status(ctx, node, &namespace, status).await?;
+    let (described, why) = match ctx.registry.describe(node_id.clone()).await {
+        Ok(d) => (Some(d), String::new()),
+        Err(e) => (None, e.message),
+    };
+    let observed = observed::status_from(described.as_ref(), &why, &now);
+    let mut became_ready = None;
+    for wanted in observed.conditions {
+        let is_ready = wanted.type_ == conditions::READY;
+        if conditions::set(&mut status.conditions, wanted, generation, &now) && is_ready {
+            became_ready = Some(observed.ready);
+        }
+    }
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::DRAINING,
+            status: false,
+            reason: "NotDeleted",
+            message: String::new(),
+        },
+        generation,
+        &now,
+    );
+    status.phase = Some(observed.phase.into());
+    status.span = observed.span;
+    status.role = observed.role;
+    if observed.last_heartbeat.is_some() {
+        status.last_heartbeat = observed.last_heartbeat;
+    }
+    if worth_writing(node.status.as_ref(), &status, ctx.config.resync_s) {
+        write_status(ctx, node, &namespace, status.clone()).await?;
+    }
     if first {
         publish(
             ctx,
@@ -200,7 +246,63 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    Ok(Action::requeue(Duration::from_secs(ctx.config.resync_s)))
+    match became_ready {
+        Some(true) => {
+            let span = status.span.as_deref().unwrap_or("");
+            publish(
+                ctx,
+                node,
+                EventType::Normal,
+                "Serving",
+                format!("registered and serving layers {span}"),
+            )
+            .await;
+        }
+        // Not on the first status: a node that never served has nothing to lose.
+        Some(false)
+            if !first
+                && node
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY)) =>
+        {
+            let message = conditions::message(&status.conditions, conditions::READY);
+            publish(ctx, node, EventType::Warning, "NotServing", message).await;
+        }
+        _ => {}
+    }
+    // Not Ready yet: look again soon, so Ready shows as soon as the span is loaded.
+    let again = if conditions::is_true(&status.conditions, conditions::READY) {
+        ctx.config.resync_s
+    } else {
+        ctx.config.resync_s.min(5)
+    };
+    Ok(Action::requeue(Duration::from_secs(again)))
+}
+
+/// Whether `next` says anything `current` does not: a heartbeat that moved less than a
+/// resync is not news (writing it would wake this controller's own watch over and over).
+pub fn worth_writing(
+    current: Option<&NeuroShardNodeStatus>,
+    next: &NeuroShardNodeStatus,
+    resync_s: u64,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let moved = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => match (
+            a.parse::<k8s_openapi::jiff::Timestamp>(),
+            b.parse::<k8s_openapi::jiff::Timestamp>(),
+        ) {
+            (Ok(a), Ok(b)) => (b - a).get_seconds().unsigned_abs() >= resync_s,
+            _ => a != b,
+        },
+        (a, b) => a != b,
+    };
+    let mut same = next.clone();
+    same.last_heartbeat = current.last_heartbeat.clone();
+    same != *current || moved(&current.last_heartbeat, &next.last_heartbeat)
 }
 
 /// The node's key Secret: read back when it exists (its node id), else created with a fresh
@@ -258,14 +360,115 @@ async fn write_status(
     Ok(())
 }
 
-/// Deleting a node: its owned objects go with it (owner references).
+/// Deleting a node: first the registry drains it (signed with the operator's key), and the
+/// pod may go only when every layer it held has two other loaded holders, or after
+/// `drain_timeout_s`, which is said in the status and an Event. Its owned objects then go
+/// with it (owner references).
 async fn cleanup(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
+    let namespace = node
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(node.name_any()))?;
+    let Some(node_id) = node.status.as_ref().and_then(|s| s.node_id.clone()) else {
+        // It never got a key: nothing registered, nothing to hand over.
+        return released(ctx, node, "it never registered").await;
+    };
+    let mut status = node.status.clone().unwrap_or_default();
+    let now = now();
+    let started = draining_since(&status);
+    let waited = started.map_or(0, |since| {
+        (now.0 - since).get_seconds().max(0).unsigned_abs()
+    });
+    let timed_out = waited >= ctx.config.drain_timeout_s;
+    let described = match ctx.registry.describe(node_id.clone()).await {
+        Ok(d) => d,
+        Err(e) if timed_out => {
+            let message = format!(
+                "the registry could not be asked for {waited} s ({}); releasing the pod without a completed drain",
+                e.message
+            );
+            publish(ctx, node, EventType::Warning, "DrainTimedOut", message).await;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(Error::Registry(e.message)),
+    };
+    if !described.registered {
+        return released(ctx, node, "the registry does not know it").await;
+    }
+    let pending = if described.state == NodeState::Draining as i32 {
+        described.drain_pending_layers
+    } else {
+        ctx.registry
+            .drain(node_id.clone())
+            .await
+            .map_err(|e| Error::Registry(e.message))?
+    };
+    let first = started.is_none();
+    if pending.is_empty() {
+        let message = format!("node {node_id}: every layer it held has two other loaded holders");
+        publish(ctx, node, EventType::Normal, "Drained", message).await;
+        return Ok(Action::await_change());
+    }
+    if timed_out {
+        let message = format!(
+            "layers {pending:?} still lack two other loaded holders after {waited} s (drain_timeout_s); releasing the pod anyway"
+        );
+        set_draining(&mut status, "DrainTimedOut", message.clone(), node, &now);
+        write_status(ctx, node, &namespace, status).await?;
+        publish(ctx, node, EventType::Warning, "DrainTimedOut", message).await;
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "handing layers over: {pending:?} still lack two other loaded holders ({waited} s of {} s)",
+        ctx.config.drain_timeout_s
+    );
+    set_draining(&mut status, "Draining", message.clone(), node, &now);
+    status.phase = Some("Draining".into());
+    if worth_writing(node.status.as_ref(), &status, ctx.config.resync_s) {
+        write_status(ctx, node, &namespace, status).await?;
+    }
+    if first {
+        publish(ctx, node, EventType::Normal, "Draining", message).await;
+    }
+    // The finalizer stays until the next look.
+    Err(Error::Draining(pending.len()))
+}
+
+/// When the current drain began (its `Draining` Condition's transition to True).
+fn draining_since(status: &NeuroShardNodeStatus) -> Option<k8s_openapi::jiff::Timestamp> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::DRAINING && c.status == "True")
+        .map(|c| c.last_transition_time.0)
+}
+
+fn set_draining(
+    status: &mut NeuroShardNodeStatus,
+    reason: &'static str,
+    message: String,
+    node: &NeuroShardNode,
+    now: &Time,
+) {
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::DRAINING,
+            status: true,
+            reason,
+            message,
+        },
+        node.meta().generation,
+        now,
+    );
+}
+
+async fn released(ctx: &Context, node: &NeuroShardNode, why: &str) -> Result<Action, Error> {
     publish(
         ctx,
         node,
         EventType::Normal,
         "Deleted",
-        format!("node {} released", node.name_any()),
+        format!("node {} released: {why}", node.name_any()),
     )
     .await;
     Ok(Action::await_change())

@@ -8,23 +8,74 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::ObjectMeta;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
+use neuroshard_common::Error;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_operator::OperatorConfig;
 use neuroshard_operator::crd::{NeuroShardNode, NeuroShardNodeSpec, NeuroShardNodeStatus};
 use neuroshard_operator::reconcile::{Context, FINALIZER, reconcile};
+use neuroshard_operator::registry::Registry;
+use neuroshard_proto::common::v1::{LayerSpan, Role};
+use neuroshard_proto::registry::v1::{NodeDescription, NodeState};
 use serde_json::{Value, json};
+use std::sync::Mutex;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const NS: &str = "swarm";
 const NODES: &str = "/apis/neuroshard.io/v1alpha1/namespaces/swarm/neuroshardnodes";
 
+/// A registry that answers what the scenario scripted, and records the drains asked of it.
+#[derive(Default)]
+struct ScriptedRegistry {
+    description: Mutex<Option<NodeDescription>>,
+    pending_after_drain: Mutex<Vec<u32>>,
+    drained: Mutex<Vec<String>>,
+}
+
+impl Registry for ScriptedRegistry {
+    fn describe(&self, node_id: String) -> BoxFuture<'_, Result<NodeDescription, Error>> {
+        Box::pin(async move {
+            let scripted = self.description.lock().unwrap().clone();
+            Ok(scripted.unwrap_or(NodeDescription {
+                node_id,
+                ..NodeDescription::default()
+            }))
+        })
+    }
+
+    fn drain(&self, node_id: String) -> BoxFuture<'_, Result<Vec<u32>, Error>> {
+        Box::pin(async move {
+            self.drained.lock().unwrap().push(node_id);
+            Ok(self.pending_after_drain.lock().unwrap().clone())
+        })
+    }
+}
+
+fn described(node_id: &str, state: NodeState, loaded: bool) -> NodeDescription {
+    NodeDescription {
+        node_id: node_id.into(),
+        registered: true,
+        state: state as i32,
+        span: Some(LayerSpan { start: 0, end: 2 }),
+        role: Role::Driver as i32,
+        heartbeat_age_ms: 400,
+        loaded,
+        ..NodeDescription::default()
+    }
+}
+
 fn context() -> (Arc<Context>, Handle) {
+    context_with(Arc::new(ScriptedRegistry::default()))
+}
+
+fn context_with(registry: Arc<ScriptedRegistry>) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NS);
     let recorder = Recorder::new(
@@ -43,6 +94,7 @@ fn context() -> (Arc<Context>, Handle) {
             client,
             config: Arc::new(config),
             recorder,
+            registry,
         }),
         handle,
     )
@@ -208,10 +260,16 @@ async fn a_node_gets_a_key_its_objects_and_a_status() {
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     assert_eq!(status["status"]["nodeId"], node_id);
-    assert_eq!(status["status"]["phase"], "Pending");
+    // The worker has not registered yet: not Ready, and the status says why.
+    assert_eq!(status["status"]["phase"], "Starting");
     assert_eq!(status["status"]["observedGeneration"], 3);
     assert_eq!(status["status"]["conditions"][0]["type"], "SpecValid");
     assert_eq!(status["status"]["conditions"][0]["status"], "True");
+    let conditions = status["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains(r#""reason":"NotRegistered","status":"False","type":"Ready""#),
+        "{conditions}"
+    );
     reply(
         send,
         StatusCode::OK,
@@ -309,23 +367,195 @@ async fn an_invalid_spec_is_a_condition_and_creates_nothing() {
     task.await.unwrap();
 }
 
-#[tokio::test]
-async fn deleting_a_node_releases_the_finalizer() {
-    let (ctx, mut handle) = context();
-    let mut deleting = finalized(node(valid()));
-    deleting.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2026-12-01T00:00:00Z".parse().unwrap(),
-        ));
-    let task = run(deleting.clone(), ctx).await;
-    assert_eq!(event(&mut handle).await, "Deleted");
-    let (patch, _, send) = expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0")).await;
+fn deleting(status: Option<NeuroShardNodeStatus>) -> NeuroShardNode {
+    let mut n = finalized(node(valid()));
+    n.metadata.deletion_timestamp = Some(Time("2026-12-01T00:00:00Z".parse().unwrap()));
+    n.status = status;
+    n
+}
+
+fn with_id(node_id: &str) -> NeuroShardNodeStatus {
+    NeuroShardNodeStatus {
+        node_id: Some(node_id.into()),
+        phase: Some("Ready".into()),
+        ..NeuroShardNodeStatus::default()
+    }
+}
+
+/// The finalizer's removal: a JSON patch that removes it.
+async fn finalizer_removed(handle: &mut Handle, mut node: NeuroShardNode) {
+    let (patch, _, send) = expect(handle, Method::PATCH, &format!("{NODES}/cpu-0")).await;
     assert!(patch.to_string().contains("remove"), "{patch}");
-    deleting.finalizers_mut().clear();
-    reply(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&deleting).unwrap(),
-    );
+    node.finalizers_mut().clear();
+    reply(send, StatusCode::OK, &serde_json::to_value(&node).unwrap());
+}
+
+#[tokio::test]
+async fn deleting_a_node_that_never_registered_releases_it_at_once() {
+    let (ctx, mut handle) = context();
+    let node = deleting(None);
+    let task = run(node.clone(), ctx).await;
+    assert_eq!(event(&mut handle).await, "Deleted");
+    finalizer_removed(&mut handle, node).await;
     task.await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_serving_node_drains_it_and_waits_for_the_handover() {
+    let registry = Arc::new(ScriptedRegistry::default());
+    let id = NodeKey::generate().node_id().to_string();
+    *registry.description.lock().unwrap() = Some(described(&id, NodeState::Live, true));
+    *registry.pending_after_drain.lock().unwrap() = vec![1];
+    let (ctx, mut handle) = context_with(registry.clone());
+    let node = deleting(Some(with_id(&id)));
+    let task = tokio::spawn(reconcile(Arc::new(node.clone()), ctx.clone()));
+    // The drain is asked for; the status says what is still pending, with an Event.
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    assert_eq!(status["status"]["phase"], "Draining");
+    let draining = &status["status"]["conditions"][0];
+    assert_eq!(draining["type"], "Draining");
+    assert_eq!(draining["status"], "True");
+    assert!(
+        draining["message"].as_str().unwrap().contains("[1]"),
+        "{draining}"
+    );
+    reply(send, StatusCode::OK, &serde_json::to_value(&node).unwrap());
+    assert_eq!(event(&mut handle).await, "Draining");
+    // The finalizer stays: the reconcile ends in "draining", to look again soon.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.unwrap_err().to_string().contains("draining"));
+    assert_eq!(*registry.drained.lock().unwrap(), vec![id.clone()]);
+
+    // The next look: the registry says it is draining and nothing is pending any more.
+    let mut drained = described(&id, NodeState::Draining, false);
+    drained.span = None;
+    *registry.description.lock().unwrap() = Some(drained);
+    let mut node = node;
+    node.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let task = run(node.clone(), ctx).await;
+    assert_eq!(event(&mut handle).await, "Drained");
+    finalizer_removed(&mut handle, node).await;
+    task.await.unwrap();
+    // Not asked to drain twice.
+    assert_eq!(registry.drained.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_drain_past_its_timeout_releases_the_pod_and_says_so() {
+    let registry = Arc::new(ScriptedRegistry::default());
+    let id = NodeKey::generate().node_id().to_string();
+    let mut stuck = described(&id, NodeState::Draining, false);
+    stuck.drain_pending_layers = vec![0, 1];
+    *registry.description.lock().unwrap() = Some(stuck);
+    let (ctx, mut handle) = context_with(registry);
+    let mut status = with_id(&id);
+    status.conditions.push(Condition {
+        type_: "Draining".into(),
+        status: "True".into(),
+        reason: "Draining".into(),
+        message: String::new(),
+        // Long before the 600 s timeout.
+        last_transition_time: Time("2026-01-01T00:00:00Z".parse().unwrap()),
+        observed_generation: Some(3),
+    });
+    let node = deleting(Some(status));
+    let task = run(node.clone(), ctx).await;
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    let condition = &status["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "DrainTimedOut");
+    assert!(
+        condition["message"].as_str().unwrap().contains("[0, 1]"),
+        "{condition}"
+    );
+    // The transition time is the drain's start, kept.
+    assert_eq!(condition["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    reply(send, StatusCode::OK, &serde_json::to_value(&node).unwrap());
+    assert_eq!(event(&mut handle).await, "DrainTimedOut");
+    finalizer_removed(&mut handle, node).await;
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_registered_loaded_node_is_ready_with_its_span_and_says_so_once() {
+    let registry = Arc::new(ScriptedRegistry::default());
+    let key = NodeKey::generate();
+    let id = key.node_id().to_string();
+    *registry.description.lock().unwrap() = Some(described(&id, NodeState::Live, true));
+    let (ctx, mut handle) = context_with(registry);
+    let mut known = finalized(node(valid()));
+    known.status = Some(with_id(&id));
+    let task = run(known.clone(), ctx.clone()).await;
+    let secret = key_secret(&key);
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
+    )
+    .await;
+    reply(send, StatusCode::OK, &secret);
+    for path in [
+        "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0",
+        "/api/v1/namespaces/swarm/services/cpu-0",
+    ] {
+        let (body, _, send) = expect(&mut handle, Method::PATCH, path).await;
+        reply(send, StatusCode::OK, &body);
+    }
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    assert_eq!(status["status"]["phase"], "Ready");
+    assert_eq!(status["status"]["span"], "[0, 2)");
+    assert_eq!(status["status"]["role"], "driver");
+    assert!(status["status"]["lastHeartbeat"].is_string());
+    reply(send, StatusCode::OK, &serde_json::to_value(&known).unwrap());
+    assert_eq!(event(&mut handle).await, "Serving");
+    task.await.unwrap();
+
+    // A resync that finds nothing new writes no status and publishes nothing.
+    known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let task = run(known, ctx).await;
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
+    )
+    .await;
+    reply(send, StatusCode::OK, &secret);
+    for path in [
+        "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0",
+        "/api/v1/namespaces/swarm/services/cpu-0",
+    ] {
+        let (body, _, send) = expect(&mut handle, Method::PATCH, path).await;
+        reply(send, StatusCode::OK, &body);
+    }
+    task.await.unwrap();
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+    {
+        panic!(
+            "a request after a resync with nothing new: {} {}",
+            request.method(),
+            request.uri()
+        );
+    }
+}
+
+fn key_secret(key: &NodeKey) -> Value {
+    serde_json::to_value(k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some("cpu-0-key".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            "node.key".to_string(),
+            k8s_openapi::ByteString(key.to_file_contents().into_bytes()),
+        )])),
+        ..Default::default()
+    })
+    .unwrap()
 }
