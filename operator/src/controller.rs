@@ -9,13 +9,14 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
 use neuroshard_common::Error;
 use neuroshard_runtime::telemetry::names::operator as names;
+use tracing::Instrument;
 
 use crate::config::OperatorConfig;
 use crate::crd::NeuroShardNode;
@@ -28,7 +29,24 @@ async fn observed(
     ctx: Arc<Context>,
 ) -> Result<Action, reconcile::Error> {
     let started = Instant::now();
-    let result = reconcile::reconcile(node, ctx).await;
+    // One span per reconcile: exported over OTLP when the operator is configured to trace.
+    let span = tracing::info_span!(
+        "reconcile",
+        node = %node.name_any(),
+        namespace = node.namespace().unwrap_or_default(),
+        generation = node.metadata.generation.unwrap_or_default(),
+        outcome = tracing::field::Empty,
+    );
+    let result = reconcile::reconcile(node, ctx)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "outcome",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        },
+    );
     metrics::counter!(names::RECONCILES).increment(1);
     metrics::histogram!(names::RECONCILE_SECONDS).record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {

@@ -27,6 +27,9 @@ pub const KEY_FILE: &str = "node.key";
 /// Where the checkpoint volume and the TLS files are mounted.
 pub const DATA_DIR: &str = "/var/lib/neuroshard";
 pub const TLS_DIR: &str = "/etc/neuroshard/tls";
+/// How long a worker stopped by Kubernetes waits for its layers to move before it
+/// deregisters; the pod's grace period leaves room beyond it.
+pub const WORKER_DRAIN_TIMEOUT_S: i64 = 90;
 /// The non-root user the images run as.
 pub const WORKER_UID: i64 = 10_001;
 /// The gRPC health name a worker reports SERVING once its span is loaded.
@@ -126,6 +129,13 @@ fn worker_env(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) ->
         env("USABLE_MEMORY_BYTES", spec.memory_bytes.to_string()),
         env("DEVICE", if spec.gpu.is_some() { "cuda" } else { "cpu" }),
         env("TRAINING__ENABLED", spec.training.to_string()),
+        env("ROLE", spec.role.clone()),
+        // The operator drains the node before its pod is deleted; a pod stopped otherwise
+        // (eviction, node drain) hands over by itself within its grace period.
+        env(
+            "DRAIN_TIMEOUT_MS",
+            (WORKER_DRAIN_TIMEOUT_S * 1000).to_string(),
+        ),
     ];
     if !spec.aggregators.is_empty() {
         vars.push(env("AGGREGATORS", toml_list(&spec.aggregators)));
@@ -280,7 +290,7 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
                         ..PodSecurityContext::default()
                     }),
                     // The worker drains and deregisters on SIGTERM before it exits.
-                    termination_grace_period_seconds: Some(120),
+                    termination_grace_period_seconds: Some(WORKER_DRAIN_TIMEOUT_S + 30),
                     ..PodSpec::default()
                 }),
             },

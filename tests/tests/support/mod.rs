@@ -9,7 +9,9 @@
 //! - [`completions`]: greedy completions through the gateway, whole or streamed, and the
 //!   routes the status document shows;
 //! - [`swarm`]: a registry and shard-worker processes assembled by hand (growth, streaming,
-//!   failover of single hops), and the checks made on them.
+//!   failover of single hops), and the checks made on them;
+//! - [`kube_api`]: a loopback stand-in for the Kubernetes API server, for the operator's
+//!   real controller.
 //!
 //! The processes themselves (PostgreSQL, generated configs, logs, waiting for ports, the
 //! whole local swarm) come from `neuroshard-local`, the harness `neuroshard up` uses too.
@@ -18,6 +20,7 @@
 
 pub mod checkpoints;
 pub mod completions;
+pub mod kube_api;
 pub mod ledger;
 pub mod registry;
 pub mod swarm;

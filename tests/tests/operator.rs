@@ -1,0 +1,249 @@
+//! The operator's real `Controller` end to end, against a loopback stand-in for the
+//! Kubernetes API server, with a real registry (and PostgreSQL) and real worker processes:
+//! a `NeuroShardNode` applied becomes a key Secret, a StatefulSet and a Service; the test
+//! runs the StatefulSet's pod as a worker process (the kubelet's part: its container's
+//! environment, with the listen address, advertised URL and key path moved to this machine);
+//! the node turns `Ready` with the span the registry assigned; deleting it drains it through
+//! the registry (signed with the operator's key) and only then is the finalizer removed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use neuroshard_common::ModelConfig;
+use neuroshard_common::identity::NodeKey;
+use neuroshard_local::{ChildGuard, Launcher, free_port};
+use neuroshard_operator::OperatorConfig;
+use neuroshard_proto::registry::v1::DescribeNodesRequest;
+use neuroshard_runtime::tls::TlsFiles;
+use serde_json::{Value, json};
+use support::kube_api::FakeApi;
+use support::swarm::{NET, Swarm, memory_for_layers};
+
+const NS: &str = "swarm";
+
+/// Waits until `ready` gives something, for up to `limit`.
+async fn eventually<T>(what: &str, limit: Duration, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The kubelet's part for the StatefulSet `name`: its pod's container run as a worker
+/// process, its key from the key Secret. Only what cannot hold off a cluster is changed: the
+/// address it listens on and advertises (no pod IP or Service DNS here), where the key file
+/// is (no Secret volume), and the heartbeat (this registry's fast liveness).
+fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> ChildGuard {
+    let sts: StatefulSet =
+        serde_json::from_value(api.get("statefulsets", NS, name).unwrap()).unwrap();
+    let secret: Secret =
+        serde_json::from_value(api.get("secrets", NS, &format!("{name}-key")).unwrap()).unwrap();
+    let key = &secret.data.unwrap()["node.key"].0;
+    let key_file = dir.join(format!("{name}.key"));
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let container = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let port = free_port().unwrap();
+    let moved = [
+        ("NEUROSHARD_WORKER_LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "NEUROSHARD_WORKER_ADVERTISE",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("NEUROSHARD_WORKER_KEY_FILE", key_file.display().to_string()),
+        ("NEUROSHARD_WORKER_HEARTBEAT_INTERVAL_MS", "200".to_string()),
+        ("OMP_NUM_THREADS", "1".to_string()),
+    ];
+    let mut env: Vec<(String, String)> = container
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !moved.iter().any(|(name, _)| *name == v.name))
+        .map(|v| (v.name, v.value.unwrap_or_default()))
+        .collect();
+    env.extend(moved.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    launcher
+        .spawn(
+            neuroshard_local::WORKER_BINARY,
+            &format!("pod-{name}"),
+            &toml::Table::new(),
+            &env,
+        )
+        .unwrap()
+}
+
+fn condition(node: &Value, type_: &str) -> Option<String> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn event_reasons(api: &FakeApi) -> Vec<String> {
+    api.all("events")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first() {
+    let _one = support::one_swarm_at_a_time().await;
+    let model = ModelConfig::small(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("operator.key");
+    let operator_id = NodeKey::load_or_create(&key_file)
+        .unwrap()
+        .node_id()
+        .to_string();
+    let mut swarm = Swarm::start(|c| c.operators(&[&operator_id])).await;
+    // Two workers outside the operator hold the whole model, so the operator's node can hand
+    // its layers over when it goes.
+    let whole = memory_for_layers(&model, 6);
+    for _ in 0..2 {
+        swarm.add_worker(|w| w.usable_memory_bytes(whole));
+    }
+    swarm
+        .wait_for("two workers loaded", Duration::from_secs(60), |s| {
+            s.nodes.len() == 2
+        })
+        .await;
+
+    let api = FakeApi::default();
+    let address = api.serve().await;
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{address}").parse().unwrap(),
+    ))
+    .unwrap();
+    let config = OperatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        registry: swarm.registry_url.clone(),
+        network_id: NET.into(),
+        worker_tls_secret: None,
+        tls: TlsFiles::insecure_plaintext(),
+        key_file,
+        resync_s: 1,
+        drain_timeout_s: 60,
+        model: model.clone(),
+        ..OperatorConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(neuroshard_operator::run_with(
+        client,
+        config,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    // kubectl apply
+    api.create(
+        "neuroshardnodes",
+        NS,
+        json!({
+            "apiVersion": "neuroshard.io/v1alpha1",
+            "kind": "NeuroShardNode",
+            "metadata": {"name": "cpu-0", "namespace": NS},
+            "spec": {"memory": whole.to_string(), "role": "auto"},
+        }),
+    );
+    eventually(
+        "the StatefulSet and key Secret",
+        Duration::from_secs(20),
+        || {
+            api.get("statefulsets", NS, "cpu-0")?;
+            api.get("secrets", NS, "cpu-0-key")?;
+            api.get("services", NS, "cpu-0")
+        },
+    )
+    .await;
+    let launcher = support::launcher(dir.path());
+    let mut pod = run_pod(&api, &launcher, dir.path(), "cpu-0");
+
+    // Ready, with the span the registry assigned that node id.
+    let started = Instant::now();
+    let node = eventually("the node Ready", Duration::from_secs(60), || {
+        let node = api.get("neuroshardnodes", NS, "cpu-0")?;
+        (condition(&node, "Ready").as_deref() == Some("True")).then_some(node)
+    })
+    .await;
+    eprintln!("Ready {:?} after the pod started", started.elapsed());
+    let node_id = node["status"]["nodeId"].as_str().unwrap().to_string();
+    let described = swarm
+        .registry
+        .describe_nodes(DescribeNodesRequest {
+            node_ids: vec![node_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .remove(0);
+    let span = described.span.unwrap();
+    assert_eq!(
+        node["status"]["span"],
+        json!(format!("[{}, {})", span.start, span.end))
+    );
+    assert_eq!(node["status"]["phase"], "Ready");
+    assert_eq!(condition(&node, "Registered").as_deref(), Some("True"));
+    assert_eq!(condition(&node, "LayersAssigned").as_deref(), Some("True"));
+    assert!(node["status"]["lastHeartbeat"].is_string());
+    let reasons = event_reasons(&api);
+    assert!(reasons.contains(&"Created".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"Serving".to_string()), "{reasons:?}");
+
+    // kubectl delete: the registry drains the node before the finalizer lets it go.
+    api.delete("neuroshardnodes", NS, "cpu-0");
+    eventually("the node released", Duration::from_secs(30), || {
+        api.get("neuroshardnodes", NS, "cpu-0")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let reasons = event_reasons(&api);
+    assert!(reasons.contains(&"Drained".to_string()), "{reasons:?}");
+    let drained = swarm
+        .registry
+        .describe_nodes(DescribeNodesRequest {
+            node_ids: vec![node_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .remove(0);
+    assert!(drained.drain_pending_layers.is_empty(), "{drained:?}");
+    // Its children went with it (owner references); the pod stops, and leaves the registry.
+    assert!(api.get("statefulsets", NS, "cpu-0").is_none());
+    assert!(
+        pod.terminate(Duration::from_secs(30)),
+        "the worker did not stop on SIGTERM"
+    );
+    let gone = swarm.snapshot().await;
+    assert!(gone.nodes.iter().all(|n| n.node_id != node_id), "{gone:?}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), operator)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
