@@ -9,6 +9,8 @@ pub const READY: &str = "Ready";
 pub const REGISTERED: &str = "Registered";
 pub const LAYERS_ASSIGNED: &str = "LayersAssigned";
 pub const DRAINING: &str = "Draining";
+/// The pod runs the current template (False while a rollout replaces it or waits).
+pub const UP_TO_DATE: &str = "UpToDate";
 pub const SPEC_VALID: &str = "SpecValid";
 
 /// What one condition should say now.
@@ -61,6 +63,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The reason of `type_`, if it is set.
+pub fn reason<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
 
 /// The message of `type_` (empty when absent).

@@ -110,6 +110,7 @@ pub async fn run_with(
     );
     let ctx = Arc::new(Context {
         registry: Arc::new(registry),
+        rollouts: Arc::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -264,7 +264,7 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
         ..Container::default()
     };
     let gpu = spec.gpu.as_ref();
-    StatefulSet {
+    let mut statefulset = StatefulSet {
         metadata: meta(node, &names.statefulset),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
@@ -316,7 +316,45 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    }
+    };
+    stamp_template_hash(&mut statefulset);
+    statefulset
+}
+
+/// The pod template's annotation naming what the template is: the rollout compares the
+/// running StatefulSet's with the desired one's (a live object carries defaults the API
+/// server filled in, so the templates themselves do not compare).
+pub const TEMPLATE_HASH: &str = "neuroshard.io/template-hash";
+
+fn stamp_template_hash(sts: &mut StatefulSet) {
+    use sha2::{Digest, Sha256};
+    let Some(spec) = sts.spec.as_mut() else {
+        return;
+    };
+    let bytes = serde_json::to_vec(&spec.template).unwrap_or_default();
+    let hash: String = Sha256::digest(&bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    spec.template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_HASH.into(), hash);
+}
+
+/// The template hash a StatefulSet runs (none: made by something else, or not yet).
+pub fn template_hash(sts: &StatefulSet) -> Option<&str> {
+    sts.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH)
+        .map(String::as_str)
 }
 
 /// The Service the node is reached at (its advertised endpoint).

@@ -8,7 +8,9 @@
 //! - [`desired`]: the key Secret, StatefulSet and Service a checked spec becomes;
 //! - [`conditions`]: status Conditions whose transition times move only on real changes;
 //! - [`observed`]: the status the registry's description of a node implies (Ready only when
-//!   registered, live and serving its span).
+//!   registered, live and serving its span);
+//! - [`rollout`]: whether a node whose template changed may restart now (every layer keeps
+//!   serving holders).
 //!
 //! I/O and wiring: [`reconcile`] (one node, through a finalizer: key, server-side apply,
 //! status from the registry, drain before delete, Events), [`registry`] (the registry link,
@@ -24,6 +26,7 @@ pub mod observed;
 pub mod quantity;
 pub mod reconcile;
 pub mod registry;
+pub mod rollout;
 pub mod spec;
 
 pub use config::OperatorConfig;

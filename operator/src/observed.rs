@@ -57,7 +57,12 @@ pub fn role_name(role: i32) -> &'static str {
 /// The status the registry's description `d` of the node implies at `now`; `None`: the
 /// registry could not be asked (`why`), which says nothing about the node and leaves it
 /// not Ready.
-pub fn status_from(d: Option<&NodeDescription>, why: &str, now: &Time) -> Observed {
+pub fn status_from(
+    d: Option<&NodeDescription>,
+    why: &str,
+    pod_ready: bool,
+    now: &Time,
+) -> Observed {
     let Some(d) = d else {
         let message = format!("the registry could not be asked: {why}");
         return Observed {
@@ -124,6 +129,13 @@ pub fn status_from(d: Option<&NodeDescription>, why: &str, now: &Time) -> Observ
         }
     };
     let (ready, reason, message) = match (state, &span, d.loaded) {
+        // The registry still sees the old pod serving while its replacement comes up: a
+        // rollout is not done until the new pod is ready too.
+        (NodeState::Live, Some(_), true) if !pod_ready => (
+            false,
+            "PodNotReady",
+            "its pod is starting or being replaced".into(),
+        ),
         (NodeState::Live, Some(span), true) => (true, "Serving", format!("serving layers {span}")),
         (NodeState::Live, Some(span), false) => {
             (false, "Loading", format!("loading layers {span}"))
@@ -205,6 +217,7 @@ mod tests {
         let o = status_from(
             Some(&described(NodeState::Live, Some((0, 2)), true)),
             "",
+            true,
             &now(),
         );
         assert!(o.ready);
@@ -217,6 +230,7 @@ mod tests {
         let loading = status_from(
             Some(&described(NodeState::Live, Some((0, 2)), false)),
             "",
+            true,
             &now(),
         );
         assert!(!loading.ready);
@@ -226,11 +240,30 @@ mod tests {
         let late = status_from(
             Some(&described(NodeState::Suspect, Some((0, 2)), true)),
             "",
+            true,
             &now(),
         );
         assert!(!late.ready);
         assert_eq!(condition(&late, conditions::READY).reason, "HeartbeatLate");
-        let spare = status_from(Some(&described(NodeState::Live, None, false)), "", &now());
+        let spare = status_from(
+            Some(&described(NodeState::Live, None, false)),
+            "",
+            true,
+            &now(),
+        );
+        // Loaded by the registry's view, but the pod is being replaced: not Ready (a rollout
+        // is never reported done before the new pod serves).
+        let replacing = status_from(
+            Some(&described(NodeState::Live, Some((0, 2)), true)),
+            "",
+            false,
+            &now(),
+        );
+        assert!(!replacing.ready);
+        assert_eq!(
+            condition(&replacing, conditions::READY).reason,
+            "PodNotReady"
+        );
         assert!(!condition(&spare, conditions::LAYERS_ASSIGNED).status);
         assert!(!spare.ready);
     }
@@ -241,7 +274,7 @@ mod tests {
             node_id: "cd".repeat(20),
             ..NodeDescription::default()
         };
-        let o = status_from(Some(&unknown), "", &now());
+        let o = status_from(Some(&unknown), "", true, &now());
         assert!(!o.ready);
         assert!(!condition(&o, conditions::REGISTERED).status);
         assert!(
@@ -249,7 +282,7 @@ mod tests {
                 .message
                 .contains("no traffic")
         );
-        let o = status_from(None, "connection refused", &now());
+        let o = status_from(None, "connection refused", true, &now());
         assert!(!o.ready);
         assert!(
             condition(&o, conditions::READY)
@@ -263,7 +296,7 @@ mod tests {
         let mut d = described(NodeState::Live, Some((1, 3)), true);
         d.role = Role::Worker as i32;
         d.role_note = "prefers driver, placed as worker: no driver position was free".into();
-        let o = status_from(Some(&d), "", &now());
+        let o = status_from(Some(&d), "", true, &now());
         assert!(
             condition(&o, conditions::LAYERS_ASSIGNED)
                 .message

@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalized, finalizer};
@@ -24,7 +24,7 @@ use crate::config::OperatorConfig;
 use crate::crd::{NeuroShardNode, NeuroShardNodeStatus};
 use crate::desired::{self, KEY_FILE, Names};
 use crate::registry::Registry;
-use crate::{observed, spec};
+use crate::{observed, rollout, spec};
 use neuroshard_proto::registry::v1::NodeState;
 
 /// The finalizer that makes deletion wait for the node's cleanup.
@@ -70,6 +70,8 @@ pub struct Context {
     pub config: Arc<OperatorConfig>,
     pub recorder: Recorder,
     pub registry: Arc<dyn Registry>,
+    /// Held while deciding whether a node may restart and applying its new template.
+    pub rollouts: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -186,13 +188,67 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
     let params = PatchParams::apply(MANAGER).force();
     let names = Names::of(node);
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    statefulsets
-        .patch(
-            &names.statefulset,
-            &params,
-            &Patch::Apply(desired::statefulset(node, &checked, &ctx.config)),
-        )
-        .await?;
+    let wanted = desired::statefulset(node, &checked, &ctx.config);
+    let running = statefulsets.get_opt(&names.statefulset).await?;
+    let changed = running
+        .as_ref()
+        .is_some_and(|r| desired::template_hash(r) != desired::template_hash(&wanted));
+    // Decisions to restart are taken one at a time, each seeing the restarts before it.
+    let turn = ctx.rollouts.lock().await;
+    let decision = if changed {
+        let views = rollout_views(ctx, &namespace).await?;
+        rollout::decide(&node_id, true, &views)
+    } else {
+        rollout::Decision::Current
+    };
+    if decision != rollout::Decision::Current && decision != rollout::Decision::Update {
+        // Waiting: the running template stays; nothing is applied.
+    } else {
+        statefulsets
+            .patch(&names.statefulset, &params, &Patch::Apply(&wanted))
+            .await?;
+    }
+    drop(turn);
+    let pod_ready = match (&decision, &running) {
+        (rollout::Decision::Current, Some(running)) => !rollout::restarting(running),
+        _ => false,
+    };
+    let up_to_date = match &decision {
+        rollout::Decision::Current if pod_ready => Wanted {
+            type_: conditions::UP_TO_DATE,
+            status: true,
+            reason: "Current",
+            message: String::new(),
+        },
+        rollout::Decision::Current | rollout::Decision::Update => Wanted {
+            type_: conditions::UP_TO_DATE,
+            status: false,
+            reason: "RollingOut",
+            message: "the pod is being replaced with the current template".into(),
+        },
+        rollout::Decision::Wait { message, .. } => Wanted {
+            type_: conditions::UP_TO_DATE,
+            status: false,
+            reason: "WaitingForHolders",
+            message: message.clone(),
+        },
+    };
+    let rollout_event = match &decision {
+        rollout::Decision::Update if changed => Some((
+            EventType::Normal,
+            "RollingOut",
+            "restarting with the new template: every layer it holds keeps serving holders"
+                .to_string(),
+        )),
+        rollout::Decision::Wait { message, .. } => {
+            Some((EventType::Normal, "RolloutWaiting", message.clone()))
+        }
+        _ => None,
+    };
+    // Events on a new reason (waiting, then rolling out, are both False).
+    let rollout_changed =
+        conditions::reason(&status.conditions, conditions::UP_TO_DATE) != Some(up_to_date.reason);
+    conditions::set(&mut status.conditions, up_to_date, generation, &now);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     services
         .patch(
@@ -208,7 +264,7 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
         Ok(d) => (Some(d), String::new()),
         Err(e) => (None, e.message),
     };
-    let observed = observed::status_from(described.as_ref(), &why, &now);
+    let observed = observed::status_from(described.as_ref(), &why, pod_ready, &now);
     let mut became_ready = None;
     for wanted in observed.conditions {
         let is_ready = wanted.type_ == conditions::READY;
@@ -235,6 +291,9 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
     }
     if worth_writing(node.status.as_ref(), &status, ctx.config.resync_s) {
         write_status(ctx, node, &namespace, status.clone()).await?;
+    }
+    if let Some((type_, reason, message)) = rollout_event.filter(|_| rollout_changed) {
+        publish(ctx, node, type_, reason, message).await;
     }
     if first {
         publish(
@@ -278,6 +337,45 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
         ctx.config.resync_s.min(5)
     };
     Ok(Action::requeue(Duration::from_secs(again)))
+}
+
+/// Every node the registry knows, as the rollout sees it: loaded or not (the registry), and
+/// restarting or not (the StatefulSets of this namespace's nodes).
+async fn rollout_views(ctx: &Context, namespace: &str) -> Result<Vec<rollout::NodeView>, Error> {
+    let nodes: Api<NeuroShardNode> = Api::namespaced(ctx.client.clone(), namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let managed = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let sets = statefulsets.list(&managed).await?;
+    let restarting: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|n| {
+            let id = n.status.as_ref()?.node_id.clone()?;
+            let name = Names::of(n).statefulset;
+            let sts = sets
+                .items
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+            // No StatefulSet yet: its pod is still to come.
+            sts.is_none_or(rollout::restarting).then_some(id)
+        })
+        .collect();
+    let described = ctx
+        .registry
+        .describe_all()
+        .await
+        .map_err(|e| Error::Registry(e.message))?;
+    Ok(described
+        .into_iter()
+        .map(|d| rollout::NodeView {
+            restarting: restarting.contains(&d.node_id),
+            loaded: d.loaded && d.state == NodeState::Live as i32,
+            span: d.span.map(|s| (s.start, s.end)),
+            node_id: d.node_id,
+        })
+        .collect())
 }
 
 /// Whether `next` says anything `current` does not: a heartbeat that moved less than a

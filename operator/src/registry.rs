@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 pub trait Registry: Send + Sync + 'static {
     /// The registry's description of `node_id` (`registered` false when it does not know it).
     fn describe(&self, node_id: String) -> BoxFuture<'_, Result<NodeDescription, Error>>;
+    /// Every node the registry knows.
+    fn describe_all(&self) -> BoxFuture<'_, Result<Vec<NodeDescription>, Error>>;
     /// Starts (or repeats) the drain of `node_id`; the layers still pending.
     fn drain(&self, node_id: String) -> BoxFuture<'_, Result<Vec<u32>, Error>>;
 }
@@ -86,6 +88,18 @@ impl Registry for GrpcRegistry {
                 .into_iter()
                 .find(|d| d.node_id == node_id)
                 .ok_or_else(|| Error::internal("registry DescribeNodes: the node is missing"))
+        })
+    }
+
+    fn describe_all(&self) -> BoxFuture<'_, Result<Vec<NodeDescription>, Error>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            Ok(client
+                .describe_nodes(DescribeNodesRequest::default())
+                .await
+                .map_err(|s| from_status("DescribeNodes", &s))?
+                .into_inner()
+                .nodes)
         })
     }
 

@@ -30,6 +30,7 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const NS: &str = "swarm";
 const NODES: &str = "/apis/neuroshard.io/v1alpha1/namespaces/swarm/neuroshardnodes";
+const STATEFULSET: &str = "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0";
 
 /// A registry that answers what the scenario scripted, and records the drains asked of it.
 #[derive(Default)]
@@ -37,6 +38,8 @@ struct ScriptedRegistry {
     description: Mutex<Option<NodeDescription>>,
     pending_after_drain: Mutex<Vec<u32>>,
     drained: Mutex<Vec<String>>,
+    /// The rest of the swarm, for the rollout.
+    others: Mutex<Vec<NodeDescription>>,
 }
 
 impl Registry for ScriptedRegistry {
@@ -47,6 +50,14 @@ impl Registry for ScriptedRegistry {
                 node_id,
                 ..NodeDescription::default()
             }))
+        })
+    }
+
+    fn describe_all(&self) -> BoxFuture<'_, Result<Vec<NodeDescription>, Error>> {
+        Box::pin(async move {
+            let mut all: Vec<NodeDescription> = self.others.lock().unwrap().clone();
+            all.extend(self.description.lock().unwrap().clone());
+            Ok(all)
         })
     }
 
@@ -95,6 +106,7 @@ fn context_with(registry: Arc<ScriptedRegistry>) -> (Arc<Context>, Handle) {
             config: Arc::new(config),
             recorder,
             registry,
+            rollouts: Arc::default(),
         }),
         handle,
     )
@@ -141,7 +153,7 @@ async fn expect(
     let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("no {method} {path} came"))
-        .expect("the client is gone");
+        .unwrap_or_else(|| panic!("the client is gone before {method} {path}"));
     assert_eq!(request.method(), method, "{}", request.uri());
     assert_eq!(request.uri().path(), path);
     let query = request.uri().query().unwrap_or("").to_string();
@@ -175,6 +187,24 @@ async fn run(node: NeuroShardNode, ctx: Arc<Context>) -> tokio::task::JoinHandle
             .expect("the reconcile hung on a request the scenario did not expect")
             .expect("the reconcile failed");
     })
+}
+
+/// The read of the running StatefulSet: answered with `running` (or 404).
+async fn running_statefulset(handle: &mut Handle, running: Option<&Value>) {
+    let (_, _, send) = expect(handle, Method::GET, STATEFULSET).await;
+    match running {
+        Some(sts) => reply(send, StatusCode::OK, sts),
+        None => reply(send, StatusCode::NOT_FOUND, &not_found("cpu-0")),
+    }
+}
+
+/// `sts` as the StatefulSet controller leaves it once its pod runs the newest template and
+/// is ready.
+fn rolled_out(mut sts: Value) -> Value {
+    sts["metadata"]["generation"] = json!(1);
+    sts["status"] = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+        "updatedReplicas": 1, "currentRevision": "r1", "updateRevision": "r1"});
+    sts
 }
 
 /// The event the reconcile publishes: its reason.
@@ -233,6 +263,7 @@ async fn a_node_gets_a_key_its_objects_and_a_status() {
         .node_id()
         .to_string();
 
+    running_statefulset(&mut handle, None).await;
     let (sts, query, send) = expect(
         &mut handle,
         Method::PATCH,
@@ -314,6 +345,7 @@ async fn an_existing_key_secret_is_read_back_never_replaced() {
         &serde_json::to_value(&secret).unwrap(),
     );
     // No POST: straight to the StatefulSet.
+    running_statefulset(&mut handle, None).await;
     let (sts, _, send) = expect(
         &mut handle,
         Method::PATCH,
@@ -480,8 +512,41 @@ async fn a_drain_past_its_timeout_releases_the_pod_and_says_so() {
     task.await.unwrap();
 }
 
+/// One reconcile of a known node up to its status: key read back, the running StatefulSet
+/// read (`running`), and the applies that follow (the StatefulSet only when `applies_sts`).
+/// Returns the applied StatefulSet, if any.
+async fn children(
+    handle: &mut Handle,
+    secret: &Value,
+    running: Option<&Value>,
+    applies_sts: bool,
+) -> Option<Value> {
+    let (_, _, send) = expect(
+        handle,
+        Method::GET,
+        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
+    )
+    .await;
+    reply(send, StatusCode::OK, secret);
+    running_statefulset(handle, running).await;
+    let mut applied = None;
+    if applies_sts {
+        let (body, _, send) = expect(handle, Method::PATCH, STATEFULSET).await;
+        reply(send, StatusCode::OK, &body);
+        applied = Some(body);
+    }
+    let (body, _, send) = expect(
+        handle,
+        Method::PATCH,
+        "/api/v1/namespaces/swarm/services/cpu-0",
+    )
+    .await;
+    reply(send, StatusCode::OK, &body);
+    applied
+}
+
 #[tokio::test]
-async fn a_registered_loaded_node_is_ready_with_its_span_and_says_so_once() {
+async fn ready_waits_for_the_pod_and_the_registry_and_is_said_once() {
     let registry = Arc::new(ScriptedRegistry::default());
     let key = NodeKey::generate();
     let id = key.node_id().to_string();
@@ -489,22 +554,28 @@ async fn a_registered_loaded_node_is_ready_with_its_span_and_says_so_once() {
     let (ctx, mut handle) = context_with(registry);
     let mut known = finalized(node(valid()));
     known.status = Some(with_id(&id));
-    let task = run(known.clone(), ctx.clone()).await;
     let secret = key_secret(&key);
-    let (_, _, send) = expect(
-        &mut handle,
-        Method::GET,
-        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
-    )
-    .await;
-    reply(send, StatusCode::OK, &secret);
-    for path in [
-        "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0",
-        "/api/v1/namespaces/swarm/services/cpu-0",
-    ] {
-        let (body, _, send) = expect(&mut handle, Method::PATCH, path).await;
-        reply(send, StatusCode::OK, &body);
-    }
+
+    // The registry already sees the node loaded, but its pod is not ready yet: not Ready
+    // (a rollout is not done before the pod serves).
+    let task = run(known.clone(), ctx.clone()).await;
+    let sts = children(&mut handle, &secret, None, true).await.unwrap();
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    assert_eq!(status["status"]["phase"], "Registered");
+    let conditions = status["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains(r#""reason":"PodNotReady","status":"False","type":"Ready""#),
+        "{conditions}"
+    );
+    reply(send, StatusCode::OK, &serde_json::to_value(&known).unwrap());
+    task.await.unwrap();
+
+    // The pod is ready: Ready, with the span and role, and an Event.
+    known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ready_sts = rolled_out(sts);
+    let task = run(known.clone(), ctx.clone()).await;
+    children(&mut handle, &secret, Some(&ready_sts), true).await;
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     assert_eq!(status["status"]["phase"], "Ready");
@@ -518,20 +589,7 @@ async fn a_registered_loaded_node_is_ready_with_its_span_and_says_so_once() {
     // A resync that finds nothing new writes no status and publishes nothing.
     known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
     let task = run(known, ctx).await;
-    let (_, _, send) = expect(
-        &mut handle,
-        Method::GET,
-        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
-    )
-    .await;
-    reply(send, StatusCode::OK, &secret);
-    for path in [
-        "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0",
-        "/api/v1/namespaces/swarm/services/cpu-0",
-    ] {
-        let (body, _, send) = expect(&mut handle, Method::PATCH, path).await;
-        reply(send, StatusCode::OK, &body);
-    }
+    children(&mut handle, &secret, Some(&ready_sts), true).await;
     task.await.unwrap();
     if let Ok(Some((request, _))) =
         tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
@@ -542,6 +600,149 @@ async fn a_registered_loaded_node_is_ready_with_its_span_and_says_so_once() {
             request.uri()
         );
     }
+}
+
+/// A serving node whose running StatefulSet has another template (an older image).
+fn outdated(known: &NeuroShardNode, id: &str) -> Value {
+    let mut sts = rolled_out(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "cpu-0", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {}, "template": {"metadata": {"annotations": {
+            "neuroshard.io/template-hash": "0000000000000000"}}}},
+    }));
+    sts["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "neuroshard-operator"});
+    let _ = (known, id);
+    sts
+}
+
+/// The rollout's view: the namespace's nodes and StatefulSets.
+async fn rollout_lists(handle: &mut Handle, nodes: Value, statefulsets: Value) {
+    let (_, query, send) = expect(
+        handle,
+        Method::GET,
+        "/apis/apps/v1/namespaces/swarm/statefulsets",
+    )
+    .await;
+    assert!(query.contains("managed-by"), "{query}");
+    reply(
+        send,
+        StatusCode::OK,
+        &json!({"apiVersion": "apps/v1", "kind": "StatefulSetList",
+        "metadata": {}, "items": statefulsets}),
+    );
+    let (_, _, send) = expect(handle, Method::GET, NODES).await;
+    reply(
+        send,
+        StatusCode::OK,
+        &json!({"apiVersion": "neuroshard.io/v1alpha1",
+        "kind": "NeuroShardNodeList", "metadata": {}, "items": nodes}),
+    );
+}
+
+#[tokio::test]
+async fn a_new_template_restarts_a_node_only_while_its_layers_keep_a_serving_holder() {
+    let registry = Arc::new(ScriptedRegistry::default());
+    let key = NodeKey::generate();
+    let id = key.node_id().to_string();
+    *registry.description.lock().unwrap() = Some(described(&id, NodeState::Live, true));
+    // The other holder of [0, 2) is restarting itself (its pod is not ready).
+    let other = NodeKey::generate().node_id().to_string();
+    *registry.others.lock().unwrap() = vec![described(&other, NodeState::Live, true)];
+    let (ctx, mut handle) = context_with(registry.clone());
+    let mut known = finalized(node(valid()));
+    known.status = Some(with_id(&id));
+    let secret = key_secret(&key);
+    let running = outdated(&known, &id);
+    let other_node = json!({"apiVersion": "neuroshard.io/v1alpha1", "kind": "NeuroShardNode",
+        "metadata": {"name": "cpu-1", "namespace": NS}, "spec": {"memory": "4Gi"},
+        "status": {"nodeId": other}});
+    let other_restarting = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "cpu-1", "namespace": NS, "generation": 2},
+        "spec": {"replicas": 1, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 1, "replicas": 1}});
+
+    // Waiting: nothing applied to the StatefulSet, the status and an Event say why.
+    let task = run(known.clone(), ctx.clone()).await;
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
+    )
+    .await;
+    reply(send, StatusCode::OK, &secret);
+    running_statefulset(&mut handle, Some(&running)).await;
+    rollout_lists(
+        &mut handle,
+        json!([other_node.clone()]),
+        json!([running.clone(), other_restarting]),
+    )
+    .await;
+    let (body, _, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        "/api/v1/namespaces/swarm/services/cpu-0",
+    )
+    .await;
+    reply(send, StatusCode::OK, &body);
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    let conditions = status["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains(r#""reason":"WaitingForHolders","status":"False","type":"UpToDate""#),
+        "{conditions}"
+    );
+    reply(send, StatusCode::OK, &serde_json::to_value(&known).unwrap());
+    assert_eq!(event(&mut handle).await, "RolloutWaiting");
+    task.await.unwrap();
+
+    // The other holder serves again: this node may restart now.
+    known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let other_ready = rolled_out(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "cpu-1", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {}, "template": {}}}));
+    let task = run(known.clone(), ctx).await;
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
+    )
+    .await;
+    reply(send, StatusCode::OK, &secret);
+    running_statefulset(&mut handle, Some(&running)).await;
+    rollout_lists(
+        &mut handle,
+        json!([other_node]),
+        json!([running, other_ready]),
+    )
+    .await;
+    let (body, _, send) = expect(&mut handle, Method::PATCH, STATEFULSET).await;
+    assert_ne!(
+        body["spec"]["template"]["metadata"]["annotations"]["neuroshard.io/template-hash"],
+        "0000000000000000"
+    );
+    reply(send, StatusCode::OK, &body);
+    let (body, _, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        "/api/v1/namespaces/swarm/services/cpu-0",
+    )
+    .await;
+    reply(send, StatusCode::OK, &body);
+    let (status, _, send) =
+        expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
+    let conditions = status["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains(r#""reason":"RollingOut","status":"False","type":"UpToDate""#),
+        "{conditions}"
+    );
+    // Being replaced: not Ready, even though the registry still sees the old pod serving.
+    assert!(
+        conditions.contains(r#""reason":"PodNotReady","status":"False","type":"Ready""#),
+        "{conditions}"
+    );
+    reply(send, StatusCode::OK, &serde_json::to_value(&known).unwrap());
+    assert_eq!(event(&mut handle).await, "RollingOut");
+    task.await.unwrap();
 }
 
 fn key_secret(key: &NodeKey) -> Value {

@@ -20,6 +20,8 @@ use neuroshard_common::identity::NodeKey;
 use neuroshard_local::{ChildGuard, Launcher, free_port};
 use neuroshard_operator::OperatorConfig;
 use neuroshard_proto::registry::v1::DescribeNodesRequest;
+use neuroshard_proto::worker::v1::InfoRequest;
+use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_runtime::tls::TlsFiles;
 use serde_json::{Value, json};
 use support::kube_api::FakeApi;
@@ -43,7 +45,7 @@ async fn eventually<T>(what: &str, limit: Duration, mut ready: impl FnMut() -> O
 /// process, its key from the key Secret. Only what cannot hold off a cluster is changed: the
 /// address it listens on and advertises (no pod IP or Service DNS here), where the key file
 /// is (no Secret volume), and the heartbeat (this registry's fast liveness).
-fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> ChildGuard {
+fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> (ChildGuard, u16) {
     let sts: StatefulSet =
         serde_json::from_value(api.get("statefulsets", NS, name).unwrap()).unwrap();
     let secret: Secret =
@@ -77,14 +79,26 @@ fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> ChildG
         .collect();
     env.extend(moved.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    launcher
+    let process = launcher
         .spawn(
             neuroshard_local::WORKER_BINARY,
             &format!("pod-{name}"),
             &toml::Table::new(),
             &env,
         )
-        .unwrap()
+        .unwrap();
+    (process, port)
+}
+
+async fn eventually_connect(port: u16) -> ShardWorkerClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = ShardWorkerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "the pod never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn condition(node: &Value, type_: &str) -> Option<String> {
@@ -176,10 +190,34 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     )
     .await;
     let launcher = support::launcher(dir.path());
-    let mut pod = run_pod(&api, &launcher, dir.path(), "cpu-0");
+    let started = Instant::now();
+    let (mut pod, port) = run_pod(&api, &launcher, dir.path(), "cpu-0");
+    // The StatefulSet controller's part: the pod counts as ready once its readiness probe
+    // would pass (the worker has loaded a span).
+    let mut worker = eventually_connect(port).await;
+    let loaded_deadline = Instant::now() + Duration::from_secs(60);
+    while worker
+        .info(InfoRequest {})
+        .await
+        .map_or(true, |i| i.into_inner().span.is_none())
+    {
+        assert!(
+            Instant::now() < loaded_deadline,
+            "the pod never loaded a span"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let generation =
+        api.get("statefulsets", NS, "cpu-0").unwrap()["metadata"]["generation"].clone();
+    api.set_status(
+        "statefulsets",
+        NS,
+        "cpu-0",
+        json!({"observedGeneration": generation, "replicas": 1, "readyReplicas": 1,
+            "updatedReplicas": 1, "currentRevision": "r1", "updateRevision": "r1"}),
+    );
 
     // Ready, with the span the registry assigned that node id.
-    let started = Instant::now();
     let node = eventually("the node Ready", Duration::from_secs(60), || {
         let node = api.get("neuroshardnodes", NS, "cpu-0")?;
         (condition(&node, "Ready").as_deref() == Some("True")).then_some(node)

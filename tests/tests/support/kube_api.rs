@@ -224,6 +224,18 @@ impl FakeApi {
         self.changed.notify_waiters();
     }
 
+    /// Sets an object's status (as its controller would: the StatefulSet controller's part).
+    pub fn set_status(&self, plural: &str, namespace: &str, name: &str, status: Value) {
+        let key = (plural.to_string(), namespace.to_string(), name.to_string());
+        let mut state = self.state();
+        if let Some(mut object) = state.objects.get(&key).cloned() {
+            object["status"] = status;
+            state.put(&key, object, "MODIFIED");
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
     /// Deletes an object (as `kubectl delete` would): marked while finalizers remain.
     pub fn delete(&self, plural: &str, namespace: &str, name: &str) {
         self.delete_key(&(plural.into(), namespace.into(), name.into()));

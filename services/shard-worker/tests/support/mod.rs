@@ -306,6 +306,13 @@ impl LayerRegistry for FakeRegistry {
     ) -> Reply<neuroshard_proto::registry::v1::UptimeEpochResponse> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn describe_nodes(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::DescribeNodesRequest>,
+    ) -> Reply<neuroshard_proto::registry::v1::DescribeNodesResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// A worker key file in `dir` (created) and its node id.

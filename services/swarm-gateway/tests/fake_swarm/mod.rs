@@ -521,6 +521,15 @@ impl LayerRegistry for RegistryService {
             neuroshard_proto::registry::v1::UptimeEpochResponse::default(),
         ))
     }
+
+    async fn describe_nodes(
+        &self,
+        _: Request<neuroshard_proto::registry::v1::DescribeNodesRequest>,
+    ) -> Result<Response<neuroshard_proto::registry::v1::DescribeNodesResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake registry describes no nodes",
+        ))
+    }
 }
 
 /// A fake registry serving on loopback until dropped.
