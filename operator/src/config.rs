@@ -44,6 +44,13 @@ pub struct OperatorConfig {
     pub key_file: std::path::PathBuf,
     /// TLS of the link to the registry (mutual TLS by default, like every gRPC link).
     pub tls: neuroshard_runtime::tls::TlsFiles,
+    /// Several replicas elect one leader through a Lease; only the leader reconciles.
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// Where the Lease lives (default: the pod's namespace, from `POD_NAMESPACE`).
+    pub lease_namespace: Option<String>,
+    /// A leader that has not renewed for this long is replaced.
+    pub lease_duration_s: u64,
 }
 
 impl Default for OperatorConfig {
@@ -70,6 +77,10 @@ impl Default for OperatorConfig {
                 ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
                 insecure_plaintext: false,
             },
+            leader_election: true,
+            lease_name: "neuroshard-operator".into(),
+            lease_namespace: None,
+            lease_duration_s: 15,
         }
     }
 }
@@ -89,9 +100,13 @@ impl OperatorConfig {
         if self.worker_image.trim().is_empty() {
             return Err(Error::invalid_argument("worker_image must not be empty"));
         }
-        if self.bytes_per_param == 0 || self.resync_s == 0 || self.worker_port == 0 {
+        if self.bytes_per_param == 0
+            || self.resync_s == 0
+            || self.worker_port == 0
+            || self.lease_duration_s < 3
+        {
             return Err(Error::invalid_argument(
-                "bytes_per_param, resync_s and worker_port must be positive",
+                "bytes_per_param, resync_s and worker_port must be positive, lease_duration_s at least 3",
             ));
         }
         crate::quantity::bytes(&self.storage_size)

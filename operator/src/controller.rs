@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::config::OperatorConfig;
 use crate::crd::NeuroShardNode;
+use crate::lease::Elector;
 use crate::reconcile::{self, Context, MANAGER};
 use crate::registry::GrpcRegistry;
 
@@ -121,6 +122,41 @@ pub async fn run_with(
         client: client.clone(),
         config: Arc::new(config),
     });
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    // Lost leadership stops the controller; the process then exits with an error and is
+    // started again as a follower.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+    let renewing = match elector(&client, &ctx.config) {
+        Some(elector) => {
+            if !lead(&elector, shutdown.clone(), ctx.config.lease_duration_s).await {
+                http.abort();
+                return Ok(());
+            }
+            Some((
+                elector.clone(),
+                tokio::spawn(renew(elector, lost_tx, ctx.config.lease_duration_s)),
+            ))
+        }
+        None => None,
+    };
+    let lost = async move {
+        match lost_rx.await {
+            Ok(why) => Some(why),
+            // The renewing task ended without losing (shutdown): never fires.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let lost = futures_util::FutureExt::shared(Box::pin(lost));
+    let stop = {
+        let lost = lost.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = lost => {}
+            }
+        }
+    };
     tracing::info!("neuroshard-operator reconciling NeuroShardNodes");
     Controller::new(nodes, watcher::Config::default().any_semantic())
         .owns(
@@ -128,8 +164,7 @@ pub async fn run_with(
             watcher::Config::default(),
         )
         .owns(Api::<Service>::all(client), watcher::Config::default())
-        // The controller wants a shareable future; the signal is awaited once, by it.
-        .graceful_shutdown_on(futures_util::FutureExt::shared(Box::pin(shutdown)))
+        .graceful_shutdown_on(stop)
         .run(observed, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -139,6 +174,89 @@ pub async fn run_with(
         })
         .await;
     http.abort();
+    if let Some((elector, task)) = renewing {
+        task.abort();
+        if let Some(Some(why)) = futures_util::FutureExt::now_or_never(lost) {
+            return Err(Error::new(neuroshard_common::ErrorKind::Unavailable, why));
+        }
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "releasing the lease failed; another replica takes over when it expires");
+        }
+    }
     tracing::info!("neuroshard-operator stopped");
     Ok(())
+}
+
+/// This replica's elector, when leader election is on.
+fn elector(client: &Client, config: &OperatorConfig) -> Option<Elector> {
+    if !config.leader_election {
+        return None;
+    }
+    let namespace = config
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    Some(Elector::new(
+        client.clone(),
+        &namespace,
+        &config.lease_name,
+        &identity,
+        std::time::Duration::from_secs(config.lease_duration_s),
+    ))
+}
+
+/// Waits until this replica leads; false when `shutdown` came first.
+async fn lead(elector: &Elector, shutdown: impl Future<Output = ()>, duration_s: u64) -> bool {
+    let retry = std::time::Duration::from_millis(duration_s * 1000 / 3);
+    tokio::pin!(shutdown);
+    let mut announced = false;
+    loop {
+        match elector.try_lead().await {
+            Ok(true) => {
+                tracing::info!(identity = %elector.identity(), "leading: this replica reconciles");
+                return true;
+            }
+            Ok(false) if !announced => {
+                tracing::info!(identity = %elector.identity(), "another replica leads; waiting for its lease");
+                announced = true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the lease failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            () = &mut shutdown => return false,
+        }
+    }
+}
+
+/// Renews the lease every third of its duration; tells `lost` when it could not for a whole
+/// duration (or another replica took it).
+async fn renew(elector: Elector, lost: tokio::sync::oneshot::Sender<String>, duration_s: u64) {
+    let every = std::time::Duration::from_millis(duration_s * 1000 / 3);
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match elector.try_lead().await {
+            Ok(true) => last = Instant::now(),
+            Ok(false) => {
+                let _ = lost.send("another replica took the lease".into());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the lease failed");
+                if last.elapsed().as_secs() >= duration_s {
+                    let _ = lost.send(format!(
+                        "the lease could not be renewed for {duration_s} s: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -14,14 +14,15 @@
 //!
 //! I/O and wiring: [`reconcile`] (one node, through a finalizer: key, server-side apply,
 //! status from the registry, drain before delete, Events), [`registry`] (the registry link,
-//! drains signed with the operator's key), [`controller`] (the kube `Controller`, metrics,
-//! health), [`config`].
+//! drains signed with the operator's key), [`lease`] (leader election), [`controller`] (the
+//! kube `Controller` while leading, metrics, health), [`config`].
 
 pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod lease;
 pub mod observed;
 pub mod quantity;
 pub mod reconcile;

@@ -393,7 +393,7 @@ pub fn worth_writing(
             a.parse::<k8s_openapi::jiff::Timestamp>(),
             b.parse::<k8s_openapi::jiff::Timestamp>(),
         ) {
-            (Ok(a), Ok(b)) => (b - a).get_seconds().unsigned_abs() >= resync_s,
+            (Ok(a), Ok(b)) => b.duration_since(a).as_secs().unsigned_abs() >= resync_s,
             _ => a != b,
         },
         (a, b) => a != b,
@@ -474,7 +474,7 @@ async fn cleanup(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> 
     let now = now();
     let started = draining_since(&status);
     let waited = started.map_or(0, |since| {
-        (now.0 - since).get_seconds().max(0).unsigned_abs()
+        now.0.duration_since(since).as_secs().max(0).unsigned_abs()
     });
     let timed_out = waited >= ctx.config.drain_timeout_s;
     let described = match ctx.registry.describe(node_id.clone()).await {

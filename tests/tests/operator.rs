@@ -155,6 +155,7 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
         resync_s: 1,
         drain_timeout_s: 60,
         model: model.clone(),
+        lease_namespace: Some(NS.into()),
         ..OperatorConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,6 +247,9 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     assert!(node["status"]["lastHeartbeat"].is_string());
     let reasons = event_reasons(&api);
     assert!(reasons.contains(&"Created".to_string()), "{reasons:?}");
+    // It reconciles as the leader of its Lease.
+    let lease = api.get("leases", NS, "neuroshard-operator").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
     assert!(reasons.contains(&"Serving".to_string()), "{reasons:?}");
 
     // kubectl delete: the registry drains the node before the finalizer lets it go.
@@ -284,4 +288,37 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
         .unwrap()
         .unwrap()
         .unwrap();
+    // Stopping lets the lease go, so a standby takes over at once.
+    let lease = api.get("leases", NS, "neuroshard-operator").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_until_it_lets_go_or_stops_renewing() {
+    use neuroshard_operator::lease::Elector;
+    let api = FakeApi::default();
+    let address = api.serve().await;
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{address}").parse().unwrap(),
+    ))
+    .unwrap();
+    let lease = Duration::from_secs(3);
+    let a = Elector::new(client.clone(), NS, "election", "a", lease);
+    let b = Elector::new(client, NS, "election", "b", lease);
+    assert!(a.try_lead().await.unwrap());
+    assert!(!b.try_lead().await.unwrap(), "b took a lease a renews");
+    assert!(
+        a.try_lead().await.unwrap(),
+        "a could not renew its own lease"
+    );
+    // a lets go: b leads at once.
+    a.release().await.unwrap();
+    assert!(b.try_lead().await.unwrap());
+    assert!(!a.try_lead().await.unwrap());
+    // b stops renewing: after the lease's duration a takes over.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert!(a.try_lead().await.unwrap());
+    let held = api.get("leases", NS, "election").unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], "a");
+    assert_eq!(held["spec"]["leaseTransitions"], 2);
 }

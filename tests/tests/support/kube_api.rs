@@ -1,9 +1,9 @@
 //! A loopback stand-in for the Kubernetes API server, enough for the operator's real
 //! `Controller` to run against it: list and watch (newline-delimited JSON events with
 //! resource versions), get, create, delete (deletion waits for finalizers, then owned
-//! objects are collected), JSON patches (the finalizer's), server-side apply (whole objects;
-//! the `status` subresource takes only the status), merge patches, and Events kept for the
-//! test to read. It is no API server: no validation, admission, field ownership or RBAC;
+//! objects are collected), replace with optimistic concurrency (the Lease's), JSON patches
+//! (the finalizer's), server-side apply (whole objects; the `status` subresource takes only
+//! the status), merge patches, and Events kept for the test to read. It is no API server: no validation, admission, field ownership or RBAC;
 //! what it stores is what the operator sent.
 
 use std::collections::BTreeMap;
@@ -321,6 +321,36 @@ impl FakeApi {
                     .unwrap_or("")
                     .to_string();
                 self.patch(&key, &kind, target.status, &body)
+            }
+            (&Method::PUT, Some(name)) => {
+                let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                    return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
+                };
+                let key = (target.plural.clone(), namespace, name.clone());
+                let mut state = self.state();
+                let Some(stored) = state.objects.get(&key).cloned() else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("\"{name}\" not found"),
+                    );
+                };
+                // Optimistic concurrency: a replace names the version it read.
+                if object["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("the object has been modified; read \"{name}\" again"),
+                    );
+                }
+                let mut replaced = object;
+                for kept in ["uid", "creationTimestamp", "namespace", "name"] {
+                    replaced["metadata"][kept] = stored["metadata"][kept].clone();
+                }
+                let result = state.put(&key, replaced, "MODIFIED");
+                drop(state);
+                self.changed.notify_waiters();
+                axum::Json(result).into_response()
             }
             (&Method::DELETE, Some(name)) => {
                 let key = (target.plural.clone(), namespace, name.clone());
