@@ -10,7 +10,13 @@ use neuroshard_proto::registry::v1::{
 };
 
 use crate::liveness::{LivenessPolicy, holds_layers};
-use crate::placement::{Health, HeldSpan, NodeCapacity, Placement, place_model_sticky};
+use std::collections::BTreeMap;
+
+use neuroshard_common::role::Role;
+
+use crate::placement::{
+    Health, HeldSpan, LayerCosts, NodeCapacity, Placement, place_model_sticky, preference,
+};
 use crate::stored::StoredNode;
 use crate::trust::effective_tokens_per_second;
 
@@ -79,13 +85,30 @@ pub fn build(
     min_replicas: u32,
 ) -> Result<AssignmentSnapshot, neuroshard_common::Error> {
     let placed = match architecture {
-        Some(arch) => place_model_sticky(
-            &arch.config,
-            capacities,
-            held,
-            bytes_per_param,
-            min_replicas,
-        )?,
+        Some(arch) => {
+            let mut placed = place_model_sticky(
+                &arch.config,
+                capacities,
+                held,
+                bytes_per_param,
+                min_replicas,
+            )?;
+            // Preferences are honoured where a trade of spans costs nothing.
+            let preferred: BTreeMap<String, Role> = nodes
+                .iter()
+                .filter_map(|n| Some((n.node_id.clone(), Role::from_wire(n.preferred_role)?)))
+                .collect();
+            if !preferred.is_empty() {
+                preference::honour(
+                    &mut placed,
+                    capacities,
+                    &preferred,
+                    u32::try_from(arch.config.num_layers.max(0)).unwrap_or(u32::MAX),
+                    &LayerCosts::of_model(&arch.config, bytes_per_param),
+                );
+            }
+            placed
+        }
         None => Placement {
             spans: Vec::new(),
             unassigned: capacities.iter().map(|c| c.node_id.clone()).collect(),

@@ -48,6 +48,7 @@ mod exact;
 mod fit;
 mod greedy;
 mod layout;
+pub mod preference;
 mod sticky;
 #[cfg(test)]
 mod testing;
