@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, GRPCAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -23,6 +24,8 @@ use crate::spec::Checked;
 
 /// Where the worker finds its key (the Secret's `node.key`, read-only, mode 0400).
 pub const KEY_DIR: &str = "/var/run/neuroshard/key";
+/// Where the key Secret is mounted for the init container that installs it in `KEY_DIR`.
+pub const KEY_SECRET_DIR: &str = "/var/run/neuroshard/key-secret";
 pub const KEY_FILE: &str = "node.key";
 /// Where the checkpoint volume and the TLS files are mounted.
 pub const DATA_DIR: &str = "/var/lib/neuroshard";
@@ -192,6 +195,16 @@ fn resources(
     r
 }
 
+/// Every container's: no privileges, nothing written outside its volumes.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        ..SecurityContext::default()
+    }
+}
+
 /// The StatefulSet of one worker pod.
 pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) -> StatefulSet {
     let names = Names::of(node);
@@ -209,15 +222,52 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
             ..VolumeMount::default()
         },
     ];
-    let mut volumes = vec![Volume {
-        name: "key".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(names.key_secret.clone()),
-            default_mode: Some(0o400),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
+    // Secret volumes are root-owned; with the pod's fsGroup they are group-readable by the
+    // worker (0440). The worker refuses a key anyone but its owner can read, so an init
+    // container installs the key into a memory-backed volume as the worker's own 0600 file.
+    let mut volumes = vec![
+        Volume {
+            name: "key-secret".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.key_secret.clone()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "key".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Volume::default()
+        },
+    ];
+    let install_key = Container {
+        name: "install-key".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("install -m 0600 {KEY_SECRET_DIR}/{KEY_FILE} {KEY_DIR}/{KEY_FILE}"),
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "key-secret".into(),
+                mount_path: KEY_SECRET_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "key".into(),
+                mount_path: KEY_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(restricted()),
+        ..Container::default()
+    };
     if let Some(secret) = &config.worker_tls_secret {
         mounts.push(VolumeMount {
             name: "tls".into(),
@@ -229,7 +279,7 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
             name: "tls".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
-                default_mode: Some(0o400),
+                default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -255,12 +305,7 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
             5,
             3,
         )),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         ..Container::default()
     };
     let gpu = spec.gpu.as_ref();
@@ -279,6 +324,7 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    init_containers: Some(vec![install_key]),
                     containers: vec![container],
                     volumes: Some(volumes),
                     node_selector: gpu.map(|g| g.node_selector.clone()),
@@ -286,6 +332,8 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(WORKER_UID),
                         run_as_group: Some(WORKER_UID),
+                        // Mounted Secrets become readable by the worker's group.
+                        fs_group: Some(WORKER_UID),
                         run_as_non_root: Some(true),
                         ..PodSecurityContext::default()
                     }),
