@@ -31,6 +31,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 const NS: &str = "swarm";
 const NODES: &str = "/apis/neuroshard.io/v1alpha1/namespaces/swarm/neuroshardnodes";
 const STATEFULSET: &str = "/apis/apps/v1/namespaces/swarm/statefulsets/cpu-0";
+const SERVICE: &str = "/api/v1/namespaces/swarm/services/cpu-0";
+const SECRET: &str = "/api/v1/namespaces/swarm/secrets/cpu-0-key";
 
 /// A registry that answers what the scenario scripted, and records the drains asked of it.
 #[derive(Default)]
@@ -187,6 +189,19 @@ async fn run(node: NeuroShardNode, ctx: Arc<Context>) -> tokio::task::JoinHandle
             .expect("the reconcile hung on a request the scenario did not expect")
             .expect("the reconcile failed");
     })
+}
+
+/// The key Secret read back: answered with `secret`.
+async fn key_read_back(handle: &mut Handle, secret: &Value) {
+    let (_, _, send) = expect(handle, Method::GET, SECRET).await;
+    reply(send, StatusCode::OK, secret);
+}
+
+/// A server-side apply to `path`, answered with what was applied; returns it.
+async fn echo_apply(handle: &mut Handle, path: &str) -> Value {
+    let (body, _, send) = expect(handle, Method::PATCH, path).await;
+    reply(send, StatusCode::OK, &body);
+    body
 }
 
 /// The read of the running StatefulSet: answered with `running` (or 404).
@@ -513,35 +528,12 @@ async fn a_drain_past_its_timeout_releases_the_pod_and_says_so() {
 }
 
 /// One reconcile of a known node up to its status: key read back, the running StatefulSet
-/// read (`running`), and the applies that follow (the StatefulSet only when `applies_sts`).
-/// Returns the applied StatefulSet, if any.
-async fn children(
-    handle: &mut Handle,
-    secret: &Value,
-    running: Option<&Value>,
-    applies_sts: bool,
-) -> Option<Value> {
-    let (_, _, send) = expect(
-        handle,
-        Method::GET,
-        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
-    )
-    .await;
-    reply(send, StatusCode::OK, secret);
+/// read (`running`), and the applies that follow. Returns the applied StatefulSet.
+async fn children(handle: &mut Handle, secret: &Value, running: Option<&Value>) -> Value {
+    key_read_back(handle, secret).await;
     running_statefulset(handle, running).await;
-    let mut applied = None;
-    if applies_sts {
-        let (body, _, send) = expect(handle, Method::PATCH, STATEFULSET).await;
-        reply(send, StatusCode::OK, &body);
-        applied = Some(body);
-    }
-    let (body, _, send) = expect(
-        handle,
-        Method::PATCH,
-        "/api/v1/namespaces/swarm/services/cpu-0",
-    )
-    .await;
-    reply(send, StatusCode::OK, &body);
+    let applied = echo_apply(handle, STATEFULSET).await;
+    echo_apply(handle, SERVICE).await;
     applied
 }
 
@@ -559,7 +551,7 @@ async fn ready_waits_for_the_pod_and_the_registry_and_is_said_once() {
     // The registry already sees the node loaded, but its pod is not ready yet: not Ready
     // (a rollout is not done before the pod serves).
     let task = run(known.clone(), ctx.clone()).await;
-    let sts = children(&mut handle, &secret, None, true).await.unwrap();
+    let sts = children(&mut handle, &secret, None).await;
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     assert_eq!(status["status"]["phase"], "Registered");
@@ -575,7 +567,7 @@ async fn ready_waits_for_the_pod_and_the_registry_and_is_said_once() {
     known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
     let ready_sts = rolled_out(sts);
     let task = run(known.clone(), ctx.clone()).await;
-    children(&mut handle, &secret, Some(&ready_sts), true).await;
+    children(&mut handle, &secret, Some(&ready_sts)).await;
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     assert_eq!(status["status"]["phase"], "Ready");
@@ -589,7 +581,7 @@ async fn ready_waits_for_the_pod_and_the_registry_and_is_said_once() {
     // A resync that finds nothing new writes no status and publishes nothing.
     known.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
     let task = run(known, ctx).await;
-    children(&mut handle, &secret, Some(&ready_sts), true).await;
+    children(&mut handle, &secret, Some(&ready_sts)).await;
     task.await.unwrap();
     if let Ok(Some((request, _))) =
         tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
@@ -663,13 +655,7 @@ async fn a_new_template_restarts_a_node_only_while_its_layers_keep_a_serving_hol
 
     // Waiting: nothing applied to the StatefulSet, the status and an Event say why.
     let task = run(known.clone(), ctx.clone()).await;
-    let (_, _, send) = expect(
-        &mut handle,
-        Method::GET,
-        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
-    )
-    .await;
-    reply(send, StatusCode::OK, &secret);
+    key_read_back(&mut handle, &secret).await;
     running_statefulset(&mut handle, Some(&running)).await;
     rollout_lists(
         &mut handle,
@@ -677,13 +663,7 @@ async fn a_new_template_restarts_a_node_only_while_its_layers_keep_a_serving_hol
         json!([running.clone(), other_restarting]),
     )
     .await;
-    let (body, _, send) = expect(
-        &mut handle,
-        Method::PATCH,
-        "/api/v1/namespaces/swarm/services/cpu-0",
-    )
-    .await;
-    reply(send, StatusCode::OK, &body);
+    echo_apply(&mut handle, SERVICE).await;
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     let conditions = status["status"]["conditions"].to_string();
@@ -701,13 +681,7 @@ async fn a_new_template_restarts_a_node_only_while_its_layers_keep_a_serving_hol
         "metadata": {"name": "cpu-1", "namespace": NS},
         "spec": {"replicas": 1, "selector": {}, "template": {}}}));
     let task = run(known.clone(), ctx).await;
-    let (_, _, send) = expect(
-        &mut handle,
-        Method::GET,
-        "/api/v1/namespaces/swarm/secrets/cpu-0-key",
-    )
-    .await;
-    reply(send, StatusCode::OK, &secret);
+    key_read_back(&mut handle, &secret).await;
     running_statefulset(&mut handle, Some(&running)).await;
     rollout_lists(
         &mut handle,
@@ -721,13 +695,7 @@ async fn a_new_template_restarts_a_node_only_while_its_layers_keep_a_serving_hol
         "0000000000000000"
     );
     reply(send, StatusCode::OK, &body);
-    let (body, _, send) = expect(
-        &mut handle,
-        Method::PATCH,
-        "/api/v1/namespaces/swarm/services/cpu-0",
-    )
-    .await;
-    reply(send, StatusCode::OK, &body);
+    echo_apply(&mut handle, SERVICE).await;
     let (status, _, send) =
         expect(&mut handle, Method::PATCH, &format!("{NODES}/cpu-0/status")).await;
     let conditions = status["status"]["conditions"].to_string();

@@ -19,7 +19,7 @@ use neuroshard_common::ModelConfig;
 use neuroshard_common::identity::NodeKey;
 use neuroshard_local::{ChildGuard, Launcher, free_port};
 use neuroshard_operator::OperatorConfig;
-use neuroshard_proto::registry::v1::DescribeNodesRequest;
+use neuroshard_proto::registry::v1::{DescribeNodesRequest, NodeDescription};
 use neuroshard_proto::worker::v1::InfoRequest;
 use neuroshard_proto::worker::v1::shard_worker_client::ShardWorkerClient;
 use neuroshard_runtime::tls::TlsFiles;
@@ -99,6 +99,20 @@ async fn eventually_connect(port: u16) -> ShardWorkerClient<tonic::transport::Ch
         assert!(Instant::now() < deadline, "the pod never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the registry says of `node_id`.
+async fn describe(swarm: &mut Swarm, node_id: &str) -> NodeDescription {
+    swarm
+        .registry
+        .describe_nodes(DescribeNodesRequest {
+            node_ids: vec![node_id.to_string()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .remove(0)
 }
 
 fn condition(node: &Value, type_: &str) -> Option<String> {
@@ -226,16 +240,7 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     .await;
     eprintln!("Ready {:?} after the pod started", started.elapsed());
     let node_id = node["status"]["nodeId"].as_str().unwrap().to_string();
-    let described = swarm
-        .registry
-        .describe_nodes(DescribeNodesRequest {
-            node_ids: vec![node_id.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes
-        .remove(0);
+    let described = describe(&mut swarm, &node_id).await;
     let span = described.span.unwrap();
     assert_eq!(
         node["status"]["span"],
@@ -262,16 +267,7 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     .await;
     let reasons = event_reasons(&api);
     assert!(reasons.contains(&"Drained".to_string()), "{reasons:?}");
-    let drained = swarm
-        .registry
-        .describe_nodes(DescribeNodesRequest {
-            node_ids: vec![node_id.clone()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes
-        .remove(0);
+    let drained = describe(&mut swarm, &node_id).await;
     assert!(drained.drain_pending_layers.is_empty(), "{drained:?}");
     // Its children went with it (owner references); the pod stops, and leaves the registry.
     assert!(api.get("statefulsets", NS, "cpu-0").is_none());

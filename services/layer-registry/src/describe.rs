@@ -181,23 +181,13 @@ mod tests {
 
     fn stored(id: &str, loaded: Option<(u32, u32)>) -> StoredNode {
         StoredNode {
-            node_id: id.into(),
-            endpoint: String::new(),
-            usable_memory_bytes: 1,
-            device: 0,
-            tokens_per_second: 1.0,
-            draining: false,
-            queue_depth: 0,
             heartbeat_age_ms: 100,
-            registered_age_ms: 100,
-            observed_tokens_per_second: None,
             loaded: loaded.map(|(start, end)| LoadedSpan {
                 start,
                 end,
                 architecture_version: 1,
             }),
-            drain_span: None,
-            preferred_role: 0,
+            ..StoredNode::for_test(id)
         }
     }
 

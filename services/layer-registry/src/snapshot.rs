@@ -180,19 +180,13 @@ mod tests {
 
     fn node(id: &str, memory: u64, heartbeat_age_ms: u64) -> StoredNode {
         StoredNode {
-            node_id: id.into(),
             endpoint: format!("http://{id}:7500"),
             usable_memory_bytes: memory,
-            device: 0,
             tokens_per_second: 100.0,
-            draining: false,
             queue_depth: 3,
             heartbeat_age_ms,
             registered_age_ms: heartbeat_age_ms,
-            observed_tokens_per_second: None,
-            loaded: None,
-            drain_span: None,
-            preferred_role: 0,
+            ..StoredNode::for_test(id)
         }
     }
 

@@ -28,6 +28,29 @@ pub struct StoredNode {
     pub preferred_role: i32,
 }
 
+#[cfg(test)]
+impl StoredNode {
+    /// A live node for the policy tests: `id`, 1 byte, 1 token/s, heard from just now;
+    /// tests change what they look at.
+    pub fn for_test(id: &str) -> Self {
+        Self {
+            node_id: id.into(),
+            endpoint: String::new(),
+            usable_memory_bytes: 1,
+            device: 0,
+            tokens_per_second: 1.0,
+            draining: false,
+            queue_depth: 0,
+            heartbeat_age_ms: 0,
+            registered_age_ms: 0,
+            observed_tokens_per_second: None,
+            loaded: None,
+            drain_span: None,
+            preferred_role: 0,
+        }
+    }
+}
+
 /// A span a node reports loaded, of one architecture version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadedSpan {

@@ -222,19 +222,9 @@ mod tests {
 
     fn stored(id: &str, age_ms: u64, observed: Option<f64>) -> StoredNode {
         StoredNode {
-            node_id: id.into(),
-            endpoint: String::new(),
-            usable_memory_bytes: 1,
-            device: 0,
-            tokens_per_second: 1.0,
-            draining: false,
-            queue_depth: 0,
-            heartbeat_age_ms: 0,
             registered_age_ms: age_ms,
             observed_tokens_per_second: observed,
-            loaded: None,
-            drain_span: None,
-            preferred_role: 0,
+            ..StoredNode::for_test(id)
         }
     }
 
