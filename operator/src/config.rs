@@ -100,14 +100,18 @@ impl OperatorConfig {
         if self.worker_image.trim().is_empty() {
             return Err(Error::invalid_argument("worker_image must not be empty"));
         }
-        if self.bytes_per_param == 0
-            || self.resync_s == 0
-            || self.worker_port == 0
-            || self.lease_duration_s < 3
-        {
-            return Err(Error::invalid_argument(
-                "bytes_per_param, resync_s and worker_port must be positive, lease_duration_s at least 3",
-            ));
+        for (field, value, least) in [
+            ("bytes_per_param", self.bytes_per_param, 1),
+            ("resync_s", self.resync_s, 1),
+            ("worker_port", u64::from(self.worker_port), 1),
+            // Renewed every third of it: shorter leases would renew faster than a round trip.
+            ("lease_duration_s", self.lease_duration_s, 3),
+        ] {
+            if value < least {
+                return Err(Error::invalid_argument(format!(
+                    "{field} is {value}; it must be at least {least}"
+                )));
+            }
         }
         crate::quantity::bytes(&self.storage_size)
             .map_err(|e| Error::invalid_argument(format!("storage_size: {e}")))?;
@@ -154,6 +158,12 @@ mod tests {
                 .message
                 .contains("worker_image")
         );
+        let short_lease = OperatorConfig {
+            lease_duration_s: 1,
+            ..OperatorConfig::default()
+        };
+        let e = short_lease.validate().unwrap_err().message;
+        assert!(e.starts_with("lease_duration_s is 1"), "{e}");
         // One layer of the small model at 20 bytes a parameter.
         assert!(OperatorConfig::default().layer_bytes() > 1 << 20);
     }

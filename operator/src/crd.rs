@@ -109,10 +109,12 @@ pub struct StorageSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NeuroShardNodeStatus {
-    /// `Invalid`, `Pending`, `Starting`, `Registered`, `Ready` or `Draining`.
+    /// `Invalid` (spec refused), `Starting` (not registered yet), `Registered` (loading, or
+    /// its pod not ready), `Ready` (serving its span), `Draining` or `Lost` (heartbeats
+    /// stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// `Ready`, `Registered`, `LayersAssigned`, `Draining` (and `SpecValid`).
+    /// `Ready`, `Registered`, `LayersAssigned`, `Draining`, `UpToDate` and `SpecValid`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The node's id (its key's), known once the key Secret exists.

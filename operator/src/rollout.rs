@@ -202,10 +202,28 @@ mod tests {
         assert_eq!(decide("loading", true, &views), Decision::Update);
         assert_eq!(decide("spare", true, &views), Decision::Update);
         assert_eq!(decide("unregistered", true, &views), Decision::Update);
-        // A revert mid-rollout: a node whose running template is the desired one again is
-        // left alone, whatever else is restarting.
-        views[0].restarting = true;
         assert_eq!(decide("a", false, &views), Decision::Current);
+    }
+
+    #[test]
+    fn a_revert_mid_rollout_leaves_nodes_running_the_reverted_template_alone() {
+        // v1 → v2 on all four; a and c restart first. Then the spec goes back to v1: b and d
+        // never left v1, so their templates equal the desired one and nothing touches them,
+        // however a and c are doing; a and c move back to v1 by the same rule as any change.
+        let mut views = vec![
+            view("a", (0, 2)),
+            view("b", (0, 2)),
+            view("c", (2, 4)),
+            view("d", (2, 4)),
+        ];
+        for restarting in [0, 2] {
+            views[restarting].restarting = true;
+            views[restarting].loaded = false;
+        }
+        assert_eq!(decide("b", false, &views), Decision::Current);
+        assert_eq!(decide("d", false, &views), Decision::Current);
+        // a is being replaced anyway: applying v1 to it now costs nothing more.
+        assert_eq!(decide("a", true, &views), Decision::Update);
     }
 
     #[test]
