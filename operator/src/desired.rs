@@ -69,8 +69,10 @@ pub fn labels(node: &NeuroShardNode) -> BTreeMap<String, String> {
     ])
 }
 
-fn owner(node: &NeuroShardNode) -> Vec<OwnerReference> {
-    node.controller_owner_ref(&()).into_iter().collect()
+/// The node as its objects' controlling owner (none for a node not in a cluster, as
+/// `render` gets it).
+fn owner(node: &NeuroShardNode) -> Option<Vec<OwnerReference>> {
+    node.controller_owner_ref(&()).map(|o| vec![o])
 }
 
 fn meta(node: &NeuroShardNode, name: &str) -> ObjectMeta {
@@ -78,7 +80,7 @@ fn meta(node: &NeuroShardNode, name: &str) -> ObjectMeta {
         name: Some(name.into()),
         namespace: node.namespace(),
         labels: Some(labels(node)),
-        owner_references: Some(owner(node)),
+        owner_references: owner(node),
         ..ObjectMeta::default()
     }
 }

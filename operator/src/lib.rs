@@ -12,6 +12,8 @@
 //! - [`rollout`]: whether a node whose template changed may restart now (every layer keeps
 //!   serving holders).
 //!
+//! Offline: [`render`] prints what manifests become (`neuroshard-operator render`).
+//!
 //! I/O and wiring: [`reconcile`] (one node, through a finalizer: key, server-side apply,
 //! status from the registry, drain before delete, Events), [`registry`] (the registry link,
 //! drains signed with the operator's key), [`lease`] (leader election), [`controller`] (the
@@ -27,6 +29,7 @@ pub mod observed;
 pub mod quantity;
 pub mod reconcile;
 pub mod registry;
+pub mod render;
 pub mod rollout;
 pub mod spec;
 
