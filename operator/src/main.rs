@@ -4,10 +4,9 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let mut args = std::env::args();
     if std::env::args().nth(1).as_deref() == Some("render") {
         // Usage and errors name the subcommand.
-        let rest = args.by_ref().skip(2);
+        let rest = std::env::args().skip(2);
         let parsed = neuroshard_operator::render::RenderArgs::parse_from(
             std::iter::once("neuroshard-operator render".to_string()).chain(rest),
         );

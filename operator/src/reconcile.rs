@@ -201,9 +201,8 @@ async fn apply(node: &NeuroShardNode, ctx: &Context) -> Result<Action, Error> {
     } else {
         rollout::Decision::Current
     };
-    if decision != rollout::Decision::Current && decision != rollout::Decision::Update {
-        // Waiting: the running template stays; nothing is applied.
-    } else {
+    // Waiting: the running template stays; nothing is applied.
+    if !matches!(decision, rollout::Decision::Wait { .. }) {
         statefulsets
             .patch(&names.statefulset, &params, &Patch::Apply(&wanted))
             .await?;
