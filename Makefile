@@ -1,5 +1,5 @@
 # Thin entry points; the logic lives in scripts/ and in Rust.
-.PHONY: up test setup build bench clean
+.PHONY: up test setup build bench images chart kube-play clean
 
 ## Set up what is missing, build, train NeuroLLM once, then run the local swarm (API + dashboard).
 up:
@@ -17,6 +17,18 @@ setup:
 ## Build the release binaries.
 build:
 	@scripts/cargo.sh build --release --workspace --bins
+
+## Build every container image with podman, offline (localhost/neuroshard/<service>:<version>).
+images:
+	@scripts/images.sh
+
+## Lint, render, strictly validate and drift-check the Helm chart (charts/neuroshard).
+chart:
+	@python3 scripts/chart-check.py
+
+## Run the chart's control plane and two operator-made nodes under `podman kube play`.
+kube-play:
+	@scripts/kube-play.sh
 
 ## Run the benchmarks recorded in BENCHMARKS.md.
 bench:

@@ -22,6 +22,9 @@ pub struct OperatorConfig {
     pub network_id: String,
     /// The gRPC port workers serve on (their Service's port too).
     pub worker_port: u16,
+    /// The plaintext port workers answer gRPC health checks on, for the kubelet's probes
+    /// (which cannot present a client certificate to the mutual-TLS `worker_port`).
+    pub worker_health_port: u16,
     /// A Secret with `tls.crt`, `tls.key` and `ca.crt` mounted into every worker for mutual
     /// TLS on its gRPC links (the chart creates it); unset: plaintext, for tests only.
     pub worker_tls_secret: Option<String>,
@@ -44,6 +47,9 @@ pub struct OperatorConfig {
     pub key_file: std::path::PathBuf,
     /// TLS of the link to the registry (mutual TLS by default, like every gRPC link).
     pub tls: neuroshard_runtime::tls::TlsFiles,
+    /// The OTLP/gRPC collector workers send traces to (their `OTEL_EXPORTER_OTLP_ENDPOINT`),
+    /// so one request is one trace across gateway and workers; unset: workers export none.
+    pub worker_otlp_endpoint: Option<String>,
     /// Several replicas elect one leader through a Lease; only the leader reconciles.
     pub leader_election: bool,
     pub lease_name: String,
@@ -63,6 +69,8 @@ impl Default for OperatorConfig {
             ledger: None,
             network_id: "neuroshard-local".into(),
             worker_port: 7500,
+            worker_health_port: 7501,
+            worker_otlp_endpoint: None,
             worker_tls_secret: Some("neuroshard-tls".into()),
             storage_size: "10Gi".into(),
             worker_overhead_bytes: 1 << 30,
@@ -104,6 +112,7 @@ impl OperatorConfig {
             ("bytes_per_param", self.bytes_per_param, 1),
             ("resync_s", self.resync_s, 1),
             ("worker_port", u64::from(self.worker_port), 1),
+            ("worker_health_port", u64::from(self.worker_health_port), 1),
             // Renewed every third of it: shorter leases would renew faster than a round trip.
             ("lease_duration_s", self.lease_duration_s, 3),
         ] {
@@ -112,6 +121,12 @@ impl OperatorConfig {
                     "{field} is {value}; it must be at least {least}"
                 )));
             }
+        }
+        if self.worker_health_port == self.worker_port {
+            return Err(Error::invalid_argument(format!(
+                "worker_health_port is {0}, the same as worker_port: probes need a port of their own",
+                self.worker_port
+            )));
         }
         crate::quantity::bytes(&self.storage_size)
             .map_err(|e| Error::invalid_argument(format!("storage_size: {e}")))?;

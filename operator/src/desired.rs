@@ -122,6 +122,10 @@ fn worker_env(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) ->
     let mut vars = vec![
         env("LISTEN", format!("0.0.0.0:{}", config.worker_port)),
         env(
+            "HEALTH_LISTEN",
+            format!("0.0.0.0:{}", config.worker_health_port),
+        ),
+        env(
             "ADVERTISE",
             format!(
                 "{scheme}://{}.{namespace}.svc:{}",
@@ -151,8 +155,14 @@ fn worker_env(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) ->
     if let Some(payout) = &spec.payout_address {
         vars.push(env("PAYOUT", payout.clone()));
     }
-    if tls {
-        vars.push(env("TLS__CERT_FILE", format!("{TLS_DIR}/tls.crt")));
+    if let Some(endpoint) = &config.worker_otlp_endpoint {
+        vars.push(EnvVar {
+            name: neuroshard_runtime::telemetry::OTLP_ENDPOINT_ENV.into(),
+            value: Some(endpoint.clone()),
+            ..EnvVar::default()
+        });
+    }
+XX, format!("{TLS_DIR}/tls.crt")));
         vars.push(env("TLS__KEY_FILE", format!("{TLS_DIR}/tls.key")));
         vars.push(env("TLS__CA_FILE", format!("{TLS_DIR}/ca.crt")));
     } else {
@@ -291,18 +301,26 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
         name: "shard-worker".into(),
         image: Some(spec.image.clone()),
         env: Some(worker_env(node, spec, config)),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc".into()),
-            container_port: i32::from(config.worker_port),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: i32::from(config.worker_port),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("health".into()),
+                container_port: i32::from(config.worker_health_port),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: Some(resources(spec, config)),
         volume_mounts: Some(mounts),
         // Up once gRPC answers (measuring and registering may take minutes on a big span);
         // ready only once the span is loaded, so no traffic reaches a node without layers.
-        startup_probe: Some(grpc_probe(config.worker_port, None, 5, 120)),
+        // Both on the plaintext health port: the kubelet cannot do the gRPC port's mutual TLS.
+        startup_probe: Some(grpc_probe(config.worker_health_port, None, 5, 120)),
         readiness_probe: Some(grpc_probe(
-            config.worker_port,
+            config.worker_health_port,
             Some(LOADED_HEALTH_SERVICE),
             5,
             3,

@@ -63,14 +63,13 @@ fn node(name: &str, spec: NeuroShardNodeSpec) -> NeuroShardNode {
 }
 
 /// The node's Secret (with a placeholder key), StatefulSet and Service as one YAML stream.
-fn objects(node: &NeuroShardNode) -> String {
-    let config = OperatorConfig::default();
-    let checked = spec::check(&node.spec, &config).unwrap();
+fn objects(node: &NeuroShardNode, config: &OperatorConfig) -> String {
+    let checked = spec::check(&node.spec, config).unwrap();
     let secret = desired::key_secret(node, "<the node's key>".into());
     [
         serde_yaml::to_string(&secret).unwrap(),
-        serde_yaml::to_string(&desired::statefulset(node, &checked, &config)).unwrap(),
-        serde_yaml::to_string(&desired::service(node, &config)).unwrap(),
+        serde_yaml::to_string(&desired::statefulset(node, &checked, config)).unwrap(),
+        serde_yaml::to_string(&desired::service(node, config)).unwrap(),
     ]
     .join("---\n")
 }
@@ -102,13 +101,22 @@ fn a_cpu_node_and_a_gpu_node_become_the_golden_objects() {
             ..NeuroShardNodeSpec::default()
         },
     );
-    let (cpu_yaml, gpu_yaml) = (objects(&cpu), objects(&gpu));
+    // The GPU node's operator also passes workers a trace collector.
+    let traced = OperatorConfig {
+        worker_otlp_endpoint: Some("http://otel-collector:4317".into()),
+        ..OperatorConfig::default()
+    };
+    let (cpu_yaml, gpu_yaml) = (
+        objects(&cpu, &OperatorConfig::default()),
+        objects(&gpu, &traced),
+    );
     // What only a GPU node gets.
     for what in [
         "nvidia.com/gpu: '1'",
         "nodeSelector",
         "tolerations",
         "value: cuda",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         assert!(gpu_yaml.contains(what), "the GPU node lacks {what}");
         assert!(!cpu_yaml.contains(what), "the CPU node has {what}");

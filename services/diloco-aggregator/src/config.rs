@@ -28,6 +28,9 @@ pub struct AggregatorConfig {
     /// Serve TLS with cert_file + key_file; trust ca_file for https:// peers (the registry).
     pub tls: neuroshard_runtime::tls::TlsFiles,
     pub metrics_listen: Option<SocketAddr>,
+    /// Answer gRPC health checks, and nothing else, in plaintext here (unset = none): the
+    /// port Kubernetes' gRPC probes use, since they cannot do mutual TLS.
+    pub health_listen: Option<SocketAddr>,
     /// The volume global weights are written to, one checkpoint per round.
     pub state_dir: PathBuf,
     /// Where round 0's weights come from: the checkpoint every node loads, or (without one)
@@ -104,6 +107,7 @@ impl Default for AggregatorConfig {
             registry: "https://127.0.0.1:7400".into(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            health_listen: None,
             state_dir: PathBuf::from("aggregator-state"),
             checkpoint: None,
             init_seed: 0,

@@ -217,6 +217,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    let health_listener = neuroshard_runtime::grpc::bind_health(config.health_listen).await?;
     neuroshard_runtime::telemetry::names::describe(
         neuroshard_runtime::telemetry::names::aggregator::TABLE,
     );
@@ -280,11 +281,13 @@ pub async fn run(
     let result = neuroshard_runtime::grpc::serve(
         listener,
         config.tls.server()?,
-        neuroshard_runtime::grpc::GrpcServices::default().with(
-            AggregatorServer::new(service::AggregatorService { aggregator })
-                .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes),
-        ),
+        neuroshard_runtime::grpc::GrpcServices::default()
+            .with(
+                AggregatorServer::new(service::AggregatorService { aggregator })
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
+            .with_health_listener(health_listener),
         shutdown,
     )
     .await;

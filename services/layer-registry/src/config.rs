@@ -40,6 +40,9 @@ pub struct RegistryConfig {
     pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// Answer gRPC health checks, and nothing else, in plaintext here (unset = none): the
+    /// port Kubernetes' gRPC probes use, since they cannot do mutual TLS.
+    pub health_listen: Option<SocketAddr>,
     /// TLS on the link to PostgreSQL.
     pub database_tls: DatabaseTls,
     /// Register dials the node's endpoint (gRPC `Info`, over `tls` for `https://`) within
@@ -88,6 +91,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("architecture", &self.architecture)
             .field("tls", &self.tls)
             .field("metrics_listen", &self.metrics_listen)
+            .field("health_listen", &self.health_listen)
             .field("database_tls", &self.database_tls)
             .field("endpoint_probe_timeout_ms", &self.endpoint_probe_timeout_ms)
             .field("admission", &self.admission)
@@ -119,6 +123,7 @@ impl Default for RegistryConfig {
             architecture: ArchitectureConfig::default(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            health_listen: None,
             database_tls: DatabaseTls::default(),
             endpoint_probe_timeout_ms: 2_000,
             admission: Admission::Open,

@@ -59,6 +59,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    let health_listener = neuroshard_runtime::grpc::bind_health(config.health_listen).await?;
     names::describe(names::registry::TABLE);
     warn_about_plaintext(&config);
     let store = store::Store::connect(&config.database_url, &config.database_tls).await?;
@@ -88,7 +89,9 @@ pub async fn run(
     let result = neuroshard_runtime::grpc::serve(
         listener,
         config.tls.server()?,
-        neuroshard_runtime::grpc::GrpcServices::default().with(LayerRegistryServer::new(service)),
+        neuroshard_runtime::grpc::GrpcServices::default()
+            .with(LayerRegistryServer::new(service))
+            .with_health_listener(health_listener),
         shutdown,
     )
     .await;

@@ -30,6 +30,9 @@ pub struct LedgerConfig {
     pub registries: Vec<String>,
     pub tls: neuroshard_runtime::tls::TlsFiles,
     pub metrics_listen: Option<SocketAddr>,
+    /// Answer gRPC health checks, and nothing else, in plaintext here (unset = none): the
+    /// port Kubernetes' gRPC probes use, since they cannot do mutual TLS.
+    pub health_listen: Option<SocketAddr>,
     /// Accepted difference between a signer's clock and ours.
     pub clock_window_ms: i64,
     /// Receipts and evidence older than this are refused.
@@ -65,6 +68,7 @@ impl Default for LedgerConfig {
             registries: Vec::new(),
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            health_listen: None,
             clock_window_ms: 60_000,
             receipt_max_age_ms: 7 * 86_400_000,
             max_batch: 1_000,

@@ -46,6 +46,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    let health_listener = neuroshard_runtime::grpc::bind_health(config.health_listen).await?;
     neuroshard_runtime::telemetry::names::describe(
         neuroshard_runtime::telemetry::names::ledger::TABLE,
     );
@@ -82,11 +83,13 @@ pub async fn run(
     let result = neuroshard_runtime::grpc::serve(
         listener,
         config.tls.server()?,
-        neuroshard_runtime::grpc::GrpcServices::default().with(
-            LedgerServer::new(service)
-                .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes),
-        ),
+        neuroshard_runtime::grpc::GrpcServices::default()
+            .with(
+                LedgerServer::new(service)
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
+            .with_health_listener(health_listener),
         shutdown,
     )
     .await;

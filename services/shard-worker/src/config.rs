@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     pub tls: neuroshard_runtime::tls::TlsFiles,
     /// Serve Prometheus `/metrics` over HTTP here (unset = no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// Answer gRPC health checks, and nothing else, in plaintext here (unset = none): the
+    /// port Kubernetes' gRPC probes use, since they cannot do mutual TLS.
+    pub health_listen: Option<SocketAddr>,
     /// URLs of the diloco-aggregators (each owns a range of the layers): this node serves
     /// their published global weights and sends them its Δ after each round. Empty: the
     /// node serves its checkpoint or seed and keeps Δ to itself.
@@ -97,6 +100,7 @@ impl Default for WorkerConfig {
             stream_chunk_bytes: 1 << 20,
             tls: neuroshard_runtime::tls::TlsFiles::default(),
             metrics_listen: None,
+            health_listen: None,
             aggregators: Vec::new(),
             ledger: None,
             payout: None,

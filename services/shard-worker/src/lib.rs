@@ -62,6 +62,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let _metrics = neuroshard_runtime::telemetry::metrics::serve(config.metrics_listen).await?;
+    let health_listener = neuroshard_runtime::grpc::bind_health(config.health_listen).await?;
     names::describe(names::worker::TABLE);
     let key = Arc::new(NodeKey::load_or_create(&config.key_file)?);
     let device = parse_device(&config.device)?;
@@ -147,7 +148,8 @@ pub async fn run(
         .with_readiness(
             neuroshard_common::health::WORKER_LOADED,
             state.loaded_watch(),
-        );
+        )
+        .with_health_listener(health_listener);
     // The server stops when told (after the node has left the swarm) or when start-up fails.
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {

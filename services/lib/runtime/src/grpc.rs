@@ -32,6 +32,8 @@ pub struct GrpcServices {
     names: Vec<&'static str>,
     /// Health names whose status follows a flag (SERVING while true).
     readiness: Vec<(&'static str, tokio::sync::watch::Receiver<bool>)>,
+    /// A second, plaintext port serving only the health service (see `with_health_listener`).
+    health_listener: Option<tokio::net::TcpListener>,
 }
 
 impl GrpcServices {
@@ -62,6 +64,32 @@ impl GrpcServices {
         self.readiness.push((name, ready));
         self
     }
+
+    /// Also answers health checks, and nothing else, in plaintext on `listener` (when given).
+    /// Kubernetes' gRPC probes cannot present a client certificate, so with mutual TLS on the
+    /// main port they need a port of their own; it reveals only SERVING / NOT_SERVING.
+    pub fn with_health_listener(mut self, listener: Option<tokio::net::TcpListener>) -> Self {
+        self.health_listener = listener;
+        self
+    }
+}
+
+/// Binds the plaintext health port a service's `health_listen` names (none when unset), at
+/// start, so that a taken port is reported with the setting's name before anything is served.
+pub async fn bind_health(
+    listen: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, Error> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("health_listen {listen}: {e}"),
+        )
+    })?;
+    tracing::info!(%listen, "serving gRPC health checks in plaintext");
+    Ok(Some(listener))
 }
 
 /// Serves `services` on `listener` until `shutdown` resolves: the gRPC health service reports
@@ -106,6 +134,18 @@ pub async fn serve(
             })
         })
         .collect();
+    let plaintext_health = services.health_listener.map(|listener| {
+        let health = health_service.clone();
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming(listener))
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "health port stopped");
+            }
+        })
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(neuroshard_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -126,7 +166,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(transport);
-    for follower in followers {
+    for follower in followers.into_iter().chain(plaintext_health) {
         follower.abort();
     }
     served
@@ -146,11 +186,18 @@ mod tests {
         let (ready, flag) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let health = super::bind_health(Some("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        let health_url = format!("http://{}", health.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(super::serve(
             listener,
             None,
-            super::GrpcServices::default().with_readiness("test.Loaded", flag),
+            super::GrpcServices::default()
+                .with_readiness("test.Loaded", flag)
+                .with_health_listener(Some(health)),
             async {
                 let _ = stopped.await;
             },
@@ -175,12 +222,22 @@ mod tests {
             }
         };
         assert_eq!(status(&mut client).await, ServingStatus::NotServing);
+        // The plaintext health port (for probes) tells the same, and serves nothing else.
+        let mut probe = HealthClient::new(
+            tonic::transport::Endpoint::from_shared(health_url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(status(&mut probe).await, ServingStatus::NotServing);
         ready.send_replace(true);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while status(&mut client).await != ServingStatus::Serving {
             assert!(std::time::Instant::now() < deadline, "never SERVING");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        assert_eq!(status(&mut probe).await, ServingStatus::Serving);
         ready.send_replace(false);
         while status(&mut client).await != ServingStatus::NotServing {
             assert!(
