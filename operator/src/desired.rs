@@ -162,7 +162,8 @@ fn worker_env(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) ->
             ..EnvVar::default()
         });
     }
-XX, format!("{TLS_DIR}/tls.crt")));
+    if tls {
+        vars.push(env("TLS__CERT_FILE", format!("{TLS_DIR}/tls.crt")));
         vars.push(env("TLS__KEY_FILE", format!("{TLS_DIR}/tls.key")));
         vars.push(env("TLS__CA_FILE", format!("{TLS_DIR}/ca.crt")));
     } else {
