@@ -79,12 +79,9 @@ impl Default for OperatorConfig {
             drain_timeout_s: 600,
             resync_s: 30,
             key_file: "/var/run/neuroshard/operator/operator.key".into(),
-            tls: neuroshard_runtime::tls::TlsFiles {
-                cert_file: Some("/etc/neuroshard/tls/tls.crt".into()),
-                key_file: Some("/etc/neuroshard/tls/tls.key".into()),
-                ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
-                insecure_plaintext: false,
-            },
+            // No files by default, as in every service: the config names them (the chart
+            // does), or sets insecure_plaintext, which defaults here could not be unset for.
+            tls: neuroshard_runtime::tls::TlsFiles::default(),
             leader_election: true,
             lease_name: "neuroshard-operator".into(),
             lease_namespace: None,
@@ -103,6 +100,14 @@ impl OperatorConfig {
 
     /// Checks relations between fields that types cannot express.
     pub fn validate(&self) -> Result<(), neuroshard_common::Error> {
+        self.validate_objects()?;
+        self.tls.validate()?;
+        self.tls.check_scheme("registry", &self.registry)
+    }
+
+    /// The checks of what shapes the objects a node becomes, without those of the operator's
+    /// own link to the registry: all that `render`, which dials nothing, needs.
+    pub fn validate_objects(&self) -> Result<(), neuroshard_common::Error> {
         use neuroshard_common::Error;
         self.model.validate()?;
         if self.worker_image.trim().is_empty() {
@@ -130,8 +135,7 @@ impl OperatorConfig {
         }
         crate::quantity::bytes(&self.storage_size)
             .map_err(|e| Error::invalid_argument(format!("storage_size: {e}")))?;
-        self.tls.validate()?;
-        self.tls.check_scheme("registry", &self.registry)
+        Ok(())
     }
 }
 
@@ -159,7 +163,28 @@ mod tests {
             neuroshard_runtime::config::load(Some(&path), "NEUROSHARD_OPERATOR", Vec::new())
                 .unwrap();
         config.validate().unwrap();
-        assert_eq!(config, OperatorConfig::default());
+        assert_eq!(
+            config,
+            OperatorConfig {
+                tls: neuroshard_runtime::tls::TlsFiles {
+                    cert_file: Some("/etc/neuroshard/tls/tls.crt".into()),
+                    key_file: Some("/etc/neuroshard/tls/tls.key".into()),
+                    ca_file: Some("/etc/neuroshard/tls/ca.crt".into()),
+                    insecure_plaintext: false,
+                },
+                ..OperatorConfig::default()
+            }
+        );
+        // Without TLS files the operator says what it needs; plaintext is one setting away.
+        let e = OperatorConfig::default().validate().unwrap_err().message;
+        assert!(e.contains("tls.cert_file"), "{e}");
+        OperatorConfig {
+            tls: neuroshard_runtime::tls::TlsFiles::insecure_plaintext(),
+            registry: "http://layer-registry:7400".into(),
+            ..OperatorConfig::default()
+        }
+        .validate()
+        .unwrap();
         let env = [(
             "NEUROSHARD_OPERATOR_WORKER_IMAGE".to_string(),
             " ".to_string(),

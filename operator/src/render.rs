@@ -82,7 +82,7 @@ pub fn main(args: RenderArgs) -> Result<String, Error> {
         "NEUROSHARD_OPERATOR",
         std::env::vars(),
     )?;
-    config.validate()?;
+    config.validate_objects()?;
     let mut manifests = String::new();
     for file in &args.files {
         let text = if file.as_os_str() == "-" {

@@ -21,6 +21,7 @@ Exit status 0 when every check passed. Containers and the network are removed at
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import shutil
@@ -165,9 +166,12 @@ def ip_of(container: str) -> str:
     return networks[NETWORK]["IPAddress"]
 
 
+MAIN_CONTAINERS: dict[str, list[str]] = {}
+
+
 def containers_of(workload: str) -> list[str]:
-    names = podman("ps", "--format", "{{.Names}}", "--filter", f"pod={workload}-pod-0").split()
-    return [n for n in names if not n.endswith("-infra")]
+    """The names podman gives the pod's (not its init) containers: <name>-pod-0-<container>."""
+    return [f"{workload}-pod-0-{c}" for c in MAIN_CONTAINERS.get(workload, [])]
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 10) -> dict:
@@ -204,12 +208,53 @@ def stream_completion(gateway: str, prompt: str, tokens: int, on_chunk=None) -> 
     return "".join(text)
 
 
-def grpc_health(address: str) -> str:
+def operator_health(image: str, work: Path) -> tuple[str, int]:
+    """The operator image started as a pod would start it, with a Kubernetes API that does not
+    answer (there is none here): its uid, and the status of its /healthz."""
+    kubeconfig = work / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "none", "user": {"token": "none"}}],
+                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none", "namespace": NAMESPACE}}],
+                "current-context": "none",
+            }
+        )
+    )
+    os.chmod(kubeconfig, 0o644)
+    name = "kube-play-operator"
+    podman("rm", "-f", name, check=False)
+    podman(
+        "run", "-d", "--name", name, "--network", NETWORK, "--read-only",
+        "-v", f"{kubeconfig}:/etc/neuroshard/kubeconfig:ro", "-e", "KUBECONFIG=/etc/neuroshard/kubeconfig",
+        "-e", "NEUROSHARD_OPERATOR_LEADER_ELECTION=false", "-e", "NEUROSHARD_OPERATOR_TLS__INSECURE_PLAINTEXT=true",
+        "-e", "NEUROSHARD_OPERATOR_REGISTRY=http://layer-registry:7400",
+        "-e", "NEUROSHARD_OPERATOR_KEY_FILE=/tmp/operator.key", "--tmpfs", "/tmp", image,
+    )
+    try:
+        address = wait_for("the operator's address", lambda: ip_of(name), 30)
+        status = wait_for(
+            "the operator's /healthz",
+            lambda: urllib.request.urlopen(f"http://{address}:8080/healthz", timeout=5).status,
+            30,
+        )
+        return podman("top", name, "huser").split()[1], status
+    except Exception:
+        print("\n".join(logs(name).splitlines()[-10:]), file=sys.stderr)
+        raise
+    finally:
+        podman("rm", "-f", name, check=False)
+
+
+def grpc_health(address: str, service: str = "") -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
@@ -244,36 +289,43 @@ def main() -> int:
         documents.append(tokenizer_config_map(work))
         documents += render_nodes(args.image_prefix, args.tag, work)
         workloads = {w.name: w for w in for_podman(documents, NAMESPACE)}
+        for name, workload in workloads.items():
+            pod_spec = workload.documents[-1]["spec"]["template"]["spec"]
+            MAIN_CONTAINERS[name] = [c["name"] for c in pod_spec["containers"]]
         order = [*CONTROL_PLANE, *NODES]
         check(sorted(workloads) == sorted(order), f"workloads to play: {sorted(workloads)}")
 
         clean_up(workloads.values())
         podman("network", "create", NETWORK)
-        for name in order:
+        def play(name: str) -> None:
             workload = workloads[name]
             file = work / f"{name}.yaml"
             file.write_text(yaml.safe_dump_all(workload.documents))
             network = NETWORK + "".join(f":alias={a}" if i == 0 else f",alias={a}" for i, a in enumerate(workload.aliases))
             say(f"podman kube play {name} ({', '.join(workload.aliases[:1]) or 'no Service'})")
-            podman("kube", "play", "--network", network, str(file))
             played.append(file)
-            if name == "postgresql":
-                # The databases must exist before the services migrate them.
-                wait_for(
-                    "PostgreSQL",
-                    lambda: "ready to accept connections" in logs(containers_of("postgresql")[0]),
-                    90,
-                )
+            podman("kube", "play", "--network", network, str(file))
+
+        # PostgreSQL first (the services migrate their databases at start), then the other
+        # services together, then the nodes together, as a cluster would start them.
+        play("postgresql")
+        wait_for(
+            "PostgreSQL",
+            lambda: "ready to accept connections" in logs(containers_of("postgresql")[0]),
+            90,
+        )
+        for group in (CONTROL_PLANE[1:], NODES):
+            with ThreadPoolExecutor(len(group)) as pool:
+                list(pool.map(play, group))
 
         gateway = f"http://{ip_of(containers_of('swarm-gateway')[0])}:8080"
         say(f"waiting for the gateway at {gateway} and two nodes with spans")
-        status = wait_for(
-            "two live nodes with spans",
-            lambda: (s := http_json(f"{gateway}/api/v1/status"))
-            if len([n for n in s.get("nodes", []) if n["state"] == "live" and n["span"][1] > n["span"][0]]) == 2
-            else None,
-            240,
-        )
+        def two_nodes_with_spans():
+            status = http_json(f"{gateway}/api/v1/status")
+            placed = [n for n in status.get("nodes", []) if n["state"] == "live" and n["span"][1] > n["span"][0]]
+            return status if len(placed) == 2 else None
+
+        status = wait_for("two live nodes with spans", two_nodes_with_spans, 240)
         for node in status["nodes"]:
             check(True, f"registry assigned {node['endpoint']} span {node['span']} ({node['role']})")
         wait_for("/readyz", lambda: urllib.request.urlopen(f"{gateway}/readyz", timeout=5).status == 200, 120)
@@ -286,7 +338,17 @@ def main() -> int:
                 if service:
                     address = f"{ip_of(container)}:{HEALTH_PORTS[service]}"
                     check(grpc_health(address) == "SERVING", f"{container} answers its health check at {address}")
+                    if service == "shard-worker":
+                        # What the operator's readiness probe asks: is the span loaded?
+                        loaded = grpc_health(address, "neuroshard.worker.v1.Loaded")
+                        check(loaded == "SERVING", f"{container} reports its span loaded ({loaded})")
         check(urllib.request.urlopen(f"{gateway}/healthz", timeout=5).status == 200, "swarm-gateway answers /healthz")
+        user, status = operator_health(f"{args.image_prefix}/neuroshard-operator:{args.tag}", work)
+        check(user == "10001" and status == 200, f"the operator container runs as uid {user}, /healthz {status}")
+        # Every image runs as non-root.
+        for image in ["layer-registry", "shard-worker", "diloco-aggregator", "ledger", "swarm-gateway", "neuroshard-operator"]:
+            user = podman("image", "inspect", "--format", "{{.Config.User}}", f"{args.image_prefix}/{image}:{args.tag}").strip()
+            check(user == "10001:10001", f"image {image} runs as {user}")
 
         prompt, tokens = "ROMEO: ", 96
         say("a streamed completion through the worker containers")

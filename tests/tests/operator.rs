@@ -44,8 +44,9 @@ async fn eventually<T>(what: &str, limit: Duration, mut ready: impl FnMut() -> O
 /// The kubelet's part for the StatefulSet `name`: its pod's container run as a worker
 /// process, its key from the key Secret. Only what cannot hold off a cluster is changed: the
 /// address it listens on and advertises (no pod IP or Service DNS here), where the key file
-/// is (no Secret volume), and the heartbeat (this registry's fast liveness).
-fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> (ChildGuard, u16) {
+/// is (no Secret volume), and the heartbeat (this registry's fast liveness). Returns the
+/// process, its gRPC port and the port its probes are answered on.
+fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> (ChildGuard, u16, u16) {
     let sts: StatefulSet =
         serde_json::from_value(api.get("statefulsets", NS, name).unwrap()).unwrap();
     let secret: Secret =
@@ -60,8 +61,13 @@ fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> (Child
     .unwrap();
     let container = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
     let port = free_port().unwrap();
+    let health_port = free_port().unwrap();
     let moved = [
         ("NEUROSHARD_WORKER_LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "NEUROSHARD_WORKER_HEALTH_LISTEN",
+            format!("127.0.0.1:{health_port}"),
+        ),
         (
             "NEUROSHARD_WORKER_ADVERTISE",
             format!("http://127.0.0.1:{port}"),
@@ -87,7 +93,42 @@ fn run_pod(api: &FakeApi, launcher: &Launcher, dir: &Path, name: &str) -> (Child
             &env,
         )
         .unwrap();
-    (process, port)
+    (process, port, health_port)
+}
+
+/// The health service name the pod's readiness probe asks for, after checking the probe is
+/// a gRPC one on the worker's health port (the kubelet cannot do the gRPC port's mutual TLS).
+fn readiness_probe(api: &FakeApi, name: &str) -> String {
+    let sts: StatefulSet =
+        serde_json::from_value(api.get("statefulsets", NS, name).unwrap()).unwrap();
+    let container = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let grpc = container.readiness_probe.unwrap().grpc.unwrap();
+    let env = container.env.unwrap_or_default();
+    let health_listen = env
+        .iter()
+        .find(|v| v.name == "NEUROSHARD_WORKER_HEALTH_LISTEN")
+        .and_then(|v| v.value.clone())
+        .unwrap();
+    assert_eq!(health_listen, format!("0.0.0.0:{}", grpc.port));
+    grpc.service.unwrap()
+}
+
+async fn probe_passes(port: u16, service: &str) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
 }
 
 async fn eventually_connect(port: u16) -> ShardWorkerClient<tonic::transport::Channel> {
@@ -206,22 +247,30 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     .await;
     let launcher = support::launcher(dir.path());
     let started = Instant::now();
-    let (mut pod, port) = run_pod(&api, &launcher, dir.path(), "cpu-0");
+    let (mut pod, port, health_port) = run_pod(&api, &launcher, dir.path(), "cpu-0");
     // The StatefulSet controller's part: the pod counts as ready once its readiness probe
-    // would pass (the worker has loaded a span).
+    // passes. The probe is the StatefulSet's own: a gRPC health check, in plaintext, of the
+    // service it names, on the port it names (moved here like the listen address).
+    let probe = readiness_probe(&api, "cpu-0");
     let mut worker = eventually_connect(port).await;
     let loaded_deadline = Instant::now() + Duration::from_secs(60);
-    while worker
-        .info(InfoRequest {})
-        .await
-        .map_or(true, |i| i.into_inner().span.is_none())
-    {
+    while !probe_passes(health_port, &probe).await {
         assert!(
             Instant::now() < loaded_deadline,
-            "the pod never loaded a span"
+            "the pod's readiness probe never passed"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        worker
+            .info(InfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .span
+            .is_some(),
+        "ready without a span"
+    );
     let generation =
         api.get("statefulsets", NS, "cpu-0").unwrap()["metadata"]["generation"].clone();
     api.set_status(
