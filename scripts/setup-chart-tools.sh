@@ -14,7 +14,9 @@ PYYAML_VERSION="6.0.2"
 JSONSCHEMA_VERSION="4.23.0"
 GRPCIO_VERSION="1.85.1"
 
-cache="${NEUROSHARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/neuroshard}"
+# shellcheck source=env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cache="$NEUROSHARD_CACHE"
 env_dir="$cache/chart-tools-helm-$HELM_SDK_VERSION-kv-$KUBERNETES_VALIDATE_VERSION-grpc-$GRPCIO_VERSION"
 
 mkdir -p "$cache"
