@@ -131,6 +131,27 @@ async fn probe_passes(port: u16, service: &str) -> bool {
         .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
 }
 
+/// The body of a plain HTTP/1.0 GET that must answer 200.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
 async fn eventually_connect(port: u16) -> ShardWorkerClient<tonic::transport::Channel> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -214,6 +235,7 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
         ..OperatorConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(neuroshard_operator::run_with(
         client,
@@ -301,6 +323,8 @@ async fn a_node_resource_becomes_a_serving_worker_and_deleting_it_drains_first()
     assert!(node["status"]["lastHeartbeat"].is_string());
     let reasons = event_reasons(&api);
     assert!(reasons.contains(&"Created".to_string()), "{reasons:?}");
+    // Its liveness endpoint answers (what the chart's probe asks).
+    assert_eq!(http_get(health_address, "/healthz").await, "ok");
     // It reconciles as the leader of its Lease.
     let lease = api.get("leases", NS, "neuroshard-operator").unwrap();
     assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
