@@ -68,6 +68,21 @@ pub struct NeuroShardNodeSpec {
     /// Whether the node trains (drives the pipelines it starts and sends its Δ).
     #[serde(default)]
     pub training: bool,
+    /// The dataset a training node reads (`neuroshard data build`'s output); required with
+    /// `training`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// The PersistentVolumeClaim holding it, mounted read-only (ReadOnlyMany to share one
+    /// dataset between nodes).
+    pub claim_name: String,
+    /// The dataset's folder inside that volume, relative (default: the volume's root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 fn auto() -> String {

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -30,6 +30,8 @@ pub const KEY_FILE: &str = "node.key";
 /// Where the checkpoint volume and the TLS files are mounted.
 pub const DATA_DIR: &str = "/var/lib/neuroshard";
 pub const TLS_DIR: &str = "/etc/neuroshard/tls";
+/// Where a training node's dataset volume is mounted (read-only).
+pub const DATASET_DIR: &str = "/var/lib/neuroshard-dataset";
 /// How long a worker stopped by Kubernetes waits for its layers to move before it
 /// deregisters; the pod's grace period leaves room beyond it.
 pub const WORKER_DRAIN_TIMEOUT_S: i64 = 90;
@@ -154,6 +156,14 @@ fn worker_env(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfig) ->
     }
     if let Some(payout) = &spec.payout_address {
         vars.push(env("PAYOUT", payout.clone()));
+    }
+    if let Some((_, path)) = &spec.dataset {
+        let dir = if path.is_empty() {
+            DATASET_DIR.to_string()
+        } else {
+            format!("{DATASET_DIR}/{path}")
+        };
+        vars.push(env("TRAINING__DATA_DIR", dir));
     }
     if let Some(endpoint) = &config.worker_otlp_endpoint {
         vars.push(EnvVar {
@@ -281,6 +291,22 @@ pub fn statefulset(node: &NeuroShardNode, spec: &Checked, config: &OperatorConfi
         security_context: Some(restricted()),
         ..Container::default()
     };
+    if let Some((claim, _)) = &spec.dataset {
+        mounts.push(VolumeMount {
+            name: "dataset".into(),
+            mount_path: DATASET_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "dataset".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some(secret) = &config.worker_tls_secret {
         mounts.push(VolumeMount {
             name: "tls".into(),

@@ -56,6 +56,8 @@ pub struct Checked {
     pub aggregators: Vec<String>,
     pub ledger: Option<String>,
     pub training: bool,
+    /// The dataset's claim and its folder inside the volume (empty: the root).
+    pub dataset: Option<(String, String)>,
 }
 
 fn check_url(field: &'static str, url: &str) -> Result<(), InvalidSpec> {
@@ -171,6 +173,13 @@ pub fn check(spec: &NeuroShardNodeSpec, config: &OperatorConfig) -> Result<Check
             "training needs aggregators to send Δ to (spec.aggregators or the operator's)",
         ));
     }
+    let dataset = spec.dataset.as_ref().map(check_dataset).transpose()?;
+    if spec.training && dataset.is_none() {
+        return Err(invalid(
+            "spec.dataset",
+            "training needs a dataset: the PersistentVolumeClaim holding `neuroshard data build`'s output",
+        ));
+    }
     Ok(Checked {
         role: spec.role.clone(),
         memory_bytes,
@@ -184,7 +193,38 @@ pub fn check(spec: &NeuroShardNodeSpec, config: &OperatorConfig) -> Result<Check
         aggregators,
         ledger,
         training: spec.training,
+        dataset,
     })
+}
+
+/// A claim name Kubernetes accepts (a DNS subdomain) and a relative folder inside it.
+fn check_dataset(dataset: &crate::crd::DatasetSpec) -> Result<(String, String), InvalidSpec> {
+    let name = &dataset.claim_name;
+    let dns_label_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if name.is_empty()
+        || name.len() > 253
+        || !dns_label_chars
+        || name.starts_with(['-', '.'])
+        || name.ends_with(['-', '.'])
+    {
+        return Err(invalid(
+            "spec.dataset.claimName",
+            format!(
+                "`{name}` is not a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.')"
+            ),
+        ));
+    }
+    let path = dataset.path.clone().unwrap_or_default();
+    let path = path.trim_matches('/').to_string();
+    if path.split('/').any(|part| part == "..") {
+        return Err(invalid(
+            "spec.dataset.path",
+            format!("`{path}` leaves the volume; give a folder inside it"),
+        ));
+    }
+    Ok((name.clone(), path))
 }
 
 #[cfg(test)]
@@ -265,6 +305,34 @@ mod tests {
             ..spec()
         });
         assert_eq!(e.field, "spec.training");
+        let aggregated = NeuroShardNodeSpec {
+            aggregators: Some(vec!["https://diloco-aggregator:7600".into()]),
+            training: true,
+            ..spec()
+        };
+        let e = refused(aggregated.clone());
+        assert_eq!(e.field, "spec.dataset");
+        let dataset = |claim: &str, path: Option<&str>| NeuroShardNodeSpec {
+            dataset: Some(crate::crd::DatasetSpec {
+                claim_name: claim.into(),
+                path: path.map(String::from),
+            }),
+            ..aggregated.clone()
+        };
+        assert_eq!(
+            refused(dataset("Genesis_Data", None)).field,
+            "spec.dataset.claimName"
+        );
+        assert_eq!(
+            refused(dataset("genesis", Some("../etc"))).field,
+            "spec.dataset.path"
+        );
+        let c = check(
+            &dataset("genesis", Some("/shakespeare/")),
+            &OperatorConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.dataset, Some(("genesis".into(), "shakespeare".into())));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use kube::api::ObjectMeta;
-use neuroshard_operator::crd::{GpuSpec, NeuroShardNode, NeuroShardNodeSpec};
+use neuroshard_operator::crd::{DatasetSpec, GpuSpec, NeuroShardNode, NeuroShardNodeSpec};
 use neuroshard_operator::{OperatorConfig, crd_yaml, desired, spec};
 
 fn root() -> PathBuf {
@@ -95,6 +95,10 @@ fn a_cpu_node_and_a_gpu_node_become_the_golden_objects() {
                 ..GpuSpec::default()
             }),
             training: true,
+            dataset: Some(DatasetSpec {
+                claim_name: "genesis".into(),
+                path: Some("shakespeare".into()),
+            }),
             aggregators: Some(vec!["https://diloco-aggregator:7600".into()]),
             ledger: Some("https://ledger:7700".into()),
             payout_address: Some("ab".repeat(20)),
@@ -117,6 +121,8 @@ fn a_cpu_node_and_a_gpu_node_become_the_golden_objects() {
         "tolerations",
         "value: cuda",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "claimName: genesis",
+        "value: /var/lib/neuroshard-dataset/shakespeare",
     ] {
         assert!(gpu_yaml.contains(what), "the GPU node lacks {what}");
         assert!(!cpu_yaml.contains(what), "the CPU node has {what}");
