@@ -12,6 +12,9 @@ cluster's own behaviour, and nothing more:
   always`): podman 4.3 removes a finished "once" init container in a race with its exit and
   then fails the whole pod ("cannot remove container … as it is running"). They still run to
   completion before the pod's containers start, as in a cluster.
+* Each pod's `emptyDir` volumes are renamed `<workload>-empty-dir-<name>`: podman 4.3 makes an
+  `emptyDir` a named volume, so pods naming theirs alike (`key`, `tmp`) would share one, which
+  in a cluster each has to itself.
 * Container ports are not declared: podman 4.3 publishes each declared `containerPort` on the
   host (a cluster does not), so two pods serving the same port collide. On the pods' network
   every container is reached on its ports all the same.
@@ -123,6 +126,22 @@ def statefulset_to_deployment(statefulset: dict) -> tuple[dict, list[dict]]:
     return deployment, claims
 
 
+def _own_empty_dirs(workload: str, pod_spec: dict) -> None:
+    renamed = {}
+    for volume in pod_spec.get("volumes") or []:
+        if "emptyDir" in volume:
+            renamed[volume["name"]] = volume["name"] = f"{workload}-empty-dir-{volume['name']}"
+    for container in (pod_spec.get("containers") or []) + (pod_spec.get("initContainers") or []):
+        for mount in container.get("volumeMounts") or []:
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+
+
+def empty_dir_volumes(workload: Workload) -> list[str]:
+    """The names podman gives the workload's emptyDir volumes (to remove them after)."""
+    pod_spec = workload.documents[-1]["spec"]["template"]["spec"]
+    return [v["name"] for v in pod_spec.get("volumes") or [] if "emptyDir" in v]
+
+
 def _selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -183,6 +202,7 @@ def for_podman(documents: list[dict], namespace: str) -> list[Workload]:
     for deployment in deployments:
         pod = deployment["spec"]["template"]
         _secret_refs_to_config_maps(pod["spec"])
+        _own_empty_dirs(deployment["metadata"]["name"], pod["spec"])
         for container in pod["spec"].get("containers") or []:
             container.pop("ports", None)
         if pod["spec"].get("initContainers"):

@@ -3,7 +3,13 @@
 import base64
 import unittest
 
-from preprocess import PreprocessError, for_podman, secret_to_config_map, statefulset_to_deployment
+from preprocess import (
+    PreprocessError,
+    empty_dir_volumes,
+    for_podman,
+    secret_to_config_map,
+    statefulset_to_deployment,
+)
 
 
 def pod(labels, volumes=(), env=()):
@@ -70,6 +76,25 @@ class InitContainers(unittest.TestCase):
         self.assertEqual(annotations[0], {"io.podman.annotations.init.container.type": "always"})
         self.assertEqual(annotations[1], {})
         self.assertEqual(workloads[0].documents[-1]["metadata"]["annotations"], annotations[0])
+
+
+class EmptyDirs(unittest.TestCase):
+    def test_each_pod_has_its_own(self):
+        def with_key(labels):
+            template = pod(labels, volumes=[{"name": "key", "emptyDir": {"medium": "Memory"}}])
+            template["spec"]["containers"][0]["volumeMounts"] = [{"name": "key", "mountPath": "/k"}]
+            template["spec"]["initContainers"] = [
+                {"name": "install-key", "image": "i", "volumeMounts": [{"name": "key", "mountPath": "/k"}]}
+            ]
+            return template
+
+        workloads = for_podman([deployment("cpu-0", with_key({"n": "0"})), deployment("cpu-1", with_key({"n": "1"}))], "ns")
+        for workload, name in zip(workloads, ["cpu-0-empty-dir-key", "cpu-1-empty-dir-key"]):
+            spec = workload.documents[-1]["spec"]["template"]["spec"]
+            self.assertEqual(spec["volumes"][0]["name"], name)
+            self.assertEqual(spec["containers"][0]["volumeMounts"][0]["name"], name)
+            self.assertEqual(spec["initContainers"][0]["volumeMounts"][0]["name"], name)
+            self.assertEqual(empty_dir_volumes(workload), [name])
 
 
 class Ports(unittest.TestCase):
