@@ -30,10 +30,13 @@ fi
 # --- the Debian root filesystem, made once from Debian packages -------------------------------
 rootfs_tar="$NEUROSHARD_CACHE/images/debian-$DEBIAN_SUITE-minbase.tar"
 if ! podman image exists "$ROOTFS_IMAGE"; then
-  if [ ! -s "$rootfs_tar" ]; then
+  if [ ! -f "$rootfs_tar" ] || [ ! -s "$rootfs_tar" ]; then
     say "mmdebstrap --variant=minbase $DEBIAN_SUITE (Debian packages, about a minute)"
+    rm -rf "$rootfs_tar" "$rootfs_tar.partial"
     mkdir -p "$(dirname "$rootfs_tar")"
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates "$DEBIAN_SUITE" \
+    # --format=tar: mmdebstrap guesses the format from the name, and `.partial` reads as a
+    # directory.
+    mmdebstrap --quiet --variant=minbase --format=tar --include=ca-certificates "$DEBIAN_SUITE" \
       "$rootfs_tar.partial" "$DEBIAN_MIRROR"
     mv "$rootfs_tar.partial" "$rootfs_tar"
   fi
