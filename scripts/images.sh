@@ -11,6 +11,10 @@
 # version), NEUROSHARD_SKIP_BUILD=1 to use the binaries already in target/release.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "$#" -gt 0 ]; then
+  echo "usage: scripts/images.sh (make images); it takes no arguments: IMAGE_PREFIX, IMAGE_TAG and NEUROSHARD_SKIP_BUILD=1 come from the environment (got: $*)" >&2
+  exit 2
+fi
 # shellcheck source=env.sh
 source scripts/env.sh
 # shellcheck source=images-env.sh

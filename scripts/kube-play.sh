@@ -4,6 +4,10 @@
 # scripts/kube_play/run.py). Builds the images first when any is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "$#" -gt 0 ]; then
+  echo "usage: scripts/kube-play.sh (make kube-play); it takes no arguments: IMAGE_PREFIX and IMAGE_TAG come from the environment (got: $*)" >&2
+  exit 2
+fi
 # shellcheck source=env.sh
 source scripts/env.sh
 # shellcheck source=images-env.sh
