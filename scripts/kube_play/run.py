@@ -274,6 +274,17 @@ def main() -> int:
     parser.add_argument("--values", default=str(ROOT / "charts/neuroshard/ci/kube-play-values.yaml"))
     args = parser.parse_args()
     check = Check()
+    # Ctrl-C (or SIGTERM) stops the run and still removes what it made; it is not a failed
+    # check, so it says so instead of dumping the pods' logs. The podman call it cut short
+    # fails too (the terminal signals the whole group): that is the interrupt, not a finding.
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="kube-play-"))
     played: list[Path] = []
@@ -386,10 +397,13 @@ def main() -> int:
         requests = http_json(f"{gateway}/api/v1/status").get("requests", [])
         check(any(r.get("failovers", 0) >= 1 for r in requests), "the gateway reports a failover")
         say(f"done in {time.monotonic() - started:.0f} s")
+    except KeyboardInterrupt:
+        pass
     except Exception as e:
-        check(False, f"{type(e).__name__}: {e}")
+        if not interrupted.is_set():
+            check(False, f"{type(e).__name__}: {e}")
     finally:
-        if check.failures:
+        if check.failures and not interrupted.is_set():
             for file in played:
                 for container in containers_of(file.stem):
                     print(f"--- logs of {container}", file=sys.stderr)
@@ -400,6 +414,9 @@ def main() -> int:
             if workloads:
                 clean_up(workloads.values())
             shutil.rmtree(work, ignore_errors=True)
+    if interrupted.is_set():
+        print("kube-play: interrupted; its pods, network and volumes are removed")
+        return 130
     print(f"kube-play: {'passed' if not check.failures else 'FAILED: ' + '; '.join(check.failures)}")
     return 0 if not check.failures else 1
 
