@@ -20,15 +20,17 @@
 //! lexicographically, so the repair ends; when it ends no action applies, so repairing its
 //! own result changes nothing (each publish of an unchanged swarm is the same placement).
 //!
-//! Windows are scored by: layers at the lowest holder count covered, then how many of the
-//! window's two ends meet an existing span boundary (so spans tile into chains the gateway
-//! can route through), then deficit layers covered, then length. Windows and fits are judged
+//! Windows are scored by: layers at the lowest holder count covered, then whether the window
+//! adds a pipeline to the most the spans form (training needs whole chains, and a replica
+//! that tiles with nothing is a holder no pipeline uses), then how many of the window's two
+//! ends meet an existing span boundary (so spans tile into chains the gateway can route
+//! through), then deficit layers covered, then length. Windows and fits are judged
 //! in whole layers per position ([`Caps`]), so nodes with equal caps are interchangeable and
 //! are searched once per class.
 
 use std::collections::BTreeMap;
 
-use super::chains::disjoint_pipelines;
+use super::chains::{OpenEnds, disjoint_pipelines, open_ends};
 use super::fit::Caps;
 use super::layout::{count_holders, health_of, make_span};
 use super::types::{HeldSpan, LayerCosts, NodeCapacity, NodeSpan, Placement};
@@ -37,6 +39,7 @@ use super::types::{HeldSpan, LayerCosts, NodeCapacity, NodeSpan, Placement};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Score {
     lowest_covered: u32,
+    adds_pipeline: bool,
     aligned_ends: u8,
     deficit_covered: u32,
     length: u32,
@@ -48,10 +51,11 @@ struct Levels<'a> {
     below_target: Vec<u32>,
     zero: Vec<u32>,
     boundary: &'a [bool],
+    open: &'a OpenEnds,
 }
 
 impl<'a> Levels<'a> {
-    fn new(holders: &'a [u32], target: u32, boundary: &'a [bool]) -> Self {
+    fn new(holders: &'a [u32], target: u32, boundary: &'a [bool], open: &'a OpenEnds) -> Self {
         let lowest = holders.iter().copied().min().unwrap_or(0);
         let prefix = |keep: &dyn Fn(u32) -> bool| {
             let mut sums = Vec::with_capacity(holders.len() + 1);
@@ -66,6 +70,7 @@ impl<'a> Levels<'a> {
             below_target: prefix(&|h| h < target),
             zero: prefix(&|h| h == 0),
             boundary,
+            open,
         }
     }
 
@@ -76,6 +81,7 @@ impl<'a> Levels<'a> {
     fn score(&self, start: u32, end: u32) -> Score {
         Score {
             lowest_covered: Self::count(&self.at_lowest, start, end),
+            adds_pipeline: self.open.adds_pipeline(start, end),
             aligned_ends: u8::from(self.boundary[start as usize])
                 + u8::from(self.boundary[end as usize]),
             deficit_covered: Self::count(&self.below_target, start, end),
@@ -120,7 +126,8 @@ fn best_window(caps: &Caps, levels: &Levels<'_>, l: u32, need: Need) -> Option<(
         };
         for end in start + 1..=last {
             // Only aligned ends and the longest window compete: any other end is beaten by
-            // the longest one on every key (its coverage can only grow with length).
+            // the longest one on every key (its coverage can only grow with length, and a
+            // pipeline can only continue from a boundary some span has).
             if end != last && !levels.boundary[end as usize] {
                 continue;
             }
@@ -159,6 +166,17 @@ impl Repair<'_> {
             }
         }
         holders
+    }
+
+    /// Where a span would add a pipeline, with the span of node `moving` (if any) left out.
+    fn open_ends(&self, moving: Option<usize>) -> OpenEnds {
+        let others = self
+            .spans
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| Some(i) != moving)
+            .filter_map(|(_, span)| *span);
+        open_ends(others, self.l)
     }
 
     fn boundaries(&self) -> Vec<bool> {
@@ -230,7 +248,8 @@ impl Repair<'_> {
             for h in &mut without[start as usize..end as usize] {
                 *h -= 1;
             }
-            let levels = Levels::new(&without, self.target, boundary);
+            let open = self.open_ends(Some(node));
+            let levels = Levels::new(&without, self.target, boundary, &open);
             let Some((score, to_start, to_end)) =
                 best_window(&self.caps[node], &levels, self.l, need)
             else {
@@ -256,7 +275,8 @@ impl Repair<'_> {
         loop {
             let holders = self.holders();
             let boundary = self.boundaries();
-            let levels = Levels::new(&holders, self.target, &boundary);
+            let open = self.open_ends(None);
+            let levels = Levels::new(&holders, self.target, &boundary, &open);
             let action = if levels.has_deficit() {
                 self.idle_choice(&levels, Need::Deficit)
                     .or_else(|| self.donor_choice(&holders, &boundary))

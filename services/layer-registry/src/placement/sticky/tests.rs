@@ -394,3 +394,39 @@ fn bench_sticky_repair() {
         );
     }
 }
+
+/// Identical workers joining in any batches (each batch one publish, as registrations
+/// arrive between publishes) end with as many pipelines as placing them all at once. Before
+/// windows were judged by whether they add a pipeline, four 2-layer workers on a 3-layer
+/// model joining three then one ended as [0,2) [0,1) [1,3) [1,3): every layer twice held,
+/// one pipeline.
+#[test]
+fn identical_workers_joining_in_any_batches_form_the_most_pipelines() {
+    let c = costs(100, 23, 23);
+    for l in 2..=6u32 {
+        for layers in 1..=4u64 {
+            let memory = layers * 100 + 23 + 50;
+            for n in 1..=8usize {
+                let all: Vec<NodeCapacity> =
+                    (0..n).map(|i| node(&format!("n{i}"), memory)).collect();
+                let at_once = place(l, &c, &all, 2).unwrap().pipelines.len();
+                // Bit i of `cuts` set: a publish after node i joins; the last always publishes.
+                for cuts in 0..(1u32 << (n - 1)) {
+                    let mut current: Vec<HeldSpan> = Vec::new();
+                    for i in 0..n {
+                        if i == n - 1 || cuts & (1 << i) != 0 {
+                            current = held(&place_sticky(l, &c, &all[..=i], &current, 2).unwrap());
+                        }
+                    }
+                    let last = place_sticky(l, &c, &all, &current, 2).unwrap();
+                    assert_eq!(
+                        last.pipelines.len(),
+                        at_once,
+                        "l={l}, {layers}-layer workers, {n} joining with publishes after {cuts:b}: {:?}",
+                        spans(&last)
+                    );
+                }
+            }
+        }
+    }
+}
