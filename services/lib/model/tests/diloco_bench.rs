@@ -12,7 +12,8 @@
 //! the three to run) and NEUROSHARD_BENCH_WARM_START=steps vary it; with a warm
 //! start, all three begin from the single-process trainer's weights after that many steps on
 //! data no round draws, as the DiLoCo paper's runs begin from a pretrained model;
-//! NEUROSHARD_BENCH_INNER_WARMUP sets the inner optimizers' warm-up steps, default 20.)
+//! NEUROSHARD_BENCH_INNER_WARMUP sets the inner optimizers' warm-up steps, default 20;
+//! NEUROSHARD_BENCH_SHARDS the training shards each replica draws from in a round, default 2.)
 //! (`make bench` builds the dataset from the default corpus and passes it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,7 +34,13 @@ const H: u64 = 50;
 /// the held-out evaluation always use it.
 const BATCH: usize = 8;
 const SEQ: usize = 64;
+/// Training shards each replica draws its windows from in a round, unless
+/// NEUROSHARD_BENCH_SHARDS says otherwise.
 const SHARDS_PER_ROUND: usize = 2;
+
+fn shards_per_round() -> usize {
+    env_or("NEUROSHARD_BENCH_SHARDS", SHARDS_PER_ROUND)
+}
 
 fn model(config: &ModelConfig) -> Shard {
     let mut m = Shard::new(
@@ -49,7 +56,7 @@ fn model(config: &ModelConfig) -> Shard {
 
 /// The tokens replica `k` trains on in `round` (as DiLoCo draws them).
 fn round_tokens(data: &TokenShards, round: u64, k: usize) -> Vec<u32> {
-    replica_tokens(data, round, k as u64, SHARDS_PER_ROUND)
+    replica_tokens(data, round, k as u64, shards_per_round())
         .unwrap()
         .1
 }
@@ -190,7 +197,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
                 seed: 0,
                 outer: outer_config(),
             },
-            shards_per_round: SHARDS_PER_ROUND,
+            shards_per_round: shards_per_round(),
             eval_windows: 128,
             wire_int8: true,
         };
@@ -306,8 +313,9 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
             data_parallel[data_parallel.len() - 1],
         );
         println!(
-            "{{\"bench\":\"diloco_convergence\",\"model\":\"4x256 vocab {}\",\"parameters\":{params},\"replicas\":{K},\"inner_steps\":{H},\"rounds\":{rounds},\"batch\":{batch},\"seq\":{SEQ},\"tokens\":{},\"held_out_diloco\":{diloco:.4},\"held_out_data_parallel\":{data_parallel:.4},\"held_out_single\":{single:.4},\"diloco_vs_data_parallel\":{:.4},\"bytes_diloco_int8\":{diloco_bytes},\"bytes_data_parallel_ring\":{ring:.0},\"bytes_ratio_ring\":{:.1},\"bytes_ratio_gradient_per_step\":{:.1}}}",
+            "{{\"bench\":\"diloco_convergence\",\"model\":\"4x256 vocab {}\",\"parameters\":{params},\"replicas\":{K},\"inner_steps\":{H},\"rounds\":{rounds},\"batch\":{batch},\"shards_per_round\":{},\"seq\":{SEQ},\"tokens\":{},\"held_out_diloco\":{diloco:.4},\"held_out_data_parallel\":{data_parallel:.4},\"held_out_single\":{single:.4},\"diloco_vs_data_parallel\":{:.4},\"bytes_diloco_int8\":{diloco_bytes},\"bytes_data_parallel_ring\":{ring:.0},\"bytes_ratio_ring\":{:.1},\"bytes_ratio_gradient_per_step\":{:.1}}}",
             data.manifest.vocab_size,
+            shards_per_round(),
             K as u64 * H * rounds * (batch * SEQ) as u64,
             diloco / data_parallel,
             ring / diloco_bytes as f64,

@@ -2,7 +2,10 @@
 //! starts a pipeline (holds layer 0) is asked what its Driver reports (`Progress` on its
 //! StageTrainer service), and the answers replace the last ones. A node that does not answer
 //! within the poll's deadline drops out until it does. The aggregator, when configured, is
-//! asked for its latest closed rounds at the same pace.
+//! asked for its latest closed rounds at the same pace, after the Drivers: a round a Driver
+//! already serves has closed, so the rounds asked for afterwards list it (asked before, a
+//! round closing in between was served but not yet listed). An aggregator that does not
+//! answer leaves the rounds it listed last: closed rounds do not change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +34,8 @@ pub struct TrainingProgress {
 /// Rounds the status document lists.
 const ROUNDS_SHOWN: u32 = 50;
 
-/// The aggregator's latest closed rounds, oldest first (empty when it does not answer).
-async fn aggregator_rounds(engine: &EngineState, endpoint: &str) -> Vec<RoundStatus> {
+/// The aggregator's latest closed rounds, oldest first (`None` when it does not answer).
+async fn aggregator_rounds(engine: &EngineState, endpoint: &str) -> Option<Vec<RoundStatus>> {
     let answer = tokio::time::timeout(DEADLINE, async {
         let channel = engine
             .hops
@@ -48,26 +51,28 @@ async fn aggregator_rounds(engine: &EngineState, endpoint: &str) -> Vec<RoundSta
     })
     .await;
     match answer {
-        Ok(Ok(response)) => response
-            .into_inner()
-            .rounds
-            .into_iter()
-            .map(|r| RoundStatus {
-                round: r.round,
-                held_out: r.held_out.is_finite().then_some(r.held_out),
-                bytes: r.bytes,
-                rule: r.rule,
-                accepted: r.accepted,
-                flagged: r.flagged,
-            })
-            .collect(),
+        Ok(Ok(response)) => Some(
+            response
+                .into_inner()
+                .rounds
+                .into_iter()
+                .map(|r| RoundStatus {
+                    round: r.round,
+                    held_out: r.held_out.is_finite().then_some(r.held_out),
+                    bytes: r.bytes,
+                    rule: r.rule,
+                    accepted: r.accepted,
+                    flagged: r.flagged,
+                })
+                .collect(),
+        ),
         Ok(Err(e)) => {
             tracing::debug!(%endpoint, error = %e, "aggregator rounds");
-            Vec::new()
+            None
         }
         Err(_) => {
             tracing::debug!(%endpoint, "aggregator rounds: no answer in time");
-            Vec::new()
+            None
         }
     }
 }
@@ -130,9 +135,6 @@ pub(super) async fn poll_loop(engine: Arc<EngineState>) {
             });
         }
         let mut progress = TrainingProgress::default();
-        if let Some(endpoint) = &engine.config.aggregator {
-            progress.rounds = aggregator_rounds(&engine, endpoint).await;
-        }
         while let Some(joined) = asks.join_next().await {
             if let Ok(Some(response)) = joined {
                 progress.served_round = progress.served_round.max(response.served_round);
@@ -142,6 +144,17 @@ pub(super) async fn poll_loop(engine: Arc<EngineState>) {
             }
         }
         progress.pipelines.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(endpoint) = &engine.config.aggregator {
+            progress.rounds = match aggregator_rounds(&engine, endpoint).await {
+                Some(rounds) => rounds,
+                None => engine
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .rounds
+                    .clone(),
+            };
+        }
         *engine.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
         tokio::time::sleep(POLL).await;
     }
