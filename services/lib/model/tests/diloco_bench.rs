@@ -13,7 +13,8 @@
 //! start, all three begin from the single-process trainer's weights after that many steps on
 //! data no round draws, as the DiLoCo paper's runs begin from a pretrained model;
 //! NEUROSHARD_BENCH_INNER_WARMUP sets the inner optimizers' warm-up steps, default 20;
-//! NEUROSHARD_BENCH_SHARDS the training shards each replica draws from in a round, default 2.)
+//! NEUROSHARD_BENCH_SHARDS the training shards each replica draws from in a round, default 2;
+//! NEUROSHARD_BENCH_REPLICAS the replicas, default 4.)
 //! (`make bench` builds the dataset from the default corpus and passes it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,7 +29,8 @@ use neuroshard_model::tch::{Device, Kind, Tensor};
 use neuroshard_model::training::{TrainOptions, Trainer, evaluate};
 use neuroshard_model::{ModelConfig, Shard, ShardSpec, init};
 
-const K: usize = 4;
+/// Replicas unless NEUROSHARD_BENCH_REPLICAS says otherwise.
+const REPLICAS: usize = 4;
 const H: u64 = 50;
 /// Rows per replica step unless NEUROSHARD_BENCH_BATCH says otherwise; the warm start and
 /// the held-out evaluation always use it.
@@ -152,6 +154,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         .sum();
     let windows = eval_windows(&data.load_split(Split::Validation).unwrap(), SEQ, 128);
     let batch: usize = env_or("NEUROSHARD_BENCH_BATCH", BATCH);
+    let replicas: usize = env_or("NEUROSHARD_BENCH_REPLICAS", REPLICAS);
     let inner = TrainOptions {
         batch_size: batch,
         seq_len: SEQ,
@@ -183,7 +186,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
     let diloco = runs("diloco").then(|| {
         let started = std::time::Instant::now();
         let options = DilocoOptions {
-            replicas: K,
+            replicas,
             attackers: 0,
             attack: None,
             inner_steps: H,
@@ -225,7 +228,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
             begin(),
             &TrainOptions {
                 steps,
-                batch_size: K * batch,
+                batch_size: replicas * batch,
                 lr: dp_lr,
                 ..inner.clone()
             },
@@ -233,7 +236,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         .unwrap();
         let mut by_round = Vec::new();
         for round in 1..=rounds {
-            let samplers: Vec<BatchSampler> = (0..K)
+            let samplers: Vec<BatchSampler> = (0..replicas)
                 .map(|k| {
                     BatchSampler::new(
                         round_tokens(&data, round, k),
@@ -247,7 +250,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
                 .collect();
             for step in 0..H {
                 let ids: Vec<i64> = samplers.iter().flat_map(|s| s.batch(round, step)).collect();
-                dp.step(&Tensor::from_slice(&ids).view([(K * batch) as i64, SEQ as i64 + 1]))
+                dp.step(&Tensor::from_slice(&ids).view([(replicas * batch) as i64, SEQ as i64 + 1]))
                     .unwrap();
             }
             by_round.push(dp.evaluate(&windows, BATCH).unwrap());
@@ -266,13 +269,13 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
         let mut single = Trainer::new(
             begin(),
             &TrainOptions {
-                steps: steps * K as u64,
+                steps: steps * replicas as u64,
                 ..inner.clone()
             },
         )
         .unwrap();
         for round in 1..=rounds {
-            for k in 0..K {
+            for k in 0..replicas {
                 let sampler = BatchSampler::new(
                     round_tokens(&data, round, k),
                     &data.manifest,
@@ -305,18 +308,19 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
     if let (Some((diloco, diloco_bytes)), Some(data_parallel), Some(single)) =
         (diloco, data_parallel, single)
     {
-        let ring =
-            steps as f64 * K as f64 * 2.0 * (K as f64 - 1.0) / K as f64 * 4.0 * params as f64;
-        let naive = steps as f64 * K as f64 * 4.0 * params as f64;
+        let ring = steps as f64 * replicas as f64 * 2.0 * (replicas as f64 - 1.0) / replicas as f64
+            * 4.0
+            * params as f64;
+        let naive = steps as f64 * replicas as f64 * 4.0 * params as f64;
         let (diloco, data_parallel) = (
             diloco[diloco.len() - 1],
             data_parallel[data_parallel.len() - 1],
         );
         println!(
-            "{{\"bench\":\"diloco_convergence\",\"model\":\"4x256 vocab {}\",\"parameters\":{params},\"replicas\":{K},\"inner_steps\":{H},\"rounds\":{rounds},\"batch\":{batch},\"shards_per_round\":{},\"seq\":{SEQ},\"tokens\":{},\"held_out_diloco\":{diloco:.4},\"held_out_data_parallel\":{data_parallel:.4},\"held_out_single\":{single:.4},\"diloco_vs_data_parallel\":{:.4},\"bytes_diloco_int8\":{diloco_bytes},\"bytes_data_parallel_ring\":{ring:.0},\"bytes_ratio_ring\":{:.1},\"bytes_ratio_gradient_per_step\":{:.1}}}",
+            "{{\"bench\":\"diloco_convergence\",\"model\":\"4x256 vocab {}\",\"parameters\":{params},\"replicas\":{replicas},\"inner_steps\":{H},\"rounds\":{rounds},\"batch\":{batch},\"shards_per_round\":{},\"seq\":{SEQ},\"tokens\":{},\"held_out_diloco\":{diloco:.4},\"held_out_data_parallel\":{data_parallel:.4},\"held_out_single\":{single:.4},\"diloco_vs_data_parallel\":{:.4},\"bytes_diloco_int8\":{diloco_bytes},\"bytes_data_parallel_ring\":{ring:.0},\"bytes_ratio_ring\":{:.1},\"bytes_ratio_gradient_per_step\":{:.1}}}",
             data.manifest.vocab_size,
             shards_per_round(),
-            K as u64 * H * rounds * (batch * SEQ) as u64,
+            replicas as u64 * H * rounds * (batch * SEQ) as u64,
             diloco / data_parallel,
             ring / diloco_bytes as f64,
             naive / diloco_bytes as f64,
