@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use neuroshard_aggregation::Rule;
 use neuroshard_aggregation::outer::{OuterConfig, OuterState};
 use neuroshard_aggregation::ownership::in_span;
 use neuroshard_aggregation::round::{Named, RoundPlan, outer_round};
@@ -311,14 +310,7 @@ fn simulation() -> DilocoOptions {
             micro_batches: MICRO_BATCHES as usize,
             ..TrainOptions::default()
         },
-        plan: RoundPlan {
-            rule: Rule::Mean,
-            byzantine: 0,
-            mixing: false,
-            bucket: None,
-            seed: 0,
-            outer: OuterConfig::default(),
-        },
+        plan: RoundPlan::mean(OuterConfig::default()),
         shards_per_round: SHARDS_PER_ROUND as usize,
         eval_windows: 8,
         wire_int8: true,
@@ -733,14 +725,7 @@ async fn bad_submissions_are_refused_with_evidence_and_the_round_is_unaffected()
         }
     }
     let contributions: Vec<&Named> = per_pipeline.values().collect();
-    let plan = RoundPlan {
-        rule: Rule::Mean,
-        byzantine: 0,
-        mixing: false,
-        bucket: None,
-        seed: 0,
-        outer: OuterConfig::default(),
-    };
+    let plan = RoundPlan::mean(OuterConfig::default());
     let mut momentum: BTreeMap<String, OuterState> = BTreeMap::new();
     let expected = outer_round(&theta, &contributions, &plan, None, &mut momentum)
         .unwrap()

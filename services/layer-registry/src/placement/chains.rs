@@ -82,7 +82,7 @@ fn maximum_flow(bounds: impl Iterator<Item = (u32, u32)>, l: u32) -> Vec<Vec<Edg
 
 /// Where one more span would add a pipeline to the most that the spans form: a span
 /// `[s, e)` does exactly when `from_start[s] && to_end[e]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct OpenEnds {
     /// Boundary `b` is reachable from 0 in the maximum flow's residual graph.
     pub(super) from_start: Vec<bool>,

@@ -30,6 +30,21 @@ pub struct RoundPlan {
     pub outer: OuterConfig,
 }
 
+impl RoundPlan {
+    /// Plain DiLoCo: the mean of every contribution, nothing tolerated, neither mixing nor
+    /// bucketing, then the outer step `outer`.
+    pub fn mean(outer: OuterConfig) -> Self {
+        Self {
+            rule: Rule::Mean,
+            byzantine: 0,
+            mixing: false,
+            bucket: None,
+            seed: 0,
+            outer,
+        }
+    }
+}
+
 /// What the round made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundOutcome {

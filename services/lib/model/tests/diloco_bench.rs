@@ -21,7 +21,6 @@
 
 use neuroshard_aggregation::outer::OuterConfig;
 use neuroshard_aggregation::round::RoundPlan;
-use neuroshard_aggregation::rules::Rule;
 use neuroshard_model::data::batches::eval_windows;
 use neuroshard_model::data::{BatchSampler, Split, TokenShards};
 use neuroshard_model::diloco::{DilocoOptions, load_named, named, replica_tokens, simulate};
@@ -192,14 +191,7 @@ fn bench_diloco_vs_data_parallel_vs_single_process() {
             inner_steps: H,
             rounds,
             train: inner.clone(),
-            plan: RoundPlan {
-                rule: Rule::Mean,
-                byzantine: 0,
-                mixing: false,
-                bucket: None,
-                seed: 0,
-                outer: outer_config(),
-            },
+            plan: RoundPlan::mean(outer_config()),
             shards_per_round: shards_per_round(),
             eval_windows: 128,
             wire_int8: true,

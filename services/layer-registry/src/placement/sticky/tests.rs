@@ -412,13 +412,12 @@ fn identical_workers_joining_in_any_batches_form_the_most_pipelines() {
                 let at_once = place(l, &c, &all, 2).unwrap().pipelines.len();
                 // Bit i of `cuts` set: a publish after node i joins; the last always publishes.
                 for cuts in 0..(1u32 << (n - 1)) {
-                    let mut current: Vec<HeldSpan> = Vec::new();
+                    let mut last = place_sticky(l, &c, &[], &[], 2).unwrap();
                     for i in 0..n {
                         if i == n - 1 || cuts & (1 << i) != 0 {
-                            current = held(&place_sticky(l, &c, &all[..=i], &current, 2).unwrap());
+                            last = place_sticky(l, &c, &all[..=i], &held(&last), 2).unwrap();
                         }
                     }
-                    let last = place_sticky(l, &c, &all, &current, 2).unwrap();
                     assert_eq!(
                         last.pipelines.len(),
                         at_once,
